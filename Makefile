@@ -1,0 +1,47 @@
+# FEDHEX: `make demo` runs the main job end to end; `make test` runs the whole
+# suite. Both install what is missing first (scripts/setup.sh).
+
+SHELL := /bin/bash
+FEDHEX_CACHE ?= $(HOME)/.cache/fedhex
+FEDHEX_TORCH_VENV ?= $(FEDHEX_CACHE)/torch-venv
+export FEDHEX_CACHE FEDHEX_TORCH_VENV
+# tch finds libtorch through the venv's torch package.
+export LIBTORCH_USE_PYTORCH := 1
+export PATH := $(FEDHEX_TORCH_VENV)/bin:$(PATH)
+# Python peers used by tests (uproot, zuko, grpcio).
+export FEDHEX_PYTHON := $(FEDHEX_TORCH_VENV)/bin/python
+CARGO ?= cargo
+
+.PHONY: setup build test lint demo bench zuko-compare gpu-check clean
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release --bins
+
+lint: setup
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+test: setup
+	$(CARGO) fmt --check
+	$(CARGO) build --release --bins
+	$(CARGO) test --release
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+demo: build
+	@bash scripts/demo.sh
+
+bench: setup
+	$(CARGO) bench --bench bench_main
+
+zuko-compare: build
+	@bash scripts/zuko_compare.sh
+
+gpu-check: build
+	@bash scripts/gpu_check.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf demo-out

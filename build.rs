@@ -1,0 +1,36 @@
+//! Link step for libtorch: an rpath to the libtorch found by `torch-sys`
+//! (so binaries run without LD_LIBRARY_PATH), and libtorch_cuda linked with
+//! `--no-as-needed` so the same build sees GPUs wherever there are any.
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    let Some(lib) = std::env::var_os("DEP_TCH_LIBTORCH_LIB").map(PathBuf::from) else {
+        println!("cargo:warning=torch-sys did not report a libtorch directory; no rpath set");
+        return;
+    };
+    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    if os != "linux" {
+        return;
+    }
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+    for name in ["torch_cuda", "c10_cuda"] {
+        if lib.join(format!("lib{name}.so")).exists() {
+            println!("cargo:rustc-link-arg=-l{name}");
+        }
+    }
+    println!("cargo:rustc-link-arg=-ltorch");
+    println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    println!("cargo:rustc-env=FEDHEX_LIBTORCH_LIB={}", lib.display());
+    // torch/lib/../version.py holds `__version__ = '2.11.0+cu130'` in a Python install.
+    let version_py = lib.join("..").join("version.py");
+    println!("cargo:rerun-if-changed={}", version_py.display());
+    if let Ok(text) = std::fs::read_to_string(&version_py) {
+        if let Some(v) = text.lines().find(|l| l.starts_with("__version__")).and_then(|l| l.split(['\'', '"']).nth(1)) {
+            println!("cargo:rustc-env=FEDHEX_LIBTORCH_VERSION={v}");
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! `fedhex`: generate data, train (one process), sample, check, and inspect the installation.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use fedhex::config::RunConfig;
+use fedhex::data::gaussian::{check_moments, Covariance, GaussianSpec, Layout};
+use fedhex::data::npy::{read_npz, write_npz};
+use fedhex::flow::Model;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "fedhex", version, about = "Conditional normalizing flows for Monte Carlo interpolation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print the configuration (the full default with --default).
+    Config {
+        /// Print the full default configuration with a comment per key.
+        #[arg(long)]
+        default: bool,
+        /// A configuration file to check and print with overrides applied.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a key: section.key=value (TOML value).
+        #[arg(long = "set")]
+        set: Vec<String>,
+    },
+    /// Generate a synthetic Gaussian data set (.npz plus a .gen.json truth file).
+    Gen(GenArgs),
+    /// Train a flow in this process.
+    Train {
+        /// The run configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Override a key: section.key=value (TOML value), repeatable.
+        #[arg(long = "set")]
+        set: Vec<String>,
+    },
+    /// Generate events from a trained model at given labels.
+    Sample {
+        /// Model directory (or its model.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// A label point, comma separated (repeatable).
+        #[arg(long = "label", required = true)]
+        labels: Vec<String>,
+        /// Events per label.
+        #[arg(short = 'n', long, default_value_t = 10000)]
+        n: usize,
+        /// Output .npz.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the sampler.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Device: auto, cpu, cuda, cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Events per network call.
+        #[arg(long, default_value_t = 65536)]
+        chunk: usize,
+    },
+    /// Compare generated events with a Gaussian generator's true mean and covariance.
+    Moments {
+        /// The generator description written by `fedhex gen` (.gen.json).
+        #[arg(long)]
+        truth: PathBuf,
+        /// Generated events (.npz).
+        #[arg(long)]
+        samples: PathBuf,
+        /// Exit non-zero when a mean is off by more than this many true widths.
+        #[arg(long)]
+        max_pull: Option<f64>,
+    },
+    /// Print versions, devices and threads; fail when something required is missing.
+    Doctor,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LayoutArg {
+    Grid2d,
+    Line,
+    Circle,
+    Cube,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CovArg {
+    Diagonal,
+    Full,
+    Growing,
+    Rotating,
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    /// Label layout.
+    #[arg(long, value_enum, default_value = "grid2d")]
+    layout: LayoutArg,
+    /// Points per axis (grid2d, cube) or points (line, circle).
+    #[arg(long, default_value_t = 5)]
+    points: usize,
+    /// Range of the grid/line.
+    #[arg(long, default_value_t = 0.0)]
+    lo: f64,
+    /// Range of the grid/line.
+    #[arg(long, default_value_t = 1.0)]
+    hi: f64,
+    /// Feature dimension (line, cube).
+    #[arg(long, default_value_t = 3)]
+    dim: usize,
+    /// Covariance strategy.
+    #[arg(long, value_enum, default_value = "diagonal")]
+    cov: CovArg,
+    /// Width (major width for rotating).
+    #[arg(long, default_value_t = 0.05)]
+    sigma: f64,
+    /// Correlation (full), growth (growing), minor width (rotating).
+    #[arg(long, default_value_t = 0.5)]
+    shape: f64,
+    /// Half-turns per label unit (rotating).
+    #[arg(long, default_value_t = 0.5)]
+    turns: f64,
+    /// Events per label point.
+    #[arg(short = 'n', long, default_value_t = 2000)]
+    n: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output .npz (the truth goes to the same name with .gen.json).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn truth_path(out: &Path) -> PathBuf {
+    out.with_extension("gen.json")
+}
+
+fn gen(a: &GenArgs) -> Result<()> {
+    let layout = match a.layout {
+        LayoutArg::Grid2d => Layout::Grid2d { n: a.points, lo: a.lo, hi: a.hi },
+        LayoutArg::Line => Layout::Line { n: a.points, lo: a.lo, hi: a.hi, dim: a.dim },
+        LayoutArg::Circle => Layout::Circle { n: a.points, radius: 1.0 },
+        LayoutArg::Cube => Layout::Cube { n: a.points, dim: a.dim },
+    };
+    let covariance = match a.cov {
+        CovArg::Diagonal => Covariance::Diagonal { sigma: a.sigma },
+        CovArg::Full => Covariance::Full { sigma: a.sigma, rho: a.shape },
+        CovArg::Growing => Covariance::Growing { sigma: a.sigma, growth: a.shape },
+        CovArg::Rotating => Covariance::Rotating { major: a.sigma, minor: a.sigma * a.shape, turns: a.turns },
+    };
+    let spec = GaussianSpec { layout, covariance, n_per_label: a.n, seed: a.seed };
+    let events = spec.generate()?;
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_npz(&a.out, &events.samples, &events.labels)?;
+    let tp = truth_path(&a.out);
+    std::fs::write(&tp, serde_json::to_string_pretty(&spec)?).with_context(|| format!("writing {}", tp.display()))?;
+    println!(
+        "wrote {} events at {} labels to {} (truth: {})",
+        events.len(),
+        spec.labels().len(),
+        a.out.display(),
+        tp.display()
+    );
+    Ok(())
+}
+
+fn train(config: &Path, set: &[String]) -> Result<()> {
+    let cfg = RunConfig::load(config, set)?;
+    let threads = fedhex::device::set_threads(cfg.training.threads);
+    let events = read_npz(&cfg.data.path, cfg.data.features.clone(), cfg.data.labels.clone())?;
+    tracing::info!(
+        events = events.len(),
+        features = events.n_features(),
+        labels = events.n_labels(),
+        threads,
+        "data loaded from {}",
+        cfg.data.path.display()
+    );
+    let outcome = fedhex::train::train_events(&cfg, &events)?;
+    fedhex::train::driver::write_run(&cfg.outputs.run_dir, &cfg, &outcome)?;
+    let last = outcome.history.last();
+    println!(
+        "trained {} epochs: train NLL {:.4}, validation NLL {:.4}; model in {}",
+        outcome.history.len(),
+        last.map_or(f64::NAN, |r| r.train_nll),
+        last.map_or(f64::NAN, |r| r.val_nll),
+        cfg.outputs.run_dir.join("model").display()
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sample(model: &Path, labels: &[String], n: usize, out: &Path, seed: u64, device: &str, chunk: usize) -> Result<()> {
+    let dev = fedhex::device::resolve(fedhex::device::parse_device(device)?, 0)?;
+    let model = Model::load(model, dev)?;
+    let labels: Vec<Vec<f32>> = labels.iter().map(|s| fedhex::generate::parse_label(s)).collect::<Result<_, _>>()?;
+    for w in fedhex::generate::check_labels(&model, &labels)? {
+        tracing::warn!("{w}");
+    }
+    let events = fedhex::generate::sample_at_labels(&model, &labels, n, seed, chunk)?;
+    write_npz(out, &events.samples, &events.labels)?;
+    println!("wrote {} events at {} label(s) to {}", events.len(), labels.len(), out.display());
+    Ok(())
+}
+
+fn moments(truth: &Path, samples: &Path, max_pull: Option<f64>) -> Result<()> {
+    let text = std::fs::read_to_string(truth).with_context(|| format!("reading {}", truth.display()))?;
+    let spec: GaussianSpec =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a generator description", truth.display()))?;
+    let events = read_npz(samples, vec![], vec![])?;
+    let checks = check_moments(&spec, &events)?;
+    let mut worst: f64 = 0.0;
+    for c in &checks {
+        println!("label {:?} ({} events)", c.label, c.n);
+        let d = c.mean.len();
+        for i in 0..d {
+            println!(
+                "  x{i}: mean {:+.4} (true {:+.4})   std {:.4} (true {:.4})",
+                c.mean[i],
+                c.true_mean[i],
+                c.cov[i][i].sqrt(),
+                c.true_cov[i][i].sqrt()
+            );
+        }
+        for i in 0..d {
+            for j in 0..i {
+                let r = c.cov[i][j] / (c.cov[i][i] * c.cov[j][j]).sqrt();
+                let tr = c.true_cov[i][j] / (c.true_cov[i][i] * c.true_cov[j][j]).sqrt();
+                println!("  corr(x{i},x{j}): {r:+.3} (true {tr:+.3})");
+            }
+        }
+        println!(
+            "  worst mean offset {:.3} true widths; worst width error {:.1}%; worst correlation error {:.3}",
+            c.max_mean_pull,
+            100.0 * c.max_std_rel,
+            c.max_corr_diff
+        );
+        worst = worst.max(c.max_mean_pull);
+    }
+    if let Some(m) = max_pull {
+        if worst > m {
+            bail!("a generated mean is {worst:.3} true widths from the truth (limit {m})");
+        }
+    }
+    Ok(())
+}
+
+fn doctor() -> Result<()> {
+    println!("fedhex      {}", env!("CARGO_PKG_VERSION"));
+    println!("libtorch    {}", fedhex::flow::model::libtorch_version());
+    let t = tch::Tensor::from_slice(&[1f32, 2.0, 3.0]);
+    let s = t.sum(tch::Kind::Float).double_value(&[]);
+    if s != 6.0 {
+        bail!("libtorch does not compute correctly (1+2+3 gave {s})");
+    }
+    println!("libtorch ok (CPU tensor arithmetic)");
+    let n = fedhex::device::cuda_count();
+    println!(
+        "cuda        available: {} devices: {n} cudnn: {}",
+        tch::Cuda::is_available(),
+        tch::Cuda::cudnn_is_available()
+    );
+    println!(
+        "threads     libtorch intra-op: {}, cores available: {}",
+        tch::get_num_threads(),
+        fedhex::device::available_cores()
+    );
+    match std::process::Command::new("mpirun").arg("--version").output() {
+        Ok(o) if o.status.success() => {
+            let v = String::from_utf8_lossy(&o.stdout);
+            println!("mpi         {}", v.lines().next().unwrap_or("unknown").trim());
+        }
+        _ => println!("mpi         mpirun not found on PATH (needed only for multi-rank training)"),
+    }
+    Ok(())
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.cmd {
+        Cmd::Config { default, config, set } => (|| -> Result<()> {
+            if *default {
+                print!("{}", fedhex::config::default_toml());
+                return Ok(());
+            }
+            let cfg = match config {
+                Some(p) => RunConfig::load(p, set)?,
+                None => RunConfig::from_toml("", set, "--set")?,
+            };
+            print!("{}", cfg.to_toml()?);
+            Ok(())
+        })(),
+        Cmd::Gen(a) => gen(a),
+        Cmd::Train { config, set } => train(config, set),
+        Cmd::Sample { model, labels, n, out, seed, device, chunk } => {
+            sample(model, labels, *n, out, *seed, device, *chunk)
+        }
+        Cmd::Moments { truth, samples, max_pull } => moments(truth, samples, *max_pull),
+        Cmd::Doctor => doctor(),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,335 @@
+//! Run configuration: one TOML file with sections `[data]`, `[network]`,
+//! `[training]` and `[outputs]`, in the spirit of the prototype's `param.TOML`.
+//!
+//! Unknown keys are errors. Any key can be overridden from the command line
+//! with `--set section.key=value` (the value in TOML syntax, e.g.
+//! `--set network.hidden=[64,64]`). A copy of the effective configuration is
+//! saved in the run directory. Relative paths are relative to the working
+//! directory of the process.
+
+use crate::error::{Error, Result};
+use crate::flow::{Activation, MafConfig, Permutation};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The whole configuration of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Input data.
+    pub data: DataConfig,
+    /// Flow architecture.
+    pub network: NetworkConfig,
+    /// Optimisation.
+    pub training: TrainingConfig,
+    /// Where results go.
+    pub outputs: OutputConfig,
+}
+
+/// `[data]`: where events come from and how they are preprocessed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Input `.npz` with `samples` [N, D] and `labels` [N, L] arrays.
+    pub path: PathBuf,
+    /// Feature names (empty: x0, x1, ...).
+    pub features: Vec<String>,
+    /// Label names (empty: label0, label1, ...).
+    pub labels: Vec<String>,
+    /// Fraction of each label's events held back for validation.
+    pub validation_fraction: f64,
+    /// Apply a logit after min-max scaling of the features.
+    pub logit_features: bool,
+    /// Apply a logit after min-max scaling of the labels.
+    pub logit_labels: bool,
+    /// Margin keeping the logit finite at the ends of the range.
+    pub logit_eps: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            path: PathBuf::from("data/grid.npz"),
+            features: vec![],
+            labels: vec![],
+            validation_fraction: 0.1,
+            logit_features: false,
+            logit_labels: false,
+            logit_eps: 1e-3,
+        }
+    }
+}
+
+/// `[network]`: the conditional MAF.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Number of MADE blocks.
+    pub n_blocks: usize,
+    /// Hidden layer widths of each MADE.
+    pub hidden: Vec<i64>,
+    /// Activation: relu, tanh, gelu, elu or silu.
+    pub activation: Activation,
+    /// Order change between blocks: reverse or random.
+    pub permutation: Permutation,
+    /// Seed of random orders.
+    pub permutation_seed: u64,
+    /// Bound B of each block's log-scale, s = B tanh(raw / B).
+    pub log_scale_bound: f64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            n_blocks: 10,
+            hidden: vec![128],
+            activation: Activation::Relu,
+            permutation: Permutation::Reverse,
+            permutation_seed: 0,
+            log_scale_bound: 3.0,
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// The flow configuration for `features` features and `context` labels.
+    pub fn maf(&self, features: usize, context: usize) -> MafConfig {
+        MafConfig {
+            features: features as i64,
+            context: context as i64,
+            n_blocks: self.n_blocks,
+            hidden: self.hidden.clone(),
+            activation: self.activation,
+            permutation: self.permutation,
+            permutation_seed: self.permutation_seed,
+            log_scale_bound: self.log_scale_bound,
+        }
+    }
+}
+
+/// Shape of the learning-rate schedule from `lr_initial` to `lr_final`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Geometric decay (the prototype's exponential decay).
+    #[default]
+    Exponential,
+    /// Straight line.
+    Linear,
+    /// Half cosine.
+    Cosine,
+    /// `lr_initial` throughout.
+    Constant,
+}
+
+/// `[training]`: optimisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingConfig {
+    /// Number of epochs (each = every training event once).
+    pub epochs: usize,
+    /// Global batch size (summed over ranks).
+    pub batch_size: usize,
+    /// Learning rate at the start.
+    pub lr_initial: f64,
+    /// Learning rate reached after `lr_decay_epochs`.
+    pub lr_final: f64,
+    /// Epochs over which the rate goes from initial to final (0: all epochs).
+    pub lr_decay_epochs: f64,
+    /// exponential, linear, cosine or constant.
+    pub schedule: Schedule,
+    /// Linear warm-up from 0 over this many epochs (0: none).
+    pub warmup_epochs: f64,
+    /// Seed of weight initialisation and shuffling.
+    pub seed: u64,
+    /// Intra-op threads per process (0: all cores of this process).
+    pub threads: usize,
+    /// Device: auto, cpu, cuda or cuda:N.
+    pub device: String,
+    /// Adam beta1.
+    pub adam_beta1: f64,
+    /// Adam beta2.
+    pub adam_beta2: f64,
+    /// Adam epsilon.
+    pub adam_eps: f64,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        TrainingConfig {
+            epochs: 20,
+            batch_size: 1024,
+            lr_initial: 1e-3,
+            lr_final: 1e-4,
+            lr_decay_epochs: 0.0,
+            schedule: Schedule::Exponential,
+            warmup_epochs: 0.0,
+            seed: 42,
+            threads: 0,
+            device: "auto".into(),
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_eps: 1e-8,
+        }
+    }
+}
+
+/// `[outputs]`: results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// Run directory: model/, history.csv, config.toml.
+    pub run_dir: PathBuf,
+    /// Show a progress bar when attached to a terminal.
+    pub progress: bool,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig { run_dir: PathBuf::from("runs/fedhex"), progress: true }
+    }
+}
+
+/// One line of documentation per key, used by [`default_toml`].
+const KEY_DOCS: &[(&str, &str)] = &[
+    ("data.path", "input .npz holding `samples` [N, D] and `labels` [N, L] (float32 or float64)"),
+    ("data.features", "feature names, in column order (empty: x0, x1, ...)"),
+    ("data.labels", "label names, in column order (empty: label0, label1, ...)"),
+    ("data.validation_fraction", "fraction of each label's events held back for validation, in [0, 1)"),
+    ("data.logit_features", "logit after min-max scaling of features (turns hard edges into tails)"),
+    ("data.logit_labels", "logit after min-max scaling of labels"),
+    ("data.logit_eps", "margin keeping the logit finite at the range ends, in [0, 0.5)"),
+    ("network.n_blocks", "number of MADE blocks in the MAF"),
+    ("network.hidden", "hidden layer widths of every MADE, e.g. [128] or [64, 64, 64]"),
+    ("network.activation", "relu, tanh, gelu, elu or silu"),
+    ("network.permutation", "feature order change between blocks: reverse or random"),
+    ("network.permutation_seed", "seed of the random orders"),
+    ("network.log_scale_bound", "bound B of each block's log-scale: s = B tanh(raw / B)"),
+    ("training.epochs", "number of epochs; one epoch = every training event exactly once"),
+    ("training.batch_size", "global batch size (all ranks together)"),
+    ("training.lr_initial", "learning rate at the start"),
+    ("training.lr_final", "learning rate reached after lr_decay_epochs"),
+    ("training.lr_decay_epochs", "epochs from lr_initial to lr_final (0: all epochs)"),
+    ("training.schedule", "exponential, linear, cosine or constant"),
+    ("training.warmup_epochs", "linear warm-up from 0 over this many epochs (0: none)"),
+    ("training.seed", "seed of weight initialisation and shuffling (same seed -> same weights)"),
+    ("training.threads", "intra-op threads per process (0: all available cores)"),
+    ("training.device", "auto, cpu, cuda or cuda:N"),
+    ("training.adam_beta1", "Adam beta1"),
+    ("training.adam_beta2", "Adam beta2"),
+    ("training.adam_eps", "Adam epsilon"),
+    ("outputs.run_dir", "run directory: model/, history.csv, config.toml"),
+    ("outputs.progress", "show a progress bar when attached to a terminal"),
+];
+
+/// The full default configuration as TOML, with a comment above every key.
+pub fn default_toml() -> String {
+    let value = toml::Value::try_from(RunConfig::default()).unwrap_or(toml::Value::Table(Default::default()));
+    let mut out =
+        String::from("# FEDHEX run configuration (defaults). Override any key with --set section.key=value.\n");
+    if let toml::Value::Table(sections) = value {
+        for section in ["data", "network", "training", "outputs"] {
+            out.push_str(&format!("\n[{section}]\n"));
+            if let Some(toml::Value::Table(keys)) = sections.get(section) {
+                for (key, v) in keys {
+                    let full = format!("{section}.{key}");
+                    let doc = KEY_DOCS.iter().find(|(k, _)| *k == full).map(|(_, d)| *d).unwrap_or("(undocumented)");
+                    out.push_str(&format!("# {doc}\n{key} = {v}\n"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Keys that have a documentation line (for tests).
+pub fn documented_keys() -> Vec<&'static str> {
+    KEY_DOCS.iter().map(|(k, _)| *k).collect()
+}
+
+/// Applies one `section.key=value` override to a TOML document.
+pub fn apply_set(doc: &mut toml::Table, assignment: &str) -> Result<()> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| Error::Config(format!("--set '{assignment}': expected section.key=value")))?;
+    let key = key.trim();
+    let raw = raw.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::Config(format!("--set '{assignment}': malformed key '{key}'")));
+    }
+    let mut table = doc;
+    for p in &parts[..parts.len() - 1] {
+        let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        table = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(Error::Config(format!("--set '{assignment}': '{p}' is not a section"))),
+        };
+    }
+    table.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+impl RunConfig {
+    /// Parses TOML text, applies overrides, validates. `origin` names the source in errors.
+    pub fn from_toml(text: &str, sets: &[String], origin: &str) -> Result<Self> {
+        let mut doc: toml::Table =
+            toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {}", e.message())))?;
+        for s in sets {
+            apply_set(&mut doc, s)?;
+        }
+        let cfg: RunConfig = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {}", e.message())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a TOML file and applies overrides.
+    pub fn load(path: &Path, sets: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml(&text, sets, &path.display().to_string())
+    }
+
+    /// The configuration as TOML (saved in the run directory).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        let d = &self.data;
+        if !(0.0..1.0).contains(&d.validation_fraction) {
+            return bad(format!("data.validation_fraction must be in [0, 1), got {}", d.validation_fraction));
+        }
+        if !(0.0..0.5).contains(&d.logit_eps) {
+            return bad(format!("data.logit_eps must be in [0, 0.5), got {}", d.logit_eps));
+        }
+        self.network.maf(1, 0).validate()?;
+        let t = &self.training;
+        if t.epochs == 0 {
+            return bad("training.epochs must be at least 1".into());
+        }
+        if t.batch_size == 0 {
+            return bad("training.batch_size must be at least 1".into());
+        }
+        for (name, v) in [("lr_initial", t.lr_initial), ("lr_final", t.lr_final)] {
+            if !(v > 0.0 && v.is_finite()) {
+                return bad(format!("training.{name} must be positive, got {v}"));
+            }
+        }
+        if !(t.lr_decay_epochs >= 0.0 && t.warmup_epochs >= 0.0) {
+            return bad("training.lr_decay_epochs and warmup_epochs must be >= 0".into());
+        }
+        if !(0.0..1.0).contains(&t.adam_beta1) || !(0.0..1.0).contains(&t.adam_beta2) || t.adam_eps <= 0.0 {
+            return bad("training.adam_beta1/beta2 must be in [0, 1) and adam_eps > 0".into());
+        }
+        crate::device::parse_device(&t.device)?;
+        Ok(())
+    }
+}

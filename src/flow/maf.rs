@@ -1,0 +1,288 @@
+//! The conditional Masked Autoregressive Flow: a stack of MADE blocks with a
+//! change of autoregressive order between blocks and a standard normal base
+//! (Papamakarios et al. 2017, arXiv:1705.07057).
+//!
+//! Block `k` maps `x` to `u = (x - mu(x, c)) * exp(-s(x, c))`, so
+//! `log p(x | c) = log N(u_K; 0, I) - sum_k sum_j s_kj`. Sampling inverts the
+//! blocks from last to first; each inversion takes `D` passes of the network
+//! (after pass `i` the first `i` features in the block's order are exact).
+//!
+//! The "permutation between blocks" is realised by giving each block its own
+//! order of the features (the degrees of its masks), which is equivalent to
+//! permuting the data between blocks but costs no gather.
+
+use super::made::{input_degrees, made, Activation, Made, MadeConfig};
+use crate::error::{Error, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+/// How the feature order changes from one block to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Permutation {
+    /// Alternate natural and reversed order.
+    #[default]
+    Reverse,
+    /// A seeded random order per block (`permutation_seed`).
+    Random,
+}
+
+/// Architecture of the conditional MAF; stored in the model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MafConfig {
+    /// Number of features `D`.
+    pub features: i64,
+    /// Number of labels `L` (conditioning inputs).
+    pub context: i64,
+    /// Number of MADE blocks.
+    pub n_blocks: usize,
+    /// Hidden layer widths of every MADE.
+    pub hidden: Vec<i64>,
+    /// Activation between hidden layers.
+    pub activation: Activation,
+    /// Order change between blocks.
+    pub permutation: Permutation,
+    /// Seed of the random orders.
+    pub permutation_seed: u64,
+    /// Bound `B` of each block's log-scale, `s = B tanh(raw / B)`.
+    pub log_scale_bound: f64,
+}
+
+impl MafConfig {
+    /// Checks sizes and bounds.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.features < 1 {
+            return bad(format!("network: need at least one feature, got {}", self.features));
+        }
+        if self.context < 0 {
+            return bad(format!("network: negative number of labels {}", self.context));
+        }
+        if self.n_blocks < 1 {
+            return bad("network.n_blocks must be at least 1".into());
+        }
+        if let Some(w) = self.hidden.iter().find(|&&w| w < 1) {
+            return bad(format!("network.hidden: every width must be >= 1, got {w}"));
+        }
+        if !(self.log_scale_bound > 0.0 && self.log_scale_bound.is_finite()) {
+            return bad(format!("network.log_scale_bound must be positive, got {}", self.log_scale_bound));
+        }
+        Ok(())
+    }
+
+    /// The feature order of each block.
+    pub fn orders(&self) -> Vec<Vec<i64>> {
+        let natural: Vec<i64> = (0..self.features).collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.permutation_seed);
+        (0..self.n_blocks)
+            .map(|k| match self.permutation {
+                Permutation::Reverse if k % 2 == 1 => natural.iter().rev().copied().collect(),
+                Permutation::Reverse => natural.clone(),
+                Permutation::Random => {
+                    let mut o = natural.clone();
+                    o.shuffle(&mut rng);
+                    o
+                }
+            })
+            .collect()
+    }
+}
+
+/// A conditional MAF and the variables it owns.
+pub struct Maf {
+    cfg: MafConfig,
+    orders: Vec<Vec<i64>>,
+    vs: nn::VarStore,
+    blocks: Vec<Made>,
+}
+
+impl std::fmt::Debug for Maf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Maf").field("cfg", &self.cfg).field("orders", &self.orders).finish()
+    }
+}
+
+const LOG_2PI: f64 = 1.837_877_066_409_345_3;
+
+impl Maf {
+    /// A freshly initialised flow (initialisation uses libtorch's global RNG:
+    /// call `tch::manual_seed` first for reproducible weights).
+    pub fn new(cfg: MafConfig, device: Device) -> Result<Self> {
+        let orders = cfg.orders();
+        Self::with_orders(cfg, orders, device)
+    }
+
+    /// A flow with explicit block orders (as stored in a model file).
+    pub fn with_orders(cfg: MafConfig, orders: Vec<Vec<i64>>, device: Device) -> Result<Self> {
+        cfg.validate()?;
+        if orders.len() != cfg.n_blocks {
+            return Err(Error::Config(format!("{} block orders for {} blocks", orders.len(), cfg.n_blocks)));
+        }
+        for o in &orders {
+            let mut sorted = o.clone();
+            sorted.sort_unstable();
+            if sorted != (0..cfg.features).collect::<Vec<_>>() {
+                return Err(Error::Config(format!("block order {o:?} is not a permutation of 0..{}", cfg.features)));
+            }
+        }
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let blocks = orders
+            .iter()
+            .enumerate()
+            .map(|(k, order)| {
+                made(
+                    &(&root / format!("made{k}")),
+                    MadeConfig {
+                        features: cfg.features,
+                        context: cfg.context,
+                        hidden: cfg.hidden.clone(),
+                        activation: cfg.activation,
+                        order: order.clone(),
+                        log_scale_bound: cfg.log_scale_bound,
+                    },
+                )
+            })
+            .collect();
+        Ok(Maf { cfg, orders, vs, blocks })
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &MafConfig {
+        &self.cfg
+    }
+
+    /// The feature order of each block.
+    pub fn orders(&self) -> &[Vec<i64>] {
+        &self.orders
+    }
+
+    /// The variables (weights), named by path, e.g. `made3.hidden0.weight`.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// Mutable access to the variables (loading, optimiser).
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// The blocks, in data → base order.
+    pub fn blocks(&self) -> &[Made] {
+        &self.blocks
+    }
+
+    /// Data → base: `u` and `log |det du/dx|`.
+    ///
+    /// # Shapes
+    /// `xs: [N, D]`, `cs: [N, L]` → `(u: [N, D], logdet: [N])`
+    pub fn forward(&self, xs: &Tensor, cs: &Tensor) -> (Tensor, Tensor) {
+        let mut u = xs.shallow_clone();
+        let mut s_sum: Option<Tensor> = None;
+        for block in &self.blocks {
+            let (mu, s) = block.forward(&u, cs);
+            u = (u - mu) * s.neg().exp();
+            s_sum = Some(match s_sum {
+                Some(acc) => acc + s,
+                None => s,
+            });
+        }
+        let logdet = match s_sum {
+            Some(s) => s.sum_dim_intlist(1, false, Kind::Float).neg(),
+            None => Tensor::zeros([xs.size()[0]], (Kind::Float, xs.device())),
+        };
+        (u, logdet)
+    }
+
+    /// `log p(x | c)` per event.
+    ///
+    /// # Shapes
+    /// `xs: [N, D]`, `cs: [N, L]` → `[N]`
+    pub fn log_prob(&self, xs: &Tensor, cs: &Tensor) -> Tensor {
+        let (u, logdet) = self.forward(xs, cs);
+        base_log_prob(&u) + logdet
+    }
+
+    /// Base → data: `x` and `log |det du/dx|` at that `x` (the same quantity
+    /// [`Maf::forward`] returns), without gradients.
+    ///
+    /// # Shapes
+    /// `us: [N, D]`, `cs: [N, L]` → `(x: [N, D], logdet: [N])`
+    pub fn inverse(&self, us: &Tensor, cs: &Tensor) -> (Tensor, Tensor) {
+        tch::no_grad(|| {
+            let d = self.cfg.features;
+            let mut y = us.shallow_clone();
+            let mut logdet = Tensor::zeros([us.size()[0]], (Kind::Float, us.device()));
+            for block in self.blocks.iter().rev() {
+                let ws = block.weights();
+                let mut x = y.zeros_like();
+                let mut s_last = None;
+                for _ in 0..d {
+                    let (mu, s) = block.forward_with(&x, cs, &ws);
+                    x = &y * s.exp() + mu;
+                    s_last = Some(s);
+                }
+                if let Some(s) = s_last {
+                    logdet -= s.sum_dim_intlist(1, false, Kind::Float);
+                }
+                y = x;
+            }
+            (y, logdet)
+        })
+    }
+
+    /// Draws one event per row of `cs` (libtorch's global RNG; seed it with
+    /// `tch::manual_seed` for reproducible samples).
+    ///
+    /// # Shapes
+    /// `cs: [N, L]` → `[N, D]`
+    pub fn sample(&self, cs: &Tensor) -> Tensor {
+        self.sample_with_log_prob(cs).0
+    }
+
+    /// Like [`Maf::sample`], also returning `log p(x | c)` of each draw.
+    pub fn sample_with_log_prob(&self, cs: &Tensor) -> (Tensor, Tensor) {
+        let n = cs.size()[0];
+        let u = Tensor::randn([n, self.cfg.features], (Kind::Float, self.device()));
+        let (x, logdet) = self.inverse(&u, &cs.to_device(self.device()));
+        let lp = base_log_prob(&u) + logdet;
+        (x, lp)
+    }
+
+    /// Checks that a set of named tensors has exactly this flow's names and shapes.
+    pub fn check_tensors(&self, named: &[(String, Vec<i64>)]) -> std::result::Result<(), String> {
+        let vars = self.vs.variables();
+        for (name, shape) in named {
+            match vars.get(name) {
+                None => return Err(format!("unexpected tensor '{name}' (not part of this architecture)")),
+                Some(t) if t.size() != *shape => {
+                    return Err(format!("tensor '{name}' has shape {shape:?}, architecture needs {:?}", t.size()))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(missing) = vars.keys().find(|k| !named.iter().any(|(n, _)| n == *k)) {
+            return Err(format!("tensor '{missing}' is missing"));
+        }
+        Ok(())
+    }
+
+    /// Autoregressive degree of each input of block `k` (for tests and docs).
+    pub fn input_degrees(&self, k: usize) -> Option<Vec<i64>> {
+        self.orders.get(k).map(|o| input_degrees(o))
+    }
+}
+
+/// `log N(u; 0, I)` per row.
+pub fn base_log_prob(u: &Tensor) -> Tensor {
+    let d = u.size()[1] as f64;
+    (u * u).sum_dim_intlist(1, false, Kind::Float) * -0.5 - 0.5 * d * LOG_2PI
+}

@@ -1,0 +1,11 @@
+//! The conditional normalizing flow: MADE blocks ([`made`]), their stack
+//! ([`maf`]) and the self-describing model file ([`model`]). Knows nothing of
+//! MPI or gRPC.
+
+pub mod made;
+pub mod maf;
+pub mod model;
+
+pub use made::Activation;
+pub use maf::{Maf, MafConfig, Permutation};
+pub use model::Model;

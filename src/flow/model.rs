@@ -1,0 +1,309 @@
+//! A trained model: the flow plus everything needed to use it on raw values
+//! (whitening of features and labels, names), saved as a self-describing
+//! directory:
+//!
+//! ```text
+//! MODEL_DIR/model.json          architecture, block orders, whitening, names, versions, weights digest
+//! MODEL_DIR/model.safetensors   the weights, named by path (`made0.hidden0.weight`, ...)
+//! ```
+//!
+//! Loading needs nothing else: no training configuration, any number of blocks
+//! and hidden layers. The JSON records a digest of the weights file, so a
+//! weights file from another model is refused rather than silently used.
+
+use super::maf::{Maf, MafConfig};
+use crate::data::whiten::Whitening;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// Name of the description file inside a model directory.
+pub const MODEL_JSON: &str = "model.json";
+/// Name of the weights file inside a model directory.
+pub const MODEL_WEIGHTS: &str = "model.safetensors";
+/// Format tag written into every model description.
+pub const FORMAT: &str = "fedhex-model";
+/// Version of the model directory layout.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The JSON description of a model (everything except the weights).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelMeta {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Layout version, [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Version of FEDHEX that wrote the model.
+    pub fedhex_version: String,
+    /// Version of libtorch that wrote the model.
+    pub libtorch_version: String,
+    /// The flow's architecture.
+    pub flow: MafConfig,
+    /// Feature order of each block.
+    pub orders: Vec<Vec<i64>>,
+    /// Whitening of the features (names inside).
+    pub features: Whitening,
+    /// Whitening of the labels (names inside).
+    pub labels: Whitening,
+    /// FNV-1a 64 digest (hex) of the weights file.
+    pub weights_digest: String,
+    /// Free-form facts about training (epochs, losses, data); not needed to load.
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+/// A flow with its whitening, working on raw (physical) values.
+#[derive(Debug)]
+pub struct Model {
+    /// The flow, working on whitened values.
+    pub flow: Maf,
+    /// Whitening of the features.
+    pub features: Whitening,
+    /// Whitening of the labels.
+    pub labels: Whitening,
+    /// Facts about training, carried into the model file.
+    pub training: serde_json::Value,
+}
+
+/// Version string of the libtorch this binary was built against.
+pub fn libtorch_version() -> String {
+    option_env!("FEDHEX_LIBTORCH_VERSION").unwrap_or("unknown").to_string()
+}
+
+fn fnv1a(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+impl Model {
+    /// Builds a model from a flow and fitted whitening, checking dimensions agree.
+    pub fn new(flow: Maf, features: Whitening, labels: Whitening) -> Result<Self> {
+        let cfg = flow.config();
+        if features.dim() as i64 != cfg.features || labels.dim() as i64 != cfg.context {
+            return Err(Error::Config(format!(
+                "flow has {} features and {} labels, whitening has {} and {}",
+                cfg.features,
+                cfg.context,
+                features.dim(),
+                labels.dim()
+            )));
+        }
+        Ok(Model { flow, features, labels, training: serde_json::Value::Null })
+    }
+
+    /// Number of features.
+    pub fn n_features(&self) -> usize {
+        self.features.dim()
+    }
+
+    /// Number of labels.
+    pub fn n_labels(&self) -> usize {
+        self.labels.dim()
+    }
+
+    /// `log p(x | label)` of raw values (includes the whitening Jacobian), per event.
+    ///
+    /// # Shapes
+    /// `xs: [N, D]`, `cs: [N, L]` → `[N]`
+    pub fn log_prob(&self, xs: &Tensor, cs: &Tensor) -> Tensor {
+        let dev = self.flow.device();
+        let xs = xs.to_device(dev).to_kind(Kind::Float);
+        let cs = cs.to_device(dev).to_kind(Kind::Float);
+        let z = self.features.forward(&xs);
+        let c = self.labels.forward(&cs);
+        self.flow.log_prob(&z, &c) + self.features.log_abs_det(&xs)
+    }
+
+    /// Draws one raw event per row of raw labels `cs`.
+    ///
+    /// # Shapes
+    /// `cs: [N, L]` → `[N, D]`
+    pub fn sample(&self, cs: &Tensor) -> Tensor {
+        let dev = self.flow.device();
+        let c = self.labels.forward(&cs.to_device(dev).to_kind(Kind::Float));
+        let z = self.flow.sample(&c);
+        tch::no_grad(|| self.features.inverse(&z))
+    }
+
+    /// Writes the model directory atomically: into a temporary sibling first,
+    /// fsynced, then renamed over `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let tmp = sibling(dir, "tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        self.write_into(&tmp)?;
+        replace_dir(&tmp, dir)
+    }
+
+    /// Writes `model.json` and `model.safetensors` into an existing directory
+    /// (no atomicity of its own; used by [`Model::save`] and checkpoints).
+    pub fn write_into(&self, dir: &Path) -> Result<()> {
+        let weights = self.weights_bytes()?;
+        let meta = ModelMeta {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            fedhex_version: env!("CARGO_PKG_VERSION").into(),
+            libtorch_version: libtorch_version(),
+            flow: self.flow.config().clone(),
+            orders: self.flow.orders().to_vec(),
+            features: self.features.clone(),
+            labels: self.labels.clone(),
+            weights_digest: fnv1a(&weights),
+            training: self.training.clone(),
+        };
+        let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::model(dir, e.to_string()))?;
+        write_synced(&dir.join(MODEL_WEIGHTS), &weights)?;
+        write_synced(&dir.join(MODEL_JSON), &json)?;
+        Ok(())
+    }
+
+    fn weights_bytes(&self) -> Result<Vec<u8>> {
+        named_tensors_bytes(&self.flow.var_store().variables())
+    }
+
+    /// Loads a model directory (or the `model.json` inside it) onto `device`.
+    pub fn load(path: &Path, device: Device) -> Result<Self> {
+        let dir =
+            if path.is_file() { path.parent().unwrap_or(Path::new(".")).to_path_buf() } else { path.to_path_buf() };
+        if !dir.is_dir() {
+            return Err(Error::model(path, "no such model directory"));
+        }
+        let json_path = dir.join(MODEL_JSON);
+        let json = std::fs::read(&json_path).map_err(|e| Error::io(&json_path, e))?;
+        let meta: ModelMeta = serde_json::from_slice(&json)
+            .map_err(|e| Error::model(&json_path, format!("not a valid model description: {e}")))?;
+        if meta.format != FORMAT {
+            return Err(Error::model(&json_path, format!("format is '{}', expected '{FORMAT}'", meta.format)));
+        }
+        if meta.format_version > FORMAT_VERSION {
+            return Err(Error::model(
+                &json_path,
+                format!(
+                    "format version {} is newer than this FEDHEX understands ({FORMAT_VERSION})",
+                    meta.format_version
+                ),
+            ));
+        }
+        meta.features.validate().map_err(|e| Error::model(&json_path, e.to_string()))?;
+        meta.labels.validate().map_err(|e| Error::model(&json_path, e.to_string()))?;
+        let w_path = dir.join(MODEL_WEIGHTS);
+        let bytes = std::fs::read(&w_path).map_err(|e| Error::io(&w_path, e))?;
+        if fnv1a(&bytes) != meta.weights_digest {
+            return Err(Error::model(
+                &w_path,
+                "weights file does not match model.json (digest differs): corrupt or from another model",
+            ));
+        }
+        let mut flow = Maf::with_orders(meta.flow.clone(), meta.orders.clone(), device)
+            .map_err(|e| Error::model(&json_path, e.to_string()))?;
+        let tensors = read_named_tensors(&bytes).map_err(|m| Error::model(&w_path, m))?;
+        load_into(&mut flow, &tensors).map_err(|m| Error::model(&w_path, m))?;
+        let mut model =
+            Model::new(flow, meta.features, meta.labels).map_err(|e| Error::model(&json_path, e.to_string()))?;
+        model.training = meta.training;
+        Ok(model)
+    }
+}
+
+/// Copies named CPU tensors into the flow's variables after checking names and shapes.
+pub fn load_into(flow: &mut Maf, tensors: &HashMap<String, Tensor>) -> std::result::Result<(), String> {
+    let named: Vec<(String, Vec<i64>)> = tensors.iter().map(|(k, t)| (k.clone(), t.size())).collect();
+    flow.check_tensors(&named)?;
+    let vars = flow.var_store().variables();
+    tch::no_grad(|| {
+        for (name, var) in vars {
+            if let Some(src) = tensors.get(&name) {
+                let mut var = var;
+                var.copy_(src);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Serialises named tensors (f32) to safetensors bytes, names sorted.
+pub fn named_tensors_bytes(vars: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(names.len());
+    for name in names {
+        let t = vars[name].to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+        let shape: Vec<usize> = t.size().iter().map(|&s| s as usize).collect();
+        let v = Vec::<f32>::try_from(t.flatten(0, -1))?;
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        data.push((name.clone(), shape, bytes));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Data(format!("tensor '{n}': {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let meta: HashMap<String, String> =
+        [("writer".to_string(), format!("fedhex {}", env!("CARGO_PKG_VERSION")))].into();
+    safetensors::serialize(views, Some(meta)).map_err(|e| Error::Data(format!("safetensors: {e}")))
+}
+
+/// Parses safetensors bytes into named f32 CPU tensors.
+pub fn read_named_tensors(bytes: &[u8]) -> std::result::Result<HashMap<String, Tensor>, String> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file: {e}"))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(format!("tensor '{name}' has dtype {:?}, expected F32", view.dtype()));
+        }
+        let vals: Vec<f32> =
+            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let shape: Vec<i64> = view.shape().iter().map(|&s| s as i64).collect();
+        let t = Tensor::from_slice(&vals).view(shape.as_slice());
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// `path` with a suffix like `.tmp.<pid>`, in the same directory (so a rename is atomic).
+pub fn sibling(path: &Path, tag: &str) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    path.with_file_name(format!(".{name}.{tag}.{}", std::process::id()))
+}
+
+/// Writes a file and fsyncs it.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    f.sync_all().map_err(|e| Error::io(path, e))
+}
+
+/// Replaces directory `dst` by `src` (both on one filesystem): a reader sees
+/// either the old complete directory or the new one, never a half-written one.
+pub fn replace_dir(src: &Path, dst: &Path) -> Result<()> {
+    if let Ok(d) = std::fs::File::open(src) {
+        let _ = d.sync_all();
+    }
+    let old = sibling(dst, "old");
+    if dst.exists() {
+        std::fs::rename(dst, &old).map_err(|e| Error::io(dst, e))?;
+    }
+    std::fs::rename(src, dst).map_err(|e| Error::io(dst, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    if let Some(parent) = dst.parent() {
+        if let Ok(d) = std::fs::File::open(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}

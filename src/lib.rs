@@ -1,0 +1,26 @@
+//! FEDHEX: conditional normalizing flows (a Masked Autoregressive Flow of MADE
+//! blocks) trained on Monte Carlo simulated at a sparse grid of generator
+//! parameters, generating events at any parameter point in between.
+//!
+//! Components and what each owns:
+//! - [`config`]: the run configuration (TOML), defaults and `--set` overrides.
+//! - [`data`]: [`data::EventSet`], readers/writers, generators, whitening.
+//! - [`flow`]: the conditional MAF in tch and the self-describing model file.
+//! - [`comm`]: the [`comm::Communicator`] trait between training ranks.
+//! - [`train`]: shard plan, schedule, Adam with saveable state, the driver.
+//! - [`device`]: device and thread selection.
+//!
+//! Model code knows nothing of MPI or gRPC; the training driver sees other
+//! ranks only through a `Communicator`.
+#![warn(missing_docs)]
+
+pub mod comm;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod flow;
+pub mod generate;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,11 @@
+//! Training: the shard plan ([`shard`]), the learning-rate schedule
+//! ([`schedule`]), Adam with saveable state ([`optim`]) and the epoch/step
+//! driver ([`driver`]). The driver talks to other ranks only through a
+//! [`crate::comm::Communicator`].
+
+pub mod driver;
+pub mod optim;
+pub mod schedule;
+pub mod shard;
+
+pub use driver::{train, train_events, EpochRecord, TrainOutcome};
