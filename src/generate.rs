@@ -47,7 +47,7 @@ pub fn sample_at_labels(model: &Model, labels: &[Vec<f32>], n: usize, seed: u64,
     let total = labels.len() * n;
     let mut samples = Array2::<f32>::zeros((total, d));
     let mut labs = Array2::<f32>::zeros((total, l));
-    tch::manual_seed(seed as i64);
+    let _rng = crate::rng::seeded(seed);
     let chunk = chunk.max(1);
     let mut row = 0;
     for lab in labels {

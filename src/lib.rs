@@ -21,6 +21,7 @@ pub mod device;
 pub mod error;
 pub mod flow;
 pub mod generate;
+pub mod rng;
 pub mod train;
 
 pub use error::{Error, Result};

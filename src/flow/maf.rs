@@ -109,7 +109,7 @@ const LOG_2PI: f64 = 1.837_877_066_409_345_3;
 
 impl Maf {
     /// A freshly initialised flow (initialisation uses libtorch's global RNG:
-    /// call `tch::manual_seed` first for reproducible weights).
+    /// hold [`crate::rng::seeded`] around this call for reproducible weights).
     pub fn new(cfg: MafConfig, device: Device) -> Result<Self> {
         let orders = cfg.orders();
         Self::with_orders(cfg, orders, device)

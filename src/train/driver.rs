@@ -134,8 +134,10 @@ pub fn train(
     let fw = Whitening::fit(train_set.samples.view(), &fspec, comm)?;
     let lw = Whitening::fit(train_set.labels.view(), &lspec, comm)?;
 
-    tch::manual_seed(t.seed as i64);
-    let flow = Maf::new(cfg.network.maf(local.n_features(), local.n_labels()), device)?;
+    let flow = {
+        let _rng = crate::rng::seeded(t.seed);
+        Maf::new(cfg.network.maf(local.n_features(), local.n_labels()), device)?
+    };
     let mut model = Model::new(flow, fw, lw)?;
 
     let white = |set: &EventSet| -> (Tensor, Tensor) {

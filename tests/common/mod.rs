@@ -1,0 +1,55 @@
+//! Shared helpers for integration tests.
+#![allow(dead_code)]
+
+use fedhex::comm::SingleProcess;
+use fedhex::data::whiten::{WhitenSpec, Whitening};
+use fedhex::flow::{Activation, Maf, MafConfig, Model, Permutation};
+use ndarray::Array2;
+use tch::{Device, Kind, Tensor};
+
+/// A MAF config for tests.
+pub fn maf_cfg(d: i64, l: i64, blocks: usize, hidden: &[i64], act: Activation, perm: Permutation) -> MafConfig {
+    MafConfig {
+        features: d,
+        context: l,
+        n_blocks: blocks,
+        hidden: hidden.to_vec(),
+        activation: act,
+        permutation: perm,
+        permutation_seed: 7,
+        log_scale_bound: 3.0,
+    }
+}
+
+/// Multiplies every weight by a random factor so the flow is far from the identity.
+pub fn scramble(flow: &Maf, scale: f64) {
+    tch::no_grad(|| {
+        for (_, mut v) in flow.var_store().variables() {
+            let noise = Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * scale;
+            let _ = v.g_add_(&noise);
+        }
+    });
+}
+
+/// A model with whitening fitted on a unit-square-ish random data set.
+pub fn random_model(blocks: usize, hidden: &[i64], seed: i64) -> Model {
+    let _rng = fedhex::rng::seeded(seed as u64);
+    let flow = Maf::new(maf_cfg(2, 2, blocks, hidden, Activation::Tanh, Permutation::Reverse), Device::Cpu).unwrap();
+    scramble(&flow, 0.3);
+    let xs = Array2::from_shape_fn((500, 2), |(i, j)| ((i * 7 + j * 13) % 101) as f32 / 50.0 - 1.0);
+    let ls = Array2::from_shape_fn((500, 2), |(i, j)| ((i + j) % 5) as f32 * 0.25);
+    let spec = |p: &str| WhitenSpec { names: vec![format!("{p}0"), format!("{p}1")], logit: vec![false; 2], eps: 1e-3 };
+    let fw = Whitening::fit(xs.view(), &spec("x"), &SingleProcess).unwrap();
+    let lw = Whitening::fit(ls.view(), &spec("l"), &SingleProcess).unwrap();
+    Model::new(flow, fw, lw).unwrap()
+}
+
+/// A fresh temporary directory.
+pub fn tmpdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary directory")
+}
+
+/// Tensor → Vec<f32>.
+pub fn vec_of(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1).contiguous()).unwrap()
+}

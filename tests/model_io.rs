@@ -1,0 +1,110 @@
+//! The self-describing model file: exact round trips for any depth, and clear
+//! errors for corrupt or mismatched files.
+
+mod common;
+use common::*;
+use fedhex::flow::model::{MODEL_JSON, MODEL_WEIGHTS};
+use fedhex::flow::Model;
+use tch::{Device, Kind, Tensor};
+
+#[test]
+fn save_load_round_trip_is_exact_for_any_depth() {
+    for hidden in [vec![16], vec![16, 16], vec![8, 8, 8]] {
+        for blocks in [1, 2, 5] {
+            let model = random_model(blocks, &hidden, 100 + blocks as i64);
+            let dir = tmpdir();
+            let path = dir.path().join("m");
+            model.save(&path).unwrap();
+            let loaded = Model::load(&path, Device::Cpu).unwrap();
+            let xs = Tensor::randn([64, 2], (Kind::Float, Device::Cpu));
+            let cs = Tensor::rand([64, 2], (Kind::Float, Device::Cpu));
+            let a = vec_of(&tch::no_grad(|| model.log_prob(&xs, &cs)));
+            let b = vec_of(&tch::no_grad(|| loaded.log_prob(&xs, &cs)));
+            assert_eq!(a, b, "log_prob differs after load (hidden {hidden:?}, blocks {blocks})");
+            let sa = {
+                let _rng = fedhex::rng::seeded(9);
+                vec_of(&model.sample(&cs))
+            };
+            let sb = {
+                let _rng = fedhex::rng::seeded(9);
+                vec_of(&loaded.sample(&cs))
+            };
+            assert_eq!(sa, sb, "samples differ after load (hidden {hidden:?}, blocks {blocks})");
+            assert_eq!(loaded.flow.config(), model.flow.config());
+            assert_eq!(loaded.features, model.features);
+            assert_eq!(loaded.labels, model.labels);
+        }
+    }
+}
+
+#[test]
+fn a_different_model_gives_different_results() {
+    // Guards the round-trip test: two models must not agree by accident.
+    let a = random_model(2, &[16], 1);
+    let b = random_model(2, &[16], 2);
+    let xs = Tensor::randn([8, 2], (Kind::Float, Device::Cpu));
+    let cs = Tensor::rand([8, 2], (Kind::Float, Device::Cpu));
+    assert_ne!(vec_of(&tch::no_grad(|| a.log_prob(&xs, &cs))), vec_of(&tch::no_grad(|| b.log_prob(&xs, &cs))));
+}
+
+fn err_of(path: &std::path::Path) -> String {
+    Model::load(path, Device::Cpu).expect_err("load must fail").to_string()
+}
+
+#[test]
+fn corrupt_or_mismatched_model_files_are_refused_clearly() {
+    let dir = tmpdir();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    random_model(2, &[16], 1).save(&a).unwrap();
+    random_model(3, &[16, 16], 2).save(&b).unwrap();
+
+    assert!(err_of(&dir.path().join("nope")).contains("no such model directory"));
+
+    // Weights of another model.
+    let mixed = dir.path().join("mixed");
+    std::fs::create_dir(&mixed).unwrap();
+    std::fs::copy(a.join(MODEL_JSON), mixed.join(MODEL_JSON)).unwrap();
+    std::fs::copy(b.join(MODEL_WEIGHTS), mixed.join(MODEL_WEIGHTS)).unwrap();
+    let e = err_of(&mixed);
+    assert!(e.contains("does not match model.json"), "{e}");
+
+    // Flipped byte in the weights.
+    let mut bytes = std::fs::read(a.join(MODEL_WEIGHTS)).unwrap();
+    let k = bytes.len() - 10;
+    bytes[k] ^= 0x40;
+    std::fs::write(mixed.join(MODEL_WEIGHTS), &bytes).unwrap();
+    assert!(err_of(&mixed).contains("digest"));
+
+    // Truncated description.
+    let json = std::fs::read_to_string(a.join(MODEL_JSON)).unwrap();
+    std::fs::write(mixed.join(MODEL_JSON), &json[..json.len() / 2]).unwrap();
+    let e = err_of(&mixed);
+    assert!(e.contains("model.json") && e.contains("not a valid model description"), "{e}");
+
+    // Description whose architecture does not fit the weights (digest patched to match).
+    let mut meta: serde_json::Value = serde_json::from_str(&json).unwrap();
+    meta["flow"]["hidden"] = serde_json::json!([17]);
+    std::fs::write(mixed.join(MODEL_JSON), serde_json::to_string(&meta).unwrap()).unwrap();
+    std::fs::copy(a.join(MODEL_WEIGHTS), mixed.join(MODEL_WEIGHTS)).unwrap();
+    let e = err_of(&mixed);
+    assert!(e.contains("shape"), "{e}");
+
+    // Missing weights file.
+    std::fs::remove_file(mixed.join(MODEL_WEIGHTS)).unwrap();
+    let e = err_of(&mixed);
+    assert!(e.contains(MODEL_WEIGHTS), "{e}");
+}
+
+#[test]
+fn saving_over_an_existing_model_replaces_it_whole() {
+    let dir = tmpdir();
+    let p = dir.path().join("m");
+    random_model(2, &[16], 1).save(&p).unwrap();
+    let second = random_model(4, &[8, 8], 2);
+    second.save(&p).unwrap();
+    let loaded = Model::load(&p, Device::Cpu).unwrap();
+    assert_eq!(loaded.flow.config().n_blocks, 4);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "temporary directories left behind: {leftovers:?}");
+}
