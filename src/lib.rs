@@ -9,11 +9,15 @@
 //! - [`comm`]: the [`comm::Communicator`] trait between training ranks.
 //! - [`train`]: shard plan, schedule, Adam with saveable state, the driver.
 //! - [`device`]: device and thread selection.
+//! - [`analysis`]: metrics between sample sets and plots.
+//! - [`generate`]: sampling at requested labels; [`bench`]: throughput measurement.
 //!
 //! Model code knows nothing of MPI or gRPC; the training driver sees other
 //! ranks only through a `Communicator`.
 #![warn(missing_docs)]
 
+pub mod analysis;
+pub mod bench;
 pub mod comm;
 pub mod config;
 pub mod data;

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use fedhex::flow::made::{made, MadeConfig};
 use fedhex::flow::{Activation, Maf, Permutation};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 /// d out_j / d x_i for one event, by autograd: `[outputs][inputs]`.
 fn jacobian(f: impl Fn(&Tensor) -> Tensor, x: &Tensor) -> Vec<Vec<f64>> {
@@ -29,7 +29,7 @@ fn made_is_autoregressive_in_its_order() {
         (vec![], vec![1, 3, 0, 2]),
     ] {
         let _rng = fedhex::rng::seeded(3);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(dev());
         let cfg = MadeConfig {
             features: 4,
             context: 2,
@@ -42,12 +42,12 @@ fn made_is_autoregressive_in_its_order() {
         // Large random weights: every allowed connection is visibly non-zero.
         tch::no_grad(|| {
             for (_, mut v) in vs.variables() {
-                let _ = v.copy_(&(Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.7));
+                let _ = v.copy_(&(Tensor::randn(v.size(), (Kind::Float, dev())) * 0.7));
             }
         });
         let rank = fedhex::flow::made::input_degrees(&order);
-        let cs = Tensor::randn([1, 2], (Kind::Float, Device::Cpu));
-        let x = Tensor::randn([1, 4], (Kind::Float, Device::Cpu));
+        let cs = Tensor::randn([1, 2], (Kind::Float, dev()));
+        let x = Tensor::randn([1, 4], (Kind::Float, dev()));
         for part in 0..2 {
             let jac = jacobian(
                 |x| {
@@ -76,10 +76,10 @@ fn made_is_autoregressive_in_its_order() {
 #[test]
 fn each_block_of_a_maf_has_a_triangular_jacobian() {
     let _rng = fedhex::rng::seeded(11);
-    let flow = Maf::new(maf_cfg(3, 1, 4, &[16, 16], Activation::Gelu, Permutation::Random), Device::Cpu).unwrap();
+    let flow = Maf::new(maf_cfg(3, 1, 4, &[16, 16], Activation::Gelu, Permutation::Random), dev()).unwrap();
     scramble(&flow, 0.5);
-    let cs = Tensor::randn([1, 1], (Kind::Float, Device::Cpu));
-    let x = Tensor::randn([1, 3], (Kind::Float, Device::Cpu));
+    let cs = Tensor::randn([1, 1], (Kind::Float, dev()));
+    let x = Tensor::randn([1, 3], (Kind::Float, dev()));
     for (k, block) in flow.blocks().iter().enumerate() {
         let rank = flow.input_degrees(k).unwrap();
         let jac = jacobian(|x| (x - block.forward(x, &cs).0) * (-block.forward(x, &cs).1).exp(), &x);
@@ -94,8 +94,8 @@ fn each_block_of_a_maf_has_a_triangular_jacobian() {
 }
 
 fn integrate_2d(model: &fedhex::flow::Model, label: [f32; 2], lo: [f64; 2], hi: [f64; 2], n: i64) -> f64 {
-    let gx = Tensor::linspace(lo[0], hi[0], n, (Kind::Float, Device::Cpu));
-    let gy = Tensor::linspace(lo[1], hi[1], n, (Kind::Float, Device::Cpu));
+    let gx = Tensor::linspace(lo[0], hi[0], n, (Kind::Float, dev()));
+    let gy = Tensor::linspace(lo[1], hi[1], n, (Kind::Float, dev()));
     let grid = Tensor::meshgrid_indexing(&[&gx, &gy], "ij");
     let xs = Tensor::stack(&[grid[0].flatten(0, -1), grid[1].flatten(0, -1)], 1);
     let cs = Tensor::from_slice(&label).view([1, 2]).expand([n * n, 2], false);
@@ -136,13 +136,13 @@ fn sample_and_log_prob_agree_and_inverse_undoes_forward() {
     let model = random_model(4, &[24, 24], 8);
     let flow = &model.flow;
     let rng = fedhex::rng::seeded(2);
-    let cs = Tensor::randn([256, 2], (Kind::Float, Device::Cpu));
+    let cs = Tensor::randn([256, 2], (Kind::Float, dev()));
     let (x, lp_sample) = flow.sample_with_log_prob(&cs);
     let lp = tch::no_grad(|| flow.log_prob(&x, &cs));
     let diff = (&lp - &lp_sample).abs().max().double_value(&[]);
     assert!(diff < 2e-3, "log_prob from sampling and evaluation differ by {diff}");
     // inverse(forward(x)) = x
-    let x0 = Tensor::randn([256, 2], (Kind::Float, Device::Cpu));
+    let x0 = Tensor::randn([256, 2], (Kind::Float, dev()));
     let (u, logdet_f) = tch::no_grad(|| flow.forward(&x0, &cs));
     let (x1, logdet_i) = flow.inverse(&u, &cs);
     let err = (&x1 - &x0).abs().max().double_value(&[]);
@@ -160,8 +160,8 @@ fn sample_and_log_prob_agree_and_inverse_undoes_forward() {
 #[test]
 fn log_det_matches_autograd_jacobian() {
     let model = random_model(3, &[16], 13);
-    let cs = Tensor::from_slice(&[0.2f32, -0.4]).view([1, 2]);
-    let x = Tensor::from_slice(&[0.1f32, 0.3]).view([1, 2]);
+    let cs = Tensor::from_slice(&[0.2f32, -0.4]).view([1, 2]).to_device(dev());
+    let x = Tensor::from_slice(&[0.1f32, 0.3]).view([1, 2]).to_device(dev());
     let jac = jacobian(|x| model.flow.forward(x, &cs).0, &x);
     let det = jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0];
     let (_, logdet) = tch::no_grad(|| model.flow.forward(&x, &cs));

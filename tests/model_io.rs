@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use fedhex::flow::model::{MODEL_JSON, MODEL_WEIGHTS};
 use fedhex::flow::Model;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 #[test]
 fn save_load_round_trip_is_exact_for_any_depth() {
@@ -15,9 +15,9 @@ fn save_load_round_trip_is_exact_for_any_depth() {
             let dir = tmpdir();
             let path = dir.path().join("m");
             model.save(&path).unwrap();
-            let loaded = Model::load(&path, Device::Cpu).unwrap();
-            let xs = Tensor::randn([64, 2], (Kind::Float, Device::Cpu));
-            let cs = Tensor::rand([64, 2], (Kind::Float, Device::Cpu));
+            let loaded = Model::load(&path, dev()).unwrap();
+            let xs = Tensor::randn([64, 2], (Kind::Float, dev()));
+            let cs = Tensor::rand([64, 2], (Kind::Float, dev()));
             let a = vec_of(&tch::no_grad(|| model.log_prob(&xs, &cs)));
             let b = vec_of(&tch::no_grad(|| loaded.log_prob(&xs, &cs)));
             assert_eq!(a, b, "log_prob differs after load (hidden {hidden:?}, blocks {blocks})");
@@ -42,13 +42,13 @@ fn a_different_model_gives_different_results() {
     // Guards the round-trip test: two models must not agree by accident.
     let a = random_model(2, &[16], 1);
     let b = random_model(2, &[16], 2);
-    let xs = Tensor::randn([8, 2], (Kind::Float, Device::Cpu));
-    let cs = Tensor::rand([8, 2], (Kind::Float, Device::Cpu));
+    let xs = Tensor::randn([8, 2], (Kind::Float, dev()));
+    let cs = Tensor::rand([8, 2], (Kind::Float, dev()));
     assert_ne!(vec_of(&tch::no_grad(|| a.log_prob(&xs, &cs))), vec_of(&tch::no_grad(|| b.log_prob(&xs, &cs))));
 }
 
 fn err_of(path: &std::path::Path) -> String {
-    Model::load(path, Device::Cpu).expect_err("load must fail").to_string()
+    Model::load(path, dev()).expect_err("load must fail").to_string()
 }
 
 #[test]
@@ -103,7 +103,7 @@ fn saving_over_an_existing_model_replaces_it_whole() {
     random_model(2, &[16], 1).save(&p).unwrap();
     let second = random_model(4, &[8, 8], 2);
     second.save(&p).unwrap();
-    let loaded = Model::load(&p, Device::Cpu).unwrap();
+    let loaded = Model::load(&p, dev()).unwrap();
     assert_eq!(loaded.flow.config().n_blocks, 4);
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 1, "temporary directories left behind: {leftovers:?}");

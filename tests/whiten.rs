@@ -8,7 +8,8 @@ use tch::{Device, Kind, Tensor};
 
 fn fitted(logit: bool) -> (Whitening, Array2<f32>) {
     let xs = Array2::from_shape_fn((1000, 3), |(i, j)| (i as f32 * 0.37 + j as f32).sin() * (j + 1) as f32 + 5.0);
-    let spec = WhitenSpec { names: vec!["a".into(), "b".into(), "c".into()], logit: vec![logit, false, logit], eps: 1e-3 };
+    let spec =
+        WhitenSpec { names: vec!["a".into(), "b".into(), "c".into()], logit: vec![logit, false, logit], eps: 1e-3 };
     (Whitening::fit(xs.view(), &spec, &SingleProcess).unwrap(), xs)
 }
 

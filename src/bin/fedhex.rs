@@ -78,6 +78,33 @@ enum Cmd {
     },
     /// Print versions, devices and threads; fail when something required is missing.
     Doctor,
+    /// Measure training, sampling and log-prob throughput of a network.
+    Bench {
+        /// Intra-op threads (0: all cores).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Batch sizes (repeatable).
+        #[arg(long = "batch", default_values_t = [1024])]
+        batches: Vec<usize>,
+        /// Device: auto, cpu, cuda, cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// MADE blocks.
+        #[arg(long, default_value_t = 10)]
+        blocks: usize,
+        /// Hidden widths, comma separated.
+        #[arg(long, default_value = "128")]
+        hidden: String,
+        /// Features and labels.
+        #[arg(long, default_value_t = 2)]
+        dim: usize,
+        /// Print one JSON line per batch size instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -308,6 +335,33 @@ fn main() {
         }
         Cmd::Moments { truth, samples, max_pull } => moments(truth, samples, *max_pull),
         Cmd::Doctor => doctor(),
+        Cmd::Bench { threads, batches, device, seconds, blocks, hidden, dim, json } => (|| -> Result<()> {
+            let dev = fedhex::device::resolve(fedhex::device::parse_device(device)?, 0)?;
+            let used = fedhex::device::set_threads(*threads);
+            let net = fedhex::config::NetworkConfig {
+                n_blocks: *blocks,
+                hidden: hidden.split(',').map(|w| w.trim().parse()).collect::<Result<_, _>>()?,
+                ..Default::default()
+            };
+            if !json {
+                println!(
+                    "{:>8} {:>14} {:>14} {:>14} {:>10}   ({used} threads, {dev:?})",
+                    "batch", "train ev/s", "sample ev/s", "logp ev/s", "peak MiB"
+                );
+            }
+            for &b in batches {
+                let t = fedhex::bench::flow_throughput(&net, *dim, *dim, b, dev, *seconds)?;
+                if *json {
+                    println!("{}", serde_json::to_string(&t)?);
+                } else {
+                    println!(
+                        "{:>8} {:>14.0} {:>14.0} {:>14.0} {:>10.0}",
+                        b, t.train_events_per_s, t.sample_events_per_s, t.log_prob_events_per_s, t.peak_rss_mib
+                    );
+                }
+            }
+            Ok(())
+        })(),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

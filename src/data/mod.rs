@@ -5,6 +5,7 @@
 pub mod expr;
 pub mod gaussian;
 pub mod npy;
+pub mod phiomega;
 pub mod whiten;
 
 use crate::error::{Error, Result};

@@ -25,7 +25,7 @@ pub fn maf_cfg(d: i64, l: i64, blocks: usize, hidden: &[i64], act: Activation, p
 pub fn scramble(flow: &Maf, scale: f64) {
     tch::no_grad(|| {
         for (_, mut v) in flow.var_store().variables() {
-            let noise = Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * scale;
+            let noise = Tensor::randn(v.size(), (Kind::Float, dev())) * scale;
             let _ = v.g_add_(&noise);
         }
     });
@@ -34,7 +34,7 @@ pub fn scramble(flow: &Maf, scale: f64) {
 /// A model with whitening fitted on a unit-square-ish random data set.
 pub fn random_model(blocks: usize, hidden: &[i64], seed: i64) -> Model {
     let _rng = fedhex::rng::seeded(seed as u64);
-    let flow = Maf::new(maf_cfg(2, 2, blocks, hidden, Activation::Tanh, Permutation::Reverse), Device::Cpu).unwrap();
+    let flow = Maf::new(maf_cfg(2, 2, blocks, hidden, Activation::Tanh, Permutation::Reverse), dev()).unwrap();
     scramble(&flow, 0.3);
     let xs = Array2::from_shape_fn((500, 2), |(i, j)| ((i * 7 + j * 13) % 101) as f32 / 50.0 - 1.0);
     let ls = Array2::from_shape_fn((500, 2), |(i, j)| ((i + j) % 5) as f32 * 0.25);
@@ -52,4 +52,12 @@ pub fn tmpdir() -> tempfile::TempDir {
 /// Tensor → Vec<f32>.
 pub fn vec_of(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1).contiguous()).unwrap()
+}
+
+/// The device tests run on: `FEDHEX_TEST_DEVICE` (cpu, cuda, cuda:N), default cpu.
+/// The GPU check script runs the flow tests with `FEDHEX_TEST_DEVICE=cuda`.
+pub fn dev() -> Device {
+    let spec = std::env::var("FEDHEX_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    fedhex::device::resolve(fedhex::device::parse_device(&spec).expect("FEDHEX_TEST_DEVICE"), 0)
+        .expect("requested test device")
 }

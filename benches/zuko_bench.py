@@ -1,0 +1,65 @@
+"""Throughput of zuko's MAF on the reference network, for side-by-side comparison.
+
+Usage: python benches/zuko_bench.py --threads 1 --batch 1024 [--seconds 3]
+Prints one JSON line per batch size with the same fields as `fedhex bench --json`.
+"""
+import argparse
+import json
+import time
+
+import torch
+import zuko
+
+
+def timed(fn, events, seconds):
+    fn()
+    start, n = time.perf_counter(), 0
+    while n < 3 or time.perf_counter() - start < seconds:
+        fn()
+        n += 1
+    return n * events / (time.perf_counter() - start)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, action="append")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--blocks", type=int, default=10)
+    ap.add_argument("--hidden", default="128")
+    ap.add_argument("--dim", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    hidden = [int(h) for h in a.hidden.split(",")]
+    flow = zuko.flows.MAF(features=a.dim, context=a.dim, transforms=a.blocks, hidden_features=hidden)
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
+    for b in a.batch or [1024]:
+        x, c = torch.randn(b, a.dim), torch.randn(b, a.dim)
+
+        def train():
+            loss = -flow(c).log_prob(x).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        def sample():
+            with torch.no_grad():
+                flow(c).sample()
+
+        def logp():
+            with torch.no_grad():
+                flow(c).log_prob(x)
+
+        print(json.dumps({
+            "impl": "zuko " + zuko.__version__,
+            "threads": a.threads,
+            "batch": b,
+            "train_events_per_s": timed(train, b, a.seconds),
+            "sample_events_per_s": timed(sample, b, a.seconds),
+            "log_prob_events_per_s": timed(logp, b, a.seconds),
+        }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

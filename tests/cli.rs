@@ -1,0 +1,148 @@
+//! The `fedhex` binary end to end, and its answers to bad input: one clear
+//! error line, a non-zero exit, no output file.
+
+mod common;
+use common::tmpdir;
+use fedhex::data::npy::write_npz;
+use ndarray::Array2;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn fedhex(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fedhex"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap()
+}
+
+fn fails_with(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(err.contains(needle), "stderr lacks '{needle}':\n{err}");
+    assert!(!err.contains("panicked"), "panic instead of an error:\n{err}");
+}
+
+const CFG: &str = r#"
+[data]
+path = "grid.npz"
+[network]
+n_blocks = 2
+hidden = [16]
+[training]
+epochs = 2
+batch_size = 128
+device = "cpu"
+[outputs]
+run_dir = "run"
+"#;
+
+#[test]
+fn gen_train_sample_moments_end_to_end() {
+    let dir = tmpdir();
+    let d = dir.path();
+    let o = fedhex(&["gen", "--points", "3", "-n", "300", "--cov", "full", "--out", "grid.npz"], d);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(d.join("run.toml"), CFG).unwrap();
+    let o = fedhex(&["train", "--config", "run.toml", "--set", "network.hidden=[8,8]"], d);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(d.join("run/model/model.json").exists() && d.join("run/history.csv").exists());
+    let saved = std::fs::read_to_string(d.join("run/config.toml")).unwrap();
+    assert!(saved.contains("hidden = [8, 8]"), "override not recorded: {saved}");
+    let o = fedhex(&["sample", "--model", "run/model", "--label", "0.25,0.75", "-n", "500", "--out", "gen.npz"], d);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let events = fedhex::data::npy::read_npz(&d.join("gen.npz"), vec![], vec![]).unwrap();
+    assert_eq!(events.len(), 500);
+    assert!(events.labels.iter().zip([0.25f32, 0.75].iter().cycle()).all(|(a, b)| a == b));
+    let o = fedhex(&["moments", "--truth", "grid.gen.json", "--samples", "gen.npz"], d);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("worst mean offset"));
+}
+
+#[test]
+fn config_default_prints_a_commented_full_configuration() {
+    let dir = tmpdir();
+    let o = fedhex(&["config", "--default"], dir.path());
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(fedhex::config::RunConfig::from_toml(&text, &[], "stdout").unwrap(), Default::default());
+    assert!(text.lines().filter(|l| l.starts_with('#')).count() > 20);
+}
+
+#[test]
+fn bad_inputs_give_one_clear_error_and_no_output() {
+    let dir = tmpdir();
+    let d = dir.path();
+    std::fs::write(d.join("run.toml"), CFG).unwrap();
+
+    // Missing input file.
+    fails_with(&fedhex(&["train", "--config", "run.toml"], d), "grid.npz");
+    // NaN in samples.
+    let mut xs = Array2::<f32>::from_elem((50, 2), 0.5);
+    xs[[17, 1]] = f32::NAN;
+    write_npz(&d.join("grid.npz"), &xs, &Array2::zeros((50, 2))).unwrap();
+    fails_with(&fedhex(&["train", "--config", "run.toml"], d), "samples[17, 1] is NaN");
+    // Infinity in labels.
+    let mut ls = Array2::<f32>::zeros((50, 2));
+    ls[[3, 0]] = f32::INFINITY;
+    write_npz(&d.join("grid.npz"), &Array2::zeros((50, 2)), &ls).unwrap();
+    fails_with(&fedhex(&["train", "--config", "run.toml"], d), "labels[3, 0] is inf");
+    // Empty input.
+    write_npz(&d.join("grid.npz"), &Array2::zeros((0, 2)), &Array2::zeros((0, 2))).unwrap();
+    fails_with(&fedhex(&["train", "--config", "run.toml"], d), "no events");
+    // Row counts disagree.
+    write_npz(&d.join("grid.npz"), &Array2::zeros((10, 2)), &Array2::zeros((9, 2))).unwrap();
+    fails_with(&fedhex(&["train", "--config", "run.toml"], d), "10 rows of samples but 9 rows of labels");
+    // Not an npz.
+    std::fs::write(d.join("grid.npz"), b"definitely not a zip archive").unwrap();
+    fails_with(&fedhex(&["train", "--config", "run.toml"], d), "not a readable .npz");
+    // Unknown configuration keys, in the file and on the command line.
+    std::fs::write(d.join("bad.toml"), format!("{CFG}\n[extra]\nx = 1\n")).unwrap();
+    fails_with(&fedhex(&["train", "--config", "bad.toml"], d), "extra");
+    fails_with(&fedhex(&["train", "--config", "run.toml", "--set", "network.widths=[3]"], d), "widths");
+    assert!(!d.join("run").exists(), "a failed run left a run directory behind");
+
+    // Sampling: label dimension mismatch and a missing model.
+    let ok = fedhex(&["gen", "--points", "2", "-n", "100", "--out", "grid.npz"], d);
+    assert!(ok.status.success());
+    assert!(fedhex(&["train", "--config", "run.toml"], d).status.success());
+    fails_with(
+        &fedhex(&["sample", "--model", "run/model", "--label", "0.5", "-n", "10", "--out", "gen.npz"], d),
+        "has 1 values but the model is conditioned on 2 labels",
+    );
+    fails_with(
+        &fedhex(&["sample", "--model", "run/model", "--label", "0.5,x", "-n", "10", "--out", "gen.npz"], d),
+        "'x' is not a number",
+    );
+    fails_with(
+        &fedhex(&["sample", "--model", "nowhere", "--label", "0.5,0.5", "-n", "10", "--out", "gen.npz"], d),
+        "no such model directory",
+    );
+    assert!(!d.join("gen.npz").exists(), "a failed sample left an output file");
+    let stray: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+        .collect();
+    assert!(stray.is_empty(), "temporary files left behind");
+}
+
+#[test]
+fn doctor_reports_libtorch_without_ld_library_path() {
+    let dir = tmpdir();
+    let o = fedhex(&["doctor"], dir.path());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("libtorch    2.11.0"), "{out}");
+    assert!(out.contains("cuda") && out.contains("threads"), "{out}");
+}
+
+#[test]
+fn binary_links_libtorch_cuda_and_carries_an_rpath() {
+    let bin = env!("CARGO_BIN_EXE_fedhex");
+    let o = Command::new("ldd").arg(bin).env_remove("LD_LIBRARY_PATH").output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("libtorch_cuda.so =>"), "libtorch_cuda not linked:\n{text}");
+    assert!(!text.contains("not found"), "unresolved libraries without LD_LIBRARY_PATH:\n{text}");
+}
