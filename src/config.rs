@@ -152,6 +152,19 @@ pub struct TrainingConfig {
     pub adam_beta2: f64,
     /// Adam epsilon.
     pub adam_eps: f64,
+    /// Continue from the newest complete checkpoint in the run directory: never or auto.
+    pub resume: Resume,
+}
+
+/// Whether a run continues from an existing checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Resume {
+    /// Always start from scratch.
+    #[default]
+    Never,
+    /// Continue from the newest complete checkpoint when there is one.
+    Auto,
 }
 
 impl Default for TrainingConfig {
@@ -170,6 +183,7 @@ impl Default for TrainingConfig {
             adam_beta1: 0.9,
             adam_beta2: 0.999,
             adam_eps: 1e-8,
+            resume: Resume::Never,
         }
     }
 }
@@ -182,11 +196,15 @@ pub struct OutputConfig {
     pub run_dir: PathBuf,
     /// Show a progress bar when attached to a terminal.
     pub progress: bool,
+    /// Write a checkpoint every this many epochs (0: only at the end and on request).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept: the newest this many plus the best by validation loss.
+    pub keep_checkpoints: usize,
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
-        OutputConfig { run_dir: PathBuf::from("runs/fedhex"), progress: true }
+        OutputConfig { run_dir: PathBuf::from("runs/fedhex"), progress: true, checkpoint_every: 5, keep_checkpoints: 3 }
     }
 }
 
@@ -218,8 +236,11 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("training.adam_beta1", "Adam beta1"),
     ("training.adam_beta2", "Adam beta2"),
     ("training.adam_eps", "Adam epsilon"),
-    ("outputs.run_dir", "run directory: model/, history.csv, config.toml"),
+    ("training.resume", "never, or auto: continue from the newest complete checkpoint in the run directory"),
+    ("outputs.run_dir", "run directory: model/, history.csv, config.toml, checkpoints/"),
     ("outputs.progress", "show a progress bar when attached to a terminal"),
+    ("outputs.checkpoint_every", "checkpoint every this many epochs (0: only at the end and on request)"),
+    ("outputs.keep_checkpoints", "checkpoints kept: the newest this many plus the best by validation loss"),
 ];
 
 /// The full default configuration as TOML, with a comment above every key.

@@ -39,6 +39,9 @@ enum Cmd {
         /// Override a key: section.key=value (TOML value), repeatable.
         #[arg(long = "set")]
         set: Vec<String>,
+        /// Continue from the newest complete checkpoint in the run directory.
+        #[arg(long)]
+        resume: bool,
     },
     /// Generate events from a trained model at given labels.
     Sample {
@@ -198,23 +201,16 @@ fn gen(a: &GenArgs) -> Result<()> {
     Ok(())
 }
 
-fn train(config: &Path, set: &[String]) -> Result<()> {
+fn train(config: &Path, set: &[String], resume: bool) -> Result<()> {
     let cfg = RunConfig::load(config, set)?;
-    let threads = fedhex::device::set_threads(cfg.training.threads);
-    let events = read_npz(&cfg.data.path, cfg.data.features.clone(), cfg.data.labels.clone())?;
-    tracing::info!(
-        events = events.len(),
-        features = events.n_features(),
-        labels = events.n_labels(),
-        threads,
-        "data loaded from {}",
-        cfg.data.path.display()
-    );
-    let outcome = fedhex::train::train_events(&cfg, &events)?;
-    fedhex::train::driver::write_run(&cfg.outputs.run_dir, &cfg, &outcome)?;
+    let controls = std::sync::Arc::new(fedhex::train::Controls::default());
+    fedhex::train::run::stop_on_signals(controls.clone())?;
+    let opts = fedhex::train::run::RunOptions { resume, controls, observer: None };
+    let outcome = fedhex::train::run::run(&cfg, &fedhex::comm::SingleProcess, opts)?;
     let last = outcome.history.last();
     println!(
-        "trained {} epochs: train NLL {:.4}, validation NLL {:.4}; model in {}",
+        "{:?} after {} epochs: train NLL {:.4}, validation NLL {:.4}; model in {}",
+        outcome.finish,
         outcome.history.len(),
         last.map_or(f64::NAN, |r| r.train_nll),
         last.map_or(f64::NAN, |r| r.val_nll),
@@ -329,7 +325,7 @@ fn main() {
             Ok(())
         })(),
         Cmd::Gen(a) => gen(a),
-        Cmd::Train { config, set } => train(config, set),
+        Cmd::Train { config, set, resume } => train(config, set, *resume),
         Cmd::Sample { model, labels, n, out, seed, device, chunk } => {
             sample(model, labels, *n, out, *seed, device, *chunk)
         }

@@ -4,7 +4,10 @@
 //! same loop runs in a unit test ([`SingleProcess`]), under `mpirun -n 1`, or on
 //! many nodes. Every call is collective: all ranks must make it in the same order.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+#[cfg(feature = "mpi")]
+pub mod mpi;
 
 /// Collective operations the trainer needs. Buffers are host memory.
 pub trait Communicator {
@@ -31,6 +34,68 @@ pub trait Communicator {
     fn is_root(&self) -> bool {
         self.rank() == 0
     }
+}
+
+/// Makes a fallible, rank-local result collective: if any rank failed, every
+/// rank returns the error of the lowest failing rank (prefixed with its rank),
+/// so no rank is left waiting in a later collective.
+pub fn agree<T>(comm: &dyn Communicator, local: Result<T>) -> Result<T> {
+    if comm.size() == 1 {
+        return local;
+    }
+    let me = comm.rank() as f64;
+    let mut first_bad = [if local.is_err() { me } else { f64::INFINITY }];
+    comm.allreduce_min_f64(&mut first_bad)?;
+    if first_bad[0].is_infinite() {
+        return local;
+    }
+    let root = first_bad[0] as usize;
+    let mut msg = match &local {
+        Err(e) if root == comm.rank() => e.to_string().into_bytes(),
+        _ => Vec::new(),
+    };
+    comm.broadcast_bytes(root, &mut msg)?;
+    match local {
+        Err(e) if root == comm.rank() => Err(e),
+        _ => Err(Error::Comm(format!("rank {root}: {}", String::from_utf8_lossy(&msg)))),
+    }
+}
+
+/// Checks that every rank holds the same bytes (e.g. the configuration); an
+/// error names the first rank that differs from rank 0.
+pub fn check_same(comm: &dyn Communicator, what: &str, bytes: &[u8]) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let mut root = bytes.to_vec();
+    comm.broadcast_bytes(0, &mut root)?;
+    let mut differs = [if root == bytes { f64::INFINITY } else { comm.rank() as f64 }];
+    comm.allreduce_min_f64(&mut differs)?;
+    if differs[0].is_finite() {
+        return Err(Error::Comm(format!(
+            "ranks disagree on the {what}: rank {} differs from rank 0 (all ranks must use the same)",
+            differs[0] as usize
+        )));
+    }
+    Ok(())
+}
+
+/// This process's index among the ranks on its node, from Slurm's or Open
+/// MPI's environment (0 when neither is set).
+pub fn local_rank() -> usize {
+    ["SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Number of ranks on this node, from Slurm's or Open MPI's environment (1 when unknown).
+pub fn local_size() -> usize {
+    ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PMI_LOCAL_SIZE"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+        .or_else(|| std::env::var("SLURM_TASKS_PER_NODE").ok()?.split(['(', ',']).next()?.parse().ok())
+        .unwrap_or(1)
 }
 
 /// The trivial world of one process: every collective is the identity.

@@ -1,7 +1,13 @@
 //! The epoch/step loop: each rank computes the summed NLL of its part of the
 //! global batch, the gradients are all-reduced as one flat buffer and divided
 //! by the global event count, and every rank applies the same Adam step.
+//!
+//! The flat buffer carries three more numbers: the batch's summed loss and
+//! this rank's stop and checkpoint requests. So one collective per step tells
+//! every rank the global loss and whether anyone asked to stop — every rank
+//! acts on the same step, and nothing else is exchanged in the hot loop.
 
+use super::checkpoint::{self, TrainState};
 use super::optim::{Adam, AdamConfig};
 use super::schedule::learning_rate;
 use super::shard::ShardPlan;
@@ -13,7 +19,9 @@ use crate::error::{Error, Result};
 use crate::flow::{Maf, Model};
 use ndarray::Array2;
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -32,6 +40,42 @@ pub struct EpochRecord {
     pub seconds: f64,
     /// Training events per second (all ranks).
     pub events_per_s: f64,
+    /// Seconds this rank (rank 0) spent in the gradient all-reduce.
+    #[serde(default)]
+    pub allreduce_seconds: f64,
+}
+
+/// Requests that reach the trainer between steps: from signal handlers or the
+/// control plane. Cheap to poll (atomics); shared through an `Arc`.
+#[derive(Debug, Default)]
+pub struct Controls {
+    /// Stop at the next step boundary, saving a resumable mid-epoch checkpoint.
+    pub stop_now: AtomicBool,
+    /// Stop at the next epoch boundary, with a checkpoint.
+    pub stop_after_epoch: AtomicBool,
+    /// Write a checkpoint at the next epoch boundary.
+    pub checkpoint: AtomicBool,
+}
+
+/// Progress reported to an observer (the control plane, a progress display).
+pub trait Observer: Send + Sync {
+    /// After every step (cheap: called on the hot path; must not block).
+    fn on_step(&self, _epoch: usize, _step: usize, _steps: usize, _global_step: u64, _loss: f64) {}
+    /// After every epoch.
+    fn on_epoch(&self, _record: &EpochRecord) {}
+    /// After a checkpoint was written (rank 0).
+    fn on_checkpoint(&self, _state: &TrainState, _path: &Path) {}
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// All epochs done.
+    Completed,
+    /// Stopped on request at a step boundary (mid-epoch checkpoint written).
+    StoppedMidEpoch,
+    /// Stopped on request at an epoch boundary (checkpoint written).
+    StoppedAtEpoch,
 }
 
 /// The result of training.
@@ -41,10 +85,27 @@ pub struct TrainOutcome {
     pub model: Model,
     /// One record per epoch.
     pub history: Vec<EpochRecord>,
+    /// How training ended.
+    pub finish: Finish,
+    /// Checkpoints written by this process, in order.
+    pub checkpoints: Vec<PathBuf>,
+}
+
+/// Optional parts of a run: where checkpoints go, requests, observer.
+#[derive(Default)]
+pub struct Hooks {
+    /// Checkpoint directory (written by rank 0). None: no checkpoints.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Requests polled every step.
+    pub controls: Arc<Controls>,
+    /// Progress observer.
+    pub observer: Option<Arc<dyn Observer>>,
+    /// A checkpoint to continue from.
+    pub resume: Option<checkpoint::Loaded>,
 }
 
 /// Header of `history.csv`.
-pub const HISTORY_HEADER: &str = "epoch,train_nll,val_nll,lr,seconds,events_per_s";
+pub const HISTORY_HEADER: &str = "epoch,train_nll,val_nll,lr,seconds,events_per_s,allreduce_seconds";
 
 /// Writes the loss history as CSV, atomically.
 pub fn write_history(path: &Path, history: &[EpochRecord]) -> Result<()> {
@@ -52,8 +113,8 @@ pub fn write_history(path: &Path, history: &[EpochRecord]) -> Result<()> {
     s.push('\n');
     for r in history {
         s.push_str(&format!(
-            "{},{:.8},{:.8},{:.6e},{:.3},{:.1}\n",
-            r.epoch, r.train_nll, r.val_nll, r.lr, r.seconds, r.events_per_s
+            "{},{:.8},{:.8},{:.6e},{:.3},{:.1},{:.4}\n",
+            r.epoch, r.train_nll, r.val_nll, r.lr, r.seconds, r.events_per_s, r.allreduce_seconds
         ));
     }
     let tmp = crate::flow::model::sibling(path, "tmp");
@@ -82,16 +143,36 @@ fn nll_sum(flow: &Maf, xs: &Tensor, cs: &Tensor, chunk: i64) -> f64 {
     })
 }
 
-/// Trains on one process: groups `events` by label, plans, trains, and (when
-/// `run_dir` is set in the configuration) writes the model and history.
-pub fn train_events(cfg: &RunConfig, events: &EventSet) -> Result<TrainOutcome> {
+/// Test-only fault injection (`FEDHEX_FAULT=kill:RANK:STEP`): SIGKILL this
+/// process at that global step, to test that a killed job fails cleanly and
+/// resumes exactly.
+fn fault_at_step(rank: usize, global_step: u64) {
+    if let Ok(f) = std::env::var("FEDHEX_FAULT") {
+        let parts: Vec<&str> = f.split(':').collect();
+        if parts.len() == 3 && parts[0] == "kill" && parts[1].parse() == Ok(rank) && parts[2].parse() == Ok(global_step)
+        {
+            // SAFETY: raise() only delivers a signal to this process.
+            unsafe {
+                libc::raise(libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Orders events by label group and builds the single-process plan.
+pub fn single_process_plan(cfg: &RunConfig, events: &EventSet) -> (EventSet, ShardPlan) {
     let groups = events.label_groups();
     let order: Vec<usize> = groups.members.iter().flatten().copied().collect();
     let sizes: Vec<usize> = groups.members.iter().map(Vec::len).collect();
-    let ordered = events.select(&order);
     let plan = ShardPlan::new(&sizes, 1, 0, cfg.data.validation_fraction, cfg.training.seed);
+    (events.select(&order), plan)
+}
+
+/// Trains on one process without checkpoints (tests, small jobs).
+pub fn train_events(cfg: &RunConfig, events: &EventSet) -> Result<TrainOutcome> {
+    let (ordered, plan) = single_process_plan(cfg, events);
     let device = crate::device::resolve(crate::device::parse_device(&cfg.training.device)?, 0)?;
-    train(cfg, &ordered, &plan, &SingleProcess, device)
+    train(cfg, &ordered, &plan, &SingleProcess, device, Hooks::default())
 }
 
 /// Trains across the ranks of `comm`. `local` holds this rank's events in plan
@@ -102,6 +183,7 @@ pub fn train(
     plan: &ShardPlan,
     comm: &dyn Communicator,
     device: Device,
+    hooks: Hooks,
 ) -> Result<TrainOutcome> {
     if local.len() != plan.local_is_val.len() {
         return Err(Error::Data(format!(
@@ -120,46 +202,111 @@ pub fn train(
     let train_set = local.select(&train_rows);
     let val_set = local.select(&val_rows);
 
-    let d = &cfg.data;
-    let fspec = WhitenSpec {
-        names: local.feature_names.clone(),
-        logit: vec![d.logit_features; local.n_features()],
-        eps: d.logit_eps,
+    let mut opt_state = None;
+    let mut start = TrainState {
+        epoch: 0,
+        step_in_epoch: 0,
+        global_step: 0,
+        seed: t.seed,
+        world_size: comm.size(),
+        partial_loss_sum: 0.0,
+        history: vec![],
+        config: cfg.to_toml()?,
+        fedhex_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let lspec = WhitenSpec {
-        names: local.label_names.clone(),
-        logit: vec![d.logit_labels; local.n_labels()],
-        eps: d.logit_eps,
+    let mut model = match hooks.resume {
+        Some(loaded) => {
+            if loaded.model.flow.config() != &cfg.network.maf(local.n_features(), local.n_labels()) {
+                return Err(Error::Train(format!(
+                    "checkpoint {} has a different network than the configuration; \
+                     resume with the same [network] section or start a new run directory",
+                    loaded.path.display()
+                )));
+            }
+            if loaded.state.world_size != comm.size() {
+                tracing::warn!(
+                    "checkpoint {} was written with {} ranks, resuming with {}: the run stays valid \
+                     but is no longer bit-identical to an uninterrupted one",
+                    loaded.path.display(),
+                    loaded.state.world_size,
+                    comm.size()
+                );
+            }
+            if comm.is_root() {
+                tracing::info!(
+                    "resuming from {} (epoch {}, step {})",
+                    loaded.path.display(),
+                    loaded.state.epoch,
+                    loaded.state.step_in_epoch
+                );
+            }
+            opt_state = Some(loaded.optimizer);
+            start = TrainState { config: start.config, world_size: comm.size(), ..loaded.state };
+            loaded.model
+        }
+        None => {
+            let d = &cfg.data;
+            let fspec = WhitenSpec {
+                names: local.feature_names.clone(),
+                logit: vec![d.logit_features; local.n_features()],
+                eps: d.logit_eps,
+            };
+            let lspec = WhitenSpec {
+                names: local.label_names.clone(),
+                logit: vec![d.logit_labels; local.n_labels()],
+                eps: d.logit_eps,
+            };
+            let fw = Whitening::fit(train_set.samples.view(), &fspec, comm)?;
+            let lw = Whitening::fit(train_set.labels.view(), &lspec, comm)?;
+            let flow = {
+                let _rng = crate::rng::seeded(t.seed);
+                Maf::new(cfg.network.maf(local.n_features(), local.n_labels()), device)?
+            };
+            Model::new(flow, fw, lw)?
+        }
     };
-    let fw = Whitening::fit(train_set.samples.view(), &fspec, comm)?;
-    let lw = Whitening::fit(train_set.labels.view(), &lspec, comm)?;
-
-    let flow = {
-        let _rng = crate::rng::seeded(t.seed);
-        Maf::new(cfg.network.maf(local.n_features(), local.n_labels()), device)?
-    };
-    let mut model = Model::new(flow, fw, lw)?;
-
-    let white = |set: &EventSet| -> (Tensor, Tensor) {
-        let x = model.features.forward(&to_tensor(&set.samples).to_device(device));
-        let c = model.labels.forward(&to_tensor(&set.labels).to_device(device));
+    let model_device = model.flow.device();
+    let white = |m: &Model, set: &EventSet| -> (Tensor, Tensor) {
+        let x = m.features.forward(&to_tensor(&set.samples).to_device(model_device));
+        let c = m.labels.forward(&to_tensor(&set.labels).to_device(model_device));
         (x, c)
     };
-    let (train_x, train_c) = white(&train_set);
-    let (val_x, val_c) = white(&val_set);
+    let (train_x, train_c) = white(&model, &train_set);
+    let (val_x, val_c) = white(&model, &val_set);
 
     let mut opt =
         Adam::new(model.flow.var_store(), AdamConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps });
+    if let Some(st) = &opt_state {
+        opt.load_state(st)?;
+    }
     let steps_per_epoch = plan.steps_per_epoch(t.batch_size);
     let show_bar = comm.is_root() && cfg.outputs.progress && std::io::stderr().is_terminal();
-    let check_every = if device == Device::Cpu { 1 } else { 32 };
-    let mut history: Vec<EpochRecord> = Vec::with_capacity(t.epochs);
-    let mut global_step: u64 = 0;
-    let mut flat_host: Vec<f32> = Vec::new();
+    let check_every = if device == Device::Cpu || comm.size() > 1 { 1 } else { 32 };
+    let mut history = start.history.clone();
+    let mut global_step = start.global_step;
+    let mut checkpoints = Vec::new();
+    let n_params = opt.numel() as usize;
+    let mut host: Vec<f32> = Vec::new();
+    let controls = hooks.controls.clone();
+    let mut pending_checkpoint = false;
+    let mut finish = Finish::Completed;
 
-    for epoch in 0..t.epochs {
+    let save = |model: &Model, opt: &Adam, state: TrainState, checkpoints: &mut Vec<PathBuf>| -> Result<()> {
+        let Some(dir) = hooks.checkpoint_dir.as_ref().filter(|_| comm.is_root()) else { return Ok(()) };
+        let path = checkpoint::write(dir, model, opt, &state)?;
+        checkpoint::prune(dir, cfg.outputs.keep_checkpoints)?;
+        tracing::info!(epoch = state.epoch, step = state.step_in_epoch, "checkpoint written: {}", path.display());
+        if let Some(o) = &hooks.observer {
+            o.on_checkpoint(&state, &path);
+        }
+        checkpoints.push(path);
+        Ok(())
+    };
+
+    'epochs: for epoch in start.epoch..t.epochs {
         let started = Instant::now();
         let steps = plan.epoch_steps(t.seed, epoch, t.batch_size);
+        let first = if epoch == start.epoch { start.step_in_epoch } else { 0 };
         let bar = show_bar.then(|| {
             let b = indicatif::ProgressBar::new(steps.len() as u64);
             b.set_style(
@@ -167,52 +314,105 @@ pub fn train(
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             b.set_message(format!("{}/{}", epoch + 1, t.epochs));
+            b.set_position(first as u64);
             b
         });
-        let mut loss_acc = Tensor::zeros([], (Kind::Double, device));
-        let mut window_start = 0usize;
-        let mut lr = 0.0;
-        for (k, step) in steps.iter().enumerate() {
+        let mut loss_sum = if epoch == start.epoch { start.partial_loss_sum } else { 0.0 };
+        let mut comm_seconds = 0.0;
+        let mut lr = learning_rate(t, epoch as f64);
+        let mut loss_acc = Tensor::zeros([], (Kind::Double, model_device));
+        for (k, step) in steps.iter().enumerate().skip(first) {
             lr = learning_rate(t, epoch as f64 + k as f64 / steps_per_epoch as f64);
-            let idx = Tensor::from_slice(&step.local).to_device(device);
+            fault_at_step(comm.rank(), global_step);
+            let idx = Tensor::from_slice(&step.local).to_device(model_device);
             let x = train_x.index_select(0, &idx);
             let c = train_c.index_select(0, &idx);
             opt.zero_grad();
             let loss = model.flow.log_prob(&x, &c).sum(Kind::Float).neg();
             loss.backward();
             let mut flat = opt.flat_grad();
+            let stop_now;
+            let step_loss: Option<f64>;
             if comm.size() > 1 {
+                // [gradients | loss | stop_now | stop_after_epoch | checkpoint]
                 let cpu = flat.to_device(Device::Cpu);
-                flat_host.resize(cpu.numel(), 0.0);
-                cpu.copy_data(&mut flat_host, cpu.numel());
-                comm.allreduce_sum_f32(&mut flat_host)?;
-                flat = Tensor::from_slice(&flat_host).to_device(device);
+                host.resize(n_params + 4, 0.0);
+                cpu.copy_data(&mut host[..n_params], n_params);
+                host[n_params] = loss.double_value(&[]) as f32;
+                host[n_params + 1] = f32::from(u8::from(controls.stop_now.load(Ordering::Relaxed)));
+                host[n_params + 2] = f32::from(u8::from(controls.stop_after_epoch.load(Ordering::Relaxed)));
+                host[n_params + 3] = f32::from(u8::from(controls.checkpoint.swap(false, Ordering::Relaxed)));
+                let t0 = Instant::now();
+                comm.allreduce_sum_f32(&mut host)?;
+                comm_seconds += t0.elapsed().as_secs_f64();
+                flat = Tensor::from_slice(&host[..n_params]).to_device(model_device);
+                step_loss = Some(f64::from(host[n_params]));
+                stop_now = host[n_params + 1] > 0.0;
+                if host[n_params + 2] > 0.0 {
+                    controls.stop_after_epoch.store(true, Ordering::Relaxed);
+                }
+                pending_checkpoint |= host[n_params + 3] > 0.0;
+            } else {
+                stop_now = controls.stop_now.load(Ordering::Relaxed);
+                pending_checkpoint |= controls.checkpoint.swap(false, Ordering::Relaxed);
+                step_loss = None;
+                loss_acc += loss.detach().to_kind(Kind::Double);
             }
             opt.step_flat(&flat, 1.0 / step.global_count as f64, lr);
-            loss_acc += loss.detach().to_kind(Kind::Double);
             global_step += 1;
-            if (k + 1) % check_every == 0 || k + 1 == steps.len() {
-                let v = loss_acc.double_value(&[]);
-                if !v.is_finite() {
+            if let Some(l) = step_loss {
+                loss_sum += l;
+            }
+            if (k + 1) % check_every == 0 || k + 1 == steps.len() || stop_now {
+                if step_loss.is_none() {
+                    loss_sum += loss_acc.double_value(&[]);
+                    loss_acc = Tensor::zeros([], (Kind::Double, model_device));
+                }
+                if !loss_sum.is_finite() {
+                    let last = hooks
+                        .checkpoint_dir
+                        .as_deref()
+                        .and_then(checkpoint::latest)
+                        .map_or("none".to_string(), |p| p.display().to_string());
                     return Err(Error::Train(format!(
-                        "non-finite loss in epoch {}, steps {}..={} (global step {global_step}); \
+                        "non-finite loss in epoch {}, step {} (global step {global_step}); last good checkpoint: {last}; \
                          lower training.lr_initial or check the input data",
                         epoch + 1,
-                        window_start + 1,
                         k + 1
                     )));
                 }
-                window_start = k + 1;
+                if let Some(o) = &hooks.observer {
+                    o.on_step(epoch, k + 1, steps.len(), global_step, step_loss.unwrap_or(f64::NAN));
+                }
             }
             if let Some(b) = &bar {
                 b.inc(1);
+            }
+            if stop_now && k + 1 < steps.len() {
+                if let Some(b) = bar {
+                    b.finish_and_clear();
+                }
+                let state = TrainState {
+                    epoch,
+                    step_in_epoch: k + 1,
+                    global_step,
+                    partial_loss_sum: loss_sum,
+                    history: history.clone(),
+                    ..start.clone()
+                };
+                save(&model, &opt, state, &mut checkpoints)?;
+                finish = Finish::StoppedMidEpoch;
+                break 'epochs;
             }
         }
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        let mut sums = [loss_acc.double_value(&[]), nll_sum(&model.flow, &val_x, &val_c, 65536)];
+        let mut sums = [if comm.size() > 1 { 0.0 } else { loss_sum }, nll_sum(&model.flow, &val_x, &val_c, 65536)];
         comm.allreduce_sum_f64(&mut sums)?;
+        if comm.size() > 1 {
+            sums[0] = loss_sum;
+        }
         let seconds = started.elapsed().as_secs_f64();
         let rec = EpochRecord {
             epoch: epoch + 1,
@@ -220,7 +420,8 @@ pub fn train(
             val_nll: if plan.n_val > 0 { sums[1] / plan.n_val as f64 } else { f64::NAN },
             lr,
             seconds,
-            events_per_s: plan.n_train as f64 / seconds.max(1e-9),
+            events_per_s: plan.n_train as f64 * (steps.len() - first) as f64 / steps.len() as f64 / seconds.max(1e-9),
+            allreduce_seconds: comm_seconds,
         };
         if !rec.val_nll.is_finite() && plan.n_val > 0 {
             return Err(Error::Train(format!("non-finite validation loss after epoch {}", epoch + 1)));
@@ -233,13 +434,41 @@ pub fn train(
                 val_nll = rec.val_nll,
                 lr = rec.lr,
                 events_per_s = rec.events_per_s as u64,
+                allreduce_s = rec.allreduce_seconds,
                 "epoch done"
             );
         }
+        if let Some(o) = &hooks.observer {
+            o.on_epoch(&rec);
+        }
         history.push(rec);
+        if comm.is_root() {
+            if let Some(dir) = hooks.checkpoint_dir.as_deref().and_then(Path::parent) {
+                write_history(&dir.join("history.csv"), &history)?;
+            }
+        }
+        let done = epoch + 1;
+        let stop = controls.stop_after_epoch.load(Ordering::Relaxed);
+        let every = cfg.outputs.checkpoint_every;
+        if pending_checkpoint || stop || done == t.epochs || (every > 0 && done % every == 0) {
+            let state = TrainState {
+                epoch: done,
+                step_in_epoch: 0,
+                global_step,
+                partial_loss_sum: 0.0,
+                history: history.clone(),
+                ..start.clone()
+            };
+            save(&model, &opt, state, &mut checkpoints)?;
+            pending_checkpoint = false;
+        }
+        if stop && done < t.epochs {
+            finish = Finish::StoppedAtEpoch;
+            break;
+        }
     }
     model.training = serde_json::json!({
-        "epochs": t.epochs,
+        "epochs": history.len(),
         "steps": global_step,
         "batch_size": t.batch_size,
         "seed": t.seed,
@@ -250,7 +479,7 @@ pub fn train(
         "final_train_nll": history.last().map(|r| r.train_nll),
         "final_val_nll": history.last().map(|r| r.val_nll).filter(|v| v.is_finite()),
     });
-    Ok(TrainOutcome { model, history })
+    Ok(TrainOutcome { model, history, finish, checkpoints })
 }
 
 /// Writes a finished run into `run_dir`: `model/`, `history.csv`, `config.toml`.

@@ -3,9 +3,11 @@
 //! driver ([`driver`]). The driver talks to other ranks only through a
 //! [`crate::comm::Communicator`].
 
+pub mod checkpoint;
 pub mod driver;
 pub mod optim;
+pub mod run;
 pub mod schedule;
 pub mod shard;
 
-pub use driver::{train, train_events, EpochRecord, TrainOutcome};
+pub use driver::{train, train_events, Controls, EpochRecord, Finish, Hooks, Observer, TrainOutcome};

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Training throughput for 1 and 2 ranks (1 thread each) on the reference
+# network and a 10x10 grid with 10k events per label (1M events); prints the
+# 2-rank/1-rank ratio, the time per step in the gradient all-reduce and the
+# peak resident memory per rank. Usage: bash scripts/bench_mpi.sh [events_per_label] [epochs]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-10000}
+EPOCHS=${2:-2}
+BIN=target/release
+W=$(mktemp -d /tmp/fedhex-bench-mpi.XXXX)
+trap 'rm -rf "$W"' EXIT
+"$BIN/fedhex" gen --layout grid2d --points 10 -n "$N" --cov rotating --sigma 0.05 --shape 0.4 --out "$W/grid.npz" >/dev/null
+cat > "$W/run.toml" <<TOML
+[data]
+path = "$W/grid.npz"
+[network]
+n_blocks = 10
+hidden = [128]
+[training]
+epochs = $EPOCHS
+batch_size = 1024
+threads = 1
+device = "cpu"
+[outputs]
+checkpoint_every = 0
+progress = false
+TOML
+for n in 1 2; do
+  out=$(mpirun --allow-run-as-root --oversubscribe -n $n "$BIN/fedhex-worker" train --config "$W/run.toml" \
+        --set "outputs.run_dir=\"$W/run$n\"" 2>/dev/null)
+  last=$(tail -n 1 "$W/run$n/history.csv")
+  eps=$(echo "$last" | cut -d, -f6); ar=$(echo "$last" | cut -d, -f7)
+  steps=$(( (N * 100 * 9 / 10 + 1023) / 1024 ))
+  echo "$n rank(s): $eps events/s (last epoch); allreduce $(awk "BEGIN{printf \"%.3f\", 1000*$ar/$steps}") ms/step; $(echo "$out" | grep 'peak resident')"
+  echo "$eps" > "$W/eps$n"
+done
+awk "BEGIN{printf \"2-rank / 1-rank throughput: %.2f\n\", $(cat "$W/eps2")/$(cat "$W/eps1")}"

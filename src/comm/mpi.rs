@@ -1,0 +1,95 @@
+//! The MPI backend of [`Communicator`] (rsmpi on the system's MPI library).
+//! The only file that imports `mpi`.
+//!
+//! MPI is initialised with `MPI_THREAD_FUNNELED`: only the training thread
+//! makes MPI calls (MPI-4.0 §11.6); the control plane reaches the trainer
+//! through channels, never through MPI.
+
+use super::Communicator;
+use crate::error::{Error, Result};
+use mpi::collective::SystemOperation;
+use mpi::environment::Universe;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::{Communicator as _, CommunicatorCollectives as _, Root as _};
+
+/// A world communicator over MPI. Dropping it finalises MPI.
+pub struct MpiComm {
+    world: SimpleCommunicator,
+    // Dropped last: finalises MPI.
+    _universe: Universe,
+}
+
+impl std::fmt::Debug for MpiComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MpiComm").field("rank", &self.rank()).field("size", &self.size()).finish()
+    }
+}
+
+impl MpiComm {
+    /// Initialises MPI (once per process) and returns the world communicator.
+    pub fn init() -> Result<Self> {
+        let (universe, _threading) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+            .ok_or_else(|| Error::Comm("MPI was already initialised in this process".into()))?;
+        let world = universe.world();
+        Ok(MpiComm { world, _universe: universe })
+    }
+
+    /// Version string of the MPI library.
+    pub fn library_version() -> String {
+        mpi::environment::library_version().unwrap_or_else(|_| "unknown".into()).lines().next().unwrap_or("").into()
+    }
+
+    fn reduce_f64(&self, buf: &mut [f64], op: SystemOperation) {
+        let send = buf.to_vec();
+        self.world.all_reduce_into(&send[..], buf, op);
+    }
+}
+
+impl Communicator for MpiComm {
+    fn rank(&self) -> usize {
+        self.world.rank() as usize
+    }
+
+    fn size(&self) -> usize {
+        self.world.size() as usize
+    }
+
+    fn allreduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
+        let send = buf.to_vec();
+        self.world.all_reduce_into(&send[..], buf, SystemOperation::sum());
+        Ok(())
+    }
+
+    fn allreduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+        self.reduce_f64(buf, SystemOperation::sum());
+        Ok(())
+    }
+
+    fn allreduce_min_f64(&self, buf: &mut [f64]) -> Result<()> {
+        self.reduce_f64(buf, SystemOperation::min());
+        Ok(())
+    }
+
+    fn allreduce_max_f64(&self, buf: &mut [f64]) -> Result<()> {
+        self.reduce_f64(buf, SystemOperation::max());
+        Ok(())
+    }
+
+    fn broadcast_bytes(&self, root: usize, buf: &mut Vec<u8>) -> Result<()> {
+        let root_proc = self.world.process_at_rank(root as i32);
+        let mut len = [buf.len() as u64];
+        root_proc.broadcast_into(&mut len[..]);
+        buf.resize(len[0] as usize, 0);
+        root_proc.broadcast_into(&mut buf[..]);
+        Ok(())
+    }
+
+    fn barrier(&self) -> Result<()> {
+        self.world.barrier();
+        Ok(())
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
+}
