@@ -42,7 +42,7 @@ fn made_is_autoregressive_in_its_order() {
         // Large random weights: every allowed connection is visibly non-zero.
         tch::no_grad(|| {
             for (_, mut v) in vs.variables() {
-                let _ = v.copy_(&(Tensor::randn(v.size(), (Kind::Float, dev())) * 0.7));
+                v.copy_(&(Tensor::randn(v.size(), (Kind::Float, dev())) * 0.7));
             }
         });
         let rank = fedhex::flow::made::input_degrees(&order);

@@ -115,8 +115,9 @@ impl GaussianSpec {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Config(format!("gaussian generator: {m}")));
         let (n, dim) = match &self.layout {
-            Layout::Grid2d { n, lo, hi } | Layout::Line { n, lo, hi, .. } if !(lo < hi) => {
-                let _ = n;
+            Layout::Grid2d { lo, hi, .. } | Layout::Line { lo, hi, .. }
+                if lo.partial_cmp(hi) != Some(std::cmp::Ordering::Less) =>
+            {
                 return bad("need lo < hi");
             }
             Layout::Grid2d { n, .. } => (*n, 2),

@@ -194,7 +194,7 @@ impl Made {
         let w_out = &ws[ws.len() - 1];
         let mut o = self.out.bs.addmm(&h, &w_out.tr()); // [N, 2D]
         if let Some(c) = &self.out_cond {
-            o = o + cs.matmul(&c.tr());
+            o += cs.matmul(&c.tr());
         }
         let d = self.cfg.features;
         let mu = o.narrow(1, 0, d);

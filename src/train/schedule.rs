@@ -7,19 +7,17 @@ use crate::config::{Schedule, TrainingConfig};
 pub fn learning_rate(cfg: &TrainingConfig, t: f64) -> f64 {
     let span = if cfg.lr_decay_epochs > 0.0 { cfg.lr_decay_epochs } else { cfg.epochs as f64 };
     let warm = cfg.warmup_epochs;
-    let base = if t < warm {
+    if t < warm {
         return cfg.lr_initial * (t / warm).max(1e-3);
-    } else {
-        let f = ((t - warm) / (span - warm).max(1e-12)).clamp(0.0, 1.0);
-        let (a, b) = (cfg.lr_initial, cfg.lr_final);
-        match cfg.schedule {
-            Schedule::Constant => a,
-            Schedule::Linear => a + (b - a) * f,
-            Schedule::Exponential => a * (b / a).powf(f),
-            Schedule::Cosine => b + 0.5 * (a - b) * (1.0 + (std::f64::consts::PI * f).cos()),
-        }
-    };
-    base
+    }
+    let f = ((t - warm) / (span - warm).max(1e-12)).clamp(0.0, 1.0);
+    let (a, b) = (cfg.lr_initial, cfg.lr_final);
+    match cfg.schedule {
+        Schedule::Constant => a,
+        Schedule::Linear => a + (b - a) * f,
+        Schedule::Exponential => a * (b / a).powf(f),
+        Schedule::Cosine => b + 0.5 * (a - b) * (1.0 + (std::f64::consts::PI * f).cos()),
+    }
 }
 
 #[cfg(test)]
