@@ -1,4 +1,4 @@
-//! Link step for libtorch: an rpath to the libtorch found by `torch-sys`
+//! Build steps: the control-plane protobuf, and the link step for libtorch: an rpath to the libtorch found by `torch-sys`
 //! (so binaries run without LD_LIBRARY_PATH), and libtorch_cuda linked with
 //! `--no-as-needed` so the same build sees GPUs wherever there are any.
 
@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    compile_proto();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Some(lib) = std::env::var_os("DEP_TCH_LIBTORCH_LIB").map(PathBuf::from) else {
         println!("cargo:warning=torch-sys did not report a libtorch directory; no rpath set");
@@ -32,5 +33,18 @@ fn main() {
         if let Some(v) = text.lines().find(|l| l.starts_with("__version__")).and_then(|l| l.split(['\'', '"']).nth(1)) {
             println!("cargo:rustc-env=FEDHEX_LIBTORCH_VERSION={v}");
         }
+    }
+}
+
+/// Compiles `proto/fedhex.proto` (the control-plane contract) with a file
+/// descriptor set for server reflection.
+fn compile_proto() {
+    println!("cargo:rerun-if-changed=proto/fedhex.proto");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_else(|_| ".".into()));
+    if let Err(e) = tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("fedhex_descriptor.bin"))
+        .compile_protos(&["proto/fedhex.proto"], &["proto"])
+    {
+        panic!("compiling proto/fedhex.proto failed (is protoc installed? `make setup` installs it): {e}");
     }
 }

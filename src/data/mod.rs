@@ -6,6 +6,7 @@ pub mod expr;
 pub mod gaussian;
 pub mod npy;
 pub mod phiomega;
+pub mod root;
 pub mod whiten;
 
 use crate::error::{Error, Result};
