@@ -1,5 +1,5 @@
 //! Run configuration: one TOML file with sections `[data]`, `[network]`,
-//! `[training]` and `[outputs]`, in the spirit of the prototype's `param.TOML`.
+//! `[training]`, `[outputs]` and `[control]`, in the spirit of the prototype's `param.TOML`.
 //!
 //! Unknown keys are errors. Any key can be overridden from the command line
 //! with `--set section.key=value` (the value in TOML syntax, e.g.
@@ -24,6 +24,24 @@ pub struct RunConfig {
     pub training: TrainingConfig,
     /// Where results go.
     pub outputs: OutputConfig,
+    /// The gRPC control plane of a running job.
+    pub control: ControlConfig,
+}
+
+/// `[control]`: the gRPC control plane served by rank 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Serve the control plane (status, watch, checkpoint, stop).
+    pub enabled: bool,
+    /// Address to listen on; port 0 picks a free port (written to RUN_DIR/control.json).
+    pub listen: String,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig { enabled: true, listen: "127.0.0.1:0".into() }
+    }
 }
 
 /// `[data]`: where events come from and how they are preprocessed.
@@ -240,6 +258,8 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("outputs.run_dir", "run directory: model/, history.csv, config.toml, checkpoints/"),
     ("outputs.progress", "show a progress bar when attached to a terminal"),
     ("outputs.checkpoint_every", "checkpoint every this many epochs (0: only at the end and on request)"),
+    ("control.enabled", "serve the gRPC control plane from rank 0 (fedhex-ctl status/watch/checkpoint/stop)"),
+    ("control.listen", "listen address; 127.0.0.1:0 = local only, free port; 0.0.0.0:PORT for cluster use"),
     ("outputs.keep_checkpoints", "checkpoints kept: the newest this many plus the best by validation loss"),
 ];
 
@@ -249,7 +269,7 @@ pub fn default_toml() -> String {
     let mut out =
         String::from("# FEDHEX run configuration (defaults). Override any key with --set section.key=value.\n");
     if let toml::Value::Table(sections) = value {
-        for section in ["data", "network", "training", "outputs"] {
+        for section in ["data", "network", "training", "outputs", "control"] {
             out.push_str(&format!("\n[{section}]\n"));
             if let Some(toml::Value::Table(keys)) = sections.get(section) {
                 for (key, v) in keys {

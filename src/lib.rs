@@ -20,6 +20,7 @@ pub mod analysis;
 pub mod bench;
 pub mod comm;
 pub mod config;
+pub mod control;
 pub mod data;
 pub mod device;
 pub mod error;

@@ -60,11 +60,60 @@ pub struct Controls {
 /// Progress reported to an observer (the control plane, a progress display).
 pub trait Observer: Send + Sync {
     /// After every step (cheap: called on the hot path; must not block).
+    /// `loss` is the mean NLL of the global batch (NaN when not known without
+    /// a device sync).
     fn on_step(&self, _epoch: usize, _step: usize, _steps: usize, _global_step: u64, _loss: f64) {}
     /// After every epoch.
     fn on_epoch(&self, _record: &EpochRecord) {}
+    /// Before a checkpoint is written (rank 0).
+    fn on_checkpoint_start(&self) {}
     /// After a checkpoint was written (rank 0).
     fn on_checkpoint(&self, _state: &TrainState, _path: &Path) {}
+    /// Per-rank resource use, gathered every few hundred steps and at epoch ends.
+    fn on_rank_facts(&self, _facts: &[RankFacts]) {}
+}
+
+/// Resource use of one rank, sent to rank 0 now and then (a few numbers, one collective).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RankFacts {
+    /// Resident memory of the process, bytes.
+    pub rss_bytes: f64,
+    /// Process CPU use since the previous sample, percent of one core.
+    pub cpu_percent: f64,
+    /// Wall time of the last step, seconds.
+    pub last_step_seconds: f64,
+}
+
+/// Steps between two gatherings of [`RankFacts`].
+pub const RANK_FACTS_EVERY: u64 = 200;
+
+/// (resident bytes, CPU seconds used) of this process, from /proc (0 elsewhere).
+pub fn process_usage() -> (f64, f64) {
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |pages| pages * 4096.0);
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0);
+    (rss, cpu)
+}
+
+/// Gathers every rank's facts on every rank (one all-reduce of 3 numbers per rank).
+fn gather_facts(comm: &dyn Communicator, mine: RankFacts) -> Result<Vec<RankFacts>> {
+    let w = comm.size();
+    let mut buf = vec![0.0; 3 * w];
+    let r = comm.rank();
+    buf[3 * r] = mine.rss_bytes;
+    buf[3 * r + 1] = mine.cpu_percent;
+    buf[3 * r + 2] = mine.last_step_seconds;
+    comm.allreduce_sum_f64(&mut buf)?;
+    Ok(buf.chunks(3).map(|c| RankFacts { rss_bytes: c[0], cpu_percent: c[1], last_step_seconds: c[2] }).collect())
 }
 
 /// How a run ended.
@@ -102,6 +151,9 @@ pub struct Hooks {
     pub observer: Option<Arc<dyn Observer>>,
     /// A checkpoint to continue from.
     pub resume: Option<checkpoint::Loaded>,
+    /// Gather [`RankFacts`] on rank 0 every [`RANK_FACTS_EVERY`] steps (must be
+    /// the same on all ranks: it adds a collective).
+    pub gather_rank_facts: bool,
 }
 
 /// Header of `history.csv`.
@@ -290,9 +342,26 @@ pub fn train(
     let controls = hooks.controls.clone();
     let mut pending_checkpoint = false;
     let mut finish = Finish::Completed;
+    let mut usage_mark = (Instant::now(), process_usage().1);
+    let mut facts = |comm: &dyn Communicator, last_step: f64| -> Result<()> {
+        let (rss, cpu) = process_usage();
+        let dt = usage_mark.0.elapsed().as_secs_f64().max(1e-9);
+        let mine =
+            RankFacts { rss_bytes: rss, cpu_percent: 100.0 * (cpu - usage_mark.1) / dt, last_step_seconds: last_step };
+        usage_mark = (Instant::now(), cpu);
+        let all = gather_facts(comm, mine)?;
+        if let Some(o) = hooks.observer.as_ref().filter(|_| comm.is_root()) {
+            o.on_rank_facts(&all);
+        }
+        Ok(())
+    };
+    let mut last_step_seconds = 0.0;
 
     let save = |model: &Model, opt: &Adam, state: TrainState, checkpoints: &mut Vec<PathBuf>| -> Result<()> {
         let Some(dir) = hooks.checkpoint_dir.as_ref().filter(|_| comm.is_root()) else { return Ok(()) };
+        if let Some(o) = &hooks.observer {
+            o.on_checkpoint_start();
+        }
         let path = checkpoint::write(dir, model, opt, &state)?;
         checkpoint::prune(dir, cfg.outputs.keep_checkpoints)?;
         tracing::info!(epoch = state.epoch, step = state.step_in_epoch, "checkpoint written: {}", path.display());
@@ -322,6 +391,7 @@ pub fn train(
         let mut lr = learning_rate(t, epoch as f64);
         let mut loss_acc = Tensor::zeros([], (Kind::Double, model_device));
         for (k, step) in steps.iter().enumerate().skip(first) {
+            let step_started = Instant::now();
             lr = learning_rate(t, epoch as f64 + k as f64 / steps_per_epoch as f64);
             fault_at_step(comm.rank(), global_step);
             let idx = Tensor::from_slice(&step.local).to_device(model_device);
@@ -360,6 +430,10 @@ pub fn train(
             }
             opt.step_flat(&flat, 1.0 / step.global_count as f64, lr);
             global_step += 1;
+            last_step_seconds = step_started.elapsed().as_secs_f64();
+            if hooks.gather_rank_facts && global_step % RANK_FACTS_EVERY == 0 {
+                facts(comm, last_step_seconds)?;
+            }
             if let Some(l) = step_loss {
                 loss_sum += l;
             }
@@ -382,7 +456,13 @@ pub fn train(
                     )));
                 }
                 if let Some(o) = &hooks.observer {
-                    o.on_step(epoch, k + 1, steps.len(), global_step, step_loss.unwrap_or(f64::NAN));
+                    o.on_step(
+                        epoch,
+                        k + 1,
+                        steps.len(),
+                        global_step,
+                        step_loss.map_or(f64::NAN, |l| l / step.global_count as f64),
+                    );
                 }
             }
             if let Some(b) = &bar {
@@ -440,6 +520,9 @@ pub fn train(
         }
         if let Some(o) = &hooks.observer {
             o.on_epoch(&rec);
+        }
+        if hooks.gather_rank_facts {
+            facts(comm, last_step_seconds)?;
         }
         history.push(rec);
         if comm.is_root() {

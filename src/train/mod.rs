@@ -10,4 +10,4 @@ pub mod run;
 pub mod schedule;
 pub mod shard;
 
-pub use driver::{train, train_events, Controls, EpochRecord, Finish, Hooks, Observer, TrainOutcome};
+pub use driver::{train, train_events, Controls, EpochRecord, Finish, Hooks, Observer, RankFacts, TrainOutcome};

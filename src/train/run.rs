@@ -8,6 +8,8 @@ use super::driver::{train, write_history, Controls, Hooks, Observer, TrainOutcom
 use super::shard::ShardPlan;
 use crate::comm::{agree, check_same, local_rank, local_size, Communicator};
 use crate::config::{Resume, RunConfig};
+use crate::control::grpc::ControlServer;
+use crate::control::{pb, ControlObserver, ControlState};
 use crate::data::npy::read_npz;
 use crate::data::EventSet;
 use crate::error::{Error, Result};
@@ -20,8 +22,58 @@ pub struct RunOptions {
     pub resume: bool,
     /// Requests (signals, control plane).
     pub controls: Arc<Controls>,
-    /// Progress observer (rank 0).
+    /// Progress observer (rank 0), in addition to the control plane.
     pub observer: Option<Arc<dyn Observer>>,
+}
+
+/// Forwards every observation to several observers.
+struct Fanout(Vec<Arc<dyn Observer>>);
+
+impl Observer for Fanout {
+    fn on_step(&self, e: usize, s: usize, n: usize, g: u64, l: f64) {
+        self.0.iter().for_each(|o| o.on_step(e, s, n, g, l));
+    }
+    fn on_epoch(&self, r: &super::EpochRecord) {
+        self.0.iter().for_each(|o| o.on_epoch(r));
+    }
+    fn on_checkpoint_start(&self) {
+        self.0.iter().for_each(|o| o.on_checkpoint_start());
+    }
+    fn on_checkpoint(&self, s: &checkpoint::TrainState, p: &std::path::Path) {
+        self.0.iter().for_each(|o| o.on_checkpoint(s, p));
+    }
+    fn on_rank_facts(&self, f: &[super::RankFacts]) {
+        self.0.iter().for_each(|o| o.on_rank_facts(f));
+    }
+}
+
+/// Collects every rank's host, device and threads on rank 0 (once, at start).
+fn rank_infos(comm: &dyn Communicator, device: tch::Device, threads: usize) -> Result<Vec<pb::RankInfo>> {
+    let (dev, mem) = match device {
+        tch::Device::Cuda(i) => (format!("cuda:{i}"), 0u64),
+        _ => {
+            let mut sys = sysinfo::System::new();
+            sys.refresh_memory();
+            ("cpu".to_string(), sys.total_memory())
+        }
+    };
+    let mine =
+        serde_json::json!({"host": crate::control::grpc::host_name(), "device": dev, "mem": mem, "threads": threads});
+    let mut out = Vec::with_capacity(comm.size());
+    for r in 0..comm.size() {
+        let mut buf = if r == comm.rank() { mine.to_string().into_bytes() } else { Vec::new() };
+        comm.broadcast_bytes(r, &mut buf)?;
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap_or_default();
+        out.push(pb::RankInfo {
+            rank: r as u32,
+            host: v["host"].as_str().unwrap_or("?").into(),
+            device: v["device"].as_str().unwrap_or("?").into(),
+            device_memory_bytes: v["mem"].as_u64().unwrap_or(0),
+            threads: v["threads"].as_u64().unwrap_or(0) as u32,
+            ..Default::default()
+        });
+    }
+    Ok(out)
 }
 
 /// Reads the input and keeps this rank's shard; every rank computes the same
@@ -51,7 +103,6 @@ pub fn load_shard(cfg: &RunConfig, comm: &dyn Communicator) -> Result<(EventSet,
 pub fn run(cfg: &RunConfig, comm: &dyn Communicator, opts: RunOptions) -> Result<TrainOutcome> {
     check_same(comm, "configuration", cfg.to_toml()?.as_bytes())?;
     let run_dir = cfg.outputs.run_dir.clone();
-    let ckpt_dir = run_dir.join("checkpoints");
     let prepared = (|| -> Result<_> {
         let per_rank_cores = (crate::device::available_cores() / local_size().max(1)).max(1);
         let threads = crate::device::set_threads(if cfg.training.threads == 0 {
@@ -60,21 +111,63 @@ pub fn run(cfg: &RunConfig, comm: &dyn Communicator, opts: RunOptions) -> Result
             cfg.training.threads
         });
         let device = crate::device::resolve(crate::device::parse_device(&cfg.training.device)?, local_rank())?;
-        if comm.is_root() {
+        Ok((threads, device))
+    })();
+    let (threads, device) = agree(comm, prepared)?;
+    // Read and check the data before anything is written: bad input leaves no run directory.
+    let (local, plan) = load_shard(cfg, comm)?;
+    let made_dir = if comm.is_root() {
+        (|| -> Result<()> {
             std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
             let probe = run_dir.join(".write-test");
             std::fs::write(&probe, b"").map_err(|e| Error::io(&run_dir, e))?;
             let _ = std::fs::remove_file(&probe);
+            Ok(())
+        })()
+    } else {
+        Ok(())
+    };
+    agree(comm, made_dir)?;
+    let ranks = if cfg.control.enabled { rank_infos(comm, device, threads)? } else { vec![] };
+    let server = if cfg.control.enabled && comm.is_root() {
+        let run_id = format!(
+            "{}-{}",
+            run_dir.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned()),
+            crate::control::unix_now() as u64
+        );
+        let state =
+            ControlState::new(run_id, cfg.training.epochs, comm.size(), cfg.training.batch_size, opts.controls.clone());
+        state.set_ranks(ranks);
+        Some(ControlServer::start(&cfg.control.listen, &run_dir, state))
+    } else {
+        None
+    };
+    let server = agree(comm, server.transpose())?;
+    let result = run_with(cfg, comm, opts, device, (local, plan), server.as_ref().map(|s| s.state().clone()));
+    if let Some(s) = server {
+        match &result {
+            Ok(o) => s.finish(true, Some(format!("{:?}", o.finish))),
+            Err(e) => s.finish(false, Some(e.to_string())),
         }
-        Ok((threads, device))
-    })();
-    let (threads, device) = agree(comm, prepared)?;
-    let (local, plan) = load_shard(cfg, comm)?;
+    }
+    result
+}
+
+fn run_with(
+    cfg: &RunConfig,
+    comm: &dyn Communicator,
+    opts: RunOptions,
+    device: tch::Device,
+    (local, plan): (EventSet, ShardPlan),
+    control: Option<Arc<ControlState>>,
+) -> Result<TrainOutcome> {
+    let run_dir = cfg.outputs.run_dir.clone();
+    let ckpt_dir = run_dir.join("checkpoints");
     tracing::info!(
         rank = comm.rank(),
         world = comm.size(),
         ?device,
-        threads,
+        threads = tch::get_num_threads(),
         local_events = local.len(),
         train_events = plan.n_train,
         validation_events = plan.n_val,
@@ -101,8 +194,22 @@ pub fn run(cfg: &RunConfig, comm: &dyn Communicator, opts: RunOptions) -> Result
     } else {
         None
     };
-    let hooks =
-        Hooks { checkpoint_dir: Some(ckpt_dir), controls: opts.controls, observer: opts.observer, resume: loaded };
+    let mut observers: Vec<Arc<dyn Observer>> = opts.observer.into_iter().collect();
+    if let Some(state) = control {
+        observers.push(Arc::new(ControlObserver(state)));
+    }
+    let observer: Option<Arc<dyn Observer>> = match observers.len() {
+        0 => None,
+        1 => observers.pop(),
+        _ => Some(Arc::new(Fanout(observers))),
+    };
+    let hooks = Hooks {
+        checkpoint_dir: Some(ckpt_dir),
+        controls: opts.controls,
+        observer,
+        resume: loaded,
+        gather_rank_facts: cfg.control.enabled,
+    };
     let outcome = agree(comm, train(cfg, &local, &plan, comm, device, hooks))?;
     if comm.is_root() {
         let cfg_path = run_dir.join("config.toml");

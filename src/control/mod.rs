@@ -1,0 +1,241 @@
+//! The control plane: rank 0 of a run publishes a status snapshot and a
+//! stream of events; a gRPC service ([`grpc`]) serves them and takes
+//! commands; [`client`] is what `fedhex-ctl` uses.
+//!
+//! The trainer never waits on the service: it updates the snapshot under a
+//! short `std::sync::Mutex` (never held across a step or an await) and sends
+//! events into a bounded broadcast ring; commands reach it as atomic flags
+//! (see [`crate::train::Controls`]) that rank 0 folds into the per-step
+//! all-reduce, so every rank acts on the same step.
+
+pub mod client;
+pub mod grpc;
+
+use crate::train::checkpoint::TrainState;
+use crate::train::{Controls, EpochRecord, Observer, RankFacts};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast;
+
+/// Generated protobuf types and service stubs (package `fedhex.v1`).
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("fedhex.v1");
+    /// The encoded file descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fedhex_descriptor");
+}
+
+pub use pb::RunState;
+
+/// Events kept for slow watchers; older ones are skipped, never queued without bound.
+pub const EVENT_RING: usize = 256;
+/// Most step events per second put into the ring.
+pub const MAX_STEP_EVENTS_PER_S: f64 = 10.0;
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Shared state between the trainer (writer) and the service (readers).
+#[derive(Debug)]
+pub struct ControlState {
+    status: Mutex<pb::StatusReply>,
+    events: broadcast::Sender<pb::Event>,
+    /// Flags the service sets and the trainer polls.
+    pub controls: Arc<Controls>,
+    pace: Mutex<Pace>,
+}
+
+#[derive(Debug)]
+struct Pace {
+    last_event: Instant,
+    last_step: Option<(Instant, u64)>,
+    events_per_s: f64,
+    batch: f64,
+}
+
+impl ControlState {
+    /// A new state for a run.
+    pub fn new(run_id: String, epochs: usize, world_size: usize, batch: usize, controls: Arc<Controls>) -> Arc<Self> {
+        let status = pb::StatusReply {
+            run_id,
+            state: RunState::Starting as i32,
+            epochs: epochs as u64,
+            world_size: world_size as u32,
+            train_loss: f64::NAN,
+            val_loss: f64::NAN,
+            last_step_loss: f64::NAN,
+            eta_seconds: f64::NAN,
+            started_unix_time: unix_now(),
+            ..Default::default()
+        };
+        let (events, _) = broadcast::channel(EVENT_RING);
+        let pace = Pace { last_event: Instant::now(), last_step: None, events_per_s: 0.0, batch: batch as f64 };
+        Arc::new(ControlState { status: Mutex::new(status), events, controls, pace: Mutex::new(pace) })
+    }
+
+    /// A copy of the current snapshot.
+    pub fn snapshot(&self) -> pb::StatusReply {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut pb::StatusReply)) {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn emit(&self, kind: pb::event::Kind) {
+        // No receivers is fine: nobody is watching.
+        let _ = self.events.send(pb::Event { unix_time: unix_now(), kind: Some(kind) });
+    }
+
+    /// A receiver of future events.
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::Event> {
+        self.events.subscribe()
+    }
+
+    /// Changes the run state and tells watchers.
+    pub fn set_state(&self, state: RunState, message: Option<String>) {
+        self.update(|s| {
+            s.state = state as i32;
+            if let Some(m) = message {
+                s.message = m;
+            }
+        });
+        self.emit(pb::event::Kind::State(state as i32));
+    }
+
+    /// Records the static facts of every rank (host, device, threads).
+    pub fn set_ranks(&self, ranks: Vec<pb::RankInfo>) {
+        self.update(|s| s.ranks = ranks);
+    }
+
+    /// Whether the run has ended (finished or failed).
+    pub fn ended(&self) -> bool {
+        let st = self.snapshot().state;
+        st == RunState::Finished as i32 || st == RunState::Failed as i32
+    }
+
+    /// Asks for a checkpoint at the next epoch boundary; returns that epoch.
+    pub fn request_checkpoint(&self) -> u64 {
+        self.controls.checkpoint.store(true, Ordering::Relaxed);
+        self.snapshot().epoch + 1
+    }
+
+    /// Asks for a graceful stop; returns the epoch at whose end it happens.
+    pub fn request_stop(&self, now: bool) -> u64 {
+        if now {
+            self.controls.stop_now.store(true, Ordering::Relaxed);
+        } else {
+            self.controls.stop_after_epoch.store(true, Ordering::Relaxed);
+        }
+        self.set_state(RunState::Stopping, None);
+        self.snapshot().epoch + u64::from(!now)
+    }
+}
+
+/// The trainer-side [`Observer`] that feeds a [`ControlState`].
+#[derive(Debug, Clone)]
+pub struct ControlObserver(pub Arc<ControlState>);
+
+impl Observer for ControlObserver {
+    fn on_step(&self, epoch: usize, step: usize, steps: usize, global_step: u64, loss: f64) {
+        let st = &self.0;
+        let now = Instant::now();
+        let (emit, eps, batch) = {
+            let mut p = st.pace.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((t, g)) = p.last_step {
+                let dt = now.duration_since(t).as_secs_f64();
+                if dt > 0.0 && global_step > g {
+                    let inst = p.batch * (global_step - g) as f64 / dt;
+                    p.events_per_s = if p.events_per_s > 0.0 { 0.9 * p.events_per_s + 0.1 * inst } else { inst };
+                }
+            }
+            p.last_step = Some((now, global_step));
+            let emit = now.duration_since(p.last_event).as_secs_f64() >= 1.0 / MAX_STEP_EVENTS_PER_S;
+            if emit {
+                p.last_event = now;
+            }
+            (emit, p.events_per_s, p.batch)
+        };
+        let mut eta = f64::NAN;
+        st.update(|s| {
+            if s.state == RunState::Starting as i32 || s.state == RunState::Checkpointing as i32 {
+                s.state = RunState::Training as i32;
+            }
+            s.epoch = epoch as u64;
+            s.step = step as u64;
+            s.steps_per_epoch = steps as u64;
+            s.global_step = global_step;
+            s.last_step_loss = loss;
+            s.events_per_second = eps;
+            let left_steps = (s.epochs.saturating_sub(epoch as u64) * steps as u64).saturating_sub(step as u64);
+            if eps > 0.0 {
+                eta = left_steps as f64 * batch / eps;
+            }
+            s.eta_seconds = eta;
+        });
+        if emit {
+            st.emit(pb::event::Kind::Step(pb::StepEvent {
+                epoch: epoch as u64,
+                step: step as u64,
+                steps_per_epoch: steps as u64,
+                global_step,
+                loss,
+                events_per_second: eps,
+            }));
+        }
+    }
+
+    fn on_epoch(&self, r: &EpochRecord) {
+        self.0.update(|s| {
+            s.epoch = r.epoch as u64;
+            s.step = 0;
+            s.train_loss = r.train_nll;
+            s.val_loss = r.val_nll;
+        });
+        self.0.emit(pb::event::Kind::Epoch(pb::EpochEvent {
+            epoch: r.epoch as u64,
+            train_loss: r.train_nll,
+            val_loss: r.val_nll,
+            learning_rate: r.lr,
+            seconds: r.seconds,
+            events_per_second: r.events_per_s,
+        }));
+    }
+
+    fn on_checkpoint_start(&self) {
+        let stopping = self.0.snapshot().state == RunState::Stopping as i32;
+        if !stopping {
+            self.0.set_state(RunState::Checkpointing, None);
+        }
+    }
+
+    fn on_checkpoint(&self, state: &TrainState, path: &Path) {
+        let info = pb::CheckpointInfo {
+            epoch: state.epoch as u64,
+            step_in_epoch: state.step_in_epoch as u64,
+            path: path.display().to_string(),
+            unix_time: unix_now(),
+        };
+        self.0.update(|s| {
+            s.last_checkpoint = Some(info.clone());
+            if s.state == RunState::Checkpointing as i32 {
+                s.state = RunState::Training as i32;
+            }
+        });
+        self.0.emit(pb::event::Kind::Checkpoint(info));
+    }
+
+    fn on_rank_facts(&self, facts: &[RankFacts]) {
+        self.0.update(|s| {
+            for (info, f) in s.ranks.iter_mut().zip(facts) {
+                info.rss_bytes = f.rss_bytes as u64;
+                info.cpu_percent = f.cpu_percent;
+                info.last_step_seconds = f.last_step_seconds;
+            }
+        });
+    }
+}
