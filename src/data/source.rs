@@ -96,6 +96,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -107,7 +108,7 @@ use serde::{Deserialize, Serialize};
 
 use super::expr::{self, Expr};
 use super::phiomega::PhiOmegaModel;
-use super::root::{BranchKind, Column, RootFile, TreeWriter, Values};
+use super::root::{BranchKind, Column, RootFile, TreeWriter, Values, WHOLE_FILE_LIMIT};
 use super::EventSet;
 use crate::error::{Error, Result};
 
@@ -567,9 +568,47 @@ fn to_expr_column(c: Column) -> expr::Column {
     }
 }
 
+/// Checks the file is as long as its header says (`fEND`): the reader only
+/// follows pointers, so a copy that lost just its tail could otherwise pass.
+fn check_length(path: &Path, head: &[u8], len: u64) -> Result<()> {
+    if head.get(..4) != Some(b"root".as_slice()) {
+        return Ok(()); // the reader reports what is wrong
+    }
+    let be4 = |at: usize| head.get(at..at + 4).and_then(|b| b.try_into().ok()).map(i32::from_be_bytes);
+    let end = match be4(4) {
+        Some(v) if v >= 1_000_000 => head.get(12..20).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes),
+        Some(_) => be4(12).map(i64::from),
+        None => None,
+    };
+    match end {
+        Some(end) if end > 0 && (end as u64) > len => Err(Error::Data(format!(
+            "{}: truncated: the file has {len} bytes but its header says it ends at byte {end} (incomplete copy?)",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Opens a ROOT file, checking its length first.
+fn open_root(path: &Path) -> Result<RootFile> {
+    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let file = if len <= WHOLE_FILE_LIMIT {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        check_length(path, &bytes, bytes.len() as u64)?;
+        RootFile::from_bytes(path, bytes)
+    } else {
+        let mut head = [0u8; 20];
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        f.read_exact(&mut head).map_err(|e| Error::io(path, e))?;
+        check_length(path, &head, len)?;
+        RootFile::open(path)
+    };
+    file.map_err(|e| Error::Data(e.to_string()))
+}
+
 fn load_file(path: &Path, plan: &Plan) -> Result<Part> {
     let ps = path.display();
-    let file = RootFile::open(path).map_err(|e| Error::Data(e.to_string()))?;
+    let file = open_root(path)?;
     let tree = file.tree(&plan.tree).map_err(|e| Error::Data(e.to_string()))?;
     let n = usize::try_from(tree.entries())
         .map_err(|_| Error::Data(format!("{ps}: tree '{}': too many entries", plan.tree)))?;
