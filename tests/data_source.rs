@@ -321,9 +321,8 @@ fn uproot_file_drops_and_counts_invalid_and_nonfinite() {
         offs.push(offs.last().copied().unwrap_or(0) + c);
     }
     let (mut invalid, mut nonfinite, mut rows) = (0u64, 0u64, Vec::new());
-    for e in 0..n {
-        let i = d.idx[e];
-        if i < 0 || i as usize >= d.counts[e] {
+    for (e, (&i, &count)) in d.idx.iter().zip(&d.counts).enumerate() {
+        if i < 0 || i as usize >= count {
             invalid += 1;
             continue;
         }
@@ -596,7 +595,7 @@ fn unsupported_branch_type_is_named() {
     assert_mentions(&err_text(load(&input)), &[&file, "events", "'Type'", "unsupported", "cut \"Type == 1\""]);
     // The same file without the string branch loads.
     let (set, rep) = load(&RootInput { cut: "M > 90".into(), ..input }).expect("load");
-    assert!(set.len() > 0 && rep.passed_cut < rep.events_read);
+    assert!(!set.is_empty() && rep.passed_cut < rep.events_read);
 }
 
 #[test]

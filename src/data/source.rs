@@ -222,7 +222,7 @@ fn fmt_label(label: &[f32]) -> String {
 
 impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "read {} events from {} files; {} passed the cut", self.events_read, self.files, self.passed_cut)?;
+        write!(f, "read {} events from {} file(s); {} passed the cut", self.events_read, self.files, self.passed_cut)?;
         if self.cut_invalid > 0 {
             write!(f, " ({} rejected for an invalid cut value)", self.cut_invalid)?;
         }
@@ -880,7 +880,7 @@ fn phiomega_tree(
         region.push(if rng.random::<f64>() < 0.9 { 1i32 } else { 2 });
         phi.push(reco_phi as f32);
         let u: f64 = rng.random();
-        let n_tp = if u < 0.6 {
+        let n_tp: i32 = if u < 0.6 {
             1
         } else if u < 0.9 {
             2
@@ -892,8 +892,8 @@ fn phiomega_tree(
             tp_val.push(if k == which { reco_omega as f32 } else { rng.random_range(0.2f32..10.0) });
         }
         tp_off.push(tp_val.len() as u64);
-        tp_idx.push(which as i32);
-        let n_ph = if rng.random::<f64>() < 0.7 { 1 } else { 2 };
+        tp_idx.push(which);
+        let n_ph: i32 = if rng.random::<f64>() < 0.7 { 1 } else { 2 };
         let which = rng.random_range(0..n_ph);
         for k in 0..n_ph {
             ph_val.push(if k == which {
@@ -903,9 +903,10 @@ fn phiomega_tree(
             });
         }
         ph_off.push(ph_val.len() as u64);
-        ph_idx.push(which as i32);
+        ph_idx.push(which);
     }
-    let ones: Vec<u64> = (0..=n as u64).collect();
+    // One generator particle per event.
+    let one_each: Vec<u64> = (0..=n as u64).collect();
     let mut tw = TreeWriter::new("Events");
     tw.title(&format!("phi-omega pseudo-detector, M_phi = {m_phi} GeV, M_omega = {m_omega} GeV"));
     tw.add_branch("event", Values::U64((0..n as u64).collect()))?;
@@ -915,8 +916,8 @@ fn phiomega_tree(
     tw.add_branch("CBL_RecoPhi_twoprongindex", Values::I32(tp_idx))?;
     tw.add_jagged("Photon_pt", "nPhoton", ph_off, Values::F32(ph_val))?;
     tw.add_branch("CBL_RecoPhi_photonindex", Values::I32(ph_idx))?;
-    tw.add_jagged("GenPhi_mass", "nGenPhi", ones.clone(), Values::F32(vec![m_phi as f32; n]))?;
-    tw.add_jagged("GenOmega_mass", "nGenOmega", ones, Values::F32(vec![m_omega as f32; n]))?;
+    tw.add_jagged("GenPhi_mass", "nGenPhi", one_each.clone(), Values::F32(vec![m_phi as f32; n]))?;
+    tw.add_jagged("GenOmega_mass", "nGenOmega", one_each, Values::F32(vec![m_omega as f32; n]))?;
     Ok(tw)
 }
 
