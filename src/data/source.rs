@@ -108,7 +108,7 @@ use serde::{Deserialize, Serialize};
 
 use super::expr::{self, Expr};
 use super::phiomega::PhiOmegaModel;
-use super::root::{BranchKind, Column, RootFile, TreeWriter, Values, WHOLE_FILE_LIMIT};
+use super::root::{Column, RootFile, TreeWriter, Values, WHOLE_FILE_LIMIT};
 use super::EventSet;
 use crate::error::{Error, Result};
 
@@ -615,14 +615,6 @@ fn load_file(path: &Path, plan: &Plan) -> Result<Part> {
     let mut cols: BTreeMap<String, expr::Column> = BTreeMap::new();
     for (branch, users) in &plan.branches {
         let used = || format!(" (used by {})", users.join(", "));
-        let info = tree.branch_info(branch).map_err(|e| Error::Data(format!("{e}{}", used())))?;
-        if let BranchKind::Unsupported(type_name, reason) = &info.kind {
-            return Err(Error::Data(format!(
-                "{ps}: tree '{}': branch '{branch}': unsupported type {type_name}: {reason}{}",
-                plan.tree,
-                used()
-            )));
-        }
         let col = tree.read(branch).map_err(|e| Error::Data(format!("{e}{}", used())))?;
         if col.entries() < n {
             return Err(Error::Data(format!(
@@ -679,10 +671,11 @@ fn load_file(path: &Path, plan: &Plan) -> Result<Part> {
     Ok(part)
 }
 
-/// Runs `f(i)` for `i in 0..n` on up to `threads` threads and returns the
-/// results in index order. After the first error no new index is started;
-/// since indices are handed out in increasing order, every index below a
-/// failed one has run, so the first error in index order is deterministic.
+/// Runs `f(i)` for `i in 0..n` on the available cores (at most 16 threads)
+/// and returns the results in index order. After the first error no new
+/// index is started; since indices are handed out in increasing order, every
+/// index below a failed one has run, so the first error in index order is
+/// the one returned, whatever the thread timing.
 fn parallel_map<T: Send>(n: usize, f: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
     let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1).clamp(1, 16).min(n.max(1));
     let next = AtomicUsize::new(0);
