@@ -7,6 +7,7 @@ pub mod gaussian;
 pub mod npy;
 pub mod phiomega;
 pub mod root;
+pub mod source;
 pub mod whiten;
 
 use crate::error::{Error, Result};

@@ -1,0 +1,941 @@
+//! Real event data in and out: ROOT files → [`EventSet`] through branch
+//! expressions ([`load`]), [`EventSet`] → ROOT ([`write_root`]), and a
+//! physics-like Monte Carlo "production" of the Φ → γω pseudo-detector written
+//! as one ROOT file per grid point ([`write_phiomega_grid`]).
+//!
+//! # Reading
+//!
+//! A [`RootInput`] names the files, the tree, the features and labels (each a
+//! name and a [branch expression](super::expr)), an optional cut and a minimum
+//! number of events per label. In a TOML run configuration it reads:
+//!
+//! ```toml
+//! [data.root]
+//! files = ["mc/phiomega/", "extra/*_2018.root"]   # directories, files, globs
+//! tree = "Events"
+//! cut = "CBL_Region == 1 and Photon_pt[CBL_RecoPhi_photonindex] > 220"
+//! thresh = 100
+//! features = [
+//!     { name = "phi",   expr = "CBL_RecoPhi_mass" },
+//!     { name = "omega", expr = "TwoProng_massPi0[CBL_RecoPhi_twoprongindex]" },
+//! ]
+//! labels = [
+//!     { name = "labelphi",   expr = "GenPhi_mass[0]" },
+//!     { name = "labelomega", expr = "GenOmega_mass[0]" },
+//! ]
+//! ```
+//!
+//! (`[[data.root.features]]` array-of-tables syntax works as well.)
+//!
+//! [`load`] does, in this order:
+//! 1. **Expressions** are parsed before any file is touched; a syntax error
+//!    names the feature, label or cut and the character position.
+//! 2. **Files.** Every entry of [`RootInput::files`] is a file, a directory
+//!    (searched for `*.root` up to [`RootInput::max_depth`] levels) or a glob
+//!    (`*`, `?`, `[abc]`, `[a-z]`, `[!a-z]` within one path component; a
+//!    directory it matches is searched like a directory entry, a file it
+//!    matches is used whatever its extension). Names starting with `.` are
+//!    skipped in directory searches and by wildcards (hidden and temporary
+//!    files). All files are sorted by path and duplicates removed, so the
+//!    event order does not depend on the order of the entries or the file
+//!    system.
+//! 3. **Per file** (files are read in parallel, results are put together in
+//!    file order): open, find the tree, read only the branches the
+//!    expressions and the cut reference, evaluate the cut and then every
+//!    feature and label expression column-wise.
+//! 4. **Per event**: an event that fails the cut is dropped (a cut whose
+//!    value is *invalid* — e.g. an out-of-range index not guarded by `and` —
+//!    rejects the event and is counted in [`LoadReport::cut_invalid`]). An
+//!    event that passes but for which some feature or label expression is
+//!    invalid (an index out of range, negative or not an integer) is dropped
+//!    and counted in [`LoadReport::dropped_invalid`]. An event whose values,
+//!    converted to `f32`, include a NaN or an infinity (also a finite `f64`
+//!    beyond the `f32` range) is dropped and counted in
+//!    [`LoadReport::dropped_nonfinite`]: real productions carry the odd NaN
+//!    from a failed fit, and one such event should neither abort a run nor
+//!    poison the whitening statistics, so it is dropped and reported rather
+//!    than treated as an error.
+//! 5. **Labels.** Events are grouped by their label row (bitwise equal
+//!    labels form one group, so files may hold one label point each or
+//!    many); groups with fewer than [`RootInput::thresh`] events are dropped,
+//!    listed in [`LoadReport::labels_dropped`] and in a warning. The kept
+//!    events stay in file order.
+//!
+//! Any problem with the input is an error that names the file, tree, branch
+//! or expression (missing path, directory without `.root` files, a glob
+//! matching nothing, not a ROOT file, a truncated or corrupt file, missing
+//! tree, missing branch, unsupported branch type, a branch used against its
+//! kind, a selection that leaves no events). Nothing panics on bad input.
+//!
+//! # The phi-omega production files
+//!
+//! [`write_phiomega_grid`] writes one file per grid point, `phiomega_00000.root`,
+//! `phiomega_00001.root`, … (sorted name order = point order), each with a
+//! tree `Events` (entries = events) holding NanoAOD-like branches:
+//!
+//! | branch | type | content |
+//! |---|---|---|
+//! | `event` | `uint64` | event number within the file |
+//! | `CBL_Region` | `int32` | 1 = signal region (about 90 %), 2 = sideband |
+//! | `CBL_RecoPhi_mass` | `float` | reconstructed Φ mass `m_Φ` (GeV) |
+//! | `nTwoProng`, `TwoProng_massPi0[nTwoProng]` | `int32`, `float[]` | 1–3 two-prong candidates per event; one is the ω, the others are unrelated (uniform 0.2–10 GeV) |
+//! | `CBL_RecoPhi_twoprongindex` | `int32` | index of the ω two-prong in `TwoProng_massPi0` |
+//! | `nPhoton`, `Photon_pt[nPhoton]` | `int32`, `float[]` | 1–2 photons; the Φ photon has `p_T = m_Φ/2 · u`, `u ~ U(0.3, 1)`, an extra one 20–100 GeV |
+//! | `CBL_RecoPhi_photonindex` | `int32` | index of the Φ photon in `Photon_pt` |
+//! | `nGenPhi`, `GenPhi_mass[nGenPhi]` | `int32`, `float[1]` | true `M_Φ` (one entry, as NanoAOD's generator particles) |
+//! | `nGenOmega`, `GenOmega_mass[nGenOmega]` | `int32`, `float[1]` | true `M_ω` |
+//!
+//! Read them with the expressions of the TOML example above:
+//! features `CBL_RecoPhi_mass` and `TwoProng_massPi0[CBL_RecoPhi_twoprongindex]`,
+//! labels `GenPhi_mass[0]` and `GenOmega_mass[0]`, and, if wanted, the cut
+//! `CBL_Region == 1` (signal region) or
+//! `CBL_Region == 1 and Photon_pt[CBL_RecoPhi_photonindex] > 220` (with a
+//! trigger-like photon threshold). The reconstructed masses of point `i` are
+//! exactly `model.sample_seeded(M_Φ, M_ω, n, seed + i).events` (rounded to
+//! `f32`), so tests can check every value.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use ndarray::Array2;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::expr::{self, Expr};
+use super::phiomega::PhiOmegaModel;
+use super::root::{Column, RootFile, TreeWriter, Values, WHOLE_FILE_LIMIT};
+use super::EventSet;
+use crate::error::{Error, Result};
+
+// ---------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------
+
+/// One named expression: a feature or a label column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variable {
+    /// Column name in the [`EventSet`] (and in files written from it).
+    pub name: String,
+    /// Branch expression giving the value per event (see [`super::expr`]).
+    pub expr: String,
+}
+
+impl Variable {
+    /// A variable `name = expr`.
+    pub fn new(name: &str, expr: &str) -> Self {
+        Variable { name: name.to_string(), expr: expr.to_string() }
+    }
+}
+
+/// Where and how to read events from ROOT files (`[data.root]` in a run
+/// configuration; see the [module documentation](self) for an example).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RootInput {
+    /// Input files: each entry is a ROOT file, a directory searched for
+    /// `*.root` up to `max_depth` levels deep, or a glob pattern (`*`, `?`,
+    /// `[...]` within path components).
+    pub files: Vec<String>,
+    /// Name of the TTree to read in every file.
+    pub tree: String,
+    /// Feature columns (the flow's `x`), in order.
+    pub features: Vec<Variable>,
+    /// Label columns (the generator parameters `θ`), in order.
+    pub labels: Vec<Variable>,
+    /// Event selection expression; empty means every event.
+    pub cut: String,
+    /// Minimum number of events a label point needs after all selections;
+    /// label points with fewer are dropped (with a warning listing them).
+    pub thresh: usize,
+    /// How many directory levels a directory entry is searched: 1 = only the
+    /// files directly in it, 3 (default) = down to `dir/a/b/*.root`.
+    pub max_depth: usize,
+}
+
+impl Default for RootInput {
+    fn default() -> Self {
+        RootInput {
+            files: Vec::new(),
+            tree: "Events".to_string(),
+            features: Vec::new(),
+            labels: Vec::new(),
+            cut: String::new(),
+            thresh: 0,
+            max_depth: 3,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------
+
+/// A label point dropped because it had fewer events than the threshold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DroppedLabel {
+    /// The label values.
+    pub label: Vec<f32>,
+    /// Its number of events (below the threshold).
+    pub events: usize,
+}
+
+/// What [`load`] read and dropped.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct LoadReport {
+    /// Number of files read.
+    pub files: usize,
+    /// Events (tree entries) in all files.
+    pub events_read: u64,
+    /// Events that passed the cut (all of them without a cut).
+    pub passed_cut: u64,
+    /// Events rejected because the cut's value was invalid (an unguarded
+    /// out-of-range index); included in `events_read - passed_cut`.
+    pub cut_invalid: u64,
+    /// Events that passed the cut but had an invalid feature or label
+    /// expression (index out of range, negative or not an integer).
+    pub dropped_invalid: u64,
+    /// Events that passed the cut but had a NaN or infinite feature or label
+    /// value (after conversion to `f32`).
+    pub dropped_nonfinite: u64,
+    /// Events dropped because their label point was below `thresh`.
+    pub dropped_thresh: u64,
+    /// Events in the returned set.
+    pub events_kept: u64,
+    /// Number of label points in the returned set.
+    pub labels_kept: usize,
+    /// The minimum events per label that was applied.
+    pub thresh: usize,
+    /// The label points dropped by the threshold, sorted by label.
+    pub labels_dropped: Vec<DroppedLabel>,
+}
+
+fn fmt_label(label: &[f32]) -> String {
+    let parts: Vec<String> = label.iter().map(|v| format!("{v}")).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "read {} events from {} file(s); {} passed the cut", self.events_read, self.files, self.passed_cut)?;
+        if self.cut_invalid > 0 {
+            write!(f, " ({} rejected for an invalid cut value)", self.cut_invalid)?;
+        }
+        write!(
+            f,
+            "; dropped {} with an invalid index and {} non-finite; kept {} events at {} label points",
+            self.dropped_invalid, self.dropped_nonfinite, self.events_kept, self.labels_kept
+        )?;
+        if !self.labels_dropped.is_empty() {
+            let list: Vec<String> =
+                self.labels_dropped.iter().map(|d| format!("{} ({} events)", fmt_label(&d.label), d.events)).collect();
+            write!(
+                f,
+                "; {} label points below thresh {} dropped ({} events): {}",
+                self.labels_dropped.len(),
+                self.thresh,
+                self.dropped_thresh,
+                list.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Resolving the input paths
+// ---------------------------------------------------------------------------
+
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// One element of a wildcard pattern.
+#[derive(Debug, Clone, PartialEq)]
+enum Pat {
+    Lit(char),
+    Any,
+    Star,
+    /// `[...]`: negated?, ranges (single characters are `(c, c)`).
+    Class(bool, Vec<(char, char)>),
+}
+
+/// Compiles one path component of a glob.
+fn compile_pattern(p: &str) -> std::result::Result<Vec<Pat>, String> {
+    let chars: Vec<char> = p.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '*' => {
+                if out.last() != Some(&Pat::Star) {
+                    out.push(Pat::Star);
+                }
+                i += 1;
+            }
+            '?' => {
+                out.push(Pat::Any);
+                i += 1;
+            }
+            '[' => {
+                let mut j = i + 1;
+                let negated = matches!(chars.get(j), Some('!' | '^'));
+                if negated {
+                    j += 1;
+                }
+                let mut ranges = Vec::new();
+                let mut first = true;
+                loop {
+                    let Some(&c) = chars.get(j) else {
+                        return Err(format!("unterminated '[' at character {i}"));
+                    };
+                    if c == ']' && !first {
+                        break;
+                    }
+                    first = false;
+                    if chars.get(j + 1) == Some(&'-') && chars.get(j + 2).is_some_and(|&e| e != ']') {
+                        let e = chars[j + 2];
+                        ranges.push((c, e));
+                        j += 3;
+                    } else {
+                        ranges.push((c, c));
+                        j += 1;
+                    }
+                }
+                out.push(Pat::Class(negated, ranges));
+                i = j + 1;
+            }
+            c => {
+                out.push(Pat::Lit(c));
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn pat_matches_char(p: &Pat, c: char) -> bool {
+    match p {
+        Pat::Lit(l) => *l == c,
+        Pat::Any => true,
+        Pat::Star => true,
+        Pat::Class(neg, ranges) => ranges.iter().any(|&(a, b)| a <= c && c <= b) != *neg,
+    }
+}
+
+/// Whether `name` matches the compiled pattern (iterative, linear backtracking on the last `*`).
+fn wildcard_match(pat: &[Pat], name: &str) -> bool {
+    let s: Vec<char> = name.chars().collect();
+    let (mut p, mut i) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        match pat.get(p) {
+            Some(Pat::Star) => {
+                star = Some((p, i));
+                p += 1;
+            }
+            Some(q) if pat_matches_char(q, s[i]) => {
+                p += 1;
+                i += 1;
+            }
+            _ => match star {
+                Some((sp, si)) => {
+                    p = sp + 1;
+                    i = si + 1;
+                    star = Some((sp, si + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pat[p..].iter().all(|q| *q == Pat::Star)
+}
+
+fn is_hidden(name: &str) -> bool {
+    name.starts_with('.')
+}
+
+/// Sorted names of the entries of `dir`.
+fn list_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let rd = std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
+        .map_err(|e| Error::io(dir, e))?;
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        out.push((name, dir.join(entry.file_name())));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `*.root` files in `dir`, `depth` levels deep (1 = the directory only).
+fn search_dir(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+    for (name, path) in list_dir(dir)? {
+        if is_hidden(&name) {
+            continue;
+        }
+        if path.is_dir() {
+            if depth > 1 {
+                search_dir(&path, depth - 1, out)?;
+            }
+        } else if name.ends_with(".root") && path.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Expands a glob pattern into the paths it matches (files and directories).
+fn expand_glob(pattern: &str) -> Result<Vec<PathBuf>> {
+    let absolute = pattern.starts_with('/');
+    let mut current: Vec<PathBuf> = vec![if absolute { PathBuf::from("/") } else { PathBuf::new() }];
+    for comp in pattern.split('/').filter(|c| !c.is_empty()) {
+        let mut next = Vec::new();
+        if has_wildcard(comp) {
+            let pat = compile_pattern(comp)
+                .map_err(|e| Error::Config(format!("data.root.files: glob \"{pattern}\": {e}")))?;
+            let explicit_dot = comp.starts_with('.');
+            for base in &current {
+                if !(base.as_os_str().is_empty() || base.is_dir()) {
+                    continue;
+                }
+                for (name, path) in list_dir(base)? {
+                    if (explicit_dot || !is_hidden(&name)) && wildcard_match(&pat, &name) {
+                        next.push(path);
+                    }
+                }
+            }
+        } else {
+            for base in &current {
+                let p = base.join(comp);
+                if p.exists() {
+                    next.push(p);
+                }
+            }
+        }
+        current = next;
+        if current.is_empty() {
+            break;
+        }
+    }
+    Ok(current)
+}
+
+/// Resolves the `files` entries into the sorted, de-duplicated list of ROOT
+/// files to read.
+///
+/// # Errors
+/// An entry that does not exist, a directory without `*.root` files within
+/// `max_depth` levels, a glob that matches nothing, or an unreadable directory.
+pub fn resolve_files(files: &[String], max_depth: usize) -> Result<Vec<PathBuf>> {
+    if files.is_empty() {
+        return Err(Error::Config("data.root.files: no input files given".into()));
+    }
+    let mut out = Vec::new();
+    for entry in files {
+        let path = Path::new(entry);
+        if !has_wildcard(entry) || path.exists() {
+            if path.is_dir() {
+                let before = out.len();
+                search_dir(path, max_depth, &mut out)?;
+                if out.len() == before {
+                    return Err(Error::Data(format!(
+                        "input directory {entry}: no .root files found (searched {max_depth} level(s) deep)"
+                    )));
+                }
+            } else if path.exists() {
+                out.push(path.to_path_buf());
+            } else {
+                return Err(Error::Data(format!("input {entry}: no such file or directory")));
+            }
+            continue;
+        }
+        let matches = expand_glob(entry)?;
+        if matches.is_empty() {
+            return Err(Error::Data(format!("input glob \"{entry}\": matches no file")));
+        }
+        let before = out.len();
+        for m in matches {
+            if m.is_dir() {
+                search_dir(&m, max_depth, &mut out)?;
+            } else {
+                out.push(m);
+            }
+        }
+        if out.len() == before {
+            return Err(Error::Data(format!(
+                "input glob \"{entry}\": matches only directories without .root files (searched {max_depth} level(s) deep)"
+            )));
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------
+
+/// The parsed expressions and the branches they need.
+struct Plan {
+    tree: String,
+    cut: Option<Expr>,
+    /// Features then labels.
+    vars: Vec<(String, Expr)>,
+    n_features: usize,
+    /// Branch name → what uses it (for error messages).
+    branches: BTreeMap<String, Vec<String>>,
+}
+
+fn describe(kind: &str, name: &str, e: &Expr) -> String {
+    if kind == "cut" {
+        format!("cut \"{}\"", e.source())
+    } else {
+        format!("{kind} '{name}' = \"{}\"", e.source())
+    }
+}
+
+impl Plan {
+    fn new(input: &RootInput) -> Result<Plan> {
+        if input.tree.is_empty() {
+            return Err(Error::Config("data.root.tree: empty tree name".into()));
+        }
+        if input.features.is_empty() {
+            return Err(Error::Config("data.root.features: at least one feature is needed".into()));
+        }
+        if input.max_depth == 0 {
+            return Err(Error::Config("data.root.max_depth: must be at least 1".into()));
+        }
+        let mut seen = BTreeSet::new();
+        let mut vars = Vec::new();
+        let mut branches: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (kind, list) in [("feature", &input.features), ("label", &input.labels)] {
+            for v in list {
+                if v.name.is_empty() {
+                    return Err(Error::Config(format!("data.root: a {kind} has an empty name (expr \"{}\")", v.expr)));
+                }
+                if !seen.insert(v.name.clone()) {
+                    return Err(Error::Config(format!("data.root: the name '{}' is used twice", v.name)));
+                }
+                let e =
+                    Expr::parse(&v.expr).map_err(|e| Error::Config(format!("data.root: {kind} '{}': {e}", v.name)))?;
+                for b in e.branches() {
+                    branches.entry(b).or_default().push(describe(kind, &v.name, &e));
+                }
+                vars.push((v.name.clone(), e));
+            }
+        }
+        let cut = if input.cut.trim().is_empty() {
+            None
+        } else {
+            let e = Expr::parse(&input.cut).map_err(|e| Error::Config(format!("data.root: cut: {e}")))?;
+            for b in e.branches() {
+                branches.entry(b).or_default().push(describe("cut", "", &e));
+            }
+            Some(e)
+        };
+        Ok(Plan { tree: input.tree.clone(), cut, vars, n_features: input.features.len(), branches })
+    }
+
+    fn width(&self) -> usize {
+        self.vars.len()
+    }
+}
+
+/// The events one file contributes.
+#[derive(Default)]
+struct Part {
+    /// Row-major `[kept, features + labels]`.
+    rows: Vec<f32>,
+    read: u64,
+    passed: u64,
+    cut_invalid: u64,
+    invalid: u64,
+    nonfinite: u64,
+}
+
+fn to_expr_column(c: Column) -> expr::Column {
+    match c {
+        Column::Scalar(v) => expr::Column::Scalar(v.to_f64()),
+        Column::Jagged { offsets, values } => expr::Column::Jagged { offsets, values: values.to_f64() },
+    }
+}
+
+/// Checks the file is as long as its header says (`fEND`): the reader only
+/// follows pointers, so a copy that lost just its tail could otherwise pass.
+fn check_length(path: &Path, head: &[u8], len: u64) -> Result<()> {
+    if head.get(..4) != Some(b"root".as_slice()) {
+        return Ok(()); // the reader reports what is wrong
+    }
+    let be4 = |at: usize| head.get(at..at + 4).and_then(|b| b.try_into().ok()).map(i32::from_be_bytes);
+    let end = match be4(4) {
+        Some(v) if v >= 1_000_000 => head.get(12..20).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes),
+        Some(_) => be4(12).map(i64::from),
+        None => None,
+    };
+    match end {
+        Some(end) if end > 0 && (end as u64) > len => Err(Error::Data(format!(
+            "{}: truncated: the file has {len} bytes but its header says it ends at byte {end} (incomplete copy?)",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Opens a ROOT file, checking its length first.
+fn open_root(path: &Path) -> Result<RootFile> {
+    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let file = if len <= WHOLE_FILE_LIMIT {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        check_length(path, &bytes, bytes.len() as u64)?;
+        RootFile::from_bytes(path, bytes)
+    } else {
+        let mut head = [0u8; 20];
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        f.read_exact(&mut head).map_err(|e| Error::io(path, e))?;
+        check_length(path, &head, len)?;
+        RootFile::open(path)
+    };
+    file.map_err(|e| Error::Data(e.to_string()))
+}
+
+fn load_file(path: &Path, plan: &Plan) -> Result<Part> {
+    let ps = path.display();
+    let file = open_root(path)?;
+    let tree = file.tree(&plan.tree).map_err(|e| Error::Data(e.to_string()))?;
+    let n = usize::try_from(tree.entries())
+        .map_err(|_| Error::Data(format!("{ps}: tree '{}': too many entries", plan.tree)))?;
+    let mut cols: BTreeMap<String, expr::Column> = BTreeMap::new();
+    for (branch, users) in &plan.branches {
+        let used = || format!(" (used by {})", users.join(", "));
+        let col = tree.read(branch).map_err(|e| Error::Data(format!("{e}{}", used())))?;
+        if col.entries() < n {
+            return Err(Error::Data(format!(
+                "{ps}: tree '{}': branch '{branch}' has {} entries, the tree {n}{}",
+                plan.tree,
+                col.entries(),
+                used()
+            )));
+        }
+        cols.insert(branch.clone(), to_expr_column(col));
+    }
+    let ctx = |what: String, e: expr::ExprError| Error::Data(format!("{ps}: tree '{}': {what}: {e}", plan.tree));
+    let mut part = Part { read: n as u64, ..Part::default() };
+    let pass = match &plan.cut {
+        Some(cut) => {
+            let r = cut.eval_cut(&cols, n).map_err(|e| ctx("cut".into(), e))?;
+            part.cut_invalid = r.invalid as u64;
+            r.pass
+        }
+        None => vec![true; n],
+    };
+    let values: Vec<Vec<Option<f64>>> = plan
+        .vars
+        .iter()
+        .enumerate()
+        .map(|(j, (name, e))| {
+            let kind = if j < plan.n_features { "feature" } else { "label" };
+            e.eval(&cols, n).map_err(|err| ctx(format!("{kind} '{name}'"), err))
+        })
+        .collect::<Result<_>>()?;
+    let width = plan.width();
+    let mut row = Vec::with_capacity(width);
+    for (i, _) in pass.iter().enumerate().filter(|(_, p)| **p) {
+        part.passed += 1;
+        row.clear();
+        let mut valid = true;
+        for v in &values {
+            match v.get(i).copied().flatten() {
+                Some(x) => row.push(x as f32),
+                None => {
+                    valid = false;
+                    break;
+                }
+            }
+        }
+        if !valid {
+            part.invalid += 1;
+        } else if row.iter().any(|x| !x.is_finite()) {
+            part.nonfinite += 1;
+        } else {
+            part.rows.extend_from_slice(&row);
+        }
+    }
+    Ok(part)
+}
+
+/// Runs `f(i)` for `i in 0..n` on the available cores (at most 16 threads)
+/// and returns the results in index order. After the first error no new
+/// index is started; since indices are handed out in increasing order, every
+/// index below a failed one has run, so the first error in index order is
+/// the one returned, whatever the thread timing.
+fn parallel_map<T: Send>(n: usize, f: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
+    let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1).clamp(1, 16).min(n.max(1));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<(usize, Result<T>)>> = Mutex::new(Vec::with_capacity(n));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut local = Vec::new();
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let r = f(i);
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    local.push((i, r));
+                }
+                if let Ok(mut all) = results.lock() {
+                    all.extend(local);
+                }
+            });
+        }
+    });
+    let mut all = results.into_inner().map_err(|_| Error::Data("a worker thread panicked".into()))?;
+    all.sort_by_key(|(i, _)| *i);
+    let mut out = Vec::with_capacity(all.len());
+    for (_, r) in all {
+        out.push(r?);
+    }
+    if out.len() != n {
+        return Err(Error::Data(format!("internal: {} of {n} results", out.len())));
+    }
+    Ok(out)
+}
+
+/// Reads the events selected by `input` from its ROOT files.
+///
+/// See the [module documentation](self) for the steps, what is dropped and
+/// why. The returned [`EventSet`] has the feature and label names of the
+/// configuration; its events are in file order.
+///
+/// # Errors
+/// Invalid configuration or expression syntax ([`Error::Config`]); input
+/// paths, files, trees, branches or expressions that cannot be read or
+/// evaluated, and a selection that leaves no events ([`Error::Data`] or
+/// [`Error::Io`]); every message names the file, tree, branch or expression.
+pub fn load(input: &RootInput) -> Result<(EventSet, LoadReport)> {
+    let plan = Plan::new(input)?;
+    let files = resolve_files(&input.files, input.max_depth)?;
+    let parts = parallel_map(files.len(), |i| load_file(&files[i], &plan))?;
+    let width = plan.width();
+    let mut report = LoadReport { files: files.len(), thresh: input.thresh, ..LoadReport::default() };
+    let total: usize = parts.iter().map(|p| p.rows.len()).sum();
+    let mut flat = Vec::with_capacity(total);
+    for p in parts {
+        report.events_read += p.read;
+        report.passed_cut += p.passed;
+        report.cut_invalid += p.cut_invalid;
+        report.dropped_invalid += p.invalid;
+        report.dropped_nonfinite += p.nonfinite;
+        flat.extend_from_slice(&p.rows);
+    }
+    let n = flat.len() / width;
+    let describe_input = || format!("tree '{}' in {} file(s) ({})", plan.tree, files.len(), input.files.join(", "));
+    if n == 0 {
+        let cut = plan.cut.as_ref().map(|c| format!(" with cut \"{}\"", c.source())).unwrap_or_default();
+        return Err(Error::Data(format!("{}: no events left{cut}: {report}", describe_input())));
+    }
+    let all = Array2::from_shape_vec((n, width), flat).map_err(|e| Error::Data(format!("internal: {e}")))?;
+    let samples = all.slice(ndarray::s![.., ..plan.n_features]).to_owned();
+    let labels = all.slice(ndarray::s![.., plan.n_features..]).to_owned();
+    let names = |r: std::ops::Range<usize>| -> Vec<String> { plan.vars[r].iter().map(|(n, _)| n.clone()).collect() };
+    let events =
+        EventSet::new(samples, labels, names(0..plan.n_features), names(plan.n_features..width), &describe_input())?;
+    let groups = events.label_groups();
+    let mut keep = vec![false; n];
+    for (label, members) in groups.labels.iter().zip(&groups.members) {
+        if members.len() < input.thresh {
+            report.labels_dropped.push(DroppedLabel { label: label.clone(), events: members.len() });
+            report.dropped_thresh += members.len() as u64;
+        } else {
+            report.labels_kept += 1;
+            for &i in members {
+                keep[i] = true;
+            }
+        }
+    }
+    let rows: Vec<usize> = (0..n).filter(|&i| keep[i]).collect();
+    report.events_kept = rows.len() as u64;
+    if !report.labels_dropped.is_empty() {
+        let list: Vec<String> =
+            report.labels_dropped.iter().map(|d| format!("{} ({} events)", fmt_label(&d.label), d.events)).collect();
+        tracing::warn!(
+            "{}: {} label point(s) with fewer than thresh = {} events dropped: {}",
+            describe_input(),
+            report.labels_dropped.len(),
+            input.thresh,
+            list.join(", ")
+        );
+    }
+    if rows.is_empty() {
+        return Err(Error::Data(format!(
+            "{}: every label point has fewer than thresh = {} events: {report}",
+            describe_input(),
+            input.thresh
+        )));
+    }
+    let events = if rows.len() == n { events } else { events.select(&rows) };
+    Ok((events, report))
+}
+
+// ---------------------------------------------------------------------------
+// Writing
+// ---------------------------------------------------------------------------
+
+fn root_err(path: &Path, e: impl fmt::Display) -> Error {
+    let s = e.to_string();
+    let p = path.display().to_string();
+    Error::Data(if s.starts_with(&p) { s } else { format!("{p}: {s}") })
+}
+
+/// Writes `events` as a ROOT file with one tree `tree` holding one `float`
+/// branch per feature and per label, named as in the [`EventSet`]. The file
+/// is written under a temporary name and renamed, so `path` never holds a
+/// partial file.
+///
+/// # Errors
+/// A name that is not a valid branch name (empty, or containing `/ : [ ] ;`
+/// or a space), a feature and a label with the same name, or an I/O failure.
+pub fn write_root(path: &Path, events: &EventSet, tree: &str) -> Result<()> {
+    let mut w = TreeWriter::new(tree);
+    let columns = events
+        .feature_names
+        .iter()
+        .zip(events.samples.columns())
+        .chain(events.label_names.iter().zip(events.labels.columns()));
+    for (name, col) in columns {
+        w.add_branch(name, Values::F32(col.to_vec())).map_err(|e| root_err(path, e))?;
+    }
+    w.write(path).map_err(|e| root_err(path, e))
+}
+
+/// Writes a phi-omega Monte Carlo "production": one ROOT file per label point
+/// `[M_Φ, M_ω]` of `points`, `phiomega_<index>.root` in `dir` (created if
+/// needed), each with `n_per_point` events in a tree `Events` (branches in
+/// the [module documentation](self)). Point `i` uses
+/// `model.sample_seeded(M_Φ, M_ω, n_per_point, seed + i)` for the
+/// reconstructed masses and an independent seeded stream for the rest, so
+/// the files are a pure function of the arguments. Returns the paths in
+/// point order (which is also their sorted order).
+///
+/// # Errors
+/// Invalid masses or model parameters, too low an acceptance, or I/O.
+pub fn write_phiomega_grid(
+    dir: &Path,
+    model: &PhiOmegaModel,
+    points: &[[f64; 2]],
+    n_per_point: usize,
+    seed: u64,
+) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let width = points.len().saturating_sub(1).to_string().len().max(5);
+    parallel_map(points.len(), |i| {
+        let [m_phi, m_omega] = points[i];
+        let path = dir.join(format!("phiomega_{i:0width$}.root"));
+        let sample = model
+            .sample_seeded(m_phi, m_omega, n_per_point, seed.wrapping_add(i as u64))
+            .map_err(|e| Error::Data(format!("{}: point {i} (M_Φ = {m_phi}, M_ω = {m_omega}): {e}", path.display())))?;
+        let tw = phiomega_tree(&sample.events, m_phi, m_omega, seed, i).map_err(|e| root_err(&path, e))?;
+        tw.write(&path).map_err(|e| root_err(&path, e))?;
+        Ok(path)
+    })
+}
+
+/// Builds the tree of one grid point (see the module documentation).
+fn phiomega_tree(
+    events: &[[f64; 2]],
+    m_phi: f64,
+    m_omega: f64,
+    seed: u64,
+    index: usize,
+) -> std::result::Result<TreeWriter, super::root::RootError> {
+    // An independent stream per point for everything but the masses.
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_F00D_CAFE_0001 ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let n = events.len();
+    let mut region = Vec::with_capacity(n);
+    let mut phi = Vec::with_capacity(n);
+    let (mut tp_off, mut tp_val, mut tp_idx) = (vec![0u64], Vec::new(), Vec::with_capacity(n));
+    let (mut ph_off, mut ph_val, mut ph_idx) = (vec![0u64], Vec::new(), Vec::with_capacity(n));
+    for &[reco_phi, reco_omega] in events {
+        region.push(if rng.random::<f64>() < 0.9 { 1i32 } else { 2 });
+        phi.push(reco_phi as f32);
+        let u: f64 = rng.random();
+        let n_tp: i32 = if u < 0.6 {
+            1
+        } else if u < 0.9 {
+            2
+        } else {
+            3
+        };
+        let which = rng.random_range(0..n_tp);
+        for k in 0..n_tp {
+            tp_val.push(if k == which { reco_omega as f32 } else { rng.random_range(0.2f32..10.0) });
+        }
+        tp_off.push(tp_val.len() as u64);
+        tp_idx.push(which);
+        let n_ph: i32 = if rng.random::<f64>() < 0.7 { 1 } else { 2 };
+        let which = rng.random_range(0..n_ph);
+        for k in 0..n_ph {
+            ph_val.push(if k == which {
+                (reco_phi / 2.0 * rng.random_range(0.3..1.0)) as f32
+            } else {
+                rng.random_range(20.0f32..100.0)
+            });
+        }
+        ph_off.push(ph_val.len() as u64);
+        ph_idx.push(which);
+    }
+    // One generator particle per event.
+    let one_each: Vec<u64> = (0..=n as u64).collect();
+    let mut tw = TreeWriter::new("Events");
+    tw.title(&format!("phi-omega pseudo-detector, M_phi = {m_phi} GeV, M_omega = {m_omega} GeV"));
+    tw.add_branch("event", Values::U64((0..n as u64).collect()))?;
+    tw.add_branch("CBL_Region", Values::I32(region))?;
+    tw.add_branch("CBL_RecoPhi_mass", Values::F32(phi))?;
+    tw.add_jagged("TwoProng_massPi0", "nTwoProng", tp_off, Values::F32(tp_val))?;
+    tw.add_branch("CBL_RecoPhi_twoprongindex", Values::I32(tp_idx))?;
+    tw.add_jagged("Photon_pt", "nPhoton", ph_off, Values::F32(ph_val))?;
+    tw.add_branch("CBL_RecoPhi_photonindex", Values::I32(ph_idx))?;
+    tw.add_jagged("GenPhi_mass", "nGenPhi", one_each.clone(), Values::F32(vec![m_phi as f32; n]))?;
+    tw.add_jagged("GenOmega_mass", "nGenOmega", one_each, Values::F32(vec![m_omega as f32; n]))?;
+    Ok(tw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(p: &str, s: &str) -> bool {
+        wildcard_match(&compile_pattern(p).unwrap_or_default(), s)
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(m("*.root", "a.root"));
+        assert!(m("*.root", ".root"));
+        assert!(!m("*.root", "a.root.tmp"));
+        assert!(m("grid_??.root", "grid_01.root"));
+        assert!(!m("grid_??.root", "grid_1.root"));
+        assert!(m("grid_[0-3]*", "grid_2x"));
+        assert!(!m("grid_[0-3]*", "grid_5x"));
+        assert!(m("grid_[!0-3]*", "grid_5x"));
+        assert!(m("[]a]", "]"));
+        assert!(m("a*b*c", "aXXbYYc"));
+        assert!(!m("a*b*c", "aXXbYY"));
+        assert!(m("*", ""));
+        assert!(compile_pattern("a[b").is_err());
+    }
+}
