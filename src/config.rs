@@ -62,6 +62,9 @@ pub struct DataConfig {
     pub logit_labels: bool,
     /// Margin keeping the logit finite at the ends of the range.
     pub logit_eps: f64,
+    /// ROOT input (files, tree, branch expressions, cut); replaces `path` when present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<crate::data::source::RootInput>,
 }
 
 impl Default for DataConfig {
@@ -74,6 +77,7 @@ impl Default for DataConfig {
             logit_features: false,
             logit_labels: false,
             logit_eps: 1e-3,
+            root: None,
         }
     }
 }
@@ -228,7 +232,10 @@ impl Default for OutputConfig {
 
 /// One line of documentation per key, used by [`default_toml`].
 const KEY_DOCS: &[(&str, &str)] = &[
-    ("data.path", "input .npz holding `samples` [N, D] and `labels` [N, L] (float32 or float64)"),
+    (
+        "data.path",
+        "input .npz holding `samples` [N, D] and `labels` [N, L] (float32 or float64); see [data.root] below for ROOT",
+    ),
     ("data.features", "feature names, in column order (empty: x0, x1, ...)"),
     ("data.labels", "label names, in column order (empty: label0, label1, ...)"),
     ("data.validation_fraction", "fraction of each label's events held back for validation, in [0, 1)"),
@@ -278,10 +285,28 @@ pub fn default_toml() -> String {
                     out.push_str(&format!("# {doc}\n{key} = {v}\n"));
                 }
             }
+            if section == "data" {
+                out.push_str(ROOT_EXAMPLE);
+            }
         }
     }
     out
 }
+
+/// The optional `[data.root]` section, shown commented out in the defaults.
+const ROOT_EXAMPLE: &str = r#"
+# ROOT input instead of `path` (uncomment): files are files, directories or globs;
+# features and labels are branch expressions; events failing `cut` are dropped;
+# labels with fewer than `thresh` events are dropped with a warning.
+# [data.root]
+# files = ["mc/phiomega/"]
+# tree = "Events"
+# cut = "CBL_Region == 1"
+# thresh = 100
+# max_depth = 3
+# features = [{ name = "phi", expr = "CBL_RecoPhi_mass" }, { name = "omega", expr = "TwoProng_massPi0[CBL_RecoPhi_twoprongindex]" }]
+# labels = [{ name = "labelphi", expr = "GenPhi_mass[0]" }, { name = "labelomega", expr = "GenOmega_mass[0]" }]
+"#;
 
 /// Keys that have a documentation line (for tests).
 pub fn documented_keys() -> Vec<&'static str> {

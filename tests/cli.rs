@@ -146,3 +146,50 @@ fn binary_links_libtorch_cuda_and_carries_an_rpath() {
     assert!(text.contains("libtorch_cuda.so =>"), "libtorch_cuda not linked:\n{text}");
     assert!(!text.contains("not found"), "unresolved libraries without LD_LIBRARY_PATH:\n{text}");
 }
+
+#[test]
+fn phi_omega_root_files_train_and_sample_to_root() {
+    let dir = tmpdir();
+    let d = dir.path();
+    let o = fedhex(&["gen", "--model", "phi-omega", "--grid", "3x3", "-n", "300", "--out", "mc"], d);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = r#"
+[data.root]
+files = ["mc/"]
+cut = "CBL_Region == 1"
+features = [{ name = "phi", expr = "CBL_RecoPhi_mass" }, { name = "omega", expr = "TwoProng_massPi0[CBL_RecoPhi_twoprongindex]" }]
+labels = [{ name = "labelphi", expr = "GenPhi_mass[0]" }, { name = "labelomega", expr = "GenOmega_mass[0]" }]
+[network]
+n_blocks = 2
+hidden = [16]
+[training]
+epochs = 1
+device = "cpu"
+[outputs]
+run_dir = "run"
+"#;
+    std::fs::write(d.join("po.toml"), cfg).unwrap();
+    let o = fedhex(&["train", "--config", "po.toml"], d);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = fedhex::flow::Model::load(&d.join("run/model"), tch::Device::Cpu).unwrap();
+    assert_eq!(m.features.names(), vec!["phi", "omega"]);
+    assert_eq!(m.labels.names(), vec!["labelphi", "labelomega"]);
+    let o = fedhex(&["sample", "--model", "run/model", "--label", "1500,3", "-n", "400", "--out", "gen.root"], d);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f = fedhex::data::root::RootFile::open(&d.join("gen.root")).unwrap();
+    let t = f.tree("Events").unwrap();
+    assert_eq!(t.entries(), 400);
+    let lab = t.read("labelphi").unwrap();
+    match lab {
+        fedhex::data::root::Column::Scalar(v) => assert!(v.to_f64().iter().all(|&x| x == 1500.0)),
+        other => panic!("labelphi should be flat, got {other:?}"),
+    }
+    // A missing branch: one error naming it, no run directory.
+    std::fs::write(
+        d.join("bad.toml"),
+        cfg.replace("CBL_RecoPhi_mass", "CBL_RecoPhi_mas").replace("\"run\"", "\"badrun\""),
+    )
+    .unwrap();
+    fails_with(&fedhex(&["train", "--config", "bad.toml"], d), "CBL_RecoPhi_mas");
+    assert!(!d.join("badrun").exists());
+}

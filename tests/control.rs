@@ -64,7 +64,14 @@ fn start_job(d: &Path, epochs: usize) -> (Child, PathBuf) {
 }
 
 fn ctl(run: &Path, args: &[&str]) -> Output {
-    Command::new(CTL).arg("--run").arg(run).args(args).env_remove("FEDHEX_TOKEN").env_remove("FEDHEX_ENDPOINT").output().unwrap()
+    Command::new(CTL)
+        .arg("--run")
+        .arg(run)
+        .args(args)
+        .env_remove("FEDHEX_TOKEN")
+        .env_remove("FEDHEX_ENDPOINT")
+        .output()
+        .unwrap()
 }
 
 fn status_json(run: &Path) -> serde_json::Value {
@@ -105,7 +112,13 @@ fn status_watch_checkpoint_and_stop_steer_a_real_two_rank_job() {
     assert!(String::from_utf8_lossy(&human.stdout).contains("epoch"), "{human:?}");
 
     // Watch in the background until the run ends.
-    let watcher = Command::new(CTL).arg("--run").arg(&run).args(["watch", "--rate", "20"]).stdout(Stdio::piped()).spawn().unwrap();
+    let watcher = Command::new(CTL)
+        .arg("--run")
+        .arg(&run)
+        .args(["watch", "--rate", "20"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
 
     // Checkpoint: written exactly at the epoch the reply names.
     let o = ctl(&run, &["checkpoint"]);

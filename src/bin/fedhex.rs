@@ -54,7 +54,7 @@ enum Cmd {
         /// Events per label.
         #[arg(short = 'n', long, default_value_t = 10000)]
         n: usize,
-        /// Output .npz.
+        /// Output: .root (tree Events, one branch per feature and label) or .npz.
         #[arg(long)]
         out: PathBuf,
         /// Seed of the sampler.
@@ -110,6 +110,15 @@ enum Cmd {
     },
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum GenModel {
+    /// Gaussian test beds (--layout, --cov); writes one .npz.
+    Gaussian,
+    /// The Φ → γω pseudo-detector; writes one ROOT file per grid point into --out (a directory),
+    /// or, with --at, one file of events at the given (M_Φ, M_ω) points.
+    PhiOmega,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LayoutArg {
     Grid2d,
@@ -128,6 +137,15 @@ enum CovArg {
 
 #[derive(clap::Args)]
 struct GenArgs {
+    /// Generator model.
+    #[arg(long, value_enum, default_value = "gaussian")]
+    model: GenModel,
+    /// phi-omega: grid points along M_Φ and M_ω (e.g. 10x10).
+    #[arg(long, default_value = "10x10")]
+    grid: String,
+    /// phi-omega: generate at these (M_Φ,M_ω) points instead of the grid (repeatable), into one file --out.
+    #[arg(long = "at")]
+    at: Vec<String>,
     /// Label layout.
     #[arg(long, value_enum, default_value = "grid2d")]
     layout: LayoutArg,
@@ -161,7 +179,8 @@ struct GenArgs {
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Output .npz (the truth goes to the same name with .gen.json).
+    /// Output: .npz for gaussian (the truth goes to NAME.gen.json); a directory
+    /// (grid) or a .root/.npz file (--at) for phi-omega.
     #[arg(long)]
     out: PathBuf,
 }
@@ -170,7 +189,66 @@ fn truth_path(out: &Path) -> PathBuf {
     out.with_extension("gen.json")
 }
 
+fn gen_phiomega(a: &GenArgs) -> Result<()> {
+    use fedhex::data::phiomega::{LabelGrid, PhiOmegaModel};
+    let model = PhiOmegaModel::default();
+    if !a.at.is_empty() {
+        let mut samples = Vec::new();
+        let mut labels = Vec::new();
+        for (i, p) in a.at.iter().enumerate() {
+            let l = fedhex::generate::parse_label(p)?;
+            if l.len() != 2 {
+                bail!("--at '{p}': need M_phi,M_omega");
+            }
+            let s = model.sample_seeded(
+                f64::from(l[0]),
+                f64::from(l[1]),
+                a.n,
+                a.seed.wrapping_add(1_000_003 * (i as u64 + 1)),
+            )?;
+            for e in s.events {
+                samples.extend([e[0] as f32, e[1] as f32]);
+                labels.extend([l[0], l[1]]);
+            }
+        }
+        let n = samples.len() / 2;
+        let events = fedhex::data::EventSet::new(
+            ndarray::Array2::from_shape_vec((n, 2), samples)?,
+            ndarray::Array2::from_shape_vec((n, 2), labels)?,
+            vec!["phi".into(), "omega".into()],
+            vec!["labelphi".into(), "labelomega".into()],
+            "phi-omega generator",
+        )?;
+        write_events(&a.out, &events)?;
+        println!("wrote {n} events at {} point(s) to {}", a.at.len(), a.out.display());
+        return Ok(());
+    }
+    let (np, no) = a
+        .grid
+        .split_once('x')
+        .and_then(|(p, o)| Some((p.trim().parse().ok()?, o.trim().parse().ok()?)))
+        .with_context(|| format!("--grid '{}': expected NxM, e.g. 10x10", a.grid))?;
+    let points = LabelGrid { n_phi: np, n_omega: no, ..Default::default() }.points()?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let files = fedhex::data::source::write_phiomega_grid(&a.out, &model, &points, a.n, a.seed)?;
+    println!("wrote {} ROOT files ({} events each, tree Events) to {}", files.len(), a.n, a.out.display());
+    Ok(())
+}
+
+/// Writes events as ROOT (`.root`) or NumPy (anything else).
+fn write_events(out: &Path, events: &fedhex::data::EventSet) -> Result<()> {
+    if out.extension().is_some_and(|e| e == "root") {
+        fedhex::data::source::write_root(out, events, "Events")?;
+    } else {
+        write_npz(out, &events.samples, &events.labels)?;
+    }
+    Ok(())
+}
+
 fn gen(a: &GenArgs) -> Result<()> {
+    if a.model == GenModel::PhiOmega {
+        return gen_phiomega(a);
+    }
     let layout = match a.layout {
         LayoutArg::Grid2d => Layout::Grid2d { n: a.points, lo: a.lo, hi: a.hi },
         LayoutArg::Line => Layout::Line { n: a.points, lo: a.lo, hi: a.hi, dim: a.dim },
@@ -228,7 +306,7 @@ fn sample(model: &Path, labels: &[String], n: usize, out: &Path, seed: u64, devi
         tracing::warn!("{w}");
     }
     let events = fedhex::generate::sample_at_labels(&model, &labels, n, seed, chunk)?;
-    write_npz(out, &events.samples, &events.labels)?;
+    write_events(out, &events)?;
     println!("wrote {} events at {} label(s) to {}", events.len(), labels.len(), out.display());
     Ok(())
 }

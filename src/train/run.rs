@@ -76,20 +76,31 @@ fn rank_infos(comm: &dyn Communicator, device: tch::Device, threads: usize) -> R
     Ok(out)
 }
 
+/// Reads the configured input: ROOT files through `[data.root]`, else the `.npz` at `data.path`.
+pub fn read_input(cfg: &RunConfig) -> Result<EventSet> {
+    match &cfg.data.root {
+        Some(root) => {
+            let (events, report) = crate::data::source::load(root)?;
+            tracing::info!("{report}");
+            Ok(events)
+        }
+        None => read_npz(&cfg.data.path, cfg.data.features.clone(), cfg.data.labels.clone()),
+    }
+}
+
 /// Reads the input and keeps this rank's shard; every rank computes the same
 /// label grouping and plan, and rank 0's grouping is checked against the others'.
 pub fn load_shard(cfg: &RunConfig, comm: &dyn Communicator) -> Result<(EventSet, ShardPlan)> {
-    let events = agree(comm, read_npz(&cfg.data.path, cfg.data.features.clone(), cfg.data.labels.clone()))?;
+    let events = agree(comm, read_input(cfg))?;
     let groups = events.label_groups();
     let sizes: Vec<usize> = groups.members.iter().map(Vec::len).collect();
     let digest: Vec<u8> = sizes.iter().flat_map(|s| (*s as u64).to_le_bytes()).collect();
     check_same(comm, "input data (events per label)", &digest)?;
     if comm.size() > events.len() {
         return Err(Error::Data(format!(
-            "{} ranks but only {} events in {}: use at most as many ranks as events",
+            "{} ranks but only {} events in the input: use at most as many ranks as events",
             comm.size(),
-            events.len(),
-            cfg.data.path.display()
+            events.len()
         )));
     }
     let plan = ShardPlan::new(&sizes, comm.size(), comm.rank(), cfg.data.validation_fraction, cfg.training.seed);
