@@ -56,6 +56,9 @@ pub struct DataConfig {
     pub labels: Vec<String>,
     /// Fraction of each label's events held back for validation.
     pub validation_fraction: f64,
+    /// Whole labels left out of training (and validation), e.g. [[1500.0, 3.0]]:
+    /// the points where `fedhex analyze` measures interpolation.
+    pub holdout_labels: Vec<Vec<f64>>,
     /// Apply a logit after min-max scaling of the features.
     pub logit_features: bool,
     /// Apply a logit after min-max scaling of the labels.
@@ -74,6 +77,7 @@ impl Default for DataConfig {
             features: vec![],
             labels: vec![],
             validation_fraction: 0.1,
+            holdout_labels: vec![],
             logit_features: false,
             logit_labels: false,
             logit_eps: 1e-3,
@@ -239,6 +243,10 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("data.features", "feature names, in column order (empty: x0, x1, ...)"),
     ("data.labels", "label names, in column order (empty: label0, label1, ...)"),
     ("data.validation_fraction", "fraction of each label's events held back for validation, in [0, 1)"),
+    (
+        "data.holdout_labels",
+        "whole labels left out of training, e.g. [[1500.0, 3.0]]: where analyze measures interpolation",
+    ),
     ("data.logit_features", "logit after min-max scaling of features (turns hard edges into tails)"),
     ("data.logit_labels", "logit after min-max scaling of labels"),
     ("data.logit_eps", "margin keeping the logit finite at the range ends, in [0, 0.5)"),

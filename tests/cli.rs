@@ -193,3 +193,32 @@ run_dir = "run"
     fails_with(&fedhex(&["train", "--config", "bad.toml"], d), "CBL_RecoPhi_mas");
     assert!(!d.join("badrun").exists());
 }
+
+#[test]
+fn holdout_labels_are_left_out_of_training_and_recorded() {
+    let dir = tmpdir();
+    let d = dir.path();
+    assert!(fedhex(&["gen", "--points", "3", "-n", "200", "--out", "grid.npz"], d).status.success());
+    std::fs::write(d.join("run.toml"), CFG).unwrap();
+    let o = fedhex(&["train", "--config", "run.toml", "--set", "data.holdout_labels=[[0.5, 0.5]]"], d);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = fedhex::flow::Model::load(&d.join("run/model"), tch::Device::Cpu).unwrap();
+    assert_eq!(m.training["holdout_labels"], serde_json::json!([[0.5, 0.5]]));
+    // 9 labels x 200 events, one label held out: 1600 events, 10% validation.
+    assert_eq!(m.training["train_events"].as_u64().unwrap() + m.training["validation_events"].as_u64().unwrap(), 1600);
+    fails_with(
+        &fedhex(
+            &[
+                "train",
+                "--config",
+                "run.toml",
+                "--set",
+                "data.holdout_labels=[[0.3, 0.5]]",
+                "--set",
+                "outputs.run_dir=\"r2\"",
+            ],
+            d,
+        ),
+        "no events at label [0.3, 0.5]",
+    );
+}

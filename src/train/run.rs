@@ -88,10 +88,43 @@ pub fn read_input(cfg: &RunConfig) -> Result<EventSet> {
     }
 }
 
+/// Removes the events at the held-out labels; every held-out label must exist in the data.
+pub fn drop_holdout(events: EventSet, holdout: &[Vec<f64>]) -> Result<EventSet> {
+    if holdout.is_empty() {
+        return Ok(events);
+    }
+    let l = events.n_labels();
+    let same = |row: ndarray::ArrayView1<'_, f32>, h: &[f64]| {
+        row.iter().zip(h).all(|(&a, &b)| (f64::from(a) - b).abs() <= 1e-6 * b.abs().max(1.0))
+    };
+    for h in holdout {
+        if h.len() != l {
+            return Err(Error::Config(format!(
+                "data.holdout_labels: {h:?} has {} values, the data has {l} labels",
+                h.len()
+            )));
+        }
+        if !events.labels.rows().into_iter().any(|r| same(r, h)) {
+            return Err(Error::Config(format!("data.holdout_labels: no events at label {h:?} in the input")));
+        }
+    }
+    let keep: Vec<usize> =
+        (0..events.len()).filter(|&i| !holdout.iter().any(|h| same(events.labels.row(i), h))).collect();
+    if keep.is_empty() {
+        return Err(Error::Data("data.holdout_labels leave no events for training".into()));
+    }
+    tracing::info!(
+        held_out = events.len() - keep.len(),
+        labels = holdout.len(),
+        "held-out labels removed from training"
+    );
+    Ok(events.select(&keep))
+}
+
 /// Reads the input and keeps this rank's shard; every rank computes the same
 /// label grouping and plan, and rank 0's grouping is checked against the others'.
 pub fn load_shard(cfg: &RunConfig, comm: &dyn Communicator) -> Result<(EventSet, ShardPlan)> {
-    let events = agree(comm, read_input(cfg))?;
+    let events = agree(comm, read_input(cfg).and_then(|e| drop_holdout(e, &cfg.data.holdout_labels)))?;
     let groups = events.label_groups();
     let sizes: Vec<usize> = groups.members.iter().map(Vec::len).collect();
     let digest: Vec<u8> = sizes.iter().flat_map(|s| (*s as u64).to_le_bytes()).collect();
