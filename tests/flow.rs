@@ -168,3 +168,28 @@ fn log_det_matches_autograd_jacobian() {
     let got = logdet.double_value(&[0]);
     assert!((det.abs().ln() - got).abs() < 1e-4, "autograd {} vs flow {got}", det.abs().ln());
 }
+
+#[test]
+fn density_of_a_trained_flow_integrates_to_one() {
+    use fedhex::data::gaussian::{Covariance, GaussianSpec, Layout};
+    let spec = GaussianSpec {
+        layout: Layout::Grid2d { n: 3, lo: 0.0, hi: 1.0 },
+        covariance: Covariance::Rotating { major: 0.1, minor: 0.04, turns: 0.5 },
+        n_per_label: 400,
+        seed: 5,
+    };
+    let mut cfg = fedhex::config::RunConfig::default();
+    cfg.network.n_blocks = 3;
+    cfg.network.hidden = vec![16, 16];
+    cfg.training.epochs = 4;
+    cfg.training.batch_size = 128;
+    cfg.training.lr_initial = 3e-3;
+    cfg.training.device = "cpu".into();
+    let out = fedhex::train::train_events(&cfg, &spec.generate().unwrap()).unwrap();
+    assert!(out.history.last().unwrap().val_nll < out.history[0].val_nll, "the model did not train");
+    for label in [[0.25f32, 0.75], [0.5, 0.5]] {
+        let (lo, hi) = sample_box(&out.model, label);
+        let total = integrate_2d(&out.model, label, lo, hi, 500);
+        assert!((total - 1.0).abs() < 0.01, "trained model at {label:?}: integral {total}");
+    }
+}

@@ -274,6 +274,19 @@ fn bad_setups_end_every_rank_with_one_clear_error() {
         .output()
         .unwrap();
     fails_everywhere(&o, "ranks disagree on the configuration");
+    // An unreadable shard on one rank only (node-local storage): MPMD launch with
+    // a different working directory per rank; rank 1 finds a corrupt file.
+    let other = d.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(&cfg, other.join("bad.toml")).unwrap();
+    std::fs::write(other.join("grid.npz"), b"PK\x03\x04 truncated").unwrap();
+    let o = Command::new("timeout")
+        .args(["-s", "KILL", "120", "mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none"])
+        .args(["-n", "1", "-wdir", d.to_str().unwrap(), WORKER, "train", "--config", "bad.toml", ":"])
+        .args(["-n", "1", "-wdir", other.to_str().unwrap(), WORKER, "train", "--config", "bad.toml"])
+        .output()
+        .unwrap();
+    fails_everywhere(&o, "rank 1: data: grid.npz: not a readable .npz archive");
     // More ranks than events.
     let spec = GaussianSpec {
         layout: Layout::Grid2d { n: 1, lo: 0.0, hi: 1.0 },

@@ -39,6 +39,9 @@ enum Cmd {
         /// Continue from the newest complete checkpoint in the run directory.
         #[arg(long)]
         resume: bool,
+        /// Control-plane listen address (as control.listen), e.g. 0.0.0.0:0 for cluster use.
+        #[arg(long)]
+        listen: Option<String>,
     },
 }
 
@@ -60,8 +63,12 @@ fn main() {
     init_tracing(comm.rank());
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<Finish> {
         match &cli.cmd {
-            Cmd::Train { config, set, resume } => {
-                let cfg = RunConfig::load(config, set);
+            Cmd::Train { config, set, resume, listen } => {
+                let mut set = set.clone();
+                if let Some(l) = listen {
+                    set.push(format!("control.listen={}", toml::Value::String(l.clone())));
+                }
+                let cfg = RunConfig::load(config, &set);
                 let cfg = fedhex::comm::agree(&comm, cfg)?;
                 let controls = Arc::new(Controls::default());
                 stop_on_signals(controls.clone())?;

@@ -42,6 +42,9 @@ enum Cmd {
         /// Continue from the newest complete checkpoint in the run directory.
         #[arg(long)]
         resume: bool,
+        /// Control-plane listen address (as control.listen).
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Generate events from a trained model at given labels.
     Sample {
@@ -403,7 +406,13 @@ fn main() {
             Ok(())
         })(),
         Cmd::Gen(a) => gen(a),
-        Cmd::Train { config, set, resume } => train(config, set, *resume),
+        Cmd::Train { config, set, resume, listen } => {
+            let mut set = set.clone();
+            if let Some(l) = listen {
+                set.push(format!("control.listen={}", toml::Value::String(l.clone())));
+            }
+            train(config, &set, *resume)
+        }
         Cmd::Sample { model, labels, n, out, seed, device, chunk } => {
             sample(model, labels, *n, out, *seed, device, *chunk)
         }
