@@ -36,11 +36,24 @@ pub struct ControlConfig {
     pub enabled: bool,
     /// Address to listen on; port 0 picks a free port (written to RUN_DIR/control.json).
     pub listen: String,
+    /// PEM certificate for TLS (empty: plaintext); clients trust it via control.json's `tls_ca`.
+    pub tls_cert: PathBuf,
+    /// PEM private key for TLS.
+    pub tls_key: PathBuf,
+    /// PEM certificate of the CA that signed `tls_cert`, recorded in control.json for clients
+    /// (empty: `tls_cert` itself).
+    pub tls_ca: PathBuf,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig { enabled: true, listen: "127.0.0.1:0".into() }
+        ControlConfig {
+            enabled: true,
+            listen: "127.0.0.1:0".into(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_ca: PathBuf::new(),
+        }
     }
 }
 
@@ -275,6 +288,9 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("outputs.checkpoint_every", "checkpoint every this many epochs (0: only at the end and on request)"),
     ("control.enabled", "serve the gRPC control plane from rank 0 (fedhex-ctl status/watch/checkpoint/stop)"),
     ("control.listen", "listen address; 127.0.0.1:0 = local only, free port; 0.0.0.0:PORT for cluster use"),
+    ("control.tls_cert", "PEM certificate for TLS (rustls); empty = plaintext"),
+    ("control.tls_key", "PEM private key for TLS"),
+    ("control.tls_ca", "PEM certificate of the CA clients should trust (empty: tls_cert)"),
     ("outputs.keep_checkpoints", "checkpoints kept: the newest this many plus the best by validation loss"),
 ];
 

@@ -20,7 +20,7 @@ fn python() -> String {
 }
 
 /// A long 2-rank job (many epochs) with the control plane on.
-fn start_job(d: &Path, epochs: usize) -> (Child, PathBuf) {
+fn start_job(d: &Path, epochs: usize, extra: &[&str]) -> (Child, PathBuf) {
     let spec = GaussianSpec {
         layout: Layout::Grid2d { n: 3, lo: 0.0, hi: 1.0 },
         covariance: Covariance::Diagonal { sigma: 0.1 },
@@ -41,6 +41,7 @@ fn start_job(d: &Path, epochs: usize) -> (Child, PathBuf) {
     let child = Command::new("timeout")
         .args(["-s", "KILL", "240", "mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-n", "2"])
         .args([WORKER, "train", "--config", "run.toml"])
+        .args(extra.iter().flat_map(|e| ["--set", e]))
         .current_dir(d)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -94,7 +95,7 @@ fn cf(run: &Path) -> ControlFile {
 fn status_watch_checkpoint_and_stop_steer_a_real_two_rank_job() {
     let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tmpdir();
-    let (job, run) = start_job(dir.path(), 400);
+    let (job, run) = start_job(dir.path(), 400, &[]);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(run.join("control.json")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "control.json must be private");
@@ -158,7 +159,7 @@ fn status_watch_checkpoint_and_stop_steer_a_real_two_rank_job() {
 fn independent_python_client_and_bad_callers() {
     let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tmpdir();
-    let (job, run) = start_job(dir.path(), 400);
+    let (job, run) = start_job(dir.path(), 400, &[]);
     let f = cf(&run);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/grpc/client.py");
     let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
@@ -219,4 +220,38 @@ fn independent_python_client_and_bad_callers() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let last = checkpoint::list(&run.join("checkpoints")).pop().unwrap().0;
     assert!(last.mid_epoch(), "stop --now saves a mid-epoch checkpoint: {last:?}");
+}
+
+#[test]
+fn tls_with_a_ca_signed_certificate() {
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tmpdir();
+    let d = dir.path();
+    let sh = |script: &str| {
+        let o = Command::new("sh").arg("-c").arg(script).current_dir(d).output().unwrap();
+        assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=fedhex-test-ca");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout key.pem -out srv.csr -subj /CN=localhost");
+    sh("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf && \
+        openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cert.pem -days 2 -extfile ext.cnf");
+    let (job, run) = start_job(
+        d,
+        400,
+        &["control.tls_cert=\"cert.pem\"", "control.tls_key=\"key.pem\"", "control.tls_ca=\"ca.pem\""],
+    );
+    let f = cf(&run);
+    assert!(f.endpoint.starts_with("https://"), "{}", f.endpoint);
+    assert_eq!(status_json(&run)["state"], "training", "status over TLS");
+    // Plaintext to a TLS endpoint fails; so does TLS without trusting the CA.
+    let plain = f.endpoint.replace("https://", "http://");
+    let o = Command::new(CTL).args(["--endpoint", &plain, "--token", &f.token, "status"]).output().unwrap();
+    assert!(!o.status.success());
+    let o = Command::new(CTL)
+        .args(["--endpoint", &f.endpoint, "--token", &f.token, "--ca", "/dev/null", "status"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "an untrusted certificate was accepted");
+    assert!(ctl(&run, &["stop", "--now"]).status.success());
+    assert!(job.wait_with_output().unwrap().status.success());
 }

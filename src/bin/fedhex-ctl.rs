@@ -26,6 +26,9 @@ struct Cli {
     /// Token, overriding control.json.
     #[arg(long, env = "FEDHEX_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM certificate to trust for an https:// endpoint (default: control.json's tls_ca).
+    #[arg(long, env = "FEDHEX_CA")]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -56,9 +59,9 @@ enum Cmd {
     Ranks,
 }
 
-fn target(cli: &Cli) -> Result<(String, String), CtlError> {
+fn target(cli: &Cli) -> Result<(String, String, Option<PathBuf>), CtlError> {
     let file = match (&cli.endpoint, &cli.token) {
-        (Some(e), Some(t)) => return Ok((e.clone(), t.clone())),
+        (Some(e), Some(t)) => return Ok((e.clone(), t.clone(), cli.ca.clone())),
         _ => client::read_control_file(&cli.run),
     };
     match file {
@@ -68,7 +71,10 @@ fn target(cli: &Cli) -> Result<(String, String), CtlError> {
             f.final_state.to_lowercase(),
             cli.run.display()
         ))),
-        Ok(f) => Ok((cli.endpoint.clone().unwrap_or(f.endpoint), cli.token.clone().unwrap_or(f.token))),
+        Ok(f) => {
+            let ca = cli.ca.clone().or_else(|| (!f.tls_ca.is_empty()).then(|| PathBuf::from(&f.tls_ca)));
+            Ok((cli.endpoint.clone().unwrap_or(f.endpoint), cli.token.clone().unwrap_or(f.token), ca))
+        }
         Err(e) if cli.endpoint.is_some() => {
             Err(CtlError::NoRun(format!("--endpoint needs --token (or FEDHEX_TOKEN): {e}")))
         }
@@ -151,8 +157,8 @@ fn event_line(ev: &pb::Event) -> Option<String> {
 }
 
 async fn run(cli: Cli) -> Result<(), CtlError> {
-    let (endpoint, token) = target(&cli)?;
-    let mut c = client::connect(&endpoint, &token).await?;
+    let (endpoint, token, ca) = target(&cli)?;
+    let mut c = client::connect(&endpoint, &token, ca.as_deref()).await?;
     match cli.cmd {
         Cmd::Status { json } => {
             let st = client::status(&mut c, &endpoint).await?;

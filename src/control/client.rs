@@ -75,20 +75,40 @@ impl tonic::service::Interceptor for Auth {
 /// A connected client.
 pub type Client = pb::control_client::ControlClient<InterceptedService<Channel, Auth>>;
 
-/// Connects to `endpoint` with `token` (a few seconds' timeout).
-pub async fn connect(endpoint: &str, token: &str) -> Result<Client, CtlError> {
-    let ep = Endpoint::from_shared(endpoint.to_string())
+/// Connects to `endpoint` with `token` (a few seconds' timeout). An
+/// `https://` endpoint uses TLS, trusting the PEM certificate `ca`.
+pub async fn connect(endpoint: &str, token: &str, ca: Option<&Path>) -> Result<Client, CtlError> {
+    let mut ep = Endpoint::from_shared(endpoint.to_string())
         .map_err(|e| CtlError::NoRun(format!("'{endpoint}' is not a valid endpoint: {e}")))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(10));
-    let channel = ep
-        .connect()
-        .await
-        .map_err(|e| CtlError::Unreachable(format!("{endpoint}: unreachable ({e}); the job may have died")))?;
+    if endpoint.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).map_err(|e| CtlError::NoRun(format!("{}: {e}", ca.display())))?;
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        ep = ep.tls_config(tls).map_err(|e| CtlError::NoRun(format!("TLS set-up for {endpoint}: {e}")))?;
+    }
+    let channel = ep.connect().await.map_err(|e| {
+        CtlError::Unreachable(format!("{endpoint}: unreachable ({}); the job may have died", error_chain(&e)))
+    })?;
     let value = format!("Bearer {token}")
         .parse()
         .map_err(|_| CtlError::NoRun("the token contains characters not allowed in gRPC metadata".into()))?;
     Ok(pb::control_client::ControlClient::with_interceptor(channel, Auth(value)))
+}
+
+/// An error and its sources, joined with ": ".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Calls `Status`.

@@ -36,6 +36,20 @@ pub struct ControlFile {
     /// Final state when finished ("FINISHED" or "FAILED").
     #[serde(default)]
     pub final_state: String,
+    /// With TLS: the certificate (PEM path) clients should trust.
+    #[serde(default)]
+    pub tls_ca: String,
+}
+
+/// TLS identity of the server (PEM files).
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// CA certificate clients should trust (recorded in control.json).
+    pub ca: PathBuf,
 }
 
 /// Compares two byte strings in time independent of where they differ.
@@ -181,7 +195,14 @@ pub fn host_name() -> String {
 impl ControlServer {
     /// Binds `listen` (e.g. `127.0.0.1:0`), writes `RUN_DIR/control.json`
     /// (endpoint + fresh token, mode 0600) and serves on a thread of its own.
-    pub fn start(listen: &str, run_dir: &Path, state: Arc<ControlState>) -> Result<Self> {
+    pub fn start(listen: &str, run_dir: &Path, state: Arc<ControlState>, tls: Option<Tls>) -> Result<Self> {
+        let identity = match &tls {
+            Some(t) => {
+                let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(p, e));
+                Some(tonic::transport::Identity::from_pem(read(&t.cert)?, read(&t.key)?))
+            }
+            None => None,
+        };
         let std_listener = std::net::TcpListener::bind(listen)
             .map_err(|e| Error::Comm(format!("control plane: cannot listen on {listen}: {e}")))?;
         std_listener.set_nonblocking(true).map_err(|e| Error::Comm(format!("control plane: {e}")))?;
@@ -189,8 +210,15 @@ impl ControlServer {
         let host = host_name();
         let shown = if addr.ip().is_unspecified() { host.clone() } else { addr.ip().to_string() };
         let token = new_token()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let shown = if tls.is_some() && addr.ip().is_loopback() { "localhost".to_string() } else { shown };
+        let tls_ca = tls
+            .as_ref()
+            .map(|t| std::fs::canonicalize(&t.ca).unwrap_or_else(|_| t.ca.clone()).display().to_string())
+            .unwrap_or_default();
         let file = ControlFile {
-            endpoint: format!("http://{shown}:{}", addr.port()),
+            tls_ca,
+            endpoint: format!("{scheme}://{shown}:{}", addr.port()),
             token: token.clone(),
             run_id: state.snapshot().run_id,
             host,
@@ -227,7 +255,17 @@ impl ControlServer {
                     let reflection = tonic_reflection::server::Builder::configure()
                         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
                         .build_v1();
-                    let mut builder = tonic::transport::Server::builder()
+                    let mut server = tonic::transport::Server::builder();
+                    if let Some(id) = identity {
+                        server = match server.tls_config(tonic::transport::ServerTlsConfig::new().identity(id)) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::error!("control plane TLS: {e}");
+                                return;
+                            }
+                        };
+                    }
+                    let mut builder = server
                         .concurrency_limit_per_connection(32)
                         .timeout(Duration::from_secs(3600))
                         .add_service(control);

@@ -182,7 +182,16 @@ pub fn run(cfg: &RunConfig, comm: &dyn Communicator, opts: RunOptions) -> Result
         let state =
             ControlState::new(run_id, cfg.training.epochs, comm.size(), cfg.training.batch_size, opts.controls.clone());
         state.set_ranks(ranks);
-        Some(ControlServer::start(&cfg.control.listen, &run_dir, state))
+        let tls = (!cfg.control.tls_cert.as_os_str().is_empty()).then(|| crate::control::grpc::Tls {
+            cert: cfg.control.tls_cert.clone(),
+            key: cfg.control.tls_key.clone(),
+            ca: if cfg.control.tls_ca.as_os_str().is_empty() {
+                cfg.control.tls_cert.clone()
+            } else {
+                cfg.control.tls_ca.clone()
+            },
+        });
+        Some(ControlServer::start(&cfg.control.listen, &run_dir, state, tls))
     } else {
         None
     };
