@@ -104,7 +104,9 @@ fn two_ranks_give_the_weights_of_one_rank() {
     data(d, 3, 400);
     for (n, run) in [(1, "one"), (2, "two")] {
         let cfg = config(d, run, 3, 256, 0);
-        let args = train_args(&cfg);
+        // --resume with no checkpoint yet starts from scratch (the Slurm scripts always pass it).
+        let mut args = train_args(&cfg);
+        args.push("--resume".into());
         ok(&mpirun(n, d, &args.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
     }
     let diff = max_diff(&weights(&d.join("one/model")), &weights(&d.join("two/model")));

@@ -80,7 +80,10 @@ impl Communicator for MpiComm {
         let mut len = [buf.len() as u64];
         root_proc.broadcast_into(&mut len[..]);
         buf.resize(len[0] as usize, 0);
-        root_proc.broadcast_into(&mut buf[..]);
+        // An empty Vec's pointer is dangling; Open MPI rejects it even for 0 bytes.
+        if !buf.is_empty() {
+            root_proc.broadcast_into(&mut buf[..]);
+        }
         Ok(())
     }
 
