@@ -167,7 +167,17 @@ fedhex_train() {
     --set "control.listen=\"$FEDHEX_CONTROL_LISTEN\""
     --set "outputs.progress=false")
   [ "$FEDHEX_GPUS" = none ] && args+=(--set 'training.device="cpu"')
-  args+=("$@" --resume)
+  args+=("$@")
+  # Resume whenever a complete checkpoint exists (checkpoints are renamed into
+  # place only when complete). Passing --resume unconditionally would be enough
+  # in principle, but fedhex-worker with more than one rank aborts in MPI_Bcast
+  # when --resume finds no checkpoint (see slurm/README.md), so ask only then.
+  if compgen -G "$RUN_DIR/checkpoints/epoch-*/state.json" >/dev/null; then
+    args+=(--resume)
+    fedhex_log "checkpoints in $RUN_DIR/checkpoints: resuming from the newest"
+  else
+    fedhex_log "no checkpoint in $RUN_DIR/checkpoints yet: starting a fresh run"
+  fi
   local wrap=()
   # shellcheck disable=SC2206 # FEDHEX_WRAP is a command line
   [ -n "${FEDHEX_WRAP:-}" ] && wrap=($FEDHEX_WRAP)

@@ -202,7 +202,7 @@ clean() { sed 's/\x1b\[[0-9;]*m//g' "$@"; }
 n_resume=$(clean "$ERR" | grep -c "resuming from")
 check "both restarts resumed from a checkpoint (log 'resuming from')" $([ "$n_resume" = 2 ] && echo 0 || echo 1) \
   "$(clean "$ERR" | grep -o 'resuming from [^ ]* (epoch [0-9]*, step [0-9]*)' | sed "s|$RUN/checkpoints/||" | tr '\n' ';')"
-clean "$ERR" | grep -q "no checkpoint in .*: starting from scratch"
+grep -q "no checkpoint in .* yet: starting a fresh run" "$OUT"
 check "first start: fresh run (no checkpoint yet)" $?
 grep -q "requeueing job $JOB" "$OUT"
 check "the batch script forwarded USR1 and requeued itself" $? "$(grep -c 'batch shell got SIG' "$OUT") signal(s) seen by the batch shell"
