@@ -18,7 +18,10 @@
 #   FEDHEX_SRUN_MPI  srun's --mpi plugin (default pmix; pmi2 also works with OpenMPI built with it)
 #   FEDHEX_CONTROL_LISTEN  control plane address (default 0.0.0.0:0: reachable from the login node)
 #   FEDHEX_WRAP      command put in front of fedhex-worker on every rank (e.g. "apptainer exec --nv fedhex.sif")
+#   FEDHEX_SRUN_ARGS extra srun options for the training step (e.g. "--gpu-bind=closest")
 #   FEDHEX_ALLOW_GPU_SHARING=1  accept fewer GPUs than tasks on a node
+#   FEDHEX_SELF_REQUEUE=0       do not requeue after the time-limit warning
+#   FEDHEX_CHECK_SHARED=1       check run dir + worker on every node even for a one-node job (always done for more)
 
 fedhex_log() { echo "fedhex-slurm $(date +%H:%M:%S): $*"; }
 fedhex_fail() {
@@ -87,17 +90,25 @@ fedhex_setup() {
   fedhex_log "worker $FEDHEX_WORKER, config $FEDHEX_CONFIG, run dir $RUN_DIR"
 }
 
+# Runs a command on this node the way the ranks will run it (inside FEDHEX_WRAP, if any).
+fedhex_in() {
+  local wrap=()
+  # shellcheck disable=SC2206 # FEDHEX_WRAP is a command line
+  [ -n "${FEDHEX_WRAP:-}" ] && wrap=($FEDHEX_WRAP)
+  "${wrap[@]}" "$@"
+}
+
 fedhex_preflight() {
   # 1. The worker and the libraries it needs (libtorch, libmpi) on this node.
-  [ -e "$FEDHEX_WORKER" ] || fedhex_fail "fedhex-worker not found at $FEDHEX_WORKER (set FEDHEX_BIN, load the fedhex module, or build with 'make build')"
-  [ -x "$FEDHEX_WORKER" ] || fedhex_fail "$FEDHEX_WORKER is not executable"
   if [ -z "${FEDHEX_WRAP:-}" ]; then
+    [ -e "$FEDHEX_WORKER" ] || fedhex_fail "fedhex-worker not found at $FEDHEX_WORKER (set FEDHEX_BIN, load the fedhex module, or build with 'make build')"
+    [ -x "$FEDHEX_WORKER" ] || fedhex_fail "$FEDHEX_WORKER is not executable"
     local missing
     missing=$(ldd "$FEDHEX_WORKER" 2>/dev/null | awk '/not found/ {print $1}' | tr '\n' ' ')
-    [ -z "$missing" ] || fedhex_fail "$FEDHEX_WORKER cannot load: ${missing}(load the MPI/libtorch modules or set LD_LIBRARY_PATH)"
-    local out
-    out=$("$FEDHEX_WORKER" --version 2>&1) || fedhex_fail "$FEDHEX_WORKER does not start on $(hostname): $out"
+    [ -z "$missing" ] || fedhex_fail "$FEDHEX_WORKER cannot load: ${missing}(load the MPI/libtorch modules it was built with, or set LD_LIBRARY_PATH)"
   fi
+  local out
+  out=$(fedhex_in "$FEDHEX_WORKER" --version 2>&1) || fedhex_fail "'${FEDHEX_WRAP:+$FEDHEX_WRAP }$FEDHEX_WORKER --version' fails on $(hostname): $out"
   # 2. The launcher and its MPI.
   case "$FEDHEX_LAUNCHER" in
     srun)
@@ -118,6 +129,18 @@ fedhex_preflight() {
   local probe="$RUN_DIR/.fedhex-write-test.$$"
   if ! (: >"$probe") 2>/dev/null; then fedhex_fail "run directory $RUN_DIR is not writable by $(id -un)"; fi
   rm -f "$probe"
+  if [ "$FEDHEX_LAUNCHER" = srun ] && { [ "${SLURM_JOB_NUM_NODES:-1}" -gt 1 ] || [ "${FEDHEX_CHECK_SHARED:-0}" = 1 ]; }; then
+    # Every rank reads the checkpoint when resuming: the run directory and the
+    # worker must be visible on every node. One quick step, one task per node.
+    local mark="$RUN_DIR/.fedhex-shared-check.${SLURM_JOB_ID:-0}"
+    : >"$mark"
+    out=$(srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 --cpus-per-task=1 \
+      --mpi=none --kill-on-bad-exit=0 \
+      bash -c 'test -e "$1" || echo "$(hostname): run directory not visible ($1)"; $3 test -x "$2" || echo "$(hostname): no $2"' \
+      _ "$mark" "$FEDHEX_WORKER" "${FEDHEX_WRAP:-}" 2>&1)
+    rm -f "$mark"
+    [ -z "$out" ] || fedhex_fail "not every node sees the run directory and the worker (shared storage?): $(tr '\n' ';' <<<"$out")"
+  fi
   case "$RUN_DIR" in
     /tmp/* | /dev/shm/* | /var/tmp/* | /scratch/local/*)
       fedhex_log "warning: $RUN_DIR looks node-local; a requeued job may start on another node and not find its checkpoints" ;;
@@ -132,9 +155,10 @@ fedhex_preflight() {
       if [ "$gpus" -lt "$tasks" ] && [ "${FEDHEX_ALLOW_GPU_SHARING:-0}" != 1 ]; then
         fedhex_fail "$tasks tasks on $(hostname) but only $gpus GPU(s) visible: ranks would share GPUs; request one GPU per task (--gpus-per-task=1 or --gpus-per-node=$tasks) or set FEDHEX_ALLOW_GPU_SHARING=1"
       fi
-      if [ -z "${FEDHEX_WRAP:-}" ] && [ -x "$FEDHEX_BIN/fedhex" ]; then
-        "$FEDHEX_BIN/fedhex" doctor 2>&1 | grep -q 'cuda *available: true' ||
-          fedhex_fail "libtorch of $FEDHEX_BIN/fedhex sees no CUDA device ('fedhex doctor': $("$FEDHEX_BIN/fedhex" doctor 2>&1 | grep -i cuda)); a CPU-only torch wheel or a driver too old for it?"
+      local doctor
+      if doctor=$(fedhex_in "$FEDHEX_BIN/fedhex" doctor 2>&1); then
+        grep -q 'cuda *available: true' <<<"$doctor" ||
+          fedhex_fail "libtorch sees no CUDA device on $(hostname) ('fedhex doctor': $(grep -i cuda <<<"$doctor")); a CPU-only torch, a driver too old for it, or a container started without --nv?"
       fi
       ;;
     none) ;;
@@ -188,6 +212,8 @@ fedhex_train() {
       [ "$FEDHEX_SRUN_MPI" != none ] && cmd+=(--mpi="$FEDHEX_SRUN_MPI")
       # Slurm >= 22.05: srun no longer inherits --cpus-per-task from the allocation.
       [ -n "${SLURM_CPUS_PER_TASK:-}" ] && cmd+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
+      # shellcheck disable=SC2206 # extra srun options, e.g. "--gpu-bind=closest"
+      [ -n "${FEDHEX_SRUN_ARGS:-}" ] && cmd+=($FEDHEX_SRUN_ARGS)
       ;;
     mpirun)
       cmd=(mpirun)

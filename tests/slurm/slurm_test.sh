@@ -134,7 +134,7 @@ REF_S=$(($(date +%s) - t))
 RUN=$SLT/shared/runs/po
 say "sbatch slurm/train-cpu.sbatch: 1 node, 2 tasks, 1 cpu each"
 t=$(date +%s)
-JOB=$(RUN_DIR=$RUN FEDHEX_BIN=$BIN FEDHEX_CONFIG=$CONFIG sbatch --parsable -p test -N1 -n2 --ntasks-per-node=2 -c1 --time=10 \
+JOB=$(FEDHEX_CHECK_SHARED=1 RUN_DIR=$RUN FEDHEX_BIN=$BIN FEDHEX_CONFIG=$CONFIG sbatch --parsable -p test -N1 -n2 --ntasks-per-node=2 -c1 --time=10 \
   -o "$SLT/job-%j.out" -e "$SLT/job-%j.err" "$ROOT/slurm/train-cpu.sbatch" "${SETS[@]}")
 [ -n "$JOB" ]
 check "sbatch accepted the job" $? "job $JOB"
