@@ -22,6 +22,17 @@ cluster_install() {
 # Stops the daemons started from $SLT (by their pid files) and removes $SLT.
 cluster_down() {
   local f pid
+  # Jobs first, so that slurmd ends their steps (and fedhex-worker processes).
+  if [ -f "$SLURM_CONF" ] && [ -n "$(cat "$SLT/run/slurmctld.pid" 2>/dev/null)" ] &&
+    kill -0 "$(cat "$SLT/run/slurmctld.pid")" 2>/dev/null; then
+    local jobs
+    jobs=$(squeue -h -o %i 2>/dev/null | tr '\n' ' ')
+    if [ -n "${jobs// /}" ]; then
+      # shellcheck disable=SC2086
+      scancel $jobs 2>/dev/null
+      for _ in $(seq 90); do [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break; sleep 0.5; done
+    fi
+  fi
   for f in slurmd slurmctld munged; do
     pid=$(cat "$SLT/run/$f.pid" 2>/dev/null) || continue
     [ -n "$pid" ] && kill "$pid" 2>/dev/null || continue

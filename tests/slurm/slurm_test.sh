@@ -5,8 +5,9 @@
 # (as root, no systemd; configuration from `slurmd -C`, everything under
 # $FEDHEX_SLURM_TEST_DIR, default /tmp/fedhex-slurm-test), then:
 #   1. preflight: each bad set-up gives its one clear error (no GPU, too few GPUs,
-#      unwritable run dir, fedhex-worker missing, MPI missing), and a submitted
-#      job with an unwritable run dir fails with it;
+#      no CUDA in libtorch, unwritable run dir, fedhex-worker missing, MPI missing),
+#      and a submitted job with an unwritable run dir fails with it; the real
+#      --signal=B:USR1@N timer reaches a trap in the batch shell;
 #   2. a reference run: plain `mpirun -n 2 fedhex-worker` on a small phi-omega grid;
 #   3. the same run as `sbatch slurm/train-cpu.sbatch` with 2 tasks, interrupted twice:
 #      `scontrol requeue` while it trains (Slurm's SIGTERM), and later the
@@ -98,6 +99,7 @@ pf() { # pf NAME EXPECTED-MESSAGE ENV... : runs setup+preflight in a subshell wi
 }
 pf "no GPU where GPUs were requested" "none is visible" FEDHEX_GPUS=required CUDA_VISIBLE_DEVICES=
 pf "fewer GPUs than tasks" "2 tasks on .* only 1 GPU" FEDHEX_GPUS=required CUDA_VISIBLE_DEVICES=0 SLURM_NTASKS_PER_NODE=2
+pf "GPUs visible but libtorch sees none" "libtorch sees no CUDA device" FEDHEX_GPUS=required CUDA_VISIBLE_DEVICES=0,1 SLURM_NTASKS_PER_NODE=2
 pf "unwritable run dir" "cannot create the run directory" RUN_DIR=/proc/fedhex-run
 pf "fedhex-worker missing" "fedhex-worker not found" FEDHEX_BIN=/nonexistent/bin
 # a PATH with everything of /usr/bin but OpenMPI's launchers
@@ -121,6 +123,12 @@ msg=$(grep -h "cannot create the run directory /proc/fedhex-run" "$SLT/job-$jid.
 [ "$st" = FAILED ] && [ -n "$msg" ]
 check "preflight in a batch job: FAILED with the message" $? "state $st: $msg"
 
+# The real time-limit warning (slurmctld's timer, not scancel) reaches a trap in
+# the batch shell; it comes within ~30 s (slurmctld checks periodically), so the
+# job runs while the reference trains.
+SIGJOB=$(sbatch --parsable -p test -n1 --time=1 --signal=B:USR1@50 -o "$SLT/sig-%j.out" \
+  --wrap 'trap "echo got USR1; kill %1; exit 0" USR1; sleep 120 & wait')
+
 # ---------------------------------------------------------------- 2. reference run
 say "reference: mpirun -n 2, $EPOCHS epochs, uninterrupted"
 t=$(date +%s)
@@ -129,6 +137,14 @@ mpirun --allow-run-as-root -n 2 "$BIN/fedhex-worker" train --config "$CONFIG" "$
   --set "outputs.run_dir=\"$REF\"" --set outputs.progress=false >"$SLT/ref.log" 2>&1
 check "reference run (mpirun -n 2)" $? "$(($(date +%s) - t)) s"
 REF_S=$(($(date +%s) - t))
+
+for _ in $(seq 150); do
+  st=$(scontrol show job "$SIGJOB" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p')
+  case "$st" in "" | COMPLETED | FAILED | CANCELLED | TIMEOUT) break ;; esac
+  sleep 0.5
+done
+grep -q "got USR1" "$SLT/sig-$SIGJOB.out" 2>/dev/null
+check "--signal=B:USR1@50 reaches the batch shell's trap" $? "state $st"
 
 # ---------------------------------------------------------------- 3. the batch job
 RUN=$SLT/shared/runs/po
