@@ -45,15 +45,17 @@ summary() {
 finish() {
   local rc=$?
   if [ "$FAILS" != 0 ] || [ "$rc" != 0 ]; then
+    local f
     for f in "$SLT"/log/*.log "$SLT"/job-*.out "$SLT"/job-*.err; do
       [ -f "$f" ] && { echo "---- tail $f"; tail -n 25 "$f" | sed 's/\x1b\[[0-9;]*m//g'; }
     done
   fi
+  [ "$rc" = 0 ] || { RESULTS+=("FAIL  the test script itself ended with exit $rc"); FAILS=$((FAILS + 1)); }
   say "tearing down the cluster"
   scancel --full "${JOB:-0}" 2>/dev/null || true
   cluster_down
   summary
-  [ "$FAILS" = 0 ] && [ "$rc" = 0 ] || exit 1
+  [ "$FAILS" = 0 ] || exit 1
 }
 
 if [ "$(id -u)" -ne 0 ]; then
