@@ -134,6 +134,7 @@ fedhex_preflight() {
     # worker must be visible on every node. One quick step, one task per node.
     local mark="$RUN_DIR/.fedhex-shared-check.${SLURM_JOB_ID:-0}"
     : >"$mark"
+    # shellcheck disable=SC2016 # the snippet runs on each node
     out=$(srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 --cpus-per-task=1 \
       --mpi=none --kill-on-bad-exit=0 \
       bash -c 'test -e "$1" || echo "$(hostname): run directory not visible ($1)"; $3 test -x "$2" || echo "$(hostname): no $2"' \

@@ -35,7 +35,7 @@ cluster_down() {
   fi
   for f in slurmd slurmctld munged; do
     pid=$(cat "$SLT/run/$f.pid" 2>/dev/null) || continue
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null || continue
+    { [ -n "$pid" ] && kill "$pid" 2>/dev/null; } || continue
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
   done
@@ -100,8 +100,7 @@ CONF
   : >"$SLT/etc/plugstack.conf"
   slurmctld -f "$SLURM_CONF" -i || { echo "slurmctld did not start"; tail -20 "$SLT/log/slurmctld.log"; return 1; }
   slurmd -f "$SLURM_CONF" || { echo "slurmd did not start"; tail -20 "$SLT/log/slurmd.log"; return 1; }
-  local i
-  for i in $(seq 60); do
+  for _ in $(seq 60); do
     if sinfo -h -N -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then return 0; fi
     sleep 1
   done

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2016 # single-quoted snippets run in child shells
 # The Slurm batch scripts on a real (single-node) Slurm cluster: `make slurm-test`.
 #
 # Brings up munged + slurmctld + slurmd from Debian's packages on this machine
@@ -218,7 +219,7 @@ check "job COMPLETED after 2 restarts" $? "state $st, restarts $rs, exit $ec, ${
 # ---------------------------------------------------------------- checks on the run directory
 clean() { sed 's/\x1b\[[0-9;]*m//g' "$@"; }
 n_resume=$(clean "$ERR" | grep -c "resuming from")
-check "both restarts resumed from a checkpoint (log 'resuming from')" $([ "$n_resume" = 2 ] && echo 0 || echo 1) \
+check "both restarts resumed from a checkpoint (log 'resuming from')" "$([ "$n_resume" = 2 ] && echo 0 || echo 1)" \
   "$(clean "$ERR" | grep -o 'resuming from [^ ]* (epoch [0-9]*, step [0-9]*)' | sed "s|$RUN/checkpoints/||" | tr '\n' ';')"
 grep -q "no checkpoint in .* yet: starting a fresh run" "$OUT"
 check "first start: fresh run (no checkpoint yet)" $?
@@ -226,7 +227,9 @@ grep -q "requeueing job $JOB" "$OUT"
 check "the batch script forwarded USR1 and requeued itself" $? "$(grep -c 'batch shell got SIG' "$OUT") signal(s) seen by the batch shell"
 
 want=$(seq "$EVERY" "$EVERY" "$EPOCHS" | xargs printf 'epoch-%06d ' | sed 's/ $//')
+# shellcheck disable=SC2010 # checkpoint names are plain
 have=$(ls "$RUN/checkpoints" 2>/dev/null | grep -E '^epoch-[0-9]+$' | tr '\n' ' ' | sed 's/ $//')
+# shellcheck disable=SC2010
 mid=$(ls "$RUN/checkpoints" 2>/dev/null | grep -E -- '-step-' | tr '\n' ' ' | sed 's/ $//')
 [ "$want" = "$have" ]
 check "epoch checkpoints at epochs $EVERY,$((2 * EVERY)),..,$EPOCHS" $? "have: $have"
@@ -245,5 +248,5 @@ check "final weights identical to the uninterrupted mpirun run (model.safetensor
   "$(sha256sum "$RUN/model/model.safetensors" 2>/dev/null | cut -c1-16)"
 "$BIN/fedhex-ctl" --run "$RUN" status >/dev/null 2>&1
 rc=$?
-check "fedhex-ctl status after the end says finished (exit 5)" $([ $rc = 5 ] && echo 0 || echo 1) "exit $rc"
+check "fedhex-ctl status after the end says finished (exit 5)" "$([ $rc = 5 ] && echo 0 || echo 1)" "exit $rc"
 say "timings: reference ${REF_S} s, batch job incl. 2 requeues ${JOB_S} s"
