@@ -85,6 +85,8 @@ fedhex_setup() {
   FEDHEX_CONTROL_LISTEN=${FEDHEX_CONTROL_LISTEN:-0.0.0.0:0}
   FEDHEX_THREADS=${SLURM_CPUS_PER_TASK:-0}
   export FEDHEX_HOME FEDHEX_BIN FEDHEX_CONFIG RUN_DIR
+  # plain log lines in the .err file (the worker's tracing output is coloured otherwise)
+  export NO_COLOR=${NO_COLOR:-1}
   fedhex_log "job ${SLURM_JOB_ID:-?} (${SLURM_JOB_NAME:-?}) restart ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST:-$(hostname)}:" \
     "${SLURM_NTASKS:-1} task(s), ${SLURM_CPUS_PER_TASK:-?} cpu(s)/task, GPUs ${FEDHEX_GPUS}"
   fedhex_log "worker $FEDHEX_WORKER, config $FEDHEX_CONFIG, run dir $RUN_DIR"
