@@ -42,6 +42,11 @@ zuko-compare: build
 gpu-check: build
 	@bash scripts/gpu_check.sh
 
+# Batch scripts on a throw-away one-node Slurm cluster on this machine (root, ~3 min; not part of `make test`).
+.PHONY: slurm-test
+slurm-test: build
+	@bash tests/slurm/slurm_test.sh
+
 clean:
 	$(CARGO) clean
 	rm -rf demo-out
