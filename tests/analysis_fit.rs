@@ -17,7 +17,7 @@ fn spec() -> GaussianSpec {
     GaussianSpec {
         layout: Layout::Grid2d { n: 5, lo: 0.0, hi: 1.0 },
         covariance: Covariance::Diagonal { sigma: SIGMA },
-        n_per_label: 1200,
+        n_per_label: 1000,
         seed: 11,
     }
 }
@@ -26,7 +26,7 @@ fn small_cfg() -> RunConfig {
     let mut cfg = RunConfig::default();
     cfg.network.n_blocks = 4;
     cfg.network.hidden = vec![32, 32];
-    cfg.training.epochs = 10;
+    cfg.training.epochs = 8;
     cfg.training.batch_size = 256;
     cfg.training.lr_initial = 3e-3;
     cfg.training.lr_final = 2e-4;

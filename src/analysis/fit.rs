@@ -20,7 +20,8 @@
 //! * **Minimisation.** Adam on the full event set (`iterations`, learning
 //!   rate cosine-decayed from `learning_rate` to 1 % of it, in units of the
 //!   range), then damped Newton steps with the exact Hessian (backtracking
-//!   line search) until the expected decrease `½ gᵀH⁻¹g` is below 1e-6.
+//!   line search) until the expected decrease `½ gᵀH⁻¹g` is below 1e-5
+//!   (about the resolution of the NLL of an f32 network).
 //! * **Uncertainty.** The Hessian of the NLL with respect to θ by double
 //!   backward through the model (falling back to central finite differences of
 //!   the autograd gradient if double backward fails); covariance `V = H⁻¹`,
@@ -332,25 +333,32 @@ fn clamp(t: &mut [f64], lo: &[f64], hi: &[f64]) {
     }
 }
 
-/// Damped Newton on the free dimensions; returns (t, nll, steps).
+/// Damped Newton on the free dimensions; returns (t, nll, steps). With
+/// `h_fixed` that Hessian is used at every step (a cheap quasi-Newton for the
+/// profile scan, where the curvature barely changes).
 fn newton(
     obj: &Objective<'_>,
     mut t: Vec<f64>,
     free: &[bool],
-    lo: &[f64],
-    hi: &[f64],
+    bounds: (&[f64], &[f64]),
     max_steps: usize,
+    h_fixed: Option<&[Vec<f64>]>,
 ) -> Result<(Vec<f64>, f64, usize)> {
+    let (lo, hi) = bounds;
     let idx: Vec<usize> = (0..t.len()).filter(|&i| free[i]).collect();
-    let mut f = obj.value(&t)?;
-    let mut steps = 0;
-    if idx.is_empty() {
+    if idx.is_empty() || max_steps == 0 {
+        let f = obj.value(&t)?;
         return Ok((t, f, 0));
     }
+    let mut f = f64::NAN;
+    let mut steps = 0;
     for _ in 0..max_steps {
         let (f0, g) = obj.value_grad(&t)?;
         f = f0;
-        let (h, _) = obj.hessian(&t)?;
+        let h = match h_fixed {
+            Some(h) => h.to_vec(),
+            None => obj.hessian(&t)?.0,
+        };
         let hs: Vec<Vec<f64>> = idx.iter().map(|&i| idx.iter().map(|&j| h[i][j]).collect()).collect();
         let gs: Vec<f64> = idx.iter().map(|&i| g[i]).collect();
         let step: Vec<f64> = match (cholesky(&hs), invert(&hs)) {
@@ -364,9 +372,13 @@ fn newton(
             }
         };
         let expected = -0.5 * step.iter().zip(&gs).map(|(s, g)| s * g).sum::<f64>();
+        // Below this the NLL (f32 network, summed in f64) cannot resolve the step.
+        if expected.abs() < 1e-6 {
+            break;
+        }
         let mut alpha = 1.0;
         let mut accepted = false;
-        for _ in 0..30 {
+        for _ in 0..12 {
             let mut cand = t.clone();
             for (k, &i) in idx.iter().enumerate() {
                 cand[i] += alpha * step[k];
@@ -382,7 +394,7 @@ fn newton(
             alpha *= 0.5;
         }
         steps += 1;
-        if !accepted || expected.abs() < 1e-6 {
+        if !accepted || expected.abs() < 1e-5 {
             break;
         }
     }
@@ -504,7 +516,7 @@ pub fn fit_label(model: &Model, events: ArrayView2<'_, f32>, opts: &FitOptions) 
         t = best.1.clone();
     }
     let free = vec![true; l];
-    let (t_best, nll, nsteps) = newton(&obj, t, &free, &t_lo, &t_hi, opts.newton_steps)?;
+    let (t_best, nll, nsteps) = newton(&obj, t, &free, (&t_lo, &t_hi), opts.newton_steps, None)?;
     if !nll.is_finite() {
         return Err(Error::Data(format!("fit: the NLL is not finite at the best point {:?}", obj.theta_of(&t_best))));
     }
@@ -575,7 +587,7 @@ pub fn fit_label(model: &Model, events: ArrayView2<'_, f32>, opts: &FitOptions) 
                         warm[k] = tk;
                         let mut fr = vec![true; l];
                         fr[k] = false;
-                        let (tw, f, _) = newton(&obj, warm.clone(), &fr, &t_lo, &t_hi, 8)?;
+                        let (tw, f, _) = newton(&obj, warm.clone(), &fr, (&t_lo, &t_hi), 4, Some(&h_t))?;
                         warm = tw;
                         f
                     }
