@@ -2,6 +2,7 @@
 //! are fitted back within the stated uncertainty, the uncertainty matches the
 //! Cramér–Rao bound of the true (Gaussian) model, the scans are drawn, the fit
 //! is deterministic, and bad input is refused.
+#![allow(clippy::needless_range_loop)]
 
 mod common;
 use fedhex::analysis::fit::{fit_label, FitOptions, ScanKind};

@@ -284,16 +284,8 @@ impl Objective<'_> {
     }
 }
 
-fn symmetrize(mut h: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
-    let l = h.len();
-    for i in 0..l {
-        for j in 0..i {
-            let m = 0.5 * (h[i][j] + h[j][i]);
-            h[i][j] = m;
-            h[j][i] = m;
-        }
-    }
-    h
+fn symmetrize(h: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
+    (0..h.len()).map(|i| (0..h.len()).map(|j| 0.5 * (h[i][j] + h[j][i])).collect()).collect()
 }
 
 /// Inverse of a small matrix by Gauss–Jordan with partial pivoting.

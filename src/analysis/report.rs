@@ -1277,7 +1277,7 @@ fn render_html(r: &Report) -> String {
         }
     }
     for kind in [LabelKind::Interpolation, LabelKind::Reproduction] {
-        let _ = writeln!(h, "<h2>{}</h2>", esc(&kind.describe().to_string()));
+        let _ = writeln!(h, "<h2>{}</h2>", esc(kind.describe()));
         for (i, l) in r.labels.iter().enumerate().filter(|(_, l)| l.kind == kind) {
             let _ = writeln!(
                 h,
