@@ -460,6 +460,14 @@ fn labels_from_training(model: &Model, key: &str, warnings: &mut Vec<String>) ->
     }
 }
 
+/// A data error with `what: ` in front of its message.
+fn prefixed(what: &str, e: Error) -> Error {
+    match e {
+        Error::Data(m) => Error::Data(format!("{what}: {m}")),
+        other => other,
+    }
+}
+
 /// Label groups of an event set as (label, row indices).
 fn groups_of(es: &EventSet) -> Vec<(Vec<f32>, Vec<usize>)> {
     let g = es.label_groups();
@@ -792,9 +800,8 @@ pub fn analyze(opts: &AnalyzeOptions) -> Result<Report> {
     }
     let tol = tolerances(&model);
     let mut holdout: Vec<Vec<f32>> = labels_from_training(&model, "holdout_labels", &mut warnings).unwrap_or_default();
-    crate::generate::check_labels(&model, &holdout)
-        .map_err(|e| Error::Data(format!("model training.holdout_labels: {e}")))?;
-    crate::generate::check_labels(&model, &opts.holdout).map_err(|e| Error::Data(format!("held-out label: {e}")))?;
+    crate::generate::check_labels(&model, &holdout).map_err(|e| prefixed("model training.holdout_labels", e))?;
+    crate::generate::check_labels(&model, &opts.holdout).map_err(|e| prefixed("held-out label", e))?;
     for h in &opts.holdout {
         if !holdout.iter().any(|x| same_label(x, h, &tol)) {
             holdout.push(h.clone());
