@@ -1,5 +1,9 @@
-//! Analysis of generated events: two-sample metrics ([`metrics`]) and PNG
-//! plots ([`plots`]). Reads samples and model files, never trains.
+//! Analysis of generated events: two-sample metrics ([`metrics`]), PNG
+//! plots ([`plots`]), the validation report ([`report`]) and the
+//! maximum-likelihood label fit ([`fit`]). Reads samples and model files,
+//! never trains.
 
+pub mod fit;
 pub mod metrics;
 pub mod plots;
+pub mod report;

@@ -111,6 +111,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Validate a model against reference events: metrics, verdicts, plots, report.json/.txt, index.html.
+    Analyze(AnalyzeArgs),
+    /// Fit the label of observed events by maximum likelihood (best label, uncertainties, scans).
+    Fit(FitArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -445,9 +449,177 @@ fn main() {
             }
             Ok(())
         })(),
+        Cmd::Analyze(a) => analyze(a),
+        Cmd::Fit(a) => fit(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+#[derive(clap::Args)]
+struct AnalyzeArgs {
+    /// Model directory (or its model.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Reference events: .npz (samples, labels) or .root (flat branches named as the model's features and labels).
+    #[arg(long = "reference", required = true, num_args = 1..)]
+    reference: Vec<PathBuf>,
+    /// Generated events to compare (default: generate -n events per reference label with the model).
+    #[arg(long)]
+    generated: Vec<PathBuf>,
+    /// An independent second reference sample, for the statistical floor.
+    #[arg(long)]
+    reference2: Vec<PathBuf>,
+    /// Held-out labels (comma separated, repeatable), added to the model's training.holdout_labels.
+    #[arg(long = "holdout", num_args = 1..)]
+    holdout: Vec<String>,
+    /// Events generated per label (default: as many as the reference has there).
+    #[arg(short = 'n', long)]
+    n: Option<usize>,
+    /// Output directory (replaced atomically).
+    #[arg(long, default_value = "report")]
+    out: PathBuf,
+    /// Seed of the generation.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Tree name in ROOT files.
+    #[arg(long, default_value = "Events")]
+    tree: String,
+    /// Metric of the heat map over the label grid: auc, mean, std, ks, chi2, w1, energy.
+    #[arg(long, default_value = "auc")]
+    heat_metric: String,
+    /// Labels with per-label plots, at most (held-out first).
+    #[arg(long, default_value_t = 16)]
+    max_plot_labels: usize,
+    /// Device: auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn analyze(a: &AnalyzeArgs) -> Result<()> {
+    use fedhex::analysis::report;
+    let dev = fedhex::device::resolve(fedhex::device::parse_device(&a.device)?, 0)?;
+    let model = Model::load(&a.model, dev)?;
+    let reference = report::read_events(&a.reference, &model, &a.tree, true)?;
+    let mut opts = report::AnalyzeOptions::new(&a.model, reference, &a.out);
+    if !a.generated.is_empty() {
+        opts.generated = Some(report::read_events(&a.generated, &model, &a.tree, true)?);
+    }
+    if !a.reference2.is_empty() {
+        opts.reference2 = Some(report::read_events(&a.reference2, &model, &a.tree, true)?);
+    }
+    opts.holdout = a.holdout.iter().map(|s| fedhex::generate::parse_label(s)).collect::<Result<_, _>>()?;
+    opts.n_generate = a.n;
+    opts.seed = a.seed;
+    opts.device = dev;
+    opts.heat_metric = report::HeatMetric::parse(&a.heat_metric)?;
+    opts.max_plot_labels = a.max_plot_labels;
+    drop(model);
+    let r = report::analyze(&opts)?;
+    for w in &r.warnings {
+        tracing::warn!("{w}");
+    }
+    for l in &r.labels {
+        println!("{}", l.verdict.line);
+    }
+    println!("{}", r.interpolation.line);
+    println!("{}", r.reproduction.line);
+    println!("report: {}", a.out.join(report::REPORT_HTML).display());
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct FitArgs {
+    /// Model directory (or its model.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Observed events: .npz (samples[, labels]) or .root (flat branches named as the model's features).
+    #[arg(long = "events", required = true, num_args = 1..)]
+    events: Vec<PathBuf>,
+    /// Output directory for fit.json and the likelihood scans (default: print only).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Fit all events together, ignoring any label columns (default: one fit per label group, its label as truth).
+    #[arg(long)]
+    pool: bool,
+    /// The true label, if known (comma separated); used for pulls and drawn in the scans.
+    #[arg(long)]
+    truth: Option<String>,
+    /// Scan: slice, profile or none.
+    #[arg(long, default_value = "slice")]
+    scan: String,
+    /// Adam iterations.
+    #[arg(long, default_value_t = 300)]
+    iterations: usize,
+    /// Tree name in ROOT files.
+    #[arg(long, default_value = "Events")]
+    tree: String,
+    /// Device: auto, cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn fit(a: &FitArgs) -> Result<()> {
+    use fedhex::analysis::fit::{fit_label, FitOptions, ScanKind};
+    let dev = fedhex::device::resolve(fedhex::device::parse_device(&a.device)?, 0)?;
+    let model = Model::load(&a.model, dev)?;
+    // ROOT: label branches are optional in observed data; read them only when grouping.
+    let events = match fedhex::analysis::report::read_events(&a.events, &model, &a.tree, !a.pool) {
+        Ok(e) => e,
+        Err(_) if !a.pool => fedhex::analysis::report::read_events(&a.events, &model, &a.tree, false)?,
+        Err(e) => return Err(e.into()),
+    };
+    let truth: Option<Vec<f64>> = match &a.truth {
+        Some(t) => Some(fedhex::generate::parse_label(t)?.into_iter().map(f64::from).collect()),
+        None => None,
+    };
+    let groups: Vec<(Option<Vec<f32>>, Vec<usize>)> = if a.pool || events.n_labels() != model.n_labels() {
+        vec![(None, (0..events.len()).collect())]
+    } else {
+        let g = events.label_groups();
+        g.labels.into_iter().map(Some).zip(g.members).collect()
+    };
+    let mut results = Vec::new();
+    for (i, (label, rows)) in groups.iter().enumerate() {
+        let sel = events.select(rows);
+        let opts = FitOptions {
+            out: a.out.clone(),
+            plot_prefix: if groups.len() > 1 { format!("scan_group{i}") } else { "scan".into() },
+            truth: truth.clone().or_else(|| label.as_ref().map(|l| l.iter().map(|v| f64::from(*v)).collect())),
+            scan: ScanKind::parse(&a.scan)?,
+            iterations: a.iterations,
+            ..Default::default()
+        };
+        let r = fit_label(&model, sel.samples.view(), &opts)?;
+        let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.6}")).collect::<Vec<_>>().join(", ");
+        println!(
+            "{}{} events: best ({}) ± ({}), NLL {:.4}{}",
+            label.as_ref().map_or(String::new(), |l| format!("label {l:?}: ")),
+            r.n_events,
+            fmt(&r.best),
+            fmt(&r.uncertainty),
+            r.nll,
+            r.pulls.as_ref().map_or(String::new(), |p| format!(", pulls ({})", fmt(p)))
+        );
+        for w in &r.warnings {
+            tracing::warn!("{w}");
+        }
+        results.push(r);
+    }
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let path = out.join("fit.json");
+        let json = if results.len() == 1 {
+            serde_json::to_vec_pretty(&results[0])?
+        } else {
+            serde_json::to_vec_pretty(&results)?
+        };
+        let tmp = fedhex::flow::model::sibling(&path, "tmp");
+        fedhex::flow::model::write_synced(&tmp, &json)?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        println!("fit: {}", path.display());
+    }
+    Ok(())
 }
