@@ -560,6 +560,7 @@ pub fn train(
         "validation_events": plan.n_val,
         "labels": plan.group_sizes.len(),
         "holdout_labels": cfg.data.holdout_labels,
+        "training_labels": local.label_groups().labels,
         "final_train_nll": history.last().map(|r| r.train_nll),
         "final_val_nll": history.last().map(|r| r.val_nll).filter(|v| v.is_finite()),
     });
