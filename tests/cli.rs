@@ -222,3 +222,46 @@ fn holdout_labels_are_left_out_of_training_and_recorded() {
         "no events at label [0.3, 0.5]",
     );
 }
+
+#[test]
+fn sample_on_a_grid_from_a_reference_and_with_range_cuts() {
+    let dir = tmpdir();
+    let d = dir.path();
+    assert!(fedhex(&["gen", "--points", "3", "-n", "200", "--out", "grid.npz"], d).status.success());
+    std::fs::write(d.join("run.toml"), CFG).unwrap();
+    assert!(fedhex(&["train", "--config", "run.toml"], d).status.success());
+    // A 3 x 2 grid of labels with a range cut that removes a good part of the events.
+    let o = fedhex(
+        &[
+            "sample",
+            "--model",
+            "run/model",
+            "--grid",
+            "0:1:3",
+            "--grid",
+            "0.25:0.75:2",
+            "--range",
+            "x0=0.1:",
+            "-n",
+            "300",
+            "--out",
+            "g.npz",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ev = fedhex::data::npy::read_npz(&d.join("g.npz"), vec![], vec![]).unwrap();
+    assert_eq!(ev.len(), 6 * 300, "n events survive at every label");
+    assert_eq!(ev.label_groups().len(), 6);
+    assert!(ev.samples.column(0).iter().all(|&v| v >= 0.1), "the range cut holds");
+    // The labels of a reference file.
+    let o = fedhex(&["sample", "--model", "run/model", "--labels-from", "grid.npz", "-n", "10", "--out", "r.npz"], d);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(fedhex::data::npy::read_npz(&d.join("r.npz"), vec![], vec![]).unwrap().label_groups().len(), 9);
+    fails_with(
+        &fedhex(&["sample", "--model", "run/model", "--label", "0.5,0.5", "--range", "mass=0:1", "--out", "x.npz"], d),
+        "no feature 'mass'",
+    );
+    fails_with(&fedhex(&["sample", "--model", "run/model", "--out", "x.npz"], d), "no labels to generate at");
+    assert!(!d.join("x.npz").exists());
+}

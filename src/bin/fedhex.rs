@@ -52,8 +52,18 @@ enum Cmd {
         #[arg(long)]
         model: PathBuf,
         /// A label point, comma separated (repeatable).
-        #[arg(long = "label", required = true)]
+        #[arg(long = "label")]
         labels: Vec<String>,
+        /// A regular grid of labels: one lo:hi:n per label dimension (repeat the flag per dimension).
+        #[arg(long = "grid")]
+        grid: Vec<String>,
+        /// Use the distinct labels of this reference file (.npz or .root with the model's label branches).
+        #[arg(long = "labels-from")]
+        labels_from: Option<PathBuf>,
+        /// Range cut on a generated feature, name=lo:hi (either side may be empty); events are
+        /// resampled so n survive (repeatable).
+        #[arg(long = "range")]
+        ranges: Vec<String>,
         /// Events per label.
         #[arg(short = 'n', long, default_value_t = 10000)]
         n: usize,
@@ -304,15 +314,38 @@ fn train(config: &Path, set: &[String], resume: bool) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn sample(model: &Path, labels: &[String], n: usize, out: &Path, seed: u64, device: &str, chunk: usize) -> Result<()> {
+/// Where `fedhex sample` generates.
+struct SampleAt<'a> {
+    labels: &'a [String],
+    grid: &'a [String],
+    labels_from: Option<&'a Path>,
+    ranges: &'a [String],
+}
+
+fn sample(model: &Path, at: &SampleAt<'_>, n: usize, out: &Path, seed: u64, device: &str, chunk: usize) -> Result<()> {
     let dev = fedhex::device::resolve(fedhex::device::parse_device(device)?, 0)?;
     let model = Model::load(model, dev)?;
-    let labels: Vec<Vec<f32>> = labels.iter().map(|s| fedhex::generate::parse_label(s)).collect::<Result<_, _>>()?;
+    let mut labels: Vec<Vec<f32>> =
+        at.labels.iter().map(|s| fedhex::generate::parse_label(s)).collect::<Result<_, _>>()?;
+    if !at.grid.is_empty() {
+        labels.extend(fedhex::generate::label_grid(at.grid)?);
+    }
+    if let Some(p) = at.labels_from {
+        let reference = fedhex::analysis::report::read_events(&[p.to_path_buf()], &model, "Events", true)?;
+        labels.extend(reference.label_groups().labels);
+    }
+    if labels.is_empty() {
+        bail!("no labels to generate at: give --label, --grid or --labels-from");
+    }
+    let cuts: Vec<fedhex::generate::RangeCut> = at
+        .ranges
+        .iter()
+        .map(|r| fedhex::generate::RangeCut::parse(r, &model.features.names()))
+        .collect::<Result<_, _>>()?;
     for w in fedhex::generate::check_labels(&model, &labels)? {
         tracing::warn!("{w}");
     }
-    let events = fedhex::generate::sample_at_labels(&model, &labels, n, seed, chunk)?;
+    let events = fedhex::generate::sample_with_cuts(&model, &labels, n, seed, chunk, &cuts)?;
     write_events(out, &events)?;
     println!("wrote {} events at {} label(s) to {}", events.len(), labels.len(), out.display());
     Ok(())
@@ -417,9 +450,15 @@ fn main() {
             }
             train(config, &set, *resume)
         }
-        Cmd::Sample { model, labels, n, out, seed, device, chunk } => {
-            sample(model, labels, *n, out, *seed, device, *chunk)
-        }
+        Cmd::Sample { model, labels, grid, labels_from, ranges, n, out, seed, device, chunk } => sample(
+            model,
+            &SampleAt { labels, grid, labels_from: labels_from.as_deref(), ranges },
+            *n,
+            out,
+            *seed,
+            device,
+            *chunk,
+        ),
         Cmd::Moments { truth, samples, max_pull } => moments(truth, samples, *max_pull),
         Cmd::Doctor => doctor(),
         Cmd::Bench { threads, batches, device, seconds, blocks, hidden, dim, json } => (|| -> Result<()> {
