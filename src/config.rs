@@ -337,6 +337,16 @@ pub fn documented_keys() -> Vec<&'static str> {
     KEY_DOCS.iter().map(|(k, _)| *k).collect()
 }
 
+/// The `--set` overrides plus the `--listen ADDR` flag of the training
+/// binaries (as `control.listen`), in the order they apply.
+pub fn overrides(set: &[String], listen: Option<&str>) -> Vec<String> {
+    let mut all = set.to_vec();
+    if let Some(l) = listen {
+        all.push(format!("control.listen={}", toml::Value::String(l.to_string())));
+    }
+    all
+}
+
 /// Applies one `section.key=value` override to a TOML document.
 pub fn apply_set(doc: &mut toml::Table, assignment: &str) -> Result<()> {
     let (key, raw) = assignment

@@ -29,6 +29,9 @@ fn set_overrides_any_key() {
     assert_eq!(cfg.network.hidden, vec![64, 64]);
     assert_eq!(cfg.training.device, "cpu");
     assert_eq!(cfg.training.epochs, 3);
+    let sets = fedhex::config::overrides(&["training.epochs=2".into()], Some("0.0.0.0:50051"));
+    let cfg = RunConfig::from_toml("", &sets, "t").unwrap();
+    assert_eq!((cfg.control.listen.as_str(), cfg.training.epochs), ("0.0.0.0:50051", 2));
 }
 
 #[test]

@@ -64,11 +64,7 @@ fn main() {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<Finish> {
         match &cli.cmd {
             Cmd::Train { config, set, resume, listen } => {
-                let mut set = set.clone();
-                if let Some(l) = listen {
-                    set.push(format!("control.listen={}", toml::Value::String(l.clone())));
-                }
-                let cfg = RunConfig::load(config, &set);
+                let cfg = RunConfig::load(config, &fedhex::config::overrides(set, listen.as_deref()));
                 let cfg = fedhex::comm::agree(&comm, cfg)?;
                 let controls = Arc::new(Controls::default());
                 stop_on_signals(controls.clone())?;

@@ -444,11 +444,7 @@ fn main() {
         })(),
         Cmd::Gen(a) => gen(a),
         Cmd::Train { config, set, resume, listen } => {
-            let mut set = set.clone();
-            if let Some(l) = listen {
-                set.push(format!("control.listen={}", toml::Value::String(l.clone())));
-            }
-            train(config, &set, *resume)
+            train(config, &fedhex::config::overrides(set, listen.as_deref()), *resume)
         }
         Cmd::Sample { model, labels, grid, labels_from, ranges, n, out, seed, device, chunk } => sample(
             model,
