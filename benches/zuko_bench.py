@@ -1,6 +1,6 @@
 """Throughput of zuko's MAF on the reference network, for side-by-side comparison.
 
-Usage: python benches/zuko_bench.py --threads 1 --batch 1024 [--seconds 3]
+Usage: python benches/zuko_bench.py --threads 1 --batch 1024 [--seconds 3] [--device cuda]
 Prints one JSON line per batch size with the same fields as `fedhex bench --json`.
 """
 import argparse
@@ -11,12 +11,19 @@ import torch
 import zuko
 
 
-def timed(fn, events, seconds):
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, events, seconds, device):
     fn()
+    sync(device)
     start, n = time.perf_counter(), 0
     while n < 3 or time.perf_counter() - start < seconds:
         fn()
         n += 1
+    sync(device)
     return n * events / (time.perf_counter() - start)
 
 
@@ -28,14 +35,16 @@ def main():
     ap.add_argument("--blocks", type=int, default=10)
     ap.add_argument("--hidden", default="128")
     ap.add_argument("--dim", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
+    dev = torch.device(a.device)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     hidden = [int(h) for h in a.hidden.split(",")]
-    flow = zuko.flows.MAF(features=a.dim, context=a.dim, transforms=a.blocks, hidden_features=hidden)
+    flow = zuko.flows.MAF(features=a.dim, context=a.dim, transforms=a.blocks, hidden_features=hidden).to(dev)
     opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
     for b in a.batch or [1024]:
-        x, c = torch.randn(b, a.dim), torch.randn(b, a.dim)
+        x, c = torch.randn(b, a.dim, device=dev), torch.randn(b, a.dim, device=dev)
 
         def train():
             loss = -flow(c).log_prob(x).mean()
@@ -53,11 +62,12 @@ def main():
 
         print(json.dumps({
             "impl": "zuko " + zuko.__version__,
+            "device": a.device,
             "threads": a.threads,
             "batch": b,
-            "train_events_per_s": timed(train, b, a.seconds),
-            "sample_events_per_s": timed(sample, b, a.seconds),
-            "log_prob_events_per_s": timed(logp, b, a.seconds),
+            "train_events_per_s": timed(train, b, a.seconds, dev),
+            "sample_events_per_s": timed(sample, b, a.seconds, dev),
+            "log_prob_events_per_s": timed(logp, b, a.seconds, dev),
         }), flush=True)
 
 
