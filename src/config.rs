@@ -78,6 +78,14 @@ pub struct DataConfig {
     pub logit_labels: bool,
     /// Margin keeping the logit finite at the ends of the range.
     pub logit_eps: f64,
+    /// Physics-aware transforms per feature name, e.g. `{ omega = "log_ratio(labelomega)" }`
+    /// (steps: log, shift(a), scale(a), bounded(lo), logit(lo, hi), div(L), sub(L), log_ratio(L)).
+    pub feature_transforms: std::collections::BTreeMap<String, String>,
+    /// Transforms per label name, e.g. `{ labelomega = "log" }` (no steps that refer to labels).
+    pub label_transforms: std::collections::BTreeMap<String, String>,
+    /// Known acceptance cuts that truncated the data, e.g. `["omega > 0.415"]`: training uses
+    /// the truncated likelihood and generated events are cut the same way.
+    pub acceptance: Vec<String>,
     /// ROOT input (files, tree, branch expressions, cut); replaces `path` when present.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root: Option<crate::data::source::RootInput>,
@@ -94,6 +102,9 @@ impl Default for DataConfig {
             logit_features: false,
             logit_labels: false,
             logit_eps: 1e-3,
+            feature_transforms: Default::default(),
+            label_transforms: Default::default(),
+            acceptance: vec![],
             root: None,
         }
     }
@@ -193,6 +204,9 @@ pub struct TrainingConfig {
     pub adam_eps: f64,
     /// Continue from the newest complete checkpoint in the run directory: never or auto.
     pub resume: Resume,
+    /// Flow samples drawn per training event (at labels where the flow puts mass outside
+    /// `data.acceptance`) to estimate the gradient of the acceptance normaliser; 0: off.
+    pub acceptance_samples: usize,
 }
 
 /// Whether a run continues from an existing checkpoint.
@@ -223,6 +237,7 @@ impl Default for TrainingConfig {
             adam_beta2: 0.999,
             adam_eps: 1e-8,
             resume: Resume::Never,
+            acceptance_samples: 1,
         }
     }
 }
@@ -263,6 +278,20 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("data.logit_features", "logit after min-max scaling of features (turns hard edges into tails)"),
     ("data.logit_labels", "logit after min-max scaling of labels"),
     ("data.logit_eps", "margin keeping the logit finite at the range ends, in [0, 0.5)"),
+    (
+        "data.feature_transforms",
+        "per-feature chains, e.g. { omega = \"log_ratio(labelomega)\" }: log, shift(a), scale(a), bounded(lo), \
+         logit(lo, hi), div(LABEL), sub(LABEL), log_ratio(LABEL), joined by |",
+    ),
+    ("data.label_transforms", "per-label chains, e.g. { labelomega = \"log\" } (steps that do not refer to labels)"),
+    (
+        "data.acceptance",
+        "known acceptance cuts of the data, e.g. [\"omega > 0.415\"]: truncated-likelihood training, generated events cut alike",
+    ),
+    (
+        "training.acceptance_samples",
+        "flow samples per event and step for the acceptance normaliser of the truncated likelihood (0: off)",
+    ),
     ("network.n_blocks", "number of MADE blocks in the MAF"),
     ("network.hidden", "hidden layer widths of every MADE, e.g. [128] or [64, 64, 64]"),
     ("network.activation", "relu, tanh, gelu, elu or silu"),

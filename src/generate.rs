@@ -82,7 +82,8 @@ pub fn sample_at_labels(model: &Model, labels: &[Vec<f32>], n: usize, seed: u64,
     sample_with_cuts(model, labels, n, seed, chunk, &[])
 }
 
-/// Like [`sample_at_labels`], keeping only events inside every range cut; draws
+/// Like [`sample_at_labels`], keeping only events inside every range cut and the
+/// model's acceptance (the cuts its training data had); draws
 /// more until `n` survive per label (an error if fewer than 1 in 10,000 pass).
 pub fn sample_with_cuts(
     model: &Model,
@@ -110,14 +111,14 @@ pub fn sample_with_cuts(
                     "label {lab:?}: only {kept} of {drawn} generated events pass the range cuts; loosen them"
                 )));
             }
-            let m = (n - kept).min(chunk).max(if cuts.is_empty() { 1 } else { chunk.min(4096) });
+            let m = (n - kept).min(chunk).max(if cuts.is_empty() && model.acceptance.is_empty() { 1 } else { chunk.min(4096) });
             let cs = Tensor::from_slice(lab).view([1, l as i64]).expand([m as i64, l as i64], false);
             let xs = model.sample(&cs).to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
             let mut buf = vec![0f32; m * d];
             xs.copy_data(&mut buf, m * d);
             drawn += m;
             for row in buf.chunks_exact(d) {
-                if kept < n && cuts.iter().all(|c| c.keeps(row)) {
+                if kept < n && cuts.iter().all(|c| c.keeps(row)) && model.passes_acceptance(row) {
                     samples.extend_from_slice(row);
                     labs.extend_from_slice(lab);
                     kept += 1;

@@ -8,6 +8,7 @@ pub mod npy;
 pub mod phiomega;
 pub mod root;
 pub mod source;
+pub mod transform;
 pub mod whiten;
 
 use crate::error::{Error, Result};

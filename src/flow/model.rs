@@ -12,6 +12,7 @@
 //! weights file from another model is refused rather than silently used.
 
 use super::maf::{Maf, MafConfig};
+use crate::data::transform::{Acceptance, Transforms};
 use crate::data::whiten::Whitening;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,15 @@ pub struct ModelMeta {
     pub features: Whitening,
     /// Whitening of the labels (names inside).
     pub labels: Whitening,
+    /// Physics-aware feature transforms applied before the whitening (absent: none).
+    #[serde(default, skip_serializing_if = "Transforms::is_identity")]
+    pub feature_transforms: Transforms,
+    /// Label transforms applied before the label whitening (absent: none).
+    #[serde(default, skip_serializing_if = "Transforms::is_identity")]
+    pub label_transforms: Transforms,
+    /// Known acceptance cuts of the training data, applied to generated events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acceptance: Vec<Acceptance>,
     /// FNV-1a 64 digest (hex) of the weights file.
     pub weights_digest: String,
     /// Free-form facts about training (epochs, losses, data); not needed to load.
@@ -65,6 +75,12 @@ pub struct Model {
     pub features: Whitening,
     /// Whitening of the labels.
     pub labels: Whitening,
+    /// Feature transforms applied before the feature whitening.
+    pub feature_transforms: Transforms,
+    /// Label transforms applied before the label whitening.
+    pub label_transforms: Transforms,
+    /// Known acceptance cuts of the training data (generated events are cut the same way).
+    pub acceptance: Vec<Acceptance>,
     /// Facts about training, carried into the model file.
     pub training: serde_json::Value,
 }
@@ -96,7 +112,15 @@ impl Model {
                 labels.dim()
             )));
         }
-        Ok(Model { flow, features, labels, training: serde_json::Value::Null })
+        Ok(Model {
+            flow,
+            features,
+            labels,
+            feature_transforms: Transforms::default(),
+            label_transforms: Transforms::default(),
+            acceptance: vec![],
+            training: serde_json::Value::Null,
+        })
     }
 
     /// Number of features.
@@ -109,28 +133,83 @@ impl Model {
         self.labels.dim()
     }
 
-    /// `log p(x | label)` of raw values (includes the whitening Jacobian), per event.
+    /// Sets the physics-aware transforms and acceptance cuts (checked against the dimensions).
+    pub fn with_preprocessing(
+        mut self,
+        feature_transforms: Transforms,
+        label_transforms: Transforms,
+        acceptance: Vec<Acceptance>,
+    ) -> Result<Self> {
+        let (d, l) = (self.n_features(), self.n_labels());
+        feature_transforms.validate(d, l, "feature")?;
+        label_transforms.validate(l, 0, "label")?;
+        if let Some(a) = acceptance.iter().find(|a| a.feature >= d) {
+            return Err(Error::Data(format!("acceptance cut on feature {} of {d}", a.feature)));
+        }
+        self.feature_transforms = feature_transforms;
+        self.label_transforms = label_transforms;
+        self.acceptance = acceptance;
+        Ok(self)
+    }
+
+    /// Raw labels → the flow's conditioning input.
+    ///
+    /// # Shapes
+    /// `cs: [N, L]` → `[N, L]`
+    pub fn condition(&self, cs: &Tensor) -> Tensor {
+        let dev = self.flow.device();
+        let cs = cs.to_device(dev).to_kind(Kind::Float);
+        let none = cs.narrow(1, 0, 0);
+        self.labels.forward(&self.label_transforms.forward(&cs, &none).0)
+    }
+
+    /// Raw features → the flow's (whitened) space, and `log |det dz/dx|` per event.
+    ///
+    /// # Shapes
+    /// `xs: [N, D]`, `cs: [N, L]` (raw labels) → `([N, D], [N])`
+    pub fn to_flow_space(&self, xs: &Tensor, cs: &Tensor) -> (Tensor, Tensor) {
+        let dev = self.flow.device();
+        let xs = xs.to_device(dev).to_kind(Kind::Float);
+        let cs = cs.to_device(dev).to_kind(Kind::Float);
+        let (y, ldj) = self.feature_transforms.forward(&xs, &cs);
+        let z = self.features.forward(&y);
+        let ldj = ldj + self.features.log_abs_det(&y);
+        (z, ldj)
+    }
+
+    /// The flow's space → raw features (exact inverse of [`Model::to_flow_space`]).
+    pub fn from_flow_space(&self, zs: &Tensor, cs: &Tensor) -> Tensor {
+        let dev = self.flow.device();
+        let cs = cs.to_device(dev).to_kind(Kind::Float);
+        self.feature_transforms.inverse(&self.features.inverse(zs), &cs)
+    }
+
+    /// `log p(x | label)` of raw values (includes the preprocessing Jacobian),
+    /// per event. Not normalised to the acceptance: the density of the flow
+    /// before any acceptance cut.
     ///
     /// # Shapes
     /// `xs: [N, D]`, `cs: [N, L]` → `[N]`
     pub fn log_prob(&self, xs: &Tensor, cs: &Tensor) -> Tensor {
-        let dev = self.flow.device();
-        let xs = xs.to_device(dev).to_kind(Kind::Float);
-        let cs = cs.to_device(dev).to_kind(Kind::Float);
-        let z = self.features.forward(&xs);
-        let c = self.labels.forward(&cs);
-        self.flow.log_prob(&z, &c) + self.features.log_abs_det(&xs)
+        let (z, ldj) = self.to_flow_space(xs, cs);
+        let c = self.condition(cs);
+        self.flow.log_prob(&z, &c) + ldj
     }
 
-    /// Draws one raw event per row of raw labels `cs`.
+    /// Draws one raw event per row of raw labels `cs`, before acceptance cuts
+    /// (see [`Model::passes_acceptance`]).
     ///
     /// # Shapes
     /// `cs: [N, L]` → `[N, D]`
     pub fn sample(&self, cs: &Tensor) -> Tensor {
-        let dev = self.flow.device();
-        let c = self.labels.forward(&cs.to_device(dev).to_kind(Kind::Float));
+        let c = self.condition(cs);
         let z = self.flow.sample(&c);
-        tch::no_grad(|| self.features.inverse(&z))
+        tch::no_grad(|| self.from_flow_space(&z, cs))
+    }
+
+    /// Whether a raw event passes every acceptance cut of the training data.
+    pub fn passes_acceptance(&self, row: &[f32]) -> bool {
+        self.acceptance.iter().all(|a| a.keeps(row))
     }
 
     /// Writes the model directory atomically: into a temporary sibling first,
@@ -158,6 +237,9 @@ impl Model {
             orders: self.flow.orders().to_vec(),
             features: self.features.clone(),
             labels: self.labels.clone(),
+            feature_transforms: self.feature_transforms.clone(),
+            label_transforms: self.label_transforms.clone(),
+            acceptance: self.acceptance.clone(),
             weights_digest: fnv1a(&weights),
             training: self.training.clone(),
         };
@@ -208,8 +290,9 @@ impl Model {
             .map_err(|e| Error::model(&json_path, e.to_string()))?;
         let tensors = read_named_tensors(&bytes).map_err(|m| Error::model(&w_path, m))?;
         load_into(&mut flow, &tensors).map_err(|m| Error::model(&w_path, m))?;
-        let mut model =
-            Model::new(flow, meta.features, meta.labels).map_err(|e| Error::model(&json_path, e.to_string()))?;
+        let mut model = Model::new(flow, meta.features, meta.labels)
+            .and_then(|m| m.with_preprocessing(meta.feature_transforms, meta.label_transforms, meta.acceptance))
+            .map_err(|e| Error::model(&json_path, e.to_string()))?;
         model.training = meta.training;
         Ok(model)
     }

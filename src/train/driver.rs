@@ -13,6 +13,7 @@ use super::schedule::learning_rate;
 use super::shard::ShardPlan;
 use crate::comm::{Communicator, SingleProcess};
 use crate::config::RunConfig;
+use crate::data::transform::{Acceptance, Transforms};
 use crate::data::whiten::{WhitenSpec, Whitening};
 use crate::data::EventSet;
 use crate::error::{Error, Result};
@@ -195,6 +196,124 @@ fn nll_sum(flow: &Maf, xs: &Tensor, cs: &Tensor, chunk: i64) -> f64 {
     })
 }
 
+/// Raw features after the model's transforms, with a clear error for values outside a step's domain.
+fn transformed_features(ft: &Transforms, set: &EventSet, what: &str) -> Result<Array2<f32>> {
+    let mut fx = set.samples.clone();
+    ft.apply_rows(&mut fx, &set.labels, &set.feature_names, &set.label_names, what)?;
+    Ok(fx)
+}
+
+/// Raw labels after the label transforms.
+fn transformed_labels(lt: &Transforms, set: &EventSet, what: &str) -> Result<Array2<f32>> {
+    let mut lx = set.labels.clone();
+    let none = Array2::<f32>::zeros((set.labels.nrows(), 0));
+    lt.apply_rows(&mut lx, &none, &set.label_names, &[], what)?;
+    Ok(lx)
+}
+
+/// Every event must pass the declared acceptance: it describes how the data were cut.
+fn check_acceptance(acceptance: &[Acceptance], set: &EventSet, what: &str) -> Result<()> {
+    for a in acceptance {
+        if let Some((i, row)) = set.samples.rows().into_iter().enumerate().find(|(_, r)| {
+            let v: Vec<f32> = r.to_vec();
+            !a.keeps(&v)
+        }) {
+            let name = set.feature_names.get(a.feature).map_or("?", String::as_str);
+            return Err(Error::Data(format!(
+                "{what}: event {i} has {name} = {} outside the declared acceptance ({} < {name} < {}): \
+                 data.acceptance must describe how the data were cut",
+                row[a.feature], a.lo, a.hi
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A seed derived from `seed` and a few integers (SplitMix64 steps).
+fn mix_seed(seed: u64, parts: &[u64]) -> u64 {
+    let mut h = seed ^ 0x9e37_79b9_7f4a_7c15;
+    for &p in parts {
+        h = h.wrapping_add(p).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+    }
+    h >> 1
+}
+
+/// Flow samples per training label used to estimate its acceptance at each epoch start.
+const ACCEPTANCE_PROBE: i64 = 2000;
+/// Labels whose estimated acceptance is at least this get no normaliser term (it would only add noise).
+const ACCEPTANCE_ACTIVE_BELOW: f64 = 0.995;
+
+/// Per training event: `1 / Ẑ(c)` where `Ẑ(c)` is the flow's estimated
+/// probability to pass the acceptance at the event's label, or 0 where the
+/// flow already puts (almost) everything inside it.
+fn acceptance_weights(
+    model: &Model,
+    groups: &crate::data::LabelGroups,
+    n_events: i64,
+    seed: u64,
+) -> Result<Tensor> {
+    let l = model.n_labels() as i64;
+    let mut w = vec![0f32; n_events as usize];
+    let _rng = crate::rng::seeded(seed);
+    tch::no_grad(|| -> Result<()> {
+        for (lab, members) in groups.labels.iter().zip(&groups.members) {
+            let raw = Tensor::from_slice(lab).view([1, l]).expand([ACCEPTANCE_PROBE, l], false);
+            let x = model.sample(&raw).to_device(Device::Cpu);
+            let pass = model
+                .acceptance
+                .iter()
+                .fold(Tensor::ones([ACCEPTANCE_PROBE], (Kind::Bool, Device::Cpu)), |m, a| m.logical_and(&a.mask(&x)));
+            let z = pass.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+            if z < ACCEPTANCE_ACTIVE_BELOW {
+                let v = (1.0 / z.max(0.05)) as f32;
+                for &i in members {
+                    if let Some(slot) = w.get_mut(i) {
+                        *slot = v;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(Tensor::from_slice(&w).to_device(model.flow.device()))
+}
+
+/// The truncated likelihood's normaliser: `Σ_i log Z(c_i)` has the gradient
+/// `Σ_i E[∇ log p(x̃ | c_i) | x̃ accepted]`, estimated with `reps` flow samples
+/// per event at its label (no gradient through the sampling), each accepted
+/// one weighted by `w_i / reps` with `w_i = 1 / Ẑ(c_i)`. Events with `w_i = 0`
+/// are skipped. Returns a scalar to add to the summed NLL.
+fn acceptance_term(model: &Model, c: &Tensor, raw_c: &Tensor, w: &Tensor, reps: usize, seed: u64) -> Tensor {
+    let zero = Tensor::zeros([], (Kind::Float, c.device()));
+    let active = w.gt(0.0).nonzero().squeeze_dim(1);
+    if active.size()[0] == 0 {
+        return zero;
+    }
+    let sel = active.repeat([reps as i64]);
+    let c_sel = c.index_select(0, &sel);
+    let (z, keep) = {
+        let _rng = crate::rng::seeded(seed);
+        tch::no_grad(|| {
+            let z = model.flow.sample(&c_sel);
+            let x = model.from_flow_space(&z, &raw_c.index_select(0, &sel));
+            let pass = model
+                .acceptance
+                .iter()
+                .fold(x.select(1, 0).isfinite(), |m, a| m.logical_and(&a.mask(&x)));
+            (z, pass.nonzero().squeeze_dim(1))
+        })
+    };
+    if keep.size()[0] == 0 {
+        return zero;
+    }
+    let wk = w.index_select(0, &sel).index_select(0, &keep) / reps as f64;
+    let lp = model.flow.log_prob(&z.index_select(0, &keep), &c_sel.index_select(0, &keep));
+    (lp * wk).sum(Kind::Float)
+}
+
 /// Test-only fault injection (`FEDHEX_FAULT=kill:RANK:STEP`): SIGKILL this
 /// process at that global step, to test that a killed job fails cleanly and
 /// resumes exactly.
@@ -298,6 +417,18 @@ pub fn train(
         }
         None => {
             let d = &cfg.data;
+            let ft = Transforms::from_specs(
+                &d.feature_transforms,
+                &local.feature_names,
+                &local.label_names,
+                "feature",
+                true,
+            )?;
+            let lt = Transforms::from_specs(&d.label_transforms, &local.label_names, &[], "label", false)?;
+            let acceptance =
+                d.acceptance.iter().map(|a| Acceptance::parse(a, &local.feature_names)).collect::<Result<Vec<_>>>()?;
+            let fx = transformed_features(&ft, &train_set, "training events")?;
+            let lx = transformed_labels(&lt, &train_set, "training events")?;
             let fspec = WhitenSpec {
                 names: local.feature_names.clone(),
                 logit: vec![d.logit_features; local.n_features()],
@@ -308,23 +439,29 @@ pub fn train(
                 logit: vec![d.logit_labels; local.n_labels()],
                 eps: d.logit_eps,
             };
-            let fw = Whitening::fit(train_set.samples.view(), &fspec, comm)?;
-            let lw = Whitening::fit(train_set.labels.view(), &lspec, comm)?;
+            let fw = Whitening::fit(fx.view(), &fspec, comm)?;
+            let lw = Whitening::fit(lx.view(), &lspec, comm)?;
             let flow = {
                 let _rng = crate::rng::seeded(t.seed);
                 Maf::new(cfg.network.maf(local.n_features(), local.n_labels()), device)?
             };
-            Model::new(flow, fw, lw)?
+            Model::new(flow, fw, lw)?.with_preprocessing(ft, lt, acceptance)?
         }
     };
     let model_device = model.flow.device();
-    let white = |m: &Model, set: &EventSet| -> (Tensor, Tensor) {
-        let x = m.features.forward(&to_tensor(&set.samples).to_device(model_device));
-        let c = m.labels.forward(&to_tensor(&set.labels).to_device(model_device));
-        (x, c)
+    let white = |m: &Model, set: &EventSet, what: &str| -> Result<(Tensor, Tensor, Tensor)> {
+        // Clear errors for values outside a transform's domain or the acceptance.
+        transformed_features(&m.feature_transforms, set, what)?;
+        check_acceptance(&m.acceptance, set, what)?;
+        let raw_c = to_tensor(&set.labels).to_device(model_device);
+        let (x, c) = tch::no_grad(|| (m.to_flow_space(&to_tensor(&set.samples), &raw_c).0, m.condition(&raw_c)));
+        Ok((x, c, raw_c))
     };
-    let (train_x, train_c) = white(&model, &train_set);
-    let (val_x, val_c) = white(&model, &val_set);
+    let (train_x, train_c, train_raw_c) = white(&model, &train_set, "training events")?;
+    let (val_x, val_c, _) = white(&model, &val_set, "validation events")?;
+    let correct_acceptance = !model.acceptance.is_empty() && t.acceptance_samples > 0;
+    let train_groups = if correct_acceptance { Some(train_set.label_groups()) } else { None };
+    let mut acceptance_weight: Option<Tensor> = None;
 
     let mut opt =
         Adam::new(model.flow.var_store(), AdamConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps });
@@ -390,6 +527,10 @@ pub fn train(
         let mut comm_seconds = 0.0;
         let mut lr = learning_rate(t, epoch as f64);
         let mut loss_acc = Tensor::zeros([], (Kind::Double, model_device));
+        if let Some(groups) = &train_groups {
+            let seed = mix_seed(t.seed, &[epoch as u64, 0xacc]);
+            acceptance_weight = Some(acceptance_weights(&model, groups, train_x.size()[0], seed)?);
+        }
         for (k, step) in steps.iter().enumerate().skip(first) {
             let step_started = Instant::now();
             lr = learning_rate(t, epoch as f64 + k as f64 / steps_per_epoch as f64);
@@ -399,7 +540,16 @@ pub fn train(
             let c = train_c.index_select(0, &idx);
             opt.zero_grad();
             let loss = model.flow.log_prob(&x, &c).sum(Kind::Float).neg();
-            loss.backward();
+            match &acceptance_weight {
+                Some(w) => {
+                    let seed = mix_seed(t.seed, &[global_step, comm.rank() as u64, 0xacc]);
+                    let raw_c = train_raw_c.index_select(0, &idx);
+                    let norm =
+                        acceptance_term(&model, &c, &raw_c, &w.index_select(0, &idx), t.acceptance_samples, seed);
+                    (&loss + norm).backward();
+                }
+                None => loss.backward(),
+            }
             let mut flat = opt.flat_grad();
             let stop_now;
             let step_loss: Option<f64>;

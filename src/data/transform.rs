@@ -1,0 +1,448 @@
+//! Physics-aware preprocessing: per-dimension chains of invertible elementwise
+//! steps applied to raw features (and labels) before the whitening, stored in
+//! the model file and inverted exactly on output.
+//!
+//! A chain is written as steps separated by `|`, applied left to right:
+//!
+//! ```text
+//! log                 y = ln x                      (x > 0)
+//! shift(a)            y = x - a
+//! scale(a)            y = x / a                     (a != 0)
+//! bounded(lo)         y = ln(x - lo)                (a lower physical bound, e.g. an acceptance cut)
+//! logit(lo, hi)       y = ln((x - lo) / (hi - x))   (known physical bounds)
+//! div(LABEL)          y = x / c_LABEL               (the detector response: ratio to the true value)
+//! sub(LABEL)          y = x - c_LABEL
+//! log_ratio(LABEL)    div(LABEL) | log
+//! ```
+//!
+//! `LABEL` is a label name; the raw label value of each event is used. Label
+//! chains may only use the steps that do not refer to labels. Each step knows
+//! its `log |dy/dx|`, so the density of raw values stays exact.
+//!
+//! Known acceptance cuts (`omega > 0.415`) are part of the preprocessing too:
+//! the training data were truncated by them, so the model is trained with the
+//! truncated likelihood and its samples are cut the same way (see
+//! [`Acceptance`]).
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// One invertible elementwise step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// `y = ln x`.
+    Log,
+    /// `y = x - by`.
+    Shift {
+        /// Offset.
+        by: f64,
+    },
+    /// `y = x / by`.
+    Scale {
+        /// Divisor (non-zero).
+        by: f64,
+    },
+    /// `y = ln(x - lo)`.
+    Bounded {
+        /// Lower bound.
+        lo: f64,
+    },
+    /// `y = ln((x - lo) / (hi - x))`.
+    Logit {
+        /// Lower bound.
+        lo: f64,
+        /// Upper bound.
+        hi: f64,
+    },
+    /// `y = x / c[label]` (raw label).
+    DivLabel {
+        /// Label index.
+        label: usize,
+    },
+    /// `y = x - c[label]` (raw label).
+    SubLabel {
+        /// Label index.
+        label: usize,
+    },
+}
+
+impl Step {
+    fn uses_label(&self) -> bool {
+        matches!(self, Step::DivLabel { .. } | Step::SubLabel { .. })
+    }
+
+    /// Human-readable form, as written in a configuration.
+    pub fn describe(&self, label_names: &[String]) -> String {
+        let lab = |i: &usize| label_names.get(*i).cloned().unwrap_or_else(|| format!("label{i}"));
+        match self {
+            Step::Log => "log".into(),
+            Step::Shift { by } => format!("shift({by})"),
+            Step::Scale { by } => format!("scale({by})"),
+            Step::Bounded { lo } => format!("bounded({lo})"),
+            Step::Logit { lo, hi } => format!("logit({lo}, {hi})"),
+            Step::DivLabel { label } => format!("div({})", lab(label)),
+            Step::SubLabel { label } => format!("sub({})", lab(label)),
+        }
+    }
+
+    /// `(y, log|dy/dx|)` of a column `x: [N]`; `c: [N, L]` raw labels.
+    fn forward(&self, x: &Tensor, c: &Tensor) -> (Tensor, Option<Tensor>) {
+        match self {
+            Step::Log => (x.log(), Some(x.log().neg())),
+            Step::Shift { by } => (x - *by, None),
+            Step::Scale { by } => (x / *by, Some(x.full_like(-by.abs().ln()))),
+            Step::Bounded { lo } => {
+                let d = x - *lo;
+                (d.log(), Some(d.log().neg()))
+            }
+            Step::Logit { lo, hi } => {
+                let a = x - *lo;
+                let b = x.neg() + *hi;
+                let y = a.log() - b.log();
+                let ldj = (a.log() + b.log()).neg() + (hi - lo).ln();
+                (y, Some(ldj))
+            }
+            Step::DivLabel { label } => {
+                let cl = c.select(1, *label as i64);
+                (x / &cl, Some(cl.abs().log().neg()))
+            }
+            Step::SubLabel { label } => (x - c.select(1, *label as i64), None),
+        }
+    }
+
+    fn inverse(&self, y: &Tensor, c: &Tensor) -> Tensor {
+        match self {
+            Step::Log => y.exp(),
+            Step::Shift { by } => y + *by,
+            Step::Scale { by } => y * *by,
+            Step::Bounded { lo } => y.exp() + *lo,
+            Step::Logit { lo, hi } => y.sigmoid() * (hi - lo) + *lo,
+            Step::DivLabel { label } => y * c.select(1, *label as i64),
+            Step::SubLabel { label } => y + c.select(1, *label as i64),
+        }
+    }
+
+    /// Whether a raw value lies in the step's domain (for error messages).
+    fn domain(&self, x: f64, c: &[f64]) -> std::result::Result<(), String> {
+        let ok = match self {
+            Step::Log => x > 0.0,
+            Step::Bounded { lo } => x > *lo,
+            Step::Logit { lo, hi } => x > *lo && x < *hi,
+            Step::DivLabel { label } => c.get(*label).is_some_and(|v| *v != 0.0),
+            Step::Shift { .. } | Step::Scale { .. } | Step::SubLabel { .. } => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(match self {
+                Step::Log => format!("needs values > 0, got {x}"),
+                Step::Bounded { lo } => format!("needs values > {lo}, got {x}"),
+                Step::Logit { lo, hi } => format!("needs values in ({lo}, {hi}), got {x}"),
+                _ => "needs a non-zero label".to_string(),
+            })
+        }
+    }
+
+    fn apply_f64(&self, x: f64, c: &[f64]) -> f64 {
+        match self {
+            Step::Log => x.ln(),
+            Step::Shift { by } => x - by,
+            Step::Scale { by } => x / by,
+            Step::Bounded { lo } => (x - lo).ln(),
+            Step::Logit { lo, hi } => ((x - lo) / (hi - x)).ln(),
+            Step::DivLabel { label } => x / c.get(*label).copied().unwrap_or(f64::NAN),
+            Step::SubLabel { label } => x - c.get(*label).copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// Parses a chain such as `"div(labelomega) | log"` against the label names.
+pub fn parse_chain(spec: &str, label_names: &[String], what: &str) -> Result<Vec<Step>> {
+    let mut steps = Vec::new();
+    for part in spec.split('|').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = |why: &str| Error::Config(format!("{what}: transform step '{part}': {why}"));
+        let (name, args) = match part.split_once('(') {
+            Some((n, rest)) => {
+                let inner = rest.strip_suffix(')').ok_or_else(|| bad("missing ')'"))?;
+                (n.trim(), inner.split(',').map(str::trim).collect::<Vec<_>>())
+            }
+            None => (part, vec![]),
+        };
+        let num = |i: usize| -> Result<f64> {
+            let t = args.get(i).ok_or_else(|| bad("missing number"))?;
+            match *t {
+                "inf" | "+inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                t => t.parse::<f64>().map_err(|_| bad(&format!("'{t}' is not a number"))),
+            }
+        };
+        let label = |i: usize| -> Result<usize> {
+            let t = args.get(i).ok_or_else(|| bad("missing label name"))?;
+            label_names.iter().position(|n| n == t).ok_or_else(|| {
+                bad(&format!("no label '{t}' (labels: {})", label_names.join(", ")))
+            })
+        };
+        let want = |n: usize| -> Result<()> {
+            if args.len() == n || (n == 0 && args.iter().all(|a| a.is_empty())) {
+                Ok(())
+            } else {
+                Err(bad(&format!("takes {n} argument(s)")))
+            }
+        };
+        match name {
+            "log" => {
+                want(0)?;
+                steps.push(Step::Log)
+            }
+            "shift" => {
+                want(1)?;
+                steps.push(Step::Shift { by: num(0)? })
+            }
+            "scale" => {
+                want(1)?;
+                let by = num(0)?;
+                if by == 0.0 || !by.is_finite() {
+                    return Err(bad("needs a finite non-zero divisor"));
+                }
+                steps.push(Step::Scale { by })
+            }
+            "bounded" => {
+                want(1)?;
+                steps.push(Step::Bounded { lo: num(0)? })
+            }
+            "logit" => {
+                want(2)?;
+                let (lo, hi) = (num(0)?, num(1)?);
+                if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                    return Err(bad("needs finite bounds lo < hi (use bounded(lo) for a lower bound only)"));
+                }
+                steps.push(Step::Logit { lo, hi })
+            }
+            "div" => {
+                want(1)?;
+                steps.push(Step::DivLabel { label: label(0)? })
+            }
+            "sub" => {
+                want(1)?;
+                steps.push(Step::SubLabel { label: label(0)? })
+            }
+            "log_ratio" => {
+                want(1)?;
+                steps.push(Step::DivLabel { label: label(0)? });
+                steps.push(Step::Log)
+            }
+            other => {
+                return Err(bad(&format!(
+                    "unknown step '{other}' (known: log, shift, scale, bounded, logit, div, sub, log_ratio)"
+                )))
+            }
+        }
+    }
+    Ok(steps)
+}
+
+/// Chains of steps for every dimension of a group (features or labels).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transforms {
+    /// One chain per dimension (empty chain: identity). Empty vector: identity everywhere.
+    pub chains: Vec<Vec<Step>>,
+}
+
+impl Transforms {
+    /// Builds the chains of `names` from a name → chain map; names not in the map get none.
+    pub fn from_specs(
+        specs: &std::collections::BTreeMap<String, String>,
+        names: &[String],
+        label_names: &[String],
+        group: &str,
+        allow_labels: bool,
+    ) -> Result<Self> {
+        if let Some(unknown) = specs.keys().find(|k| !names.contains(k)) {
+            return Err(Error::Config(format!(
+                "data.{group}_transforms: no {group} '{unknown}' (the {group}s are: {})",
+                names.join(", ")
+            )));
+        }
+        let mut chains = Vec::with_capacity(names.len());
+        for n in names {
+            let chain = match specs.get(n) {
+                Some(s) => parse_chain(s, label_names, &format!("data.{group}_transforms.{n}"))?,
+                None => vec![],
+            };
+            if !allow_labels && chain.iter().any(Step::uses_label) {
+                return Err(Error::Config(format!(
+                    "data.{group}_transforms.{n}: label transforms cannot refer to labels (div/sub/log_ratio)"
+                )));
+            }
+            chains.push(chain);
+        }
+        Ok(Transforms { chains: if chains.iter().all(Vec::is_empty) { vec![] } else { chains } })
+    }
+
+    /// True when every dimension is left as it is.
+    pub fn is_identity(&self) -> bool {
+        self.chains.iter().all(Vec::is_empty)
+    }
+
+    /// Checks the chains against `d` dimensions and `l` labels.
+    pub fn validate(&self, d: usize, l: usize, group: &str) -> Result<()> {
+        if !self.chains.is_empty() && self.chains.len() != d {
+            return Err(Error::Data(format!("{group} transforms: {} chains for {d} dimensions", self.chains.len())));
+        }
+        for chain in &self.chains {
+            for s in chain {
+                if let Step::DivLabel { label } | Step::SubLabel { label } = s {
+                    if *label >= l {
+                        return Err(Error::Data(format!("{group} transforms refer to label {label} of {l}")));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Raw → transformed values and `log |det dy/dx|` per event.
+    ///
+    /// # Shapes
+    /// `xs: [N, D]`, `cs: [N, L]` (raw labels; may be `[N, 0]` for label chains) → `([N, D], [N])`
+    pub fn forward(&self, xs: &Tensor, cs: &Tensor) -> (Tensor, Tensor) {
+        let n = xs.size()[0];
+        let mut ldj = Tensor::zeros([n], (Kind::Float, xs.device()));
+        if self.is_identity() {
+            return (xs.shallow_clone(), ldj);
+        }
+        let cols: Vec<Tensor> = self
+            .chains
+            .iter()
+            .enumerate()
+            .map(|(j, chain)| {
+                let mut v = xs.select(1, j as i64);
+                for s in chain {
+                    let (y, l) = s.forward(&v, cs);
+                    if let Some(l) = l {
+                        ldj += l;
+                    }
+                    v = y;
+                }
+                v
+            })
+            .collect();
+        (Tensor::stack(&cols, 1), ldj)
+    }
+
+    /// Transformed → raw values (exact inverse of [`Transforms::forward`]).
+    pub fn inverse(&self, ys: &Tensor, cs: &Tensor) -> Tensor {
+        if self.is_identity() {
+            return ys.shallow_clone();
+        }
+        let cols: Vec<Tensor> = self
+            .chains
+            .iter()
+            .enumerate()
+            .map(|(j, chain)| {
+                let mut v = ys.select(1, j as i64);
+                for s in chain.iter().rev() {
+                    v = s.inverse(&v, cs);
+                }
+                v
+            })
+            .collect();
+        Tensor::stack(&cols, 1)
+    }
+
+    /// Applies the chains to host rows, failing on the first value outside a
+    /// step's domain with the dimension's name, the step and the event number.
+    pub fn apply_rows(
+        &self,
+        data: &mut ndarray::Array2<f32>,
+        labels: &ndarray::Array2<f32>,
+        names: &[String],
+        label_names: &[String],
+        source: &str,
+    ) -> Result<()> {
+        if self.is_identity() {
+            return Ok(());
+        }
+        for (i, (mut row, lab)) in data.rows_mut().into_iter().zip(labels.rows()).enumerate() {
+            let c: Vec<f64> = lab.iter().map(|&v| f64::from(v)).collect();
+            for (j, chain) in self.chains.iter().enumerate() {
+                let mut v = f64::from(row[j]);
+                for s in chain {
+                    if let Err(why) = s.domain(v, &c) {
+                        return Err(Error::Data(format!(
+                            "{source}: event {i}, '{}': transform step '{}' {why}",
+                            names.get(j).map_or("?", String::as_str),
+                            s.describe(label_names)
+                        )));
+                    }
+                    v = s.apply_f64(v, &c);
+                }
+                if !v.is_finite() {
+                    return Err(Error::Data(format!(
+                        "{source}: event {i}, '{}': transformed value is not finite",
+                        names.get(j).map_or("?", String::as_str)
+                    )));
+                }
+                row[j] = v as f32;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A known acceptance cut on a raw feature (`lo < x < hi`) that truncated the
+/// training data: training uses the truncated likelihood
+/// `p(x | c) / P(accepted | c)` and generated events are cut the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acceptance {
+    /// Feature index.
+    pub feature: usize,
+    /// Lower bound (`-inf`: none).
+    pub lo: f64,
+    /// Upper bound (`+inf`: none).
+    pub hi: f64,
+}
+
+impl Acceptance {
+    /// Parses `name > v`, `name < v` or `lo < name < hi` against the feature names.
+    pub fn parse(spec: &str, names: &[String]) -> Result<Self> {
+        let bad = |why: String| Error::Config(format!("data.acceptance '{spec}': {why}"));
+        let parts: Vec<&str> = spec.split(['<', '>']).map(str::trim).collect();
+        let num = |t: &str| t.parse::<f64>().map_err(|_| bad(format!("'{t}' is not a number")));
+        let feat = |t: &str| {
+            names
+                .iter()
+                .position(|n| n == t)
+                .ok_or_else(|| bad(format!("no feature '{t}' (features: {})", names.join(", "))))
+        };
+        let cut = match parts.as_slice() {
+            [a, b] if spec.contains('>') => Acceptance { feature: feat(a)?, lo: num(b)?, hi: f64::INFINITY },
+            [a, b] => Acceptance { feature: feat(a)?, lo: f64::NEG_INFINITY, hi: num(b)? },
+            [a, b, c] if !spec.contains('>') => Acceptance { feature: feat(b)?, lo: num(a)?, hi: num(c)? },
+            _ => return Err(bad("expected 'name > value', 'name < value' or 'lo < name < hi'".into())),
+        };
+        if cut.lo.partial_cmp(&cut.hi) != Some(std::cmp::Ordering::Less) {
+            return Err(bad("empty interval".into()));
+        }
+        Ok(cut)
+    }
+
+    /// Whether a raw event passes.
+    pub fn keeps(&self, row: &[f32]) -> bool {
+        row.get(self.feature).is_some_and(|&v| f64::from(v) > self.lo && f64::from(v) < self.hi)
+    }
+
+    /// Boolean mask `[N]` of raw events `xs: [N, D]` that pass.
+    pub fn mask(&self, xs: &Tensor) -> Tensor {
+        let v = xs.select(1, self.feature as i64);
+        let mut m = v.gt(self.lo);
+        if self.hi.is_finite() {
+            m = m.logical_and(&v.lt(self.hi));
+        }
+        m
+    }
+}
