@@ -111,7 +111,11 @@ pub fn sample_with_cuts(
                     "label {lab:?}: only {kept} of {drawn} generated events pass the range cuts; loosen them"
                 )));
             }
-            let m = (n - kept).min(chunk).max(if cuts.is_empty() && model.acceptance.is_empty() { 1 } else { chunk.min(4096) });
+            let m = (n - kept).min(chunk).max(if cuts.is_empty() && model.acceptance.is_empty() {
+                1
+            } else {
+                chunk.min(4096)
+            });
             let cs = Tensor::from_slice(lab).view([1, l as i64]).expand([m as i64, l as i64], false);
             let xs = model.sample(&cs).to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
             let mut buf = vec![0f32; m * d];

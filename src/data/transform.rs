@@ -172,17 +172,17 @@ pub fn parse_chain(spec: &str, label_names: &[String], what: &str) -> Result<Vec
         };
         let num = |i: usize| -> Result<f64> {
             let t = args.get(i).ok_or_else(|| bad("missing number"))?;
-            match *t {
-                "inf" | "+inf" => Ok(f64::INFINITY),
-                "-inf" => Ok(f64::NEG_INFINITY),
-                t => t.parse::<f64>().map_err(|_| bad(&format!("'{t}' is not a number"))),
+            match t.parse::<f64>() {
+                Ok(v) if v.is_finite() => Ok(v),
+                _ => Err(bad(&format!("'{t}' is not a finite number"))),
             }
         };
         let label = |i: usize| -> Result<usize> {
             let t = args.get(i).ok_or_else(|| bad("missing label name"))?;
-            label_names.iter().position(|n| n == t).ok_or_else(|| {
-                bad(&format!("no label '{t}' (labels: {})", label_names.join(", ")))
-            })
+            label_names
+                .iter()
+                .position(|n| n == t)
+                .ok_or_else(|| bad(&format!("no label '{t}' (labels: {})", label_names.join(", "))))
         };
         let want = |n: usize| -> Result<()> {
             if args.len() == n || (n == 0 && args.iter().all(|a| a.is_empty())) {
@@ -203,8 +203,8 @@ pub fn parse_chain(spec: &str, label_names: &[String], what: &str) -> Result<Vec
             "scale" => {
                 want(1)?;
                 let by = num(0)?;
-                if by == 0.0 || !by.is_finite() {
-                    return Err(bad("needs a finite non-zero divisor"));
+                if by == 0.0 {
+                    return Err(bad("needs a non-zero divisor"));
                 }
                 steps.push(Step::Scale { by })
             }
@@ -215,8 +215,8 @@ pub fn parse_chain(spec: &str, label_names: &[String], what: &str) -> Result<Vec
             "logit" => {
                 want(2)?;
                 let (lo, hi) = (num(0)?, num(1)?);
-                if !(lo.is_finite() && hi.is_finite() && lo < hi) {
-                    return Err(bad("needs finite bounds lo < hi (use bounded(lo) for a lower bound only)"));
+                if lo >= hi {
+                    return Err(bad("needs bounds lo < hi (use bounded(lo) for a lower bound only)"));
                 }
                 steps.push(Step::Logit { lo, hi })
             }
@@ -402,9 +402,41 @@ pub struct Acceptance {
     /// Feature index.
     pub feature: usize,
     /// Lower bound (`-inf`: none).
+    #[serde(with = "bound")]
     pub lo: f64,
     /// Upper bound (`+inf`: none).
+    #[serde(with = "bound")]
     pub hi: f64,
+}
+
+/// JSON has no infinities: an absent bound is written as the string `"inf"` or `"-inf"`.
+mod bound {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if *v > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum V {
+            N(f64),
+            S(String),
+        }
+        match V::deserialize(d)? {
+            V::N(v) => Ok(v),
+            V::S(s) if s == "inf" => Ok(f64::INFINITY),
+            V::S(s) if s == "-inf" => Ok(f64::NEG_INFINITY),
+            V::S(s) => Err(serde::de::Error::custom(format!("bound '{s}': expected a number, 'inf' or '-inf'"))),
+        }
+    }
 }
 
 impl Acceptance {
@@ -444,5 +476,125 @@ impl Acceptance {
             m = m.logical_and(&v.lt(self.hi));
         }
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Every step and a chain of them: values at and near the bounds, labels per event.
+    fn cases() -> Vec<(Vec<Step>, Vec<f64>)> {
+        let tiny = 1e-6;
+        vec![
+            (vec![Step::Log], vec![1e-6, 0.5, 1.0, 7.0, 1e4]),
+            (vec![Step::Shift { by: 2.5 }], vec![-3.0, 0.0, 2.5, 100.0, 1e-3]),
+            (vec![Step::Scale { by: -4.0 }], vec![-3.0, 0.0, 2.5, 100.0, 1e-3]),
+            (vec![Step::Bounded { lo: 0.415 }], vec![0.415 + tiny, 0.42, 0.5, 3.0, 9.5]),
+            (vec![Step::Logit { lo: -1.0, hi: 2.0 }], vec![-1.0 + tiny, -0.5, 0.0, 1.9, 2.0 - tiny]),
+            (vec![Step::DivLabel { label: 1 }, Step::Log], vec![0.3, 0.5, 1.0, 7.0, 12.0]),
+            (vec![Step::SubLabel { label: 0 }, Step::Scale { by: 3.0 }], vec![-3.0, 0.0, 2.5, 100.0, 1e-3]),
+            (vec![Step::Shift { by: 0.415 }, Step::DivLabel { label: 1 }, Step::Log], vec![0.4151, 0.5, 1.0, 3.0, 9.0]),
+        ]
+    }
+
+    fn labels() -> Tensor {
+        Tensor::from_slice(&[1000.0f64, 0.5, 1250.0, 1.5, 3250.0, 9.5, 2000.0, 3.0, 1500.0, 0.7])
+            .view([5, 2])
+            .to_kind(Kind::Double)
+    }
+
+    #[test]
+    fn every_step_inverts_exactly_including_at_the_bounds() {
+        let c = labels();
+        for (chain, xs) in cases() {
+            let t = Transforms { chains: vec![chain.clone()] };
+            let x = Tensor::from_slice(&xs).view([5, 1]).to_kind(Kind::Double);
+            let (y, _) = t.forward(&x, &c);
+            assert!(bool::try_from(y.isfinite().all()).unwrap(), "{chain:?}: {y}");
+            let back = t.inverse(&y, &c);
+            let err = f64::try_from((&back - &x).abs().max()).unwrap();
+            let scale = f64::try_from(x.abs().max()).unwrap().max(1.0);
+            assert!(err <= 1e-9 * scale, "{chain:?}: round trip error {err}");
+        }
+    }
+
+    #[test]
+    fn log_det_matches_autograd() {
+        let c = labels();
+        for (chain, xs) in cases() {
+            let t = Transforms { chains: vec![chain.clone()] };
+            let x = Tensor::from_slice(&xs).view([5, 1]).to_kind(Kind::Double).set_requires_grad(true);
+            let (y, ldj) = t.forward(&x, &c);
+            let g = Tensor::run_backward(&[y.sum(Kind::Double)], &[&x], false, false);
+            let want = g[0].abs().log().view([5]);
+            let err = f64::try_from((&ldj.to_kind(Kind::Double) - &want).abs().max()).unwrap();
+            assert!(err < 1e-6, "{chain:?}: log|dy/dx| off by {err}: {ldj} vs {want}");
+        }
+    }
+
+    #[test]
+    fn parse_builds_chains_and_names_bad_steps() {
+        let labs = names(&["labelphi", "labelomega"]);
+        assert_eq!(
+            parse_chain("log_ratio(labelomega)", &labs, "x").unwrap(),
+            vec![Step::DivLabel { label: 1 }, Step::Log]
+        );
+        assert_eq!(
+            parse_chain("shift(0.415) | div(labelphi) | log", &labs, "x").unwrap(),
+            vec![Step::Shift { by: 0.415 }, Step::DivLabel { label: 0 }, Step::Log]
+        );
+        assert_eq!(parse_chain("logit(0, 1)", &labs, "x").unwrap(), vec![Step::Logit { lo: 0.0, hi: 1.0 }]);
+        for (bad, needle) in [
+            ("sqrt", "unknown step 'sqrt'"),
+            ("div(labelmass)", "no label 'labelmass'"),
+            ("logit(1, 0)", "lo < hi"),
+            ("shift(abc)", "'abc' is not a finite number"),
+            ("bounded(inf)", "not a finite number"),
+            ("log(2)", "takes 0 argument"),
+            ("bounded(1", "missing ')'"),
+        ] {
+            let e = parse_chain(bad, &labs, "data.feature_transforms.omega").unwrap_err().to_string();
+            assert!(e.contains(needle) && e.contains("data.feature_transforms.omega"), "{bad}: {e}");
+        }
+        let specs = [("omega".to_string(), "div(labelomega)".to_string())].into_iter().collect();
+        let e = Transforms::from_specs(&specs, &labs, &[], "label", false).unwrap_err().to_string();
+        assert!(e.contains("no label 'omega'"), "{e}");
+        let specs = [("labelomega".to_string(), "div(labelphi)".to_string())].into_iter().collect();
+        let e = Transforms::from_specs(&specs, &labs, &labs, "label", false).unwrap_err().to_string();
+        assert!(e.contains("cannot refer to labels"), "{e}");
+    }
+
+    #[test]
+    fn domain_errors_name_the_feature_the_step_and_the_event() {
+        let t = Transforms { chains: vec![vec![], vec![Step::Bounded { lo: 0.415 }]] };
+        let mut data = ndarray::array![[1.0f32, 0.5], [2.0, 0.4]];
+        let labs = ndarray::array![[1.0f32], [1.0]];
+        let e = t.apply_rows(&mut data, &labs, &names(&["phi", "omega"]), &names(&["m"]), "file.root").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("file.root") && msg.contains("event 1") && msg.contains("'omega'"), "{msg}");
+        assert!(msg.contains("bounded(0.415)") && msg.contains("> 0.415"), "{msg}");
+    }
+
+    #[test]
+    fn acceptance_parses_all_forms() {
+        let f = names(&["phi", "omega"]);
+        let a = Acceptance::parse("omega > 0.415", &f).unwrap();
+        assert_eq!((a.feature, a.lo, a.hi), (1, 0.415, f64::INFINITY));
+        let a = Acceptance::parse("phi < 3000", &f).unwrap();
+        assert_eq!((a.feature, a.lo, a.hi), (0, f64::NEG_INFINITY, 3000.0));
+        let a = Acceptance::parse("0 < phi < 3000", &f).unwrap();
+        assert_eq!((a.feature, a.lo, a.hi), (0, 0.0, 3000.0));
+        assert!(a.keeps(&[10.0, 0.0]) && !a.keeps(&[0.0, 0.0]) && !a.keeps(&[3000.0, 0.0]));
+        let m = a.mask(&Tensor::from_slice(&[10.0f32, 0.0, -1.0, 0.0]).view([2, 2]));
+        assert_eq!(Vec::<bool>::try_from(m).unwrap(), vec![true, false]);
+        for bad in ["mass > 1", "omega > x", "3 < omega < 1", "omega"] {
+            let e = Acceptance::parse(bad, &f).unwrap_err().to_string();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
     }
 }

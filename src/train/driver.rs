@@ -249,12 +249,7 @@ const ACCEPTANCE_ACTIVE_BELOW: f64 = 0.995;
 /// Per training event: `1 / Ẑ(c)` where `Ẑ(c)` is the flow's estimated
 /// probability to pass the acceptance at the event's label, or 0 where the
 /// flow already puts (almost) everything inside it.
-fn acceptance_weights(
-    model: &Model,
-    groups: &crate::data::LabelGroups,
-    n_events: i64,
-    seed: u64,
-) -> Result<Tensor> {
+fn acceptance_weights(model: &Model, groups: &crate::data::LabelGroups, n_events: i64, seed: u64) -> Result<Tensor> {
     let l = model.n_labels() as i64;
     let mut w = vec![0f32; n_events as usize];
     let _rng = crate::rng::seeded(seed);
@@ -299,10 +294,7 @@ fn acceptance_term(model: &Model, c: &Tensor, raw_c: &Tensor, w: &Tensor, reps: 
         tch::no_grad(|| {
             let z = model.flow.sample(&c_sel);
             let x = model.from_flow_space(&z, &raw_c.index_select(0, &sel));
-            let pass = model
-                .acceptance
-                .iter()
-                .fold(x.select(1, 0).isfinite(), |m, a| m.logical_and(&a.mask(&x)));
+            let pass = model.acceptance.iter().fold(x.select(1, 0).isfinite(), |m, a| m.logical_and(&a.mask(&x)));
             (z, pass.nonzero().squeeze_dim(1))
         })
     };
