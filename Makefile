@@ -12,7 +12,7 @@ export PATH := $(FEDHEX_TORCH_VENV)/bin:$(PATH)
 export FEDHEX_PYTHON := $(FEDHEX_TORCH_VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: setup build test lint demo bench zuko-compare gpu-check clean
+.PHONY: setup build test lint demo bench zuko-compare gpu-check fidelity clean
 
 setup:
 	@bash scripts/setup.sh
@@ -42,6 +42,10 @@ zuko-compare: build
 gpu-check: build
 	@bash scripts/gpu_check.sh
 
+# Issue #8's accuracy benchmark: grid → training → 13 off-grid points → table (~10 min on 2 cores).
+fidelity: build
+	@bash scripts/fidelity.sh default
+
 # Batch scripts on a throw-away one-node Slurm cluster on this machine (root, ~3 min; not part of `make test`).
 .PHONY: slurm-test
 slurm-test: build
@@ -49,4 +53,4 @@ slurm-test: build
 
 clean:
 	$(CARGO) clean
-	rm -rf demo-out
+	rm -rf demo-out fidelity-out
