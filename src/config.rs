@@ -359,6 +359,13 @@ const ROOT_EXAMPLE: &str = r#"
 # max_depth = 3
 # features = [{ name = "phi", expr = "CBL_RecoPhi_mass" }, { name = "omega", expr = "TwoProng_massPi0[CBL_RecoPhi_twoprongindex]" }]
 # labels = [{ name = "labelphi", expr = "GenPhi_mass[0]" }, { name = "labelomega", expr = "GenOmega_mass[0]" }]
+#
+# Recommended preprocessing for detector responses (under [data]; docs/fidelity.md
+# has the measurements): each reconstructed mass as a log-ratio to its true mass,
+# log labels, and the acceptance cut the simulation applied:
+# feature_transforms = { phi = "log_ratio(labelphi)", omega = "log_ratio(labelomega)" }
+# label_transforms = { labelphi = "log", labelomega = "log" }
+# acceptance = ["omega > 0.415"]
 "#;
 
 /// Keys that have a documentation line (for tests).
