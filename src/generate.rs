@@ -24,12 +24,12 @@ pub fn check_labels(model: &Model, labels: &[Vec<f32>]) -> Result<Vec<String>> {
         if let Some(v) = lab.iter().find(|v| !v.is_finite()) {
             return Err(Error::Data(format!("label {lab:?} contains the non-finite value {v}")));
         }
-        for (v, dim) in lab.iter().zip(&model.labels.dims) {
+        for ((v, dim), [lo, hi]) in lab.iter().zip(&model.labels.dims).zip(model.label_ranges()) {
             let v = f64::from(*v);
-            if v < dim.min || v > dim.max {
+            if v < lo || v > hi {
                 warnings.push(format!(
-                    "label {lab:?}: {} = {v} is outside the training range [{}, {}] (extrapolation)",
-                    dim.name, dim.min, dim.max
+                    "label {lab:?}: {} = {v} is outside the training range [{lo}, {hi}] (extrapolation)",
+                    dim.name
                 ));
             }
         }

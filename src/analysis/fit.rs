@@ -429,8 +429,10 @@ pub fn fit_label(model: &Model, events: ArrayView2<'_, f32>, opts: &FitOptions) 
     let flat: Vec<f32> = events.iter().copied().collect();
     let all = Tensor::from_slice(&flat).view([n as i64, d as i64]).to_device(dev);
     let chunks: Vec<Tensor> = (0..n).step_by(chunk).map(|s| all.narrow(0, s as i64, chunk.min(n - s) as i64)).collect();
-    let lo: Vec<f64> = model.labels.dims.iter().map(|x| x.min).collect();
-    let range: Vec<f64> = model.labels.dims.iter().map(|x| x.max - x.min).collect();
+    // The fit works in raw label units scaled to the training range.
+    let ranges = model.label_ranges();
+    let lo: Vec<f64> = ranges.iter().map(|r| r[0]).collect();
+    let range: Vec<f64> = ranges.iter().map(|r| r[1] - r[0]).collect();
     let obj = Objective { model, chunks, lo: lo.clone(), range: range.clone() };
     let ext = opts.extrapolation.max(0.0);
     let t_lo: Vec<f64> = model.labels.dims.iter().map(|x| if x.logit { 0.0 } else { -ext }).collect();
@@ -438,6 +440,13 @@ pub fn fit_label(model: &Model, events: ArrayView2<'_, f32>, opts: &FitOptions) 
     let to_t =
         |theta: &[f64]| -> Vec<f64> { theta.iter().zip(&lo).zip(&range).map(|((v, lo), r)| (v - lo) / r).collect() };
     let mut warnings = Vec::new();
+    if !model.acceptance.is_empty() {
+        warnings.push(
+            "the model has acceptance cuts: the fitted likelihood is the flow's density before the cut, \
+             not normalised to the acceptance at each label (biased where the acceptance changes with the label)"
+                .into(),
+        );
+    }
 
     // Start.
     let mut t = match &opts.start {

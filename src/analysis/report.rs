@@ -430,7 +430,7 @@ fn check_dims(es: &EventSet, model: &Model, what: &str) -> Result<()> {
 
 /// Per-dimension tolerance for matching labels: `1e-4` of the training range.
 fn tolerances(model: &Model) -> Vec<f64> {
-    model.labels.dims.iter().map(|d| 1e-4 * (d.max - d.min).abs().max(1e-12)).collect()
+    model.label_ranges().iter().map(|[lo, hi]| 1e-4 * (hi - lo).abs().max(1e-12)).collect()
 }
 
 fn same_label(a: &[f32], b: &[f32], tol: &[f64]) -> bool {
@@ -902,7 +902,7 @@ fn build(
     let tol = tolerances(model);
     let names = model.features.names();
     let label_names = model.labels.names();
-    let range: Vec<[f64; 2]> = model.labels.dims.iter().map(|d| [d.min, d.max]).collect();
+    let range: Vec<[f64; 2]> = model.label_ranges();
     let outside = |l: &[f32]| l.iter().zip(&range).any(|(v, r)| f64::from(*v) < r[0] || f64::from(*v) > r[1]);
 
     // Per label: reference rows, generated rows, floor rows.

@@ -152,6 +152,23 @@ impl Model {
         Ok(self)
     }
 
+    /// The training range of each label in raw units (the label whitening's
+    /// range mapped back through the label transforms, which are monotone).
+    pub fn label_ranges(&self) -> Vec<[f64; 2]> {
+        let l = self.n_labels() as i64;
+        let ends: Vec<f64> =
+            self.labels.dims.iter().map(|d| d.min).chain(self.labels.dims.iter().map(|d| d.max)).collect();
+        let t = Tensor::from_slice(&ends).view([2, l]);
+        let raw = self.label_transforms.inverse(&t, &t.narrow(1, 0, 0));
+        let v = Vec::<f64>::try_from(raw.flatten(0, -1)).unwrap_or(ends);
+        (0..l as usize)
+            .map(|j| {
+                let (a, b) = (v[j], v[l as usize + j]);
+                [a.min(b), a.max(b)]
+            })
+            .collect()
+    }
+
     /// Raw labels → the flow's conditioning input.
     ///
     /// # Shapes
