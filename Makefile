@@ -12,7 +12,7 @@ export PATH := $(FEDHEX_TORCH_VENV)/bin:$(PATH)
 export FEDHEX_PYTHON := $(FEDHEX_TORCH_VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: setup build test lint demo bench zuko-compare gpu-check fidelity clean
+.PHONY: setup build test lint demo bench bench-stream zuko-compare gpu-check fidelity clean
 
 setup:
 	@bash scripts/setup.sh
@@ -35,6 +35,10 @@ demo: build
 
 bench: setup
 	$(CARGO) bench --bench bench_main
+
+# Streamed generation of 1M and 10M events to .root/.npz: events/s and peak RSS.
+bench-stream: setup
+	@bash scripts/bench_sample_stream.sh $(DEVICE)
 
 zuko-compare: build
 	@bash scripts/zuko_compare.sh

@@ -1,5 +1,7 @@
 //! Generation at requested labels from a loaded model: whitens the labels,
-//! samples in chunks, de-whitens. Seeded: the same seed gives the same events.
+//! samples in network calls of bounded size, de-whitens, and hands the events
+//! over in chunks ([`stream_samples`]) or all at once ([`sample_with_cuts`]).
+//! Seeded: the same seed gives the same events.
 
 use crate::data::EventSet;
 use crate::error::{Error, Result};
@@ -77,60 +79,172 @@ impl RangeCut {
     }
 }
 
-/// Draws `n` events at each label, `chunk` events per network call.
-pub fn sample_at_labels(model: &Model, labels: &[Vec<f32>], n: usize, seed: u64, chunk: usize) -> Result<EventSet> {
-    sample_with_cuts(model, labels, n, seed, chunk, &[])
+/// Default events per network call of [`stream_samples`] (`fedhex sample --batch`).
+pub const DEFAULT_BATCH: usize = 65_536;
+
+/// Default events per chunk handed to the sink (`fedhex sample --chunk`).
+pub const DEFAULT_CHUNK: usize = 1 << 20;
+
+/// What [`stream_samples`] generates and how.
+#[derive(Debug, Clone)]
+pub struct StreamOptions<'a> {
+    /// Events per label that survive the cuts.
+    pub n_per_label: usize,
+    /// Range cuts; events outside any are dropped and more are drawn.
+    pub cuts: &'a [RangeCut],
+    /// Seed of the generation.
+    pub seed: u64,
+    /// Events per network call (at most). Together with the seed it fixes the events.
+    pub batch: usize,
+    /// Events per chunk handed to the sink (the last one may be shorter).
+    /// Bounds the memory held; does not change the events.
+    pub chunk: usize,
 }
 
-/// Like [`sample_at_labels`], keeping only events inside every range cut and the
-/// model's acceptance (the cuts its training data had); draws
-/// more until `n` survive per label (an error if fewer than 1 in 10,000 pass).
-pub fn sample_with_cuts(
+/// One chunk of generated events, row-major: `rows` events of the model's
+/// `D` features and `L` labels, in label order then draw order.
+#[derive(Debug, Clone, Copy)]
+pub struct EventChunk<'a> {
+    /// Features, `rows * D` values.
+    pub samples: &'a [f32],
+    /// Labels, `rows * L` values.
+    pub labels: &'a [f32],
+    /// Events in this chunk.
+    pub rows: usize,
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Seed of network call `block` at label number `label` of a generation seeded with `seed`.
+fn block_seed(seed: u64, label: usize, block: usize) -> i64 {
+    splitmix64(splitmix64(splitmix64(seed) ^ label as u64) ^ block as u64) as i64
+}
+
+/// Generates `opts.n_per_label` events at each of `labels` and hands them to
+/// `sink` in chunks of `opts.chunk` events (the last may be shorter), so the
+/// memory held is one chunk and one network call, whatever the total.
+/// Returns the number of events generated (`labels.len() * n_per_label`).
+///
+/// Events at a label are drawn in network calls of at most `opts.batch`
+/// events; call `k` at label number `i` reseeds libtorch's generator from
+/// `(seed, i, k)`. The events therefore depend on the seed, the batch size,
+/// the model and the device (CPU and CUDA generators differ) but not on the
+/// chunk size: any chunking gives the same events in the same order. With
+/// range cuts (and the model's acceptance cuts, those its training data had),
+/// events outside a cut are dropped and further calls are made
+/// until exactly `n_per_label` survive at each label.
+///
+/// # Errors
+/// Labels that do not fit the model, nothing to generate, cuts that keep
+/// fewer than 1 in 10,000 events at a label, or the first error of `sink`
+/// (generation stops there).
+pub fn stream_samples(
     model: &Model,
     labels: &[Vec<f32>],
-    n: usize,
-    seed: u64,
-    chunk: usize,
-    cuts: &[RangeCut],
-) -> Result<EventSet> {
+    opts: &StreamOptions<'_>,
+    mut sink: impl FnMut(&EventChunk<'_>) -> Result<()>,
+) -> Result<u64> {
     check_labels(model, labels)?;
+    let n = opts.n_per_label;
     if labels.is_empty() || n == 0 {
         return Err(Error::Data("nothing to generate: need at least one label and n > 0".into()));
     }
+    let total = (labels.len() as u64)
+        .checked_mul(n as u64)
+        .ok_or_else(|| Error::Data(format!("{} labels x {n} events is too many", labels.len())))?;
     let (d, l) = (model.n_features(), model.n_labels());
-    let mut samples: Vec<f32> = Vec::with_capacity(labels.len() * n * d);
-    let mut labs: Vec<f32> = Vec::with_capacity(labels.len() * n * l);
-    let _rng = crate::rng::seeded(seed);
-    let chunk = chunk.max(1);
-    for lab in labels {
-        let mut kept = 0usize;
-        let mut drawn = 0usize;
+    let (batch, chunk) = (opts.batch.max(1), opts.chunk.max(1));
+    let cap = (chunk as u64).min(total) as usize;
+    let mut samples: Vec<f32> = Vec::with_capacity(cap * d);
+    let mut labs: Vec<f32> = Vec::with_capacity(cap * l);
+    let mut buf: Vec<f32> = Vec::new();
+    let mut flush = |samples: &mut Vec<f32>, labs: &mut Vec<f32>| -> Result<()> {
+        let rows = samples.len() / d.max(1);
+        if rows > 0 {
+            sink(&EventChunk { samples, labels: labs, rows })?;
+        }
+        samples.clear();
+        labs.clear();
+        Ok(())
+    };
+    for (i, lab) in labels.iter().enumerate() {
+        let (mut kept, mut drawn) = (0usize, 0usize);
+        let mut block = 0usize;
         while kept < n {
             if drawn >= 10_000 * n.max(100) {
                 return Err(Error::Data(format!(
                     "label {lab:?}: only {kept} of {drawn} generated events pass the range cuts; loosen them"
                 )));
             }
-            let m = (n - kept).min(chunk).max(if cuts.is_empty() && model.acceptance.is_empty() {
-                1
+            let need = n - kept;
+            // Without cuts draw what is missing; with cuts, what is missing
+            // divided by the acceptance seen so far (plus 10%).
+            let m = if (opts.cuts.is_empty() && model.acceptance.is_empty()) || drawn == 0 {
+                need
+            } else if kept == 0 {
+                batch
             } else {
-                chunk.min(4096)
-            });
-            let cs = Tensor::from_slice(lab).view([1, l as i64]).expand([m as i64, l as i64], false);
-            let xs = model.sample(&cs).to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
-            let mut buf = vec![0f32; m * d];
-            xs.copy_data(&mut buf, m * d);
+                (need as f64 * drawn as f64 / kept as f64 * 1.1).ceil() as usize + 16
+            }
+            .clamp(1, batch);
+            {
+                let _rng = crate::rng::seeded(0);
+                tch::manual_seed(block_seed(opts.seed, i, block));
+                let cs = Tensor::from_slice(lab).view([1, l as i64]).expand([m as i64, l as i64], false);
+                let xs = model.sample(&cs).to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
+                buf.resize(m * d, 0.0);
+                xs.f_copy_data(&mut buf, m * d)?;
+            }
             drawn += m;
-            for row in buf.chunks_exact(d) {
-                if kept < n && cuts.iter().all(|c| c.keeps(row)) && model.passes_acceptance(row) {
+            block += 1;
+            for row in buf.chunks_exact(d.max(1)) {
+                if kept < n && opts.cuts.iter().all(|c| c.keeps(row)) && model.passes_acceptance(row) {
                     samples.extend_from_slice(row);
                     labs.extend_from_slice(lab);
                     kept += 1;
+                    if samples.len() >= chunk * d {
+                        flush(&mut samples, &mut labs)?;
+                    }
                 }
             }
         }
     }
-    let rows = samples.len() / d;
+    flush(&mut samples, &mut labs)?;
+    Ok(total)
+}
+
+/// Draws `n` events at each label, at most `batch` events per network call
+/// (the events of [`stream_samples`] with the same seed and batch).
+pub fn sample_at_labels(model: &Model, labels: &[Vec<f32>], n: usize, seed: u64, batch: usize) -> Result<EventSet> {
+    sample_with_cuts(model, labels, n, seed, batch, &[])
+}
+
+/// Like [`sample_at_labels`], keeping only events inside every range cut; draws
+/// more until `n` survive per label (an error if fewer than 1 in 10,000 pass).
+/// Holds all events in memory; see [`stream_samples`] for large `n`.
+pub fn sample_with_cuts(
+    model: &Model,
+    labels: &[Vec<f32>],
+    n: usize,
+    seed: u64,
+    batch: usize,
+    cuts: &[RangeCut],
+) -> Result<EventSet> {
+    let (d, l) = (model.n_features(), model.n_labels());
+    let mut samples: Vec<f32> = Vec::new();
+    let mut labs: Vec<f32> = Vec::new();
+    let opts = StreamOptions { n_per_label: n, cuts, seed, batch, chunk: DEFAULT_CHUNK };
+    stream_samples(model, labels, &opts, |c| {
+        samples.extend_from_slice(c.samples);
+        labs.extend_from_slice(c.labels);
+        Ok(())
+    })?;
+    let rows = samples.len() / d.max(1);
     let samples = Array2::from_shape_vec((rows, d), samples).map_err(|e| Error::Data(e.to_string()))?;
     let labs = Array2::from_shape_vec((rows, l), labs).map_err(|e| Error::Data(e.to_string()))?;
     EventSet::new(samples, labs, model.features.names(), model.labels.names(), "generated events")

@@ -76,9 +76,12 @@ enum Cmd {
         /// Device: auto, cpu, cuda, cuda:N.
         #[arg(long, default_value = "auto")]
         device: String,
-        /// Events per network call.
-        #[arg(long, default_value_t = 65536)]
+        /// Events written per chunk (ROOT basket): bounds the memory held; does not change the events.
+        #[arg(long, default_value_t = fedhex::generate::DEFAULT_CHUNK)]
         chunk: usize,
+        /// Events per network call: with the seed and device it fixes the events.
+        #[arg(long, default_value_t = fedhex::generate::DEFAULT_BATCH)]
+        batch: usize,
     },
     /// Compare generated events with a Gaussian generator's true mean and covariance.
     Moments {
@@ -322,8 +325,22 @@ struct SampleAt<'a> {
     ranges: &'a [String],
 }
 
-fn sample(model: &Path, at: &SampleAt<'_>, n: usize, out: &Path, seed: u64, device: &str, chunk: usize) -> Result<()> {
-    let dev = fedhex::device::resolve(fedhex::device::parse_device(device)?, 0)?;
+/// How `fedhex sample` generates and where it writes.
+struct SampleRun<'a> {
+    n: usize,
+    out: &'a Path,
+    seed: u64,
+    device: &'a str,
+    chunk: usize,
+    batch: usize,
+}
+
+fn sample(model: &Path, at: &SampleAt<'_>, run: &SampleRun<'_>) -> Result<()> {
+    let (n, out) = (run.n, run.out);
+    if run.chunk == 0 || run.batch == 0 {
+        bail!("--chunk and --batch must be at least 1");
+    }
+    let dev = fedhex::device::resolve(fedhex::device::parse_device(run.device)?, 0)?;
     let model = Model::load(model, dev)?;
     let mut labels: Vec<Vec<f32>> =
         at.labels.iter().map(|s| fedhex::generate::parse_label(s)).collect::<Result<_, _>>()?;
@@ -345,9 +362,23 @@ fn sample(model: &Path, at: &SampleAt<'_>, n: usize, out: &Path, seed: u64, devi
     for w in fedhex::generate::check_labels(&model, &labels)? {
         tracing::warn!("{w}");
     }
-    let events = fedhex::generate::sample_with_cuts(&model, &labels, n, seed, chunk, &cuts)?;
-    write_events(out, &events)?;
-    println!("wrote {} events at {} label(s) to {}", events.len(), labels.len(), out.display());
+    if n == 0 {
+        bail!("-n must be at least 1");
+    }
+    let total = (labels.len() as u64).checked_mul(n as u64).context("too many events")?;
+    let (features, label_names) = (model.features.names(), model.labels.names());
+    let mut writer =
+        fedhex::data::source::EventFileWriter::create(out, "Events", &features, &label_names, total, run.chunk)?;
+    let opts = fedhex::generate::StreamOptions {
+        n_per_label: n,
+        cuts: &cuts,
+        seed: run.seed,
+        batch: run.batch,
+        chunk: run.chunk,
+    };
+    fedhex::generate::stream_samples(&model, &labels, &opts, |c| writer.write(c.samples, c.labels, c.rows))?;
+    writer.finish()?;
+    println!("wrote {total} events at {} label(s) to {}", labels.len(), out.display());
     Ok(())
 }
 
@@ -446,14 +477,10 @@ fn main() {
         Cmd::Train { config, set, resume, listen } => {
             train(config, &fedhex::config::overrides(set, listen.as_deref()), *resume)
         }
-        Cmd::Sample { model, labels, grid, labels_from, ranges, n, out, seed, device, chunk } => sample(
+        Cmd::Sample { model, labels, grid, labels_from, ranges, n, out, seed, device, chunk, batch } => sample(
             model,
             &SampleAt { labels, grid, labels_from: labels_from.as_deref(), ranges },
-            *n,
-            out,
-            *seed,
-            device,
-            *chunk,
+            &SampleRun { n: *n, out, seed: *seed, device, chunk: *chunk, batch: *batch },
         ),
         Cmd::Moments { truth, samples, max_pull } => moments(truth, samples, *max_pull),
         Cmd::Doctor => doctor(),

@@ -66,3 +66,269 @@ pub fn write_npz(path: &Path, samples: &Array2<f32>, labels: &Array2<f32>) -> Re
     }
     result
 }
+
+/// One array of a [`NpzStreamWriter`]: where its zip entry lies and how far it is written.
+struct NpzSlot {
+    entry: String,
+    rows: u64,
+    cols: u64,
+    local_at: u64,
+    data_at: u64,
+    size: u64,
+    written: u64,
+    crc: flate2::Crc,
+}
+
+const ZIP64_LOCAL_EXTRA: u64 = 20;
+const ZIP64_CENTRAL_EXTRA: u16 = 28;
+/// DOS date 1980-01-01, time 00:00.
+const DOS_DATE: u16 = 0x21;
+
+/// The `.npy` (version 1.0) header of a C-order little-endian float32 array
+/// of shape `[rows, cols]`, padded to a multiple of 64 bytes as NumPy writes it.
+fn npy_header(rows: u64, cols: u64) -> Vec<u8> {
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let unpadded = 10 + dict.len() + 1;
+    let total = unpadded.div_ceil(64) * 64;
+    let mut h = Vec::with_capacity(total);
+    h.extend_from_slice(b"\x93NUMPY\x01\x00");
+    h.extend_from_slice(&((total - 10) as u16).to_le_bytes());
+    h.extend_from_slice(dict.as_bytes());
+    h.resize(total - 1, b' ');
+    h.push(b'\n');
+    h
+}
+
+/// Writes an `.npz` archive of 2-D float32 arrays whose shapes are known in
+/// advance, rows at a time, without holding the arrays in memory: the same
+/// archive [`write_npz`] writes (stored entries `<name>.npy`, readable by
+/// [`read_npz`] and `numpy.load`), with ZIP64 size fields so any size works.
+///
+/// Each entry's `.npy` header is written first; rows go straight to their
+/// place in the file; [`finish`](Self::finish) fills in the CRC-32 of each
+/// entry, writes the central directory, fsyncs and renames the temporary
+/// sibling into place. Dropping the writer unfinished (an error) removes the
+/// temporary file, so `path` never holds a partial archive.
+pub struct NpzStreamWriter {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    file: Option<std::fs::File>,
+    slots: Vec<NpzSlot>,
+    end: u64,
+    bytes: Vec<u8>,
+}
+
+impl NpzStreamWriter {
+    /// Creates the temporary archive for `arrays` = (name, rows, columns).
+    ///
+    /// # Errors
+    /// No arrays, a repeated or empty name, or the temporary file cannot be written.
+    pub fn create(path: &Path, arrays: &[(&str, usize, usize)]) -> Result<Self> {
+        use std::io::Write;
+        if arrays.is_empty() {
+            return Err(Error::Data(format!("{}: no arrays to write", path.display())));
+        }
+        let mut slots: Vec<NpzSlot> = Vec::with_capacity(arrays.len());
+        let mut at = 0u64;
+        for &(name, rows, cols) in arrays {
+            if name.is_empty() || slots.iter().any(|s| s.entry == format!("{name}.npy")) {
+                return Err(Error::Data(format!("{}: invalid or repeated array name '{name}'", path.display())));
+            }
+            let entry = format!("{name}.npy");
+            let header = npy_header(rows as u64, cols as u64);
+            let data = (rows as u64)
+                .checked_mul(cols as u64)
+                .and_then(|v| v.checked_mul(4))
+                .ok_or_else(|| Error::Data(format!("{}: array '{name}' is too large", path.display())))?;
+            let local_len = 30 + entry.len() as u64 + ZIP64_LOCAL_EXTRA;
+            let mut crc = flate2::Crc::new();
+            crc.update(&header);
+            let slot = NpzSlot {
+                local_at: at,
+                data_at: at + local_len + header.len() as u64,
+                size: header.len() as u64 + data,
+                rows: rows as u64,
+                cols: cols as u64,
+                written: 0,
+                crc,
+                entry,
+            };
+            at = slot.data_at + data;
+            slots.push(slot);
+        }
+        let tmp = crate::flow::model::sibling(path, "tmp");
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
+        let mut w =
+            NpzStreamWriter { path: path.to_path_buf(), tmp, file: Some(file), slots, end: at, bytes: Vec::new() };
+        // Local headers (CRC filled in by `finish`) and .npy headers.
+        for i in 0..w.slots.len() {
+            let rec = w.local_header(i);
+            let s = &w.slots[i];
+            let header = npy_header(s.rows, s.cols);
+            let (off, tmp) = (s.local_at, w.tmp.clone());
+            let f = w.file_mut()?;
+            use std::io::{Seek, SeekFrom};
+            f.seek(SeekFrom::Start(off))
+                .and_then(|_| f.write_all(&rec))
+                .and_then(|_| f.write_all(&header))
+                .map_err(|e| Error::io(&tmp, e))?;
+        }
+        Ok(w)
+    }
+
+    fn file_mut(&mut self) -> Result<&mut std::fs::File> {
+        let p = self.path.clone();
+        self.file.as_mut().ok_or_else(|| Error::io(p, std::io::Error::other("the archive is already finished")))
+    }
+
+    fn local_header(&self, i: usize) -> Vec<u8> {
+        let s = &self.slots[i];
+        let mut h = Vec::with_capacity(64);
+        h.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        h.extend_from_slice(&45u16.to_le_bytes()); // version needed: ZIP64
+        h.extend_from_slice(&0u16.to_le_bytes()); // flags
+        h.extend_from_slice(&0u16.to_le_bytes()); // stored
+        h.extend_from_slice(&0u16.to_le_bytes()); // time
+        h.extend_from_slice(&DOS_DATE.to_le_bytes());
+        h.extend_from_slice(&s.crc.sum().to_le_bytes());
+        h.extend_from_slice(&u32::MAX.to_le_bytes());
+        h.extend_from_slice(&u32::MAX.to_le_bytes());
+        h.extend_from_slice(&(s.entry.len() as u16).to_le_bytes());
+        h.extend_from_slice(&(ZIP64_LOCAL_EXTRA as u16).to_le_bytes());
+        h.extend_from_slice(s.entry.as_bytes());
+        h.extend_from_slice(&1u16.to_le_bytes());
+        h.extend_from_slice(&16u16.to_le_bytes());
+        h.extend_from_slice(&s.size.to_le_bytes());
+        h.extend_from_slice(&s.size.to_le_bytes());
+        h
+    }
+
+    /// Appends rows to array number `index` (row-major, a multiple of its column count).
+    ///
+    /// # Errors
+    /// A length that is not whole rows, more rows than declared, or I/O.
+    pub fn append(&mut self, index: usize, values: &[f32]) -> Result<()> {
+        use std::io::{Seek, SeekFrom, Write};
+        let p = self.path.display().to_string();
+        let s = self.slots.get(index).ok_or_else(|| Error::Data(format!("{p}: no array number {index}")))?;
+        let cols = s.cols.max(1);
+        let rows = values.len() as u64 / cols;
+        if values.len() as u64 % cols != 0 || s.written + rows > s.rows {
+            return Err(Error::Data(format!(
+                "{p}: array '{}': {} values do not fit its {} columns and {} remaining rows",
+                s.entry,
+                values.len(),
+                s.cols,
+                s.rows - s.written
+            )));
+        }
+        let off = s.data_at + s.written * s.cols * 4;
+        let mut bytes = std::mem::take(&mut self.bytes);
+        bytes.clear();
+        bytes.reserve(values.len() * 4);
+        for v in values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        let tmp = self.tmp.clone();
+        let f = self.file_mut()?;
+        f.seek(SeekFrom::Start(off)).and_then(|_| f.write_all(&bytes)).map_err(|e| Error::io(&tmp, e))?;
+        let s = &mut self.slots[index];
+        s.crc.update(&bytes);
+        s.written += rows;
+        self.bytes = bytes;
+        Ok(())
+    }
+
+    /// Checks every array is complete, writes the CRCs and the central
+    /// directory, fsyncs and renames the archive into place.
+    ///
+    /// # Errors
+    /// An incomplete array, or I/O (the temporary file is removed).
+    pub fn finish(mut self) -> Result<()> {
+        use std::io::{Seek, SeekFrom, Write};
+        for s in &self.slots {
+            if s.written != s.rows {
+                return Err(Error::Data(format!(
+                    "{}: array '{}' has {} of its {} rows",
+                    self.path.display(),
+                    s.entry,
+                    s.written,
+                    s.rows
+                )));
+            }
+        }
+        let mut tail: Vec<u8> = Vec::new();
+        for s in &self.slots {
+            tail.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+            tail.extend_from_slice(&45u16.to_le_bytes()); // made by
+            tail.extend_from_slice(&45u16.to_le_bytes()); // needed
+            tail.extend_from_slice(&0u16.to_le_bytes());
+            tail.extend_from_slice(&0u16.to_le_bytes());
+            tail.extend_from_slice(&0u16.to_le_bytes());
+            tail.extend_from_slice(&DOS_DATE.to_le_bytes());
+            tail.extend_from_slice(&s.crc.sum().to_le_bytes());
+            tail.extend_from_slice(&u32::MAX.to_le_bytes());
+            tail.extend_from_slice(&u32::MAX.to_le_bytes());
+            tail.extend_from_slice(&(s.entry.len() as u16).to_le_bytes());
+            tail.extend_from_slice(&ZIP64_CENTRAL_EXTRA.to_le_bytes());
+            tail.extend_from_slice(&0u16.to_le_bytes()); // comment
+            tail.extend_from_slice(&0u16.to_le_bytes()); // disk
+            tail.extend_from_slice(&0u16.to_le_bytes()); // internal attributes
+            tail.extend_from_slice(&0u32.to_le_bytes()); // external attributes
+            tail.extend_from_slice(&u32::MAX.to_le_bytes()); // local header offset: in the extra
+            tail.extend_from_slice(s.entry.as_bytes());
+            tail.extend_from_slice(&1u16.to_le_bytes());
+            tail.extend_from_slice(&24u16.to_le_bytes());
+            tail.extend_from_slice(&s.size.to_le_bytes());
+            tail.extend_from_slice(&s.size.to_le_bytes());
+            tail.extend_from_slice(&s.local_at.to_le_bytes());
+        }
+        let (cd_at, cd_len, n) = (self.end, tail.len() as u64, self.slots.len() as u64);
+        let eocd64_at = cd_at + cd_len;
+        tail.extend_from_slice(&0x0606_4b50u32.to_le_bytes());
+        tail.extend_from_slice(&44u64.to_le_bytes());
+        tail.extend_from_slice(&45u16.to_le_bytes());
+        tail.extend_from_slice(&45u16.to_le_bytes());
+        tail.extend_from_slice(&0u32.to_le_bytes());
+        tail.extend_from_slice(&0u32.to_le_bytes());
+        tail.extend_from_slice(&n.to_le_bytes());
+        tail.extend_from_slice(&n.to_le_bytes());
+        tail.extend_from_slice(&cd_len.to_le_bytes());
+        tail.extend_from_slice(&cd_at.to_le_bytes());
+        tail.extend_from_slice(&0x0706_4b50u32.to_le_bytes());
+        tail.extend_from_slice(&0u32.to_le_bytes());
+        tail.extend_from_slice(&eocd64_at.to_le_bytes());
+        tail.extend_from_slice(&1u32.to_le_bytes());
+        tail.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+        tail.extend_from_slice(&0u16.to_le_bytes());
+        tail.extend_from_slice(&0u16.to_le_bytes());
+        tail.extend_from_slice(&(n as u16).to_le_bytes());
+        tail.extend_from_slice(&(n as u16).to_le_bytes());
+        tail.extend_from_slice(&u32::try_from(cd_len).unwrap_or(u32::MAX).to_le_bytes());
+        tail.extend_from_slice(&u32::try_from(cd_at).unwrap_or(u32::MAX).to_le_bytes());
+        tail.extend_from_slice(&0u16.to_le_bytes());
+        let locals: Vec<(u64, Vec<u8>)> =
+            (0..self.slots.len()).map(|i| (self.slots[i].local_at, self.local_header(i))).collect();
+        let (tmp, path) = (self.tmp.clone(), self.path.clone());
+        let f = self.file_mut()?;
+        let io = |e| Error::io(&tmp, e);
+        for (at, rec) in &locals {
+            f.seek(SeekFrom::Start(*at)).and_then(|_| f.write_all(rec)).map_err(io)?;
+        }
+        f.seek(SeekFrom::Start(cd_at)).and_then(|_| f.write_all(&tail)).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        self.file = None;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        self.tmp = std::path::PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for NpzStreamWriter {
+    fn drop(&mut self) {
+        self.file = None;
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}

@@ -108,7 +108,7 @@ use serde::{Deserialize, Serialize};
 
 use super::expr::{self, Expr};
 use super::phiomega::PhiOmegaModel;
-use super::root::{Column, RootFile, TreeWriter, Values, WHOLE_FILE_LIMIT};
+use super::root::{Column, ElemType, RootFile, StreamingTreeWriter, TreeWriter, Values, WHOLE_FILE_LIMIT};
 use super::EventSet;
 use crate::error::{Error, Result};
 
@@ -819,6 +819,96 @@ pub fn write_root(path: &Path, events: &EventSet, tree: &str) -> Result<()> {
         w.add_branch(name, Values::F32(col.to_vec())).map_err(|e| root_err(path, e))?;
     }
     w.write(path).map_err(|e| root_err(path, e))
+}
+
+/// Writes generated events to a file chunk by chunk, holding one chunk in
+/// memory: a `.root` file (tree with one float branch per feature and per
+/// label, one basket per branch per chunk) or, for any other extension, an
+/// `.npz` with float32 arrays `samples [N, D]` and `labels [N, L]` (the
+/// layouts of [`write_root`] and [`write_npz`](super::npy::write_npz)).
+///
+/// The output appears under its name only when [`finish`](Self::finish)
+/// succeeds; an error or a drop before that leaves no file behind.
+pub enum EventFileWriter {
+    /// ROOT output.
+    Root {
+        /// The tree writer.
+        writer: StreamingTreeWriter,
+        /// Output path (for error messages).
+        path: PathBuf,
+        /// Feature count.
+        d: usize,
+        /// Label count.
+        l: usize,
+    },
+    /// NumPy output.
+    Npz(super::npy::NpzStreamWriter),
+}
+
+impl EventFileWriter {
+    /// Starts `path` for `total` events of the named features and labels,
+    /// written in chunks of about `chunk` events; `tree` names the ROOT tree.
+    ///
+    /// # Errors
+    /// Invalid branch names (ROOT), or the file cannot be created.
+    pub fn create(
+        path: &Path,
+        tree: &str,
+        feature_names: &[String],
+        label_names: &[String],
+        total: u64,
+        chunk: usize,
+    ) -> Result<Self> {
+        let (d, l) = (feature_names.len(), label_names.len());
+        let rows = usize::try_from(total).map_err(|_| Error::Data(format!("{}: too many events", path.display())))?;
+        if path.extension().is_some_and(|e| e == "root") {
+            let branches: Vec<(&str, ElemType)> =
+                feature_names.iter().chain(label_names).map(|n| (n.as_str(), ElemType::F32)).collect();
+            let writer = StreamingTreeWriter::create(path, tree, &branches, Default::default(), chunk)
+                .map_err(|e| root_err(path, e))?;
+            Ok(EventFileWriter::Root { writer, path: path.to_path_buf(), d, l })
+        } else {
+            let w = super::npy::NpzStreamWriter::create(path, &[("samples", rows, d), ("labels", rows, l)])?;
+            Ok(EventFileWriter::Npz(w))
+        }
+    }
+
+    /// Appends `rows` events: `samples` row-major `[rows, D]`, `labels` `[rows, L]`.
+    ///
+    /// # Errors
+    /// Lengths that do not match, more events than announced, or I/O.
+    pub fn write(&mut self, samples: &[f32], labels: &[f32], rows: usize) -> Result<()> {
+        match self {
+            EventFileWriter::Root { writer, path, d, l } => {
+                if samples.len() != rows * *d || labels.len() != rows * *l {
+                    return Err(Error::Data(format!("{}: chunk of {rows} events has the wrong size", path.display())));
+                }
+                let mut cols: Vec<Values> = Vec::with_capacity(*d + *l);
+                for j in 0..*d {
+                    cols.push(Values::F32(samples.iter().skip(j).step_by(*d).copied().collect()));
+                }
+                for j in 0..*l {
+                    cols.push(Values::F32(labels.iter().skip(j).step_by(*l).copied().collect()));
+                }
+                writer.write_chunk(&cols).map_err(|e| root_err(path, e))
+            }
+            EventFileWriter::Npz(w) => {
+                w.append(0, samples)?;
+                w.append(1, labels)
+            }
+        }
+    }
+
+    /// Completes the file and moves it into place.
+    ///
+    /// # Errors
+    /// Fewer events than announced (.npz), or I/O.
+    pub fn finish(self) -> Result<()> {
+        match self {
+            EventFileWriter::Root { writer, path, .. } => writer.finish().map_err(|e| root_err(&path, e)),
+            EventFileWriter::Npz(w) => w.finish(),
+        }
+    }
 }
 
 /// Writes a phi-omega Monte Carlo "production": one ROOT file per label point

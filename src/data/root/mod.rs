@@ -37,4 +37,4 @@ pub use error::RootError;
 pub use file::{KeyInfo, RootFile, MAX_OBJECT, WHOLE_FILE_LIMIT};
 pub use tree::{BranchInfo, BranchKind, Tree};
 pub use values::{Column, ElemType, Values};
-pub use write::{Compression, TreeWriter};
+pub use write::{Compression, StreamingTreeWriter, TreeWriter};

@@ -283,13 +283,7 @@ impl TreeWriter {
                 detail: format!("invalid tree name {:?}", self.tree_name),
             });
         }
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let fname = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "out.root".into());
-        let tmp =
-            dir.join(format!(".{fname}.tmp-{}-{}", std::process::id(), TMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let (fname, tmp) = tmp_sibling(path);
         let io =
             |e: std::io::Error, what: &str| RootError::Io { path: ps.clone(), context: what.to_string(), source: e };
         let result = (|| {
@@ -379,9 +373,25 @@ impl TreeWriter {
             metas.push(bo);
         }
 
+        self.write_tail(w, fname, &branches, &metas, entries, Tail { pos, now, uuid, nbytes_name })
+    }
+
+    /// Writes everything after the baskets (TTree, StreamerInfo, keys list,
+    /// free segments), then rewrites the file header and top directory at
+    /// offset 0; leaves `w` positioned at the end of the file.
+    fn write_tail<W: Write + Seek>(
+        &self,
+        w: &mut W,
+        fname: &str,
+        branches: &[DiskBranch<'_>],
+        metas: &[BranchOut],
+        entries: usize,
+        tail: Tail,
+    ) -> std::io::Result<()> {
+        let Tail { mut pos, now, uuid, nbytes_name } = tail;
         // TTree.
         let tree_keylen = key_len("TTree", &self.tree_name, &self.title);
-        let tree_obj = self.tree_object(&branches, &metas, entries, tree_keylen as u64);
+        let tree_obj = self.tree_object(branches, metas, entries, tree_keylen as u64);
         let (tree_key, tree_hdr) = self.key_record("TTree", &self.tree_name, &self.title, &tree_obj, pos, now, 1)?;
         w.write_all(&tree_key)?;
         let tree_pos = pos;
@@ -390,7 +400,7 @@ impl TreeWriter {
 
         // StreamerInfo.
         let mut leaf_classes: Vec<&str> = Vec::new();
-        for b in &branches {
+        for b in branches {
             let c = leaf_class_name(b.elem);
             if !leaf_classes.contains(&c) {
                 leaf_classes.push(c);
@@ -839,6 +849,216 @@ impl DiskBranch<'_> {
             _ => 0,
         }
     }
+}
+
+/// The file name of `path` and a unique hidden temporary sibling of it.
+fn tmp_sibling(path: &Path) -> (String, PathBuf) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let fname = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "out.root".into());
+    let tmp = dir.join(format!(".{fname}.tmp-{}-{}", std::process::id(), TMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
+    (fname, tmp)
+}
+
+/// Writes a ROOT file with one TTree of flat branches chunk by chunk: each
+/// [`write_chunk`](Self::write_chunk) call appends one basket per branch, and
+/// [`finish`](Self::finish) writes the TTree metadata (basket seek, size and
+/// first-entry arrays), the streamer list and the header. Memory use is one
+/// chunk plus a few numbers per basket, whatever the number of entries.
+///
+/// The file is written under a hidden temporary sibling name and renamed into
+/// place by `finish`; dropping the writer before that (an error, a panic)
+/// removes the temporary file, so `path` never holds a partial file.
+///
+/// ```ignore
+/// use root::{Compression, ElemType, StreamingTreeWriter, Values};
+/// let mut w = StreamingTreeWriter::create(path, "Events", &[("x", ElemType::F32)], Compression::default(), 1 << 20)?;
+/// w.write_chunk(&[Values::F32(vec![1.0, 2.0])])?;
+/// w.write_chunk(&[Values::F32(vec![3.0])])?;
+/// w.finish()?;
+/// ```
+pub struct StreamingTreeWriter {
+    config: TreeWriter,
+    metas: Vec<BranchOut>,
+    entries: usize,
+    out: Option<BufWriter<File>>,
+    path: PathBuf,
+    tmp: PathBuf,
+    fname: String,
+    pos: u64,
+    now: u32,
+    uuid: [u8; 16],
+    nbytes_name: usize,
+}
+
+impl StreamingTreeWriter {
+    /// Creates the temporary file and reserves its header. `branches` are
+    /// (name, type) of the flat branches in order; `chunk_hint` is the
+    /// expected entries per chunk (recorded as the tree's auto-flush size).
+    ///
+    /// # Errors
+    /// An invalid or repeated branch name, an invalid tree name, no branches,
+    /// or the temporary file cannot be created in the target directory.
+    pub fn create(
+        path: &Path,
+        tree_name: &str,
+        branches: &[(&str, ElemType)],
+        compression: Compression,
+        chunk_hint: usize,
+    ) -> Result<Self, RootError> {
+        let ps = path_str(path);
+        let invalid = |detail: String| RootError::InvalidArgument {
+            path: ps.clone(),
+            context: format!("tree '{tree_name}': "),
+            detail,
+        };
+        if tree_name.is_empty() || tree_name.contains(['/', ';', '\0']) {
+            return Err(invalid(format!("invalid tree name {tree_name:?}")));
+        }
+        if branches.is_empty() {
+            return Err(invalid("no branches to write".into()));
+        }
+        let mut config = TreeWriter::new(tree_name);
+        config.compression(compression).basket_entries(chunk_hint);
+        for (name, elem) in branches {
+            config.add_branch(name, Values::with_capacity(*elem, 0)).map_err(|e| match e {
+                RootError::InvalidArgument { context, detail, .. } => {
+                    RootError::InvalidArgument { path: ps.clone(), context, detail }
+                }
+                other => other,
+            })?;
+        }
+        let (fname, tmp) = tmp_sibling(path);
+        let file = File::create(&tmp).map_err(|e| RootError::Io {
+            path: ps.clone(),
+            context: "creating temporary file: ".into(),
+            source: e,
+        })?;
+        let mut w = StreamingTreeWriter {
+            metas: branches.iter().map(|_| BranchOut::default()).collect(),
+            config,
+            entries: 0,
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            path: path.to_path_buf(),
+            tmp,
+            now: datime_now(),
+            uuid: uuid_bytes(&fname),
+            fname,
+            pos: 0,
+            nbytes_name: 0,
+        };
+        let nbytes_name = key_len("TFile", &w.fname, "") + tstring_len(&w.fname) + tstring_len("");
+        let top_len = nbytes_name + DIR_RECORD;
+        w.nbytes_name = nbytes_name;
+        w.pos = BEGIN + top_len as u64;
+        let reserve = vec![0u8; BEGIN as usize + top_len];
+        w.out_mut()?.write_all(&reserve).map_err(|e| w.io(e, "writing: "))?;
+        Ok(w)
+    }
+
+    fn io(&self, e: std::io::Error, what: &str) -> RootError {
+        RootError::Io { path: path_str(&self.path), context: what.to_string(), source: e }
+    }
+
+    fn out_mut(&mut self) -> Result<&mut BufWriter<File>, RootError> {
+        let e = std::io::Error::other("the writer is already finished");
+        let ps = path_str(&self.path);
+        self.out.as_mut().ok_or(RootError::Io { path: ps, context: String::new(), source: e })
+    }
+
+    /// Entries written so far.
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// Appends one chunk: one [`Values`] per branch, in the order given to
+    /// [`create`](Self::create), all of the same length and type; writes one
+    /// basket per branch. An empty chunk writes nothing.
+    ///
+    /// # Errors
+    /// A wrong number of columns, a column of the wrong type or length, or I/O.
+    pub fn write_chunk(&mut self, columns: &[Values]) -> Result<(), RootError> {
+        let ps = path_str(&self.path);
+        let invalid = |detail: String| RootError::InvalidArgument {
+            path: ps.clone(),
+            context: format!("tree '{}': ", self.config.tree_name),
+            detail,
+        };
+        let names: Vec<String> = self.config.branches.iter().map(|b| b.name().to_string()).collect();
+        if columns.len() != names.len() {
+            return Err(invalid(format!("chunk has {} columns for {} branches", columns.len(), names.len())));
+        }
+        let n = columns.first().map_or(0, Values::len);
+        for ((c, b), name) in columns.iter().zip(&self.config.branches).zip(&names) {
+            let want = match b {
+                WBranch::Flat { values, .. } | WBranch::Jagged { values, .. } => values.elem_type(),
+            };
+            if c.elem_type() != want || c.len() != n {
+                return Err(invalid(format!(
+                    "chunk column of branch '{name}' is {} x {}, expected {n} x {want}",
+                    c.len(),
+                    c.elem_type()
+                )));
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let start = self.entries;
+        for (i, (c, name)) in columns.iter().zip(&names).enumerate() {
+            let b = DiskBranch { name, elem: c.elem_type(), data: DiskData::Flat(c), counter: None, is_counter: false };
+            let (key, objlen, nbytes) =
+                self.config.basket(&b, 0, n, self.pos, &self.fname, self.now).map_err(|e| self.io(e, "writing: "))?;
+            self.out_mut()?.write_all(&key).map_err(|e| self.io(e, "writing: "))?;
+            let bo = &mut self.metas[i];
+            bo.bytes.push(nbytes as i32);
+            bo.entry.push(start as i64);
+            bo.seek.push(self.pos as i64);
+            bo.tot += objlen as i64;
+            bo.zip += nbytes as i64;
+            self.pos += key.len() as u64;
+        }
+        self.entries += n;
+        Ok(())
+    }
+
+    /// Writes the tree metadata and header, fsyncs and renames the file into place.
+    ///
+    /// # Errors
+    /// I/O (the temporary file is removed).
+    pub fn finish(mut self) -> Result<(), RootError> {
+        let mut w = self.out.take().ok_or_else(|| self.io(std::io::Error::other("already finished"), ""))?;
+        let branches = self.config.layout();
+        let tail = Tail { pos: self.pos, now: self.now, uuid: self.uuid, nbytes_name: self.nbytes_name };
+        self.config
+            .write_tail(&mut w, &self.fname, &branches, &self.metas, self.entries, tail)
+            .map_err(|e| self.io(e, "writing: "))?;
+        let file = w.into_inner().map_err(|e| self.io(e.into_error(), "writing: "))?;
+        file.sync_all().map_err(|e| self.io(e, "fsync: "))?;
+        drop(file);
+        fs::rename(&self.tmp, &self.path).map_err(|e| self.io(e, "renaming temporary file: "))?;
+        self.tmp = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for StreamingTreeWriter {
+    fn drop(&mut self) {
+        self.out = None;
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Where the tail of a file starts and what the header needs from the head.
+struct Tail {
+    pos: u64,
+    now: u32,
+    uuid: [u8; 16],
+    nbytes_name: usize,
 }
 
 #[derive(Default)]
