@@ -331,6 +331,9 @@ pub fn train(
     if let Some(st) = &opt_state {
         opt.load_state(st)?;
     }
+    // The hand-written CPU training pass where it applies (else autograd), with host copies of the data.
+    let mut fast = crate::flow::fast::FastTrainer::new(&model.flow, opt.names(), opt.numels());
+    let fast_data = fast.as_ref().map(|_| (crate::flow::fast::to_host(&train_x), crate::flow::fast::to_host(&train_c)));
     let steps_per_epoch = plan.steps_per_epoch(t.batch_size);
     let show_bar = comm.is_root() && cfg.outputs.progress && std::io::stderr().is_terminal();
     let check_every = if device == Device::Cpu || comm.size() > 1 { 1 } else { 32 };
@@ -394,21 +397,40 @@ pub fn train(
             let step_started = Instant::now();
             lr = learning_rate(t, epoch as f64 + k as f64 / steps_per_epoch as f64);
             fault_at_step(comm.rank(), global_step);
-            let idx = Tensor::from_slice(&step.local).to_device(model_device);
-            let x = train_x.index_select(0, &idx);
-            let c = train_c.index_select(0, &idx);
-            opt.zero_grad();
-            let loss = model.flow.log_prob(&x, &c).sum(Kind::Float).neg();
-            loss.backward();
-            let mut flat = opt.flat_grad();
+            // The summed loss and gradient: by the hand-written CPU pass straight
+            // into `host`, or by autograd.
+            let mut fast_loss = None;
+            let (loss, mut flat) = match (fast.as_mut(), &fast_data) {
+                (Some(f), Some((hx, hc))) => {
+                    host.resize(n_params + 4, 0.0);
+                    let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
+                    fast_loss =
+                        Some(f.loss_and_grad(opt.flat_params(), hx, hc, &step.local, threads, &mut host[..n_params]));
+                    (Tensor::new(), Tensor::new())
+                }
+                _ => {
+                    let idx = Tensor::from_slice(&step.local).to_device(model_device);
+                    let x = train_x.index_select(0, &idx);
+                    let c = train_c.index_select(0, &idx);
+                    opt.zero_grad();
+                    let loss = model.flow.log_prob(&x, &c).sum(Kind::Float).neg();
+                    loss.backward();
+                    let flat = opt.flat_grad();
+                    (loss, flat)
+                }
+            };
             let stop_now;
             let step_loss: Option<f64>;
             if comm.size() > 1 {
                 // [gradients | loss | stop_now | stop_after_epoch | checkpoint]
-                let cpu = flat.to_device(Device::Cpu);
                 host.resize(n_params + 4, 0.0);
-                cpu.copy_data(&mut host[..n_params], n_params);
-                host[n_params] = loss.double_value(&[]) as f32;
+                host[n_params] = match fast_loss {
+                    Some(l) => l as f32,
+                    None => {
+                        flat.to_device(Device::Cpu).copy_data(&mut host[..n_params], n_params);
+                        loss.double_value(&[]) as f32
+                    }
+                };
                 host[n_params + 1] = f32::from(u8::from(controls.stop_now.load(Ordering::Relaxed)));
                 host[n_params + 2] = f32::from(u8::from(controls.stop_after_epoch.load(Ordering::Relaxed)));
                 host[n_params + 3] = f32::from(u8::from(controls.checkpoint.swap(false, Ordering::Relaxed)));
@@ -425,8 +447,12 @@ pub fn train(
             } else {
                 stop_now = controls.stop_now.load(Ordering::Relaxed);
                 pending_checkpoint |= controls.checkpoint.swap(false, Ordering::Relaxed);
-                step_loss = None;
-                loss_acc += loss.detach().to_kind(Kind::Double);
+                step_loss = fast_loss;
+                if fast_loss.is_some() {
+                    flat = Tensor::from_slice(&host[..n_params]);
+                } else {
+                    loss_acc += loss.detach().to_kind(Kind::Double);
+                }
             }
             opt.step_flat(&flat, 1.0 / step.global_count as f64, lr);
             global_step += 1;

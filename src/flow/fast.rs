@@ -1,0 +1,764 @@
+//! A hand-written forward and backward pass of the MAF on the CPU, without
+//! autograd and without libtorch dispatch.
+//!
+//! The reference network is tiny (about 60 kFLOP per training event), so the
+//! autograd path spends most of its time dispatching a few hundred small ops
+//! per step. Here every event runs through the whole stack in plain Rust,
+//! with all intermediate values in a few KiB of scratch: forward (storing the
+//! layer inputs and pre-activations), then backward, accumulating the
+//! gradients of the combined weights.
+//!
+//! Each layer uses one *combined* weight matrix: the masked weight and the
+//! label weight side by side, acting on `[previous layer, labels]`. The mask is
+//! applied once per step when the effective weights are built, and once to
+//! the gradient when it is mapped back to the parameters.
+//!
+//! Determinism: events are processed in fixed chunks of [`CHUNK`] events, each
+//! chunk accumulating into its own buffer, and the chunk buffers are summed in
+//! chunk order. The result is therefore bit-identical for any number of
+//! threads and on any x86-64 CPU (no fused multiply-add, fixed summation order).
+//!
+//! The autograd path ([`crate::flow::Maf::log_prob`] with gradients) stays the
+//! reference; `tests/fast_grad.rs` checks this pass against it.
+
+use super::made::Activation;
+use super::maf::Maf;
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor};
+
+/// Events per chunk (the unit of work and of gradient accumulation).
+pub const CHUNK: usize = 256;
+
+const LOG_2PI: f64 = 1.837_877_066_409_345_3;
+
+/// One layer: `out = b + A [input, labels]`.
+#[derive(Debug, Clone)]
+struct Layer {
+    /// Width of the previous layer (or `D` for the first layer).
+    n_in: usize,
+    /// Whether the labels are appended to the input.
+    cond: bool,
+    /// Combined input width: `n_in` (+ `L`).
+    k_in: usize,
+    /// Output width.
+    n_out: usize,
+    /// `A` stored `[k_in][n_out]` (true) or `[n_out][k_in]` (false): the
+    /// contiguous dimension is the longer one.
+    in_major: bool,
+    /// Offset of `A` in the weight buffer (its bias follows it).
+    off: usize,
+    /// `mask[j * n_in + i]` of the masked part, `[n_out][n_in]`.
+    mask: Vec<f32>,
+    /// Offset of the layer's input in an event record.
+    rin: usize,
+    /// Offset of the layer's pre-activation in an event record (hidden layers).
+    rpre: usize,
+    /// Parameter names: weight, bias, cond (if any).
+    names: (String, String, Option<String>),
+}
+
+impl Layer {
+    fn a_len(&self) -> usize {
+        self.k_in * self.n_out
+    }
+    fn len(&self) -> usize {
+        self.a_len() + self.n_out
+    }
+    /// Index of `A[j][k]` (output `j`, combined input `k`) in the layer's storage.
+    fn idx(&self, j: usize, k: usize) -> usize {
+        if self.in_major {
+            k * self.n_out + j
+        } else {
+            j * self.k_in + k
+        }
+    }
+}
+
+/// The structure of a MAF for the fast path: layer shapes, masks, offsets.
+#[derive(Debug, Clone)]
+struct Plan {
+    d: usize,
+    l: usize,
+    act: Activation,
+    bound: f32,
+    /// Layers of each block, hidden layers first, output layer last.
+    blocks: Vec<Vec<Layer>>,
+    /// Length of the combined weight (and gradient) buffer.
+    len: usize,
+    /// Scratch floats per event per block.
+    rec: usize,
+    /// Offset of the per-feature values (t, s, e, mu, output) in a record.
+    tail: usize,
+}
+
+/// The values of `t` as a row-major host `Vec<f32>`.
+pub fn to_host(t: &Tensor) -> Vec<f32> {
+    host(t)
+}
+
+fn host(t: &Tensor) -> Vec<f32> {
+    let t = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let n = t.numel();
+    let mut v = vec![0f32; n];
+    t.copy_data(&mut v, n);
+    v
+}
+
+impl Plan {
+    fn new(flow: &Maf) -> Option<Plan> {
+        let cfg = flow.config();
+        if flow.device() != Device::Cpu || cfg.activation == Activation::Gelu {
+            return None;
+        }
+        let d = usize::try_from(cfg.features).ok()?;
+        let l = usize::try_from(cfg.context).ok()?;
+        let mut len = 0;
+        let mut blocks = Vec::with_capacity(flow.blocks().len());
+        for (k, block) in flow.blocks().iter().enumerate() {
+            let mut layers = Vec::new();
+            let parts = block.parts();
+            let n_layers = parts.len();
+            for (li, p) in parts.iter().enumerate() {
+                let size = p.weight.size();
+                let (n_out, n_in) = (usize::try_from(size[0]).ok()?, usize::try_from(size[1]).ok()?);
+                let cond = p.cond.is_some();
+                let k_in = n_in + if cond { l } else { 0 };
+                let last = li + 1 == n_layers;
+                let prefix = if last { format!("made{k}.out") } else { format!("made{k}.hidden{li}") };
+                let layer = Layer {
+                    n_in,
+                    cond,
+                    k_in,
+                    n_out,
+                    in_major: n_out >= k_in,
+                    off: len,
+                    rin: 0,
+                    rpre: 0,
+                    mask: host(p.mask),
+                    names: (
+                        format!("{prefix}.weight"),
+                        format!("{prefix}.bias"),
+                        cond.then(|| format!("{prefix}.cond")),
+                    ),
+                };
+                len += layer.len();
+                layers.push(layer);
+            }
+            blocks.push(layers);
+        }
+        // Record offsets: every layer's input, then every hidden pre-activation, then 5 D values.
+        let mut tail = 0;
+        for layers in &mut blocks {
+            let mut acc = 0;
+            for y in layers.iter_mut() {
+                y.rin = acc;
+                acc += y.k_in;
+            }
+            let n = layers.len();
+            for y in layers[..n - 1].iter_mut() {
+                y.rpre = acc;
+                acc += y.n_out;
+            }
+            tail = acc;
+        }
+        let rec = tail + 5 * d;
+        Some(Plan { d, l, act: cfg.activation, bound: cfg.log_scale_bound as f32, blocks, len, rec, tail })
+    }
+
+    /// Effective combined weights from the parameters (`get(name)` → values).
+    fn weights(&self, get: &dyn Fn(&str) -> Option<Vec<f32>>) -> Option<Vec<f32>> {
+        let mut w = vec![0f32; self.len];
+        for y in self.blocks.iter().flatten() {
+            let ws = get(&y.names.0)?;
+            let bs = get(&y.names.1)?;
+            let cs = match &y.names.2 {
+                Some(n) => Some(get(n)?),
+                None => None,
+            };
+            let dst = &mut w[y.off..y.off + y.len()];
+            for j in 0..y.n_out {
+                for i in 0..y.n_in {
+                    dst[y.idx(j, i)] = ws[j * y.n_in + i] * y.mask[j * y.n_in + i];
+                }
+                if let Some(cs) = &cs {
+                    for q in 0..self.l {
+                        dst[y.idx(j, y.n_in + q)] = cs[j * self.l + q];
+                    }
+                }
+            }
+            dst[y.a_len()..].copy_from_slice(&bs[..y.n_out]);
+        }
+        Some(w)
+    }
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for q in 0..8 {
+            acc[q] += x[q] * y[q];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// `y += a * x`
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+#[inline(always)]
+fn activate(act: Activation, p: f32) -> f32 {
+    match act {
+        Activation::Relu => {
+            if p > 0.0 {
+                p
+            } else {
+                0.0
+            }
+        }
+        Activation::Tanh => p.tanh(),
+        Activation::Elu => {
+            if p > 0.0 {
+                p
+            } else {
+                p.exp_m1()
+            }
+        }
+        Activation::Silu => p / (1.0 + (-p).exp()),
+        // Not reached: plans are not built for GELU.
+        Activation::Gelu => p,
+    }
+}
+
+/// Derivative of the activation at pre-activation `p` (output `h`).
+#[inline(always)]
+fn activate_grad(act: Activation, p: f32, h: f32) -> f32 {
+    match act {
+        Activation::Relu => {
+            if p > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Activation::Tanh => 1.0 - h * h,
+        Activation::Elu => {
+            if p > 0.0 {
+                1.0
+            } else {
+                h + 1.0
+            }
+        }
+        Activation::Silu => {
+            let sg = 1.0 / (1.0 + (-p).exp());
+            sg * (1.0 + p * (1.0 - sg))
+        }
+        Activation::Gelu => 1.0,
+    }
+}
+
+/// `out = b + A z` for one layer (`w`: the layer's weights then bias).
+#[inline(always)]
+fn layer_forward(y: &Layer, w: &[f32], z: &[f32], out: &mut [f32]) {
+    let (a, b) = w.split_at(y.a_len());
+    out.copy_from_slice(b);
+    if y.in_major {
+        for (k, &zk) in z.iter().enumerate() {
+            axpy(out, zk, &a[k * y.n_out..(k + 1) * y.n_out]);
+        }
+    } else {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o += dot(&a[j * y.k_in..(j + 1) * y.k_in], z);
+        }
+    }
+}
+
+/// Backward of one layer: accumulates `dA += dy z^T`, `db += dy` into `g` and,
+/// when `dz` is given, writes `dz = A^T dy` restricted to the first `n_in` inputs.
+#[inline(always)]
+fn layer_backward(y: &Layer, w: &[f32], g: &mut [f32], z: &[f32], dy: &[f32], dz: Option<&mut [f32]>) {
+    let a = &w[..y.a_len()];
+    let (ga, gb) = g.split_at_mut(y.a_len());
+    for (gbj, dyj) in gb.iter_mut().zip(dy) {
+        *gbj += dyj;
+    }
+    if y.in_major {
+        for (k, &zk) in z.iter().enumerate() {
+            axpy(&mut ga[k * y.n_out..(k + 1) * y.n_out], zk, dy);
+        }
+        if let Some(dz) = dz {
+            for (i, dzi) in dz.iter_mut().enumerate().take(y.n_in) {
+                *dzi = dot(&a[i * y.n_out..(i + 1) * y.n_out], dy);
+            }
+        }
+    } else {
+        for (j, &dyj) in dy.iter().enumerate() {
+            axpy(&mut ga[j * y.k_in..(j + 1) * y.k_in], dyj, z);
+        }
+        if let Some(dz) = dz {
+            dz.iter_mut().for_each(|v| *v = 0.0);
+            for (j, &dyj) in dy.iter().enumerate() {
+                axpy(&mut dz[..y.n_in], dyj, &a[j * y.k_in..j * y.k_in + y.n_in]);
+            }
+        }
+    }
+}
+
+/// Runs block `layers` forward on `u` (length D) with labels `c`, recording
+/// into `rec` (layout: every layer's input, every hidden pre-activation, then
+/// `t = tanh(raw / B)`, `s`, `exp(-s)`, `mu` and the block output, D each).
+/// Returns the sum of the block's log-scales.
+#[inline(always)]
+fn block_forward(p: &Plan, layers: &[Layer], w: &[f32], u: &[f32], c: &[f32], rec: &mut [f32]) -> f32 {
+    let d = p.d;
+    let nl = layers.len();
+    rec[..d].copy_from_slice(u);
+    if layers[0].cond {
+        rec[d..d + p.l].copy_from_slice(c);
+    }
+    for (li, y) in layers.iter().enumerate() {
+        let lw = &w[y.off..y.off + y.len()];
+        let (head, rest) = rec.split_at_mut(y.rin + y.k_in);
+        let z = &head[y.rin..];
+        if li + 1 < nl {
+            // Hidden layer: pre-activation into its slot, activation into the next layer's input.
+            let nxt = &layers[li + 1];
+            let base = y.rin + y.k_in; // == nxt.rin
+            let (next_in, pres) = rest.split_at_mut(y.rpre - base);
+            let pre = &mut pres[..y.n_out];
+            layer_forward(y, lw, z, pre);
+            for (h, &pv) in next_in[..y.n_out].iter_mut().zip(pre.iter()) {
+                *h = activate(p.act, pv);
+            }
+            if nxt.cond {
+                next_in[y.n_out..y.n_out + p.l].copy_from_slice(c);
+            }
+        } else {
+            let mut o = [0f32; 64];
+            let mut big;
+            let out: &mut [f32] = if 2 * d <= 64 {
+                &mut o[..2 * d]
+            } else {
+                big = vec![0f32; 2 * d];
+                &mut big
+            };
+            layer_forward(y, lw, z, out);
+            let tail = &mut rest[p.tail - y.rin - y.k_in..];
+            let (t, r) = tail.split_at_mut(d);
+            let (s, r) = r.split_at_mut(d);
+            let (e, r) = r.split_at_mut(d);
+            let (mu, uo) = r.split_at_mut(d);
+            let mut s_sum = 0f32;
+            for j in 0..d {
+                let tj = (out[d + j] / p.bound).tanh();
+                let sj = tj * p.bound;
+                t[j] = tj;
+                s[j] = sj;
+                e[j] = (-sj).exp();
+                mu[j] = out[j];
+                uo[j] = (u[j] - out[j]) * e[j];
+                s_sum += sj;
+            }
+            return s_sum;
+        }
+    }
+    0.0
+}
+
+/// Backward of one block: `g` holds dL/d(block output) on entry and
+/// dL/d(block input) on exit. `dscratch` holds two buffers of the widest layer.
+#[inline(always)]
+fn block_backward(
+    p: &Plan,
+    layers: &[Layer],
+    w: &[f32],
+    grad: &mut [f32],
+    rec: &[f32],
+    g: &mut [f32],
+    dscratch: &mut [f32],
+) {
+    let d = p.d;
+    let nl = layers.len();
+    let t = &rec[p.tail..p.tail + d];
+    let e = &rec[p.tail + 2 * d..p.tail + 3 * d];
+    let uo = &rec[p.tail + 4 * d..p.tail + 5 * d];
+    let maxw = dscratch.len() / 2;
+    let (dy_buf, dz_buf) = dscratch.split_at_mut(maxw);
+    // dL/d(raw output) = [dmu, draw]; g becomes the direct part of dL/du.
+    for j in 0..d {
+        let ds = 1.0 - g[j] * uo[j];
+        dy_buf[j] = -g[j] * e[j];
+        dy_buf[d + j] = ds * (1.0 - t[j] * t[j]);
+        g[j] *= e[j];
+    }
+    let mut dy_len = 2 * d;
+    for li in (0..nl).rev() {
+        let y = &layers[li];
+        let lw = &w[y.off..y.off + y.len()];
+        let lg = &mut grad[y.off..y.off + y.len()];
+        let z = &rec[y.rin..y.rin + y.k_in];
+        let dz = &mut dz_buf[..y.n_in];
+        layer_backward(y, lw, lg, z, &dy_buf[..dy_len], Some(dz));
+        if li > 0 {
+            // Through the activation of hidden layer li-1 (its output is z).
+            let prev = &layers[li - 1];
+            let pre = &rec[prev.rpre..prev.rpre + y.n_in];
+            for i in 0..y.n_in {
+                dy_buf[i] = dz_buf[i] * activate_grad(p.act, pre[i], z[i]);
+            }
+            dy_len = y.n_in;
+        } else {
+            for j in 0..d {
+                g[j] += dz_buf[j];
+            }
+        }
+    }
+}
+
+/// Forward and backward of `rows` events: adds the gradient of the summed NLL
+/// into `grad` and returns the summed NLL.
+#[inline(always)]
+fn train_chunk_impl(p: &Plan, w: &[f32], x: &[f32], c: &[f32], rows: &[i64], grad: &mut [f32]) -> f64 {
+    let (d, l) = (p.d, p.l);
+    let nb = p.blocks.len();
+    let mut rec = vec![0f32; p.rec * nb];
+    let maxw = p.blocks[0].iter().map(|y| y.n_out.max(y.k_in)).max().unwrap_or(0).max(2 * d);
+    let mut dscratch = vec![0f32; 2 * maxw];
+    let mut g = vec![0f32; d];
+    let mut total = 0f64;
+    let cst = 0.5 * d as f64 * LOG_2PI;
+    for &r in rows {
+        let r = r as usize;
+        let xe = &x[r * d..(r + 1) * d];
+        let ce = &c[r * l..(r + 1) * l];
+        let mut s_sum = 0f32;
+        for (k, layers) in p.blocks.iter().enumerate() {
+            let (before, this) = rec.split_at_mut(k * p.rec);
+            let u: &[f32] = if k == 0 { xe } else { &before[(k - 1) * p.rec + p.rec - d..k * p.rec] };
+            s_sum += block_forward(p, layers, w, u, ce, &mut this[..p.rec]);
+        }
+        let uk = &rec[nb * p.rec - d..];
+        let mut sq = 0f32;
+        for j in 0..d {
+            g[j] = uk[j];
+            sq += uk[j] * uk[j];
+        }
+        total += f64::from(0.5 * sq + s_sum) + cst;
+        for (k, layers) in p.blocks.iter().enumerate().rev() {
+            block_backward(p, layers, w, grad, &rec[k * p.rec..(k + 1) * p.rec], &mut g, &mut dscratch);
+        }
+    }
+    total
+}
+
+/// `log p(x | c)` of `rows` events into `out`.
+#[inline(always)]
+fn log_prob_chunk_impl(p: &Plan, w: &[f32], x: &[f32], c: &[f32], out: &mut [f32]) {
+    let (d, l) = (p.d, p.l);
+    let mut rec = vec![0f32; p.rec];
+    let mut u = vec![0f32; d];
+    let cst = 0.5 * d as f32 * LOG_2PI as f32;
+    for (r, o) in out.iter_mut().enumerate() {
+        u.copy_from_slice(&x[r * d..(r + 1) * d]);
+        let ce = &c[r * l..(r + 1) * l];
+        let mut s_sum = 0f32;
+        for layers in &p.blocks {
+            s_sum += block_forward(p, layers, w, &u, ce, &mut rec);
+            u.copy_from_slice(&rec[p.rec - d..]);
+        }
+        let sq: f32 = u.iter().map(|v| v * v).sum();
+        *o = -0.5 * sq - cst - s_sum;
+    }
+}
+
+/// Inverse of the flow on `us` (rows of D) into `xs`, and `log |det du/dx|` into `ld`.
+#[inline(always)]
+fn inverse_chunk_impl(p: &Plan, w: &[f32], us: &[f32], c: &[f32], xs: &mut [f32], ld: &mut [f32]) {
+    let (d, l) = (p.d, p.l);
+    let mut rec = vec![0f32; p.rec];
+    let mut y = vec![0f32; d];
+    let mut x = vec![0f32; d];
+    let tail = p.tail;
+    for (r, ldr) in ld.iter_mut().enumerate() {
+        y.copy_from_slice(&us[r * d..(r + 1) * d]);
+        let ce = &c[r * l..(r + 1) * l];
+        let mut logdet = 0f32;
+        for layers in p.blocks.iter().rev() {
+            x.iter_mut().for_each(|v| *v = 0.0);
+            for _ in 0..d {
+                block_forward(p, layers, w, &x, ce, &mut rec);
+                // x = y * exp(s) + mu
+                for j in 0..d {
+                    x[j] = y[j] * rec[tail + d + j].exp() + rec[tail + 3 * d + j];
+                }
+            }
+            let s_sum: f32 = rec[tail + d..tail + 2 * d].iter().sum();
+            logdet -= s_sum;
+            y.copy_from_slice(&x);
+        }
+        xs[r * d..(r + 1) * d].copy_from_slice(&y);
+        *ldr = logdet;
+    }
+}
+
+macro_rules! dispatch {
+    ($name:ident, $imp:ident, ($($a:ident : $t:ty),*) -> $ret:ty) => {
+        fn $name($($a: $t),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($a: $t),*) -> $ret {
+                    $imp($($a),*)
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2 (checked just above).
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            $imp($($a),*)
+        }
+    };
+}
+
+dispatch!(train_chunk, train_chunk_impl, (p: &Plan, w: &[f32], x: &[f32], c: &[f32], rows: &[i64], grad: &mut [f32]) -> f64);
+dispatch!(log_prob_chunk, log_prob_chunk_impl, (p: &Plan, w: &[f32], x: &[f32], c: &[f32], out: &mut [f32]) -> ());
+dispatch!(inverse_chunk, inverse_chunk_impl, (p: &Plan, w: &[f32], us: &[f32], c: &[f32], xs: &mut [f32], ld: &mut [f32]) -> ());
+
+/// Runs `f(chunk index)` for `n` chunks on up to `threads` threads (static
+/// round-robin assignment; results must not depend on it).
+fn par_chunks<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = threads.clamp(1, n.max(1));
+    if threads == 1 {
+        return (0..n).map(&f).collect();
+    }
+    let f = &f;
+    let mut parts: Vec<Vec<(usize, T)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| s.spawn(move || (t..n).step_by(threads).map(|i| (i, f(i))).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    for (i, v) in parts.iter_mut().flat_map(std::mem::take) {
+        out[i] = Some(v);
+    }
+    out.into_iter().flatten().collect()
+}
+
+fn threads() -> usize {
+    usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1)
+}
+
+/// The fast CPU path for a MAF: its structure, built once per flow.
+#[derive(Debug, Clone)]
+pub struct FastMaf {
+    plan: Plan,
+}
+
+impl FastMaf {
+    /// The fast path for `flow`, or `None` where it does not apply (not on
+    /// the CPU, or GELU activation); use the autograd path then.
+    pub fn new(flow: &Maf) -> Option<Self> {
+        Plan::new(flow).map(|plan| FastMaf { plan })
+    }
+
+    fn weights_from_flow(&self, flow: &Maf) -> Option<Vec<f32>> {
+        let vars = flow.var_store().variables();
+        self.plan.weights(&|n| vars.get(n).map(host))
+    }
+
+    /// `log p(x | c)` per event, without gradients.
+    ///
+    /// # Shapes
+    /// `xs: [N, D]`, `cs: [N, L]` → `[N]`
+    pub fn log_prob(&self, flow: &Maf, xs: &Tensor, cs: &Tensor) -> Option<Tensor> {
+        let w = self.weights_from_flow(flow)?;
+        let (x, c) = (host(xs), host(cs));
+        let (d, l) = (self.plan.d, self.plan.l);
+        let n = x.len() / d.max(1);
+        if x.len() != n * d || c.len() != n * l {
+            return None;
+        }
+        let n_chunks = n.div_ceil(CHUNK);
+        let parts = par_chunks(n_chunks, threads(), |i| {
+            let (a, b) = (i * CHUNK, ((i + 1) * CHUNK).min(n));
+            let mut out = vec![0f32; b - a];
+            log_prob_chunk(&self.plan, &w, &x[a * d..b * d], &c[a * l..b * l], &mut out);
+            out
+        });
+        let flat: Vec<f32> = parts.concat();
+        Some(Tensor::from_slice(&flat))
+    }
+
+    /// The inverse of the flow (base → data) and `log |det du/dx|` at the result.
+    ///
+    /// # Shapes
+    /// `us: [N, D]`, `cs: [N, L]` → `(x: [N, D], logdet: [N])`
+    pub fn inverse(&self, flow: &Maf, us: &Tensor, cs: &Tensor) -> Option<(Tensor, Tensor)> {
+        let w = self.weights_from_flow(flow)?;
+        let (u, c) = (host(us), host(cs));
+        let (d, l) = (self.plan.d, self.plan.l);
+        let n = u.len() / d.max(1);
+        if u.len() != n * d || c.len() != n * l {
+            return None;
+        }
+        let n_chunks = n.div_ceil(CHUNK);
+        let parts = par_chunks(n_chunks, threads(), |i| {
+            let (a, b) = (i * CHUNK, ((i + 1) * CHUNK).min(n));
+            let mut xs = vec![0f32; (b - a) * d];
+            let mut ld = vec![0f32; b - a];
+            inverse_chunk(&self.plan, &w, &u[a * d..b * d], &c[a * l..b * l], &mut xs, &mut ld);
+            (xs, ld)
+        });
+        let xs: Vec<f32> = parts.iter().flat_map(|p| p.0.iter().copied()).collect();
+        let ld: Vec<f32> = parts.iter().flat_map(|p| p.1.iter().copied()).collect();
+        Some((Tensor::from_slice(&xs).view([n as i64, d as i64]), Tensor::from_slice(&ld)))
+    }
+}
+
+/// The fast training pass: the summed NLL of a batch and its gradient in
+/// the optimiser's flat layout (parameters sorted by name).
+#[derive(Debug)]
+pub struct FastTrainer {
+    plan: Plan,
+    /// Offset of each parameter in the flat layout, by name.
+    offsets: HashMap<String, usize>,
+    /// Length of the flat layout.
+    n_params: usize,
+    params: Vec<f32>,
+}
+
+impl FastTrainer {
+    /// A trainer for `flow` whose parameters are laid out flat as `names`
+    /// (with `numels` elements each), or `None` where the fast path does not apply.
+    pub fn new(flow: &Maf, names: &[String], numels: &[i64]) -> Option<Self> {
+        let plan = Plan::new(flow)?;
+        let mut offsets = HashMap::new();
+        let mut off = 0;
+        for (n, &k) in names.iter().zip(numels) {
+            offsets.insert(n.clone(), off);
+            off += usize::try_from(k).ok()?;
+        }
+        // Every parameter of the plan must be in the layout.
+        for y in plan.blocks.iter().flatten() {
+            for n in [Some(&y.names.0), Some(&y.names.1), y.names.2.as_ref()].into_iter().flatten() {
+                offsets.get(n)?;
+            }
+        }
+        Some(FastTrainer { plan, offsets, n_params: off, params: vec![0f32; off] })
+    }
+
+    /// Summed NLL of the events `rows` of `(x, c)` (row-major host copies of
+    /// the whitened data, `D` and `L` columns) under the parameters `flat`
+    /// (the optimiser's flat parameter tensor), and its gradient written into
+    /// `grad` (length [`FastTrainer::numel`]).
+    pub fn loss_and_grad(
+        &mut self,
+        flat: &Tensor,
+        x: &[f32],
+        c: &[f32],
+        rows: &[i64],
+        threads: usize,
+        grad: &mut [f32],
+    ) -> f64 {
+        let n = self.n_params;
+        flat.copy_data(&mut self.params, n);
+        let params = &self.params;
+        let offsets = &self.offsets;
+        let get = |name: &str| -> Option<Vec<f32>> {
+            let &o = offsets.get(name)?;
+            let len = flat_len(&self.plan, name)?;
+            params.get(o..o + len).map(<[f32]>::to_vec)
+        };
+        let Some(w) = self.plan.weights(&get) else { return f64::NAN };
+        let n_chunks = rows.len().div_ceil(CHUNK);
+        let (plan, w) = (&self.plan, &w);
+        // Each chunk accumulates into its own buffer; the buffers are summed in chunk order.
+        let parts = par_chunks(n_chunks, threads, |i| {
+            let (a, b) = (i * CHUNK, ((i + 1) * CHUNK).min(rows.len()));
+            let mut g = vec![0f32; plan.len];
+            let loss = train_chunk(plan, w, x, c, &rows[a..b], &mut g);
+            (loss, g)
+        });
+        let mut total_g = vec![0f32; plan.len];
+        let mut loss = 0f64;
+        for (l, g) in &parts {
+            loss += l;
+            for (t, v) in total_g.iter_mut().zip(g) {
+                *t += v;
+            }
+        }
+        self.scatter(&total_g, grad);
+        loss
+    }
+
+    /// Maps a gradient of the combined weights to the flat parameter layout.
+    fn scatter(&self, g: &[f32], out: &mut [f32]) {
+        out.iter_mut().for_each(|v| *v = 0.0);
+        let l = self.plan.l;
+        for y in self.plan.blocks.iter().flatten() {
+            let src = &g[y.off..y.off + y.len()];
+            if let Some(&o) = self.offsets.get(&y.names.0) {
+                for j in 0..y.n_out {
+                    for i in 0..y.n_in {
+                        out[o + j * y.n_in + i] = src[y.idx(j, i)] * y.mask[j * y.n_in + i];
+                    }
+                }
+            }
+            if let Some(&o) = self.offsets.get(&y.names.1) {
+                out[o..o + y.n_out].copy_from_slice(&src[y.a_len()..]);
+            }
+            if let Some(&o) = y.names.2.as_ref().and_then(|n| self.offsets.get(n)) {
+                for j in 0..y.n_out {
+                    for q in 0..l {
+                        out[o + j * l + q] = src[y.idx(j, y.n_in + q)];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Length of the flat parameter layout.
+    pub fn numel(&self) -> usize {
+        self.n_params
+    }
+}
+
+fn flat_len(p: &Plan, name: &str) -> Option<usize> {
+    p.blocks.iter().flatten().find_map(|y| {
+        if name == y.names.0 {
+            Some(y.n_out * y.n_in)
+        } else if name == y.names.1 {
+            Some(y.n_out)
+        } else if y.names.2.as_deref() == Some(name) {
+            Some(y.n_out * p.l)
+        } else {
+            None
+        }
+    })
+}
+
+/// The parts of a MADE layer the fast path reads.
+#[derive(Debug)]
+pub(crate) struct LayerParts<'a> {
+    /// Weight `[out, in]` (unmasked parameter).
+    pub weight: &'a Tensor,
+    /// Mask `[out, in]`.
+    pub mask: &'a Tensor,
+    /// Label weight `[out, L]`, if any.
+    pub cond: Option<&'a Tensor>,
+}
