@@ -193,7 +193,7 @@ impl Plan {
 }
 
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; 8];
@@ -209,7 +209,48 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (x, y) in ra.iter().zip(rb) {
         tail += x * y;
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    // Halves, then halves again: the usual horizontal reduction of a vector register.
+    let h = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+    let q = [h[0] + h[2], h[1] + h[3]];
+    (q[0] + q[1]) + tail
+}
+
+/// [`dot_scalar`] with AVX2 intrinsics: the same operations in the same
+/// order (8 lanes, multiply then add, halves reduction), so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let m = n / 8 * 8;
+    // SAFETY: all loads are within a[..m] and b[..m].
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i < m {
+        let x = unsafe { _mm256_loadu_ps(a.as_ptr().add(i)) };
+        let y = unsafe { _mm256_loadu_ps(b.as_ptr().add(i)) };
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+        i += 8;
+    }
+    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    let r = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+    let mut tail = 0f32;
+    for (x, y) in a[m..n].iter().zip(&b[m..n]) {
+        tail += x * y;
+    }
+    _mm_cvtss_f32(r) + tail
+}
+
+#[inline(always)]
+fn dot<const AVX: bool>(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: AVX is only true in code reached after detecting AVX2.
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_scalar(a, b)
 }
 
 /// `y += a * x`
@@ -220,60 +261,41 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// `h = act(pre)` elementwise (the match is outside the loops, so each
+/// branch vectorises).
 #[inline(always)]
-fn activate(act: Activation, p: f32) -> f32 {
+fn activate(act: Activation, pre: &[f32], h: &mut [f32]) {
+    let it = h.iter_mut().zip(pre);
     match act {
-        Activation::Relu => {
-            if p > 0.0 {
-                p
-            } else {
-                0.0
-            }
-        }
-        Activation::Tanh => p.tanh(),
-        Activation::Elu => {
-            if p > 0.0 {
-                p
-            } else {
-                p.exp_m1()
-            }
-        }
-        Activation::Silu => p / (1.0 + (-p).exp()),
+        // NaN propagates, like torch's relu.
+        Activation::Relu => it.for_each(|(h, &p)| *h = if p < 0.0 { 0.0 } else { p }),
+        Activation::Tanh => it.for_each(|(h, &p)| *h = p.tanh()),
+        Activation::Elu => it.for_each(|(h, &p)| *h = if p > 0.0 { p } else { p.exp_m1() }),
+        Activation::Silu => it.for_each(|(h, &p)| *h = p / (1.0 + (-p).exp())),
         // Not reached: plans are not built for GELU.
-        Activation::Gelu => p,
+        Activation::Gelu => it.for_each(|(h, &p)| *h = p),
     }
 }
 
-/// Derivative of the activation at pre-activation `p` (output `h`).
+/// `dpre = dh * act'(pre)` elementwise, given the output `h = act(pre)`.
 #[inline(always)]
-fn activate_grad(act: Activation, p: f32, h: f32) -> f32 {
+fn activate_backward(act: Activation, pre: &[f32], h: &[f32], dh: &[f32], dpre: &mut [f32]) {
+    let it = dpre.iter_mut().zip(dh).zip(pre.iter().zip(h));
     match act {
-        Activation::Relu => {
-            if p > 0.0 {
-                1.0
-            } else {
-                0.0
-            }
-        }
-        Activation::Tanh => 1.0 - h * h,
-        Activation::Elu => {
-            if p > 0.0 {
-                1.0
-            } else {
-                h + 1.0
-            }
-        }
-        Activation::Silu => {
+        Activation::Relu => it.for_each(|((o, &g), (&p, _))| *o = if p > 0.0 { g } else { 0.0 }),
+        Activation::Tanh => it.for_each(|((o, &g), (_, &h))| *o = g * (1.0 - h * h)),
+        Activation::Elu => it.for_each(|((o, &g), (&p, &h))| *o = if p > 0.0 { g } else { g * (h + 1.0) }),
+        Activation::Silu => it.for_each(|((o, &g), (&p, _))| {
             let sg = 1.0 / (1.0 + (-p).exp());
-            sg * (1.0 + p * (1.0 - sg))
-        }
-        Activation::Gelu => 1.0,
+            *o = g * (sg * (1.0 + p * (1.0 - sg)));
+        }),
+        Activation::Gelu => it.for_each(|((o, &g), _)| *o = g),
     }
 }
 
 /// `out = b + A z` for one layer (`w`: the layer's weights then bias).
 #[inline(always)]
-fn layer_forward(y: &Layer, w: &[f32], z: &[f32], out: &mut [f32]) {
+fn layer_forward<const AVX: bool>(y: &Layer, w: &[f32], z: &[f32], out: &mut [f32]) {
     let (a, b) = w.split_at(y.a_len());
     out.copy_from_slice(b);
     if y.in_major {
@@ -282,7 +304,7 @@ fn layer_forward(y: &Layer, w: &[f32], z: &[f32], out: &mut [f32]) {
         }
     } else {
         for (j, o) in out.iter_mut().enumerate() {
-            *o += dot(&a[j * y.k_in..(j + 1) * y.k_in], z);
+            *o += dot::<AVX>(&a[j * y.k_in..(j + 1) * y.k_in], z);
         }
     }
 }
@@ -290,7 +312,7 @@ fn layer_forward(y: &Layer, w: &[f32], z: &[f32], out: &mut [f32]) {
 /// Backward of one layer: accumulates `dA += dy z^T`, `db += dy` into `g` and,
 /// when `dz` is given, writes `dz = A^T dy` restricted to the first `n_in` inputs.
 #[inline(always)]
-fn layer_backward(y: &Layer, w: &[f32], g: &mut [f32], z: &[f32], dy: &[f32], dz: Option<&mut [f32]>) {
+fn layer_backward<const AVX: bool>(y: &Layer, w: &[f32], g: &mut [f32], z: &[f32], dy: &[f32], dz: Option<&mut [f32]>) {
     let a = &w[..y.a_len()];
     let (ga, gb) = g.split_at_mut(y.a_len());
     for (gbj, dyj) in gb.iter_mut().zip(dy) {
@@ -302,7 +324,7 @@ fn layer_backward(y: &Layer, w: &[f32], g: &mut [f32], z: &[f32], dy: &[f32], dz
         }
         if let Some(dz) = dz {
             for (i, dzi) in dz.iter_mut().enumerate().take(y.n_in) {
-                *dzi = dot(&a[i * y.n_out..(i + 1) * y.n_out], dy);
+                *dzi = dot::<AVX>(&a[i * y.n_out..(i + 1) * y.n_out], dy);
             }
         }
     } else {
@@ -321,9 +343,18 @@ fn layer_backward(y: &Layer, w: &[f32], g: &mut [f32], z: &[f32], dy: &[f32], dz
 /// Runs block `layers` forward on `u` (length D) with labels `c`, recording
 /// into `rec` (layout: every layer's input, every hidden pre-activation, then
 /// `t = tanh(raw / B)`, `s`, `exp(-s)`, `mu` and the block output, D each).
-/// Returns the sum of the block's log-scales.
+/// Returns the sum of the block's log-scales. Without `forward` (inversion)
+/// only `t`, `s` and `mu` are written.
 #[inline(always)]
-fn block_forward(p: &Plan, layers: &[Layer], w: &[f32], u: &[f32], c: &[f32], rec: &mut [f32]) -> f32 {
+fn block_forward<const AVX: bool>(
+    p: &Plan,
+    layers: &[Layer],
+    w: &[f32],
+    u: &[f32],
+    c: &[f32],
+    rec: &mut [f32],
+    forward: bool,
+) -> f32 {
     let d = p.d;
     let nl = layers.len();
     rec[..d].copy_from_slice(u);
@@ -340,10 +371,8 @@ fn block_forward(p: &Plan, layers: &[Layer], w: &[f32], u: &[f32], c: &[f32], re
             let base = y.rin + y.k_in; // == nxt.rin
             let (next_in, pres) = rest.split_at_mut(y.rpre - base);
             let pre = &mut pres[..y.n_out];
-            layer_forward(y, lw, z, pre);
-            for (h, &pv) in next_in[..y.n_out].iter_mut().zip(pre.iter()) {
-                *h = activate(p.act, pv);
-            }
+            layer_forward::<AVX>(y, lw, z, pre);
+            activate(p.act, pre, &mut next_in[..y.n_out]);
             if nxt.cond {
                 next_in[y.n_out..y.n_out + p.l].copy_from_slice(c);
             }
@@ -356,7 +385,7 @@ fn block_forward(p: &Plan, layers: &[Layer], w: &[f32], u: &[f32], c: &[f32], re
                 big = vec![0f32; 2 * d];
                 &mut big
             };
-            layer_forward(y, lw, z, out);
+            layer_forward::<AVX>(y, lw, z, out);
             let tail = &mut rest[p.tail - y.rin - y.k_in..];
             let (t, r) = tail.split_at_mut(d);
             let (s, r) = r.split_at_mut(d);
@@ -368,10 +397,15 @@ fn block_forward(p: &Plan, layers: &[Layer], w: &[f32], u: &[f32], c: &[f32], re
                 let sj = tj * p.bound;
                 t[j] = tj;
                 s[j] = sj;
-                e[j] = (-sj).exp();
                 mu[j] = out[j];
-                uo[j] = (u[j] - out[j]) * e[j];
                 s_sum += sj;
+            }
+            // The inverse needs only mu and s.
+            if forward {
+                for j in 0..d {
+                    e[j] = (-s[j]).exp();
+                    uo[j] = (u[j] - out[j]) * e[j];
+                }
             }
             return s_sum;
         }
@@ -382,7 +416,7 @@ fn block_forward(p: &Plan, layers: &[Layer], w: &[f32], u: &[f32], c: &[f32], re
 /// Backward of one block: `g` holds dL/d(block output) on entry and
 /// dL/d(block input) on exit. `dscratch` holds two buffers of the widest layer.
 #[inline(always)]
-fn block_backward(
+fn block_backward<const AVX: bool>(
     p: &Plan,
     layers: &[Layer],
     w: &[f32],
@@ -412,14 +446,12 @@ fn block_backward(
         let lg = &mut grad[y.off..y.off + y.len()];
         let z = &rec[y.rin..y.rin + y.k_in];
         let dz = &mut dz_buf[..y.n_in];
-        layer_backward(y, lw, lg, z, &dy_buf[..dy_len], Some(dz));
+        layer_backward::<AVX>(y, lw, lg, z, &dy_buf[..dy_len], Some(dz));
         if li > 0 {
             // Through the activation of hidden layer li-1 (its output is z).
             let prev = &layers[li - 1];
             let pre = &rec[prev.rpre..prev.rpre + y.n_in];
-            for i in 0..y.n_in {
-                dy_buf[i] = dz_buf[i] * activate_grad(p.act, pre[i], z[i]);
-            }
+            activate_backward(p.act, pre, &z[..y.n_in], &dz_buf[..y.n_in], &mut dy_buf[..y.n_in]);
             dy_len = y.n_in;
         } else {
             for j in 0..d {
@@ -432,7 +464,7 @@ fn block_backward(
 /// Forward and backward of `rows` events: adds the gradient of the summed NLL
 /// into `grad` and returns the summed NLL.
 #[inline(always)]
-fn train_chunk_impl(p: &Plan, w: &[f32], x: &[f32], c: &[f32], rows: &[i64], grad: &mut [f32]) -> f64 {
+fn train_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], x: &[f32], c: &[f32], rows: &[i64], grad: &mut [f32]) -> f64 {
     let (d, l) = (p.d, p.l);
     let nb = p.blocks.len();
     let mut rec = vec![0f32; p.rec * nb];
@@ -449,7 +481,7 @@ fn train_chunk_impl(p: &Plan, w: &[f32], x: &[f32], c: &[f32], rows: &[i64], gra
         for (k, layers) in p.blocks.iter().enumerate() {
             let (before, this) = rec.split_at_mut(k * p.rec);
             let u: &[f32] = if k == 0 { xe } else { &before[(k - 1) * p.rec + p.rec - d..k * p.rec] };
-            s_sum += block_forward(p, layers, w, u, ce, &mut this[..p.rec]);
+            s_sum += block_forward::<AVX>(p, layers, w, u, ce, &mut this[..p.rec], true);
         }
         let uk = &rec[nb * p.rec - d..];
         let mut sq = 0f32;
@@ -459,7 +491,7 @@ fn train_chunk_impl(p: &Plan, w: &[f32], x: &[f32], c: &[f32], rows: &[i64], gra
         }
         total += f64::from(0.5 * sq + s_sum) + cst;
         for (k, layers) in p.blocks.iter().enumerate().rev() {
-            block_backward(p, layers, w, grad, &rec[k * p.rec..(k + 1) * p.rec], &mut g, &mut dscratch);
+            block_backward::<AVX>(p, layers, w, grad, &rec[k * p.rec..(k + 1) * p.rec], &mut g, &mut dscratch);
         }
     }
     total
@@ -467,7 +499,7 @@ fn train_chunk_impl(p: &Plan, w: &[f32], x: &[f32], c: &[f32], rows: &[i64], gra
 
 /// `log p(x | c)` of `rows` events into `out`.
 #[inline(always)]
-fn log_prob_chunk_impl(p: &Plan, w: &[f32], x: &[f32], c: &[f32], out: &mut [f32]) {
+fn log_prob_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], x: &[f32], c: &[f32], out: &mut [f32]) {
     let (d, l) = (p.d, p.l);
     let mut rec = vec![0f32; p.rec];
     let mut u = vec![0f32; d];
@@ -477,7 +509,7 @@ fn log_prob_chunk_impl(p: &Plan, w: &[f32], x: &[f32], c: &[f32], out: &mut [f32
         let ce = &c[r * l..(r + 1) * l];
         let mut s_sum = 0f32;
         for layers in &p.blocks {
-            s_sum += block_forward(p, layers, w, &u, ce, &mut rec);
+            s_sum += block_forward::<AVX>(p, layers, w, &u, ce, &mut rec, true);
             u.copy_from_slice(&rec[p.rec - d..]);
         }
         let sq: f32 = u.iter().map(|v| v * v).sum();
@@ -487,7 +519,7 @@ fn log_prob_chunk_impl(p: &Plan, w: &[f32], x: &[f32], c: &[f32], out: &mut [f32
 
 /// Inverse of the flow on `us` (rows of D) into `xs`, and `log |det du/dx|` into `ld`.
 #[inline(always)]
-fn inverse_chunk_impl(p: &Plan, w: &[f32], us: &[f32], c: &[f32], xs: &mut [f32], ld: &mut [f32]) {
+fn inverse_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], us: &[f32], c: &[f32], xs: &mut [f32], ld: &mut [f32]) {
     let (d, l) = (p.d, p.l);
     let mut rec = vec![0f32; p.rec];
     let mut y = vec![0f32; d];
@@ -500,7 +532,7 @@ fn inverse_chunk_impl(p: &Plan, w: &[f32], us: &[f32], c: &[f32], xs: &mut [f32]
         for layers in p.blocks.iter().rev() {
             x.iter_mut().for_each(|v| *v = 0.0);
             for _ in 0..d {
-                block_forward(p, layers, w, &x, ce, &mut rec);
+                block_forward::<AVX>(p, layers, w, &x, ce, &mut rec, false);
                 // x = y * exp(s) + mu
                 for j in 0..d {
                     x[j] = y[j] * rec[tail + d + j].exp() + rec[tail + 3 * d + j];
@@ -522,14 +554,14 @@ macro_rules! dispatch {
             {
                 #[target_feature(enable = "avx2")]
                 unsafe fn avx2($($a: $t),*) -> $ret {
-                    $imp($($a),*)
+                    $imp::<true>($($a),*)
                 }
                 if std::is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU supports AVX2 (checked just above).
                     return unsafe { avx2($($a),*) };
                 }
             }
-            $imp($($a),*)
+            $imp::<false>($($a),*)
         }
     };
 }
@@ -761,4 +793,23 @@ pub(crate) struct LayerParts<'a> {
     pub mask: &'a Tensor,
     /// Label weight `[out, L]`, if any.
     pub cond: Option<&'a Tensor>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avx2_dot_gives_the_bits_of_the_portable_dot() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            for n in [0usize, 1, 7, 8, 9, 128, 131] {
+                let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.0137).collect();
+                let b: Vec<f32> = (0..n).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.731).collect();
+                // SAFETY: AVX2 detected above.
+                let v = unsafe { dot_avx2(&a, &b) };
+                assert_eq!(v.to_bits(), dot_scalar(&a, &b).to_bits(), "n = {n}");
+            }
+        }
+    }
 }
