@@ -547,6 +547,12 @@ pub fn train(
         if let Some(o) = &hooks.observer {
             o.on_epoch(&rec);
         }
+        // A checkpoint request that came after this epoch's last step but before the
+        // observer saw the epoch end was promised for this epoch (the control plane
+        // answers "after epoch <completed + 1>"): take it now. Only rank 0 writes.
+        if comm.is_root() {
+            pending_checkpoint |= controls.checkpoint.swap(false, Ordering::Relaxed);
+        }
         if hooks.gather_rank_facts {
             facts(comm, last_step_seconds)?;
         }

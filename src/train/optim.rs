@@ -45,7 +45,8 @@ pub struct Adam {
 
 impl Adam {
     /// An optimiser for every trainable variable of `vs`. Moves the
-    /// variables' storage into one flat buffer (their values are unchanged).
+    /// variables' storage into one flat buffer (their values are unchanged);
+    /// build one optimiser per variable store: a later one takes the storage over.
     pub fn new(vs: &VarStore, cfg: AdamConfig) -> Self {
         let vars = vs.variables();
         let mut names: Vec<String> = vars.keys().cloned().collect();
