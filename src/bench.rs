@@ -3,6 +3,7 @@
 
 use crate::config::NetworkConfig;
 use crate::error::Result;
+use crate::flow::fast::{to_host, FastTrainer};
 use crate::flow::Maf;
 use crate::train::optim::{Adam, AdamConfig};
 use serde::Serialize;
@@ -56,6 +57,23 @@ pub fn train_step(flow: &Maf, opt: &mut Adam, x: &Tensor, c: &Tensor) {
     opt.step_flat(&g, 1.0 / x.size()[0] as f64, 1e-4);
 }
 
+/// One training step through the hand-written CPU pass ([`FastTrainer`]):
+/// `x`, `c` are host copies of the batch, `rows` its row numbers, `grad` a
+/// buffer of [`FastTrainer::numel`] floats.
+pub fn fast_train_step(
+    fast: &mut FastTrainer,
+    opt: &mut Adam,
+    x: &[f32],
+    c: &[f32],
+    rows: &[i64],
+    grad: &mut [f32],
+) -> f64 {
+    let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
+    let loss = fast.loss_and_grad(opt.flat_params(), x, c, rows, threads, grad);
+    opt.step_flat(&Tensor::from_slice(grad), 1.0 / rows.len() as f64, 1e-4);
+    loss
+}
+
 fn time_it(device: Device, min_seconds: f64, events: usize, mut f: impl FnMut()) -> f64 {
     f();
     sync(device);
@@ -86,7 +104,17 @@ pub fn flow_throughput(
     let mut opt = Adam::new(flow.var_store(), AdamConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8 });
     let x = Tensor::randn([batch as i64, d as i64], (Kind::Float, device));
     let c = Tensor::randn([batch as i64, l as i64], (Kind::Float, device));
-    let train = time_it(device, min_seconds, batch, || train_step(&flow, &mut opt, &x, &c));
+    let train = match FastTrainer::new(&flow, opt.names(), opt.numels()) {
+        Some(mut fast) => {
+            let (hx, hc) = (to_host(&x), to_host(&c));
+            let rows: Vec<i64> = (0..batch as i64).collect();
+            let mut grad = vec![0f32; fast.numel()];
+            time_it(device, min_seconds, batch, || {
+                fast_train_step(&mut fast, &mut opt, &hx, &hc, &rows, &mut grad);
+            })
+        }
+        None => time_it(device, min_seconds, batch, || train_step(&flow, &mut opt, &x, &c)),
+    };
     let sample = time_it(device, min_seconds, batch, || {
         let _ = flow.sample(&c);
     });

@@ -95,7 +95,7 @@ fn cf(run: &Path) -> ControlFile {
 fn status_watch_checkpoint_and_stop_steer_a_real_two_rank_job() {
     let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tmpdir();
-    let (job, run) = start_job(dir.path(), 400, &[]);
+    let (job, run) = start_job(dir.path(), 4000, &[]);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(run.join("control.json")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "control.json must be private");
@@ -107,7 +107,7 @@ fn status_watch_checkpoint_and_stop_steer_a_real_two_rank_job() {
     let after = history_lines(&run);
     let epoch = st["epoch"].as_u64().unwrap();
     assert!(before <= epoch && epoch <= after + 1, "status epoch {epoch} vs history.csv {before}..{after} lines");
-    assert_eq!(st["epochs"], 400);
+    assert_eq!(st["epochs"], 4000);
     assert_eq!(st["world_size"], 2);
     assert!(st["step"].as_u64().unwrap() <= st["steps_per_epoch"].as_u64().unwrap());
     assert_eq!(st["ranks"].as_array().unwrap().len(), 2);
@@ -143,7 +143,7 @@ fn status_watch_checkpoint_and_stop_steer_a_real_two_rank_job() {
     let out = job.wait_with_output().unwrap();
     assert!(out.status.success(), "job after stop: {:?}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     let last = checkpoint::list(&run.join("checkpoints")).pop().unwrap().0;
-    assert!(last.epoch > at && last.epoch < 400 && !last.mid_epoch(), "final checkpoint {last:?}");
+    assert!(last.epoch > at && last.epoch < 4000 && !last.mid_epoch(), "final checkpoint {last:?}");
     assert_eq!(history_lines(&run), last.epoch as u64);
 
     let w = watcher.wait_with_output().unwrap();
@@ -161,7 +161,7 @@ fn status_watch_checkpoint_and_stop_steer_a_real_two_rank_job() {
 fn independent_python_client_and_bad_callers() {
     let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tmpdir();
-    let (job, run) = start_job(dir.path(), 400, &[]);
+    let (job, run) = start_job(dir.path(), 4000, &[]);
     let f = cf(&run);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/grpc/client.py");
     let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
@@ -239,7 +239,7 @@ fn tls_with_a_ca_signed_certificate() {
         openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cert.pem -days 2 -extfile ext.cnf");
     let (job, run) = start_job(
         d,
-        400,
+        4000,
         &["control.tls_cert=\"cert.pem\"", "control.tls_key=\"key.pem\"", "control.tls_ca=\"ca.pem\""],
     );
     let f = cf(&run);

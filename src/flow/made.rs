@@ -180,6 +180,18 @@ impl Made {
         self.hidden.iter().map(|h| h.lin.weight()).chain(std::iter::once(self.out.weight())).collect()
     }
 
+    /// The layers' weights, masks and label weights, hidden layers first (for
+    /// the fast path).
+    pub(crate) fn parts(&self) -> Vec<super::fast::LayerParts<'_>> {
+        let hidden = self.hidden.iter().map(|h| super::fast::LayerParts {
+            weight: &h.lin.ws,
+            mask: &h.lin.mask,
+            cond: h.cs.as_ref(),
+        });
+        let out = super::fast::LayerParts { weight: &self.out.ws, mask: &self.out.mask, cond: self.out_cond.as_ref() };
+        hidden.chain(std::iter::once(out)).collect()
+    }
+
     /// [`Made::forward`] with precomputed effective weights from [`Made::weights`].
     pub fn forward_with(&self, xs: &Tensor, cs: &Tensor, ws: &[Tensor]) -> (Tensor, Tensor) {
         let mut h = xs.shallow_clone();

@@ -11,6 +11,7 @@
 //! order of the features (the degrees of its masks), which is equivalent to
 //! permuting the data between blocks but costs no gather.
 
+use super::fast::FastMaf;
 use super::made::{input_degrees, made, Activation, Made, MadeConfig};
 use crate::error::{Error, Result};
 use rand::seq::SliceRandom;
@@ -97,6 +98,11 @@ pub struct Maf {
     orders: Vec<Vec<i64>>,
     vs: nn::VarStore,
     blocks: Vec<Made>,
+    /// The hand-written CPU path for gradient-free evaluation, where it applies.
+    fast: Option<FastMaf>,
+    /// A scalar that requires grad: `(probe * 1).requires_grad()` tells whether
+    /// autograd is recording (tch has no query for the grad mode).
+    probe: Tensor,
 }
 
 impl std::fmt::Debug for Maf {
@@ -147,7 +153,16 @@ impl Maf {
                 )
             })
             .collect();
-        Ok(Maf { cfg, orders, vs, blocks })
+        let mut maf = Maf {
+            cfg,
+            orders,
+            vs,
+            blocks,
+            fast: None,
+            probe: Tensor::zeros([], (Kind::Float, Device::Cpu)).set_requires_grad(true),
+        };
+        maf.fast = FastMaf::new(&maf);
+        Ok(maf)
     }
 
     /// The architecture.
@@ -173,6 +188,11 @@ impl Maf {
     /// The device the weights live on.
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+
+    /// Whether autograd is recording operations in this thread.
+    pub fn grad_enabled(&self) -> bool {
+        (&self.probe * 1.0).requires_grad()
     }
 
     /// The blocks, in data → base order.
@@ -207,6 +227,15 @@ impl Maf {
     /// # Shapes
     /// `xs: [N, D]`, `cs: [N, L]` → `[N]`
     pub fn log_prob(&self, xs: &Tensor, cs: &Tensor) -> Tensor {
+        if let Some(lp) = self.fast.as_ref().filter(|_| !self.grad_enabled()).and_then(|f| f.log_prob(self, xs, cs)) {
+            return lp;
+        }
+        self.log_prob_autograd(xs, cs)
+    }
+
+    /// [`Maf::log_prob`] through libtorch ops (recorded by autograd when
+    /// gradients are enabled): the reference for the fast CPU path.
+    pub fn log_prob_autograd(&self, xs: &Tensor, cs: &Tensor) -> Tensor {
         let (u, logdet) = self.forward(xs, cs);
         base_log_prob(&u) + logdet
     }
@@ -217,6 +246,14 @@ impl Maf {
     /// # Shapes
     /// `us: [N, D]`, `cs: [N, L]` → `(x: [N, D], logdet: [N])`
     pub fn inverse(&self, us: &Tensor, cs: &Tensor) -> (Tensor, Tensor) {
+        if let Some(r) = self.fast.as_ref().and_then(|f| f.inverse(self, us, cs)) {
+            return r;
+        }
+        self.inverse_autograd(us, cs)
+    }
+
+    /// [`Maf::inverse`] through libtorch ops: the reference for the fast CPU path.
+    pub fn inverse_autograd(&self, us: &Tensor, cs: &Tensor) -> (Tensor, Tensor) {
         tch::no_grad(|| {
             let d = self.cfg.features;
             let mut y = us.shallow_clone();

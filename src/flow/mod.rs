@@ -2,6 +2,7 @@
 //! ([`maf`]) and the self-describing model file ([`model`]). Knows nothing of
 //! MPI or gRPC.
 
+pub mod fast;
 pub mod made;
 pub mod maf;
 pub mod model;

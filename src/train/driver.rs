@@ -460,6 +460,9 @@ pub fn train(
     if let Some(st) = &opt_state {
         opt.load_state(st)?;
     }
+    // The hand-written CPU training pass where it applies (else autograd), with host copies of the data.
+    let mut fast = crate::flow::fast::FastTrainer::new(&model.flow, opt.names(), opt.numels());
+    let fast_data = fast.as_ref().map(|_| (crate::flow::fast::to_host(&train_x), crate::flow::fast::to_host(&train_c)));
     let steps_per_epoch = plan.steps_per_epoch(t.batch_size);
     let show_bar = comm.is_root() && cfg.outputs.progress && std::io::stderr().is_terminal();
     let check_every = if device == Device::Cpu || comm.size() > 1 { 1 } else { 32 };
@@ -527,30 +530,65 @@ pub fn train(
             let step_started = Instant::now();
             lr = learning_rate(t, epoch as f64 + k as f64 / steps_per_epoch as f64);
             fault_at_step(comm.rank(), global_step);
-            let idx = Tensor::from_slice(&step.local).to_device(model_device);
-            let x = train_x.index_select(0, &idx);
-            let c = train_c.index_select(0, &idx);
-            opt.zero_grad();
-            let loss = model.flow.log_prob(&x, &c).sum(Kind::Float).neg();
-            match &acceptance_weight {
-                Some(w) => {
-                    let seed = mix_seed(t.seed, &[global_step, comm.rank() as u64, 0xacc]);
-                    let raw_c = train_raw_c.index_select(0, &idx);
-                    let norm =
-                        acceptance_term(&model, &c, &raw_c, &w.index_select(0, &idx), t.acceptance_samples, seed);
-                    (&loss + norm).backward();
+            // The summed loss and gradient: by the hand-written CPU pass straight
+            // into `host`, or by autograd. With acceptance cuts the truncated
+            // likelihood's normaliser is added by autograd in both cases.
+            let mut fast_loss = None;
+            let normaliser = |opt: &mut Adam| -> Option<Tensor> {
+                let w = acceptance_weight.as_ref()?;
+                let idx = Tensor::from_slice(&step.local).to_device(model_device);
+                let seed = mix_seed(t.seed, &[global_step, comm.rank() as u64, 0xacc]);
+                opt.zero_grad();
+                let norm = acceptance_term(
+                    &model,
+                    &train_c.index_select(0, &idx),
+                    &train_raw_c.index_select(0, &idx),
+                    &w.index_select(0, &idx),
+                    t.acceptance_samples,
+                    seed,
+                );
+                norm.requires_grad().then_some(norm)
+            };
+            let (loss, mut flat) = match (fast.as_mut(), &fast_data) {
+                (Some(f), Some((hx, hc))) => {
+                    host.resize(n_params + 4, 0.0);
+                    let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
+                    fast_loss =
+                        Some(f.loss_and_grad(opt.flat_params(), hx, hc, &step.local, threads, &mut host[..n_params]));
+                    if let Some(norm) = normaliser(&mut opt) {
+                        norm.backward();
+                        let g = Vec::<f32>::try_from(opt.flat_grad().to_device(Device::Cpu))?;
+                        host[..n_params].iter_mut().zip(g).for_each(|(h, v)| *h += v);
+                    }
+                    (Tensor::new(), Tensor::new())
                 }
-                None => loss.backward(),
-            }
-            let mut flat = opt.flat_grad();
+                _ => {
+                    let idx = Tensor::from_slice(&step.local).to_device(model_device);
+                    let x = train_x.index_select(0, &idx);
+                    let c = train_c.index_select(0, &idx);
+                    let norm = normaliser(&mut opt);
+                    opt.zero_grad();
+                    let loss = model.flow.log_prob(&x, &c).sum(Kind::Float).neg();
+                    match norm {
+                        Some(norm) => (&loss + norm).backward(),
+                        None => loss.backward(),
+                    }
+                    let flat = opt.flat_grad();
+                    (loss, flat)
+                }
+            };
             let stop_now;
             let step_loss: Option<f64>;
             if comm.size() > 1 {
                 // [gradients | loss | stop_now | stop_after_epoch | checkpoint]
-                let cpu = flat.to_device(Device::Cpu);
                 host.resize(n_params + 4, 0.0);
-                cpu.copy_data(&mut host[..n_params], n_params);
-                host[n_params] = loss.double_value(&[]) as f32;
+                host[n_params] = match fast_loss {
+                    Some(l) => l as f32,
+                    None => {
+                        flat.to_device(Device::Cpu).copy_data(&mut host[..n_params], n_params);
+                        loss.double_value(&[]) as f32
+                    }
+                };
                 host[n_params + 1] = f32::from(u8::from(controls.stop_now.load(Ordering::Relaxed)));
                 host[n_params + 2] = f32::from(u8::from(controls.stop_after_epoch.load(Ordering::Relaxed)));
                 host[n_params + 3] = f32::from(u8::from(controls.checkpoint.swap(false, Ordering::Relaxed)));
@@ -567,8 +605,12 @@ pub fn train(
             } else {
                 stop_now = controls.stop_now.load(Ordering::Relaxed);
                 pending_checkpoint |= controls.checkpoint.swap(false, Ordering::Relaxed);
-                step_loss = None;
-                loss_acc += loss.detach().to_kind(Kind::Double);
+                step_loss = fast_loss;
+                if fast_loss.is_some() {
+                    flat = Tensor::from_slice(&host[..n_params]);
+                } else {
+                    loss_acc += loss.detach().to_kind(Kind::Double);
+                }
             }
             opt.step_flat(&flat, 1.0 / step.global_count as f64, lr);
             global_step += 1;
@@ -662,6 +704,12 @@ pub fn train(
         }
         if let Some(o) = &hooks.observer {
             o.on_epoch(&rec);
+        }
+        // A checkpoint request that came after this epoch's last step but before the
+        // observer saw the epoch end was promised for this epoch (the control plane
+        // answers "after epoch <completed + 1>"): take it now. Only rank 0 writes.
+        if comm.is_root() {
+            pending_checkpoint |= controls.checkpoint.swap(false, Ordering::Relaxed);
         }
         if hooks.gather_rank_facts {
             facts(comm, last_step_seconds)?;

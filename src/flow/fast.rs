@@ -1,0 +1,829 @@
+//! A hand-written forward and backward pass of the MAF on the CPU, without
+//! autograd and without libtorch dispatch.
+//!
+//! The reference network is tiny (about 60 kFLOP per training event), so the
+//! autograd path spends most of its time dispatching a few hundred small ops
+//! per step. Here every event runs through the whole stack in plain Rust,
+//! with all intermediate values in a few KiB of scratch: forward (storing the
+//! layer inputs and pre-activations), then backward, accumulating the
+//! gradients of the combined weights.
+//!
+//! Each layer uses one *combined* weight matrix: the masked weight and the
+//! label weight side by side, acting on `[previous layer, labels]`. The mask is
+//! applied once per step when the effective weights are built, and once to
+//! the gradient when it is mapped back to the parameters.
+//!
+//! Determinism: events are processed in fixed chunks of [`CHUNK`] events, each
+//! chunk accumulating into its own buffer, and the chunk buffers are summed in
+//! chunk order. The result is therefore bit-identical for any number of
+//! threads and on any x86-64 CPU (no fused multiply-add, fixed summation order).
+//!
+//! The autograd path ([`crate::flow::Maf::log_prob`] with gradients) stays the
+//! reference; `tests/fast_grad.rs` checks this pass against it.
+
+use super::made::Activation;
+use super::maf::Maf;
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor};
+
+/// Events per chunk (the unit of work and of gradient accumulation).
+pub const CHUNK: usize = 256;
+
+const LOG_2PI: f64 = 1.837_877_066_409_345_3;
+
+/// One layer: `out = b + A [input, labels]`.
+#[derive(Debug, Clone)]
+struct Layer {
+    /// Width of the previous layer (or `D` for the first layer).
+    n_in: usize,
+    /// Whether the labels are appended to the input.
+    cond: bool,
+    /// Combined input width: `n_in` (+ `L`).
+    k_in: usize,
+    /// Output width.
+    n_out: usize,
+    /// `A` stored `[k_in][n_out]` (true) or `[n_out][k_in]` (false): the
+    /// contiguous dimension is the longer one.
+    in_major: bool,
+    /// Offset of `A` in the weight buffer (its bias follows it).
+    off: usize,
+    /// `mask[j * n_in + i]` of the masked part, `[n_out][n_in]`.
+    mask: Vec<f32>,
+    /// Offset of the layer's input in an event record.
+    rin: usize,
+    /// Offset of the layer's pre-activation in an event record (hidden layers).
+    rpre: usize,
+    /// Parameter names: weight, bias, cond (if any).
+    names: (String, String, Option<String>),
+}
+
+impl Layer {
+    fn a_len(&self) -> usize {
+        self.k_in * self.n_out
+    }
+    fn len(&self) -> usize {
+        self.a_len() + self.n_out
+    }
+    /// Index of `A[j][k]` (output `j`, combined input `k`) in the layer's storage.
+    fn idx(&self, j: usize, k: usize) -> usize {
+        if self.in_major {
+            k * self.n_out + j
+        } else {
+            j * self.k_in + k
+        }
+    }
+}
+
+/// The structure of a MAF for the fast path: layer shapes, masks, offsets.
+#[derive(Debug, Clone)]
+struct Plan {
+    d: usize,
+    l: usize,
+    act: Activation,
+    bound: f32,
+    /// Layers of each block, hidden layers first, output layer last.
+    blocks: Vec<Vec<Layer>>,
+    /// Length of the combined weight (and gradient) buffer.
+    len: usize,
+    /// Scratch floats per event per block.
+    rec: usize,
+    /// Offset of the per-feature values (t, s, e, mu, output) in a record.
+    tail: usize,
+}
+
+/// The values of `t` as a row-major host `Vec<f32>`.
+pub fn to_host(t: &Tensor) -> Vec<f32> {
+    host(t)
+}
+
+fn host(t: &Tensor) -> Vec<f32> {
+    let t = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let n = t.numel();
+    let mut v = vec![0f32; n];
+    t.copy_data(&mut v, n);
+    v
+}
+
+impl Plan {
+    fn new(flow: &Maf) -> Option<Plan> {
+        let cfg = flow.config();
+        if flow.device() != Device::Cpu || cfg.activation == Activation::Gelu {
+            return None;
+        }
+        let d = usize::try_from(cfg.features).ok()?;
+        let l = usize::try_from(cfg.context).ok()?;
+        let mut len = 0;
+        let mut blocks = Vec::with_capacity(flow.blocks().len());
+        for (k, block) in flow.blocks().iter().enumerate() {
+            let mut layers = Vec::new();
+            let parts = block.parts();
+            let n_layers = parts.len();
+            for (li, p) in parts.iter().enumerate() {
+                let size = p.weight.size();
+                let (n_out, n_in) = (usize::try_from(size[0]).ok()?, usize::try_from(size[1]).ok()?);
+                let cond = p.cond.is_some();
+                let k_in = n_in + if cond { l } else { 0 };
+                let last = li + 1 == n_layers;
+                let prefix = if last { format!("made{k}.out") } else { format!("made{k}.hidden{li}") };
+                let layer = Layer {
+                    n_in,
+                    cond,
+                    k_in,
+                    n_out,
+                    in_major: n_out >= k_in,
+                    off: len,
+                    rin: 0,
+                    rpre: 0,
+                    mask: host(p.mask),
+                    names: (
+                        format!("{prefix}.weight"),
+                        format!("{prefix}.bias"),
+                        cond.then(|| format!("{prefix}.cond")),
+                    ),
+                };
+                len += layer.len();
+                layers.push(layer);
+            }
+            blocks.push(layers);
+        }
+        // Record offsets: every layer's input, then every hidden pre-activation, then 5 D values.
+        let mut tail = 0;
+        for layers in &mut blocks {
+            let mut acc = 0;
+            for y in layers.iter_mut() {
+                y.rin = acc;
+                acc += y.k_in;
+            }
+            let n = layers.len();
+            for y in layers[..n - 1].iter_mut() {
+                y.rpre = acc;
+                acc += y.n_out;
+            }
+            tail = acc;
+        }
+        let rec = tail + 5 * d;
+        Some(Plan { d, l, act: cfg.activation, bound: cfg.log_scale_bound as f32, blocks, len, rec, tail })
+    }
+
+    /// Effective combined weights from the parameters (`get(name)` → values).
+    fn weights(&self, get: &dyn Fn(&str) -> Option<Vec<f32>>) -> Option<Vec<f32>> {
+        let mut w = vec![0f32; self.len];
+        for y in self.blocks.iter().flatten() {
+            let ws = get(&y.names.0)?;
+            let bs = get(&y.names.1)?;
+            let cs = match &y.names.2 {
+                Some(n) => Some(get(n)?),
+                None => None,
+            };
+            let dst = &mut w[y.off..y.off + y.len()];
+            for j in 0..y.n_out {
+                for i in 0..y.n_in {
+                    dst[y.idx(j, i)] = ws[j * y.n_in + i] * y.mask[j * y.n_in + i];
+                }
+                if let Some(cs) = &cs {
+                    for q in 0..self.l {
+                        dst[y.idx(j, y.n_in + q)] = cs[j * self.l + q];
+                    }
+                }
+            }
+            dst[y.a_len()..].copy_from_slice(&bs[..y.n_out]);
+        }
+        Some(w)
+    }
+}
+
+#[inline(always)]
+fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for q in 0..8 {
+            acc[q] += x[q] * y[q];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    // Halves, then halves again: the usual horizontal reduction of a vector register.
+    let h = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+    let q = [h[0] + h[2], h[1] + h[3]];
+    (q[0] + q[1]) + tail
+}
+
+/// [`dot_scalar`] with AVX2 intrinsics: the same operations in the same
+/// order (8 lanes, multiply then add, halves reduction), so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let m = n / 8 * 8;
+    // SAFETY: all loads are within a[..m] and b[..m].
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i < m {
+        let x = unsafe { _mm256_loadu_ps(a.as_ptr().add(i)) };
+        let y = unsafe { _mm256_loadu_ps(b.as_ptr().add(i)) };
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+        i += 8;
+    }
+    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    let r = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+    let mut tail = 0f32;
+    for (x, y) in a[m..n].iter().zip(&b[m..n]) {
+        tail += x * y;
+    }
+    _mm_cvtss_f32(r) + tail
+}
+
+#[inline(always)]
+fn dot<const AVX: bool>(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: AVX is only true in code reached after detecting AVX2.
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_scalar(a, b)
+}
+
+/// `y += a * x`
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+/// `h = act(pre)` elementwise (the match is outside the loops, so each
+/// branch vectorises).
+#[inline(always)]
+fn activate(act: Activation, pre: &[f32], h: &mut [f32]) {
+    let it = h.iter_mut().zip(pre);
+    match act {
+        // NaN propagates, like torch's relu.
+        Activation::Relu => it.for_each(|(h, &p)| *h = if p < 0.0 { 0.0 } else { p }),
+        Activation::Tanh => it.for_each(|(h, &p)| *h = p.tanh()),
+        Activation::Elu => it.for_each(|(h, &p)| *h = if p > 0.0 { p } else { p.exp_m1() }),
+        Activation::Silu => it.for_each(|(h, &p)| *h = p / (1.0 + (-p).exp())),
+        // Not reached: plans are not built for GELU.
+        Activation::Gelu => it.for_each(|(h, &p)| *h = p),
+    }
+}
+
+/// `dpre = dh * act'(pre)` elementwise, given the output `h = act(pre)`.
+#[inline(always)]
+fn activate_backward(act: Activation, pre: &[f32], h: &[f32], dh: &[f32], dpre: &mut [f32]) {
+    let it = dpre.iter_mut().zip(dh).zip(pre.iter().zip(h));
+    match act {
+        Activation::Relu => it.for_each(|((o, &g), (&p, _))| *o = if p > 0.0 { g } else { 0.0 }),
+        Activation::Tanh => it.for_each(|((o, &g), (_, &h))| *o = g * (1.0 - h * h)),
+        Activation::Elu => it.for_each(|((o, &g), (&p, &h))| *o = if p > 0.0 { g } else { g * (h + 1.0) }),
+        Activation::Silu => it.for_each(|((o, &g), (&p, _))| {
+            let sg = 1.0 / (1.0 + (-p).exp());
+            *o = g * (sg * (1.0 + p * (1.0 - sg)));
+        }),
+        Activation::Gelu => it.for_each(|((o, &g), _)| *o = g),
+    }
+}
+
+/// `out = b + A z` for one layer (`w`: the layer's weights then bias).
+#[inline(always)]
+fn layer_forward<const AVX: bool>(y: &Layer, w: &[f32], z: &[f32], out: &mut [f32]) {
+    let (a, b) = w.split_at(y.a_len());
+    out.copy_from_slice(b);
+    if y.in_major {
+        // Blocks of 8 outputs held in registers over all inputs; the same
+        // additions in the same order as one axpy per input.
+        let n8 = y.n_out / 8 * 8;
+        for jb in (0..n8).step_by(8) {
+            let mut acc = [0f32; 8];
+            acc.copy_from_slice(&out[jb..jb + 8]);
+            for (k, &zk) in z.iter().enumerate() {
+                let ak = &a[k * y.n_out + jb..k * y.n_out + jb + 8];
+                for q in 0..8 {
+                    acc[q] += zk * ak[q];
+                }
+            }
+            out[jb..jb + 8].copy_from_slice(&acc);
+        }
+        for (k, &zk) in z.iter().enumerate() {
+            axpy(&mut out[n8..], zk, &a[k * y.n_out + n8..(k + 1) * y.n_out]);
+        }
+    } else {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o += dot::<AVX>(&a[j * y.k_in..(j + 1) * y.k_in], z);
+        }
+    }
+}
+
+/// Backward of one layer: accumulates `dA += dy z^T`, `db += dy` into `g` and,
+/// when `dz` is given, writes `dz = A^T dy` restricted to the first `n_in` inputs.
+#[inline(always)]
+fn layer_backward<const AVX: bool>(y: &Layer, w: &[f32], g: &mut [f32], z: &[f32], dy: &[f32], dz: Option<&mut [f32]>) {
+    let a = &w[..y.a_len()];
+    let (ga, gb) = g.split_at_mut(y.a_len());
+    for (gbj, dyj) in gb.iter_mut().zip(dy) {
+        *gbj += dyj;
+    }
+    if y.in_major {
+        for (k, &zk) in z.iter().enumerate() {
+            axpy(&mut ga[k * y.n_out..(k + 1) * y.n_out], zk, dy);
+        }
+        if let Some(dz) = dz {
+            for (i, dzi) in dz.iter_mut().enumerate().take(y.n_in) {
+                *dzi = dot::<AVX>(&a[i * y.n_out..(i + 1) * y.n_out], dy);
+            }
+        }
+    } else {
+        for (j, &dyj) in dy.iter().enumerate() {
+            axpy(&mut ga[j * y.k_in..(j + 1) * y.k_in], dyj, z);
+        }
+        if let Some(dz) = dz {
+            dz.iter_mut().for_each(|v| *v = 0.0);
+            for (j, &dyj) in dy.iter().enumerate() {
+                axpy(&mut dz[..y.n_in], dyj, &a[j * y.k_in..j * y.k_in + y.n_in]);
+            }
+        }
+    }
+}
+
+/// Runs block `layers` forward on `u` (length D) with labels `c`, recording
+/// into `rec` (layout: every layer's input, every hidden pre-activation, then
+/// `t = tanh(raw / B)`, `s`, `exp(-s)`, `mu` and the block output, D each).
+/// Returns the sum of the block's log-scales. Without `forward` (inversion)
+/// only `t`, `s` and `mu` are written.
+#[inline(always)]
+fn block_forward<const AVX: bool>(
+    p: &Plan,
+    layers: &[Layer],
+    w: &[f32],
+    u: &[f32],
+    c: &[f32],
+    rec: &mut [f32],
+    forward: bool,
+) -> f32 {
+    let d = p.d;
+    let nl = layers.len();
+    rec[..d].copy_from_slice(u);
+    if layers[0].cond {
+        rec[d..d + p.l].copy_from_slice(c);
+    }
+    for (li, y) in layers.iter().enumerate() {
+        let lw = &w[y.off..y.off + y.len()];
+        let (head, rest) = rec.split_at_mut(y.rin + y.k_in);
+        let z = &head[y.rin..];
+        if li + 1 < nl {
+            // Hidden layer: pre-activation into its slot, activation into the next layer's input.
+            let nxt = &layers[li + 1];
+            let base = y.rin + y.k_in; // == nxt.rin
+            let (next_in, pres) = rest.split_at_mut(y.rpre - base);
+            let pre = &mut pres[..y.n_out];
+            layer_forward::<AVX>(y, lw, z, pre);
+            activate(p.act, pre, &mut next_in[..y.n_out]);
+            if nxt.cond {
+                next_in[y.n_out..y.n_out + p.l].copy_from_slice(c);
+            }
+        } else {
+            let mut o = [0f32; 64];
+            let mut big;
+            let out: &mut [f32] = if 2 * d <= 64 {
+                &mut o[..2 * d]
+            } else {
+                big = vec![0f32; 2 * d];
+                &mut big
+            };
+            layer_forward::<AVX>(y, lw, z, out);
+            let tail = &mut rest[p.tail - y.rin - y.k_in..];
+            let (t, r) = tail.split_at_mut(d);
+            let (s, r) = r.split_at_mut(d);
+            let (e, r) = r.split_at_mut(d);
+            let (mu, uo) = r.split_at_mut(d);
+            let mut s_sum = 0f32;
+            for j in 0..d {
+                let tj = (out[d + j] / p.bound).tanh();
+                let sj = tj * p.bound;
+                t[j] = tj;
+                s[j] = sj;
+                mu[j] = out[j];
+                s_sum += sj;
+            }
+            // The inverse needs only mu and s.
+            if forward {
+                for j in 0..d {
+                    e[j] = (-s[j]).exp();
+                    uo[j] = (u[j] - out[j]) * e[j];
+                }
+            }
+            return s_sum;
+        }
+    }
+    0.0
+}
+
+/// Backward of one block: `g` holds dL/d(block output) on entry and
+/// dL/d(block input) on exit. `dscratch` holds two buffers of the widest layer.
+#[inline(always)]
+fn block_backward<const AVX: bool>(
+    p: &Plan,
+    layers: &[Layer],
+    w: &[f32],
+    grad: &mut [f32],
+    rec: &[f32],
+    g: &mut [f32],
+    dscratch: &mut [f32],
+) {
+    let d = p.d;
+    let nl = layers.len();
+    let t = &rec[p.tail..p.tail + d];
+    let e = &rec[p.tail + 2 * d..p.tail + 3 * d];
+    let uo = &rec[p.tail + 4 * d..p.tail + 5 * d];
+    let maxw = dscratch.len() / 2;
+    let (dy_buf, dz_buf) = dscratch.split_at_mut(maxw);
+    // dL/d(raw output) = [dmu, draw]; g becomes the direct part of dL/du.
+    for j in 0..d {
+        let ds = 1.0 - g[j] * uo[j];
+        dy_buf[j] = -g[j] * e[j];
+        dy_buf[d + j] = ds * (1.0 - t[j] * t[j]);
+        g[j] *= e[j];
+    }
+    let mut dy_len = 2 * d;
+    for li in (0..nl).rev() {
+        let y = &layers[li];
+        let lw = &w[y.off..y.off + y.len()];
+        let lg = &mut grad[y.off..y.off + y.len()];
+        let z = &rec[y.rin..y.rin + y.k_in];
+        let dz = &mut dz_buf[..y.n_in];
+        layer_backward::<AVX>(y, lw, lg, z, &dy_buf[..dy_len], Some(dz));
+        if li > 0 {
+            // Through the activation of hidden layer li-1 (its output is z).
+            let prev = &layers[li - 1];
+            let pre = &rec[prev.rpre..prev.rpre + y.n_in];
+            activate_backward(p.act, pre, &z[..y.n_in], &dz_buf[..y.n_in], &mut dy_buf[..y.n_in]);
+            dy_len = y.n_in;
+        } else {
+            for j in 0..d {
+                g[j] += dz_buf[j];
+            }
+        }
+    }
+}
+
+/// Forward and backward of `rows` events: adds the gradient of the summed NLL
+/// into `grad` and returns the summed NLL.
+#[inline(always)]
+fn train_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], x: &[f32], c: &[f32], rows: &[i64], grad: &mut [f32]) -> f64 {
+    let (d, l) = (p.d, p.l);
+    let nb = p.blocks.len();
+    let mut rec = vec![0f32; p.rec * nb];
+    let maxw = p.blocks[0].iter().map(|y| y.n_out.max(y.k_in)).max().unwrap_or(0).max(2 * d);
+    let mut dscratch = vec![0f32; 2 * maxw];
+    let mut g = vec![0f32; d];
+    let mut total = 0f64;
+    let cst = 0.5 * d as f64 * LOG_2PI;
+    for &r in rows {
+        let r = r as usize;
+        let xe = &x[r * d..(r + 1) * d];
+        let ce = &c[r * l..(r + 1) * l];
+        let mut s_sum = 0f32;
+        for (k, layers) in p.blocks.iter().enumerate() {
+            let (before, this) = rec.split_at_mut(k * p.rec);
+            let u: &[f32] = if k == 0 { xe } else { &before[(k - 1) * p.rec + p.rec - d..k * p.rec] };
+            s_sum += block_forward::<AVX>(p, layers, w, u, ce, &mut this[..p.rec], true);
+        }
+        let uk = &rec[nb * p.rec - d..];
+        let mut sq = 0f32;
+        for j in 0..d {
+            g[j] = uk[j];
+            sq += uk[j] * uk[j];
+        }
+        total += f64::from(0.5 * sq + s_sum) + cst;
+        for (k, layers) in p.blocks.iter().enumerate().rev() {
+            block_backward::<AVX>(p, layers, w, grad, &rec[k * p.rec..(k + 1) * p.rec], &mut g, &mut dscratch);
+        }
+    }
+    total
+}
+
+/// `log p(x | c)` of `rows` events into `out`.
+#[inline(always)]
+fn log_prob_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], x: &[f32], c: &[f32], out: &mut [f32]) {
+    let (d, l) = (p.d, p.l);
+    let mut rec = vec![0f32; p.rec];
+    let mut u = vec![0f32; d];
+    let cst = 0.5 * d as f32 * LOG_2PI as f32;
+    for (r, o) in out.iter_mut().enumerate() {
+        u.copy_from_slice(&x[r * d..(r + 1) * d]);
+        let ce = &c[r * l..(r + 1) * l];
+        let mut s_sum = 0f32;
+        for layers in &p.blocks {
+            s_sum += block_forward::<AVX>(p, layers, w, &u, ce, &mut rec, true);
+            u.copy_from_slice(&rec[p.rec - d..]);
+        }
+        let sq: f32 = u.iter().map(|v| v * v).sum();
+        *o = -0.5 * sq - cst - s_sum;
+    }
+}
+
+/// Inverse of the flow on `us` (rows of D) into `xs`, and `log |det du/dx|` into `ld`.
+#[inline(always)]
+fn inverse_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], us: &[f32], c: &[f32], xs: &mut [f32], ld: &mut [f32]) {
+    let (d, l) = (p.d, p.l);
+    let mut rec = vec![0f32; p.rec];
+    let mut y = vec![0f32; d];
+    let mut x = vec![0f32; d];
+    let tail = p.tail;
+    for (r, ldr) in ld.iter_mut().enumerate() {
+        y.copy_from_slice(&us[r * d..(r + 1) * d]);
+        let ce = &c[r * l..(r + 1) * l];
+        let mut logdet = 0f32;
+        for layers in p.blocks.iter().rev() {
+            x.iter_mut().for_each(|v| *v = 0.0);
+            for _ in 0..d {
+                block_forward::<AVX>(p, layers, w, &x, ce, &mut rec, false);
+                // x = y * exp(s) + mu
+                for j in 0..d {
+                    x[j] = y[j] * rec[tail + d + j].exp() + rec[tail + 3 * d + j];
+                }
+            }
+            let s_sum: f32 = rec[tail + d..tail + 2 * d].iter().sum();
+            logdet -= s_sum;
+            y.copy_from_slice(&x);
+        }
+        xs[r * d..(r + 1) * d].copy_from_slice(&y);
+        *ldr = logdet;
+    }
+}
+
+macro_rules! dispatch {
+    ($name:ident, $imp:ident, ($($a:ident : $t:ty),*) -> $ret:ty) => {
+        fn $name($($a: $t),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($a: $t),*) -> $ret {
+                    $imp::<true>($($a),*)
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2 (checked just above).
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            $imp::<false>($($a),*)
+        }
+    };
+}
+
+dispatch!(train_chunk, train_chunk_impl, (p: &Plan, w: &[f32], x: &[f32], c: &[f32], rows: &[i64], grad: &mut [f32]) -> f64);
+dispatch!(log_prob_chunk, log_prob_chunk_impl, (p: &Plan, w: &[f32], x: &[f32], c: &[f32], out: &mut [f32]) -> ());
+dispatch!(inverse_chunk, inverse_chunk_impl, (p: &Plan, w: &[f32], us: &[f32], c: &[f32], xs: &mut [f32], ld: &mut [f32]) -> ());
+
+/// Runs `f(chunk index)` for `n` chunks on up to `threads` threads (static
+/// round-robin assignment; results must not depend on it).
+fn par_chunks<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = threads.clamp(1, n.max(1));
+    if threads == 1 {
+        return (0..n).map(&f).collect();
+    }
+    let f = &f;
+    let mut parts: Vec<Vec<(usize, T)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| s.spawn(move || (t..n).step_by(threads).map(|i| (i, f(i))).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    for (i, v) in parts.iter_mut().flat_map(std::mem::take) {
+        out[i] = Some(v);
+    }
+    out.into_iter().flatten().collect()
+}
+
+fn threads() -> usize {
+    usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1)
+}
+
+/// The fast CPU path for a MAF: its structure, built once per flow.
+#[derive(Debug, Clone)]
+pub struct FastMaf {
+    plan: Plan,
+}
+
+impl FastMaf {
+    /// The fast path for `flow`, or `None` where it does not apply (not on
+    /// the CPU, or GELU activation); use the autograd path then.
+    pub fn new(flow: &Maf) -> Option<Self> {
+        Plan::new(flow).map(|plan| FastMaf { plan })
+    }
+
+    fn weights_from_flow(&self, flow: &Maf) -> Option<Vec<f32>> {
+        let vars = flow.var_store().variables();
+        self.plan.weights(&|n| vars.get(n).map(host))
+    }
+
+    /// `log p(x | c)` per event, without gradients.
+    ///
+    /// # Shapes
+    /// `xs: [N, D]`, `cs: [N, L]` → `[N]`
+    pub fn log_prob(&self, flow: &Maf, xs: &Tensor, cs: &Tensor) -> Option<Tensor> {
+        let w = self.weights_from_flow(flow)?;
+        let (x, c) = (host(xs), host(cs));
+        let (d, l) = (self.plan.d, self.plan.l);
+        let n = x.len() / d.max(1);
+        if x.len() != n * d || c.len() != n * l {
+            return None;
+        }
+        let n_chunks = n.div_ceil(CHUNK);
+        let parts = par_chunks(n_chunks, threads(), |i| {
+            let (a, b) = (i * CHUNK, ((i + 1) * CHUNK).min(n));
+            let mut out = vec![0f32; b - a];
+            log_prob_chunk(&self.plan, &w, &x[a * d..b * d], &c[a * l..b * l], &mut out);
+            out
+        });
+        let flat: Vec<f32> = parts.concat();
+        Some(Tensor::from_slice(&flat))
+    }
+
+    /// The inverse of the flow (base → data) and `log |det du/dx|` at the result.
+    ///
+    /// # Shapes
+    /// `us: [N, D]`, `cs: [N, L]` → `(x: [N, D], logdet: [N])`
+    pub fn inverse(&self, flow: &Maf, us: &Tensor, cs: &Tensor) -> Option<(Tensor, Tensor)> {
+        let w = self.weights_from_flow(flow)?;
+        let (u, c) = (host(us), host(cs));
+        let (d, l) = (self.plan.d, self.plan.l);
+        let n = u.len() / d.max(1);
+        if u.len() != n * d || c.len() != n * l {
+            return None;
+        }
+        let n_chunks = n.div_ceil(CHUNK);
+        let parts = par_chunks(n_chunks, threads(), |i| {
+            let (a, b) = (i * CHUNK, ((i + 1) * CHUNK).min(n));
+            let mut xs = vec![0f32; (b - a) * d];
+            let mut ld = vec![0f32; b - a];
+            inverse_chunk(&self.plan, &w, &u[a * d..b * d], &c[a * l..b * l], &mut xs, &mut ld);
+            (xs, ld)
+        });
+        let xs: Vec<f32> = parts.iter().flat_map(|p| p.0.iter().copied()).collect();
+        let ld: Vec<f32> = parts.iter().flat_map(|p| p.1.iter().copied()).collect();
+        Some((Tensor::from_slice(&xs).view([n as i64, d as i64]), Tensor::from_slice(&ld)))
+    }
+}
+
+/// The fast training pass: the summed NLL of a batch and its gradient in
+/// the optimiser's flat layout (parameters sorted by name).
+#[derive(Debug)]
+pub struct FastTrainer {
+    plan: Plan,
+    /// Offset of each parameter in the flat layout, by name.
+    offsets: HashMap<String, usize>,
+    /// Length of the flat layout.
+    n_params: usize,
+    params: Vec<f32>,
+}
+
+impl FastTrainer {
+    /// A trainer for `flow` whose parameters are laid out flat as `names`
+    /// (with `numels` elements each), or `None` where the fast path does not apply.
+    pub fn new(flow: &Maf, names: &[String], numels: &[i64]) -> Option<Self> {
+        let plan = Plan::new(flow)?;
+        let mut offsets = HashMap::new();
+        let mut off = 0;
+        for (n, &k) in names.iter().zip(numels) {
+            offsets.insert(n.clone(), off);
+            off += usize::try_from(k).ok()?;
+        }
+        // Every parameter of the plan must be in the layout.
+        for y in plan.blocks.iter().flatten() {
+            for n in [Some(&y.names.0), Some(&y.names.1), y.names.2.as_ref()].into_iter().flatten() {
+                offsets.get(n)?;
+            }
+        }
+        Some(FastTrainer { plan, offsets, n_params: off, params: vec![0f32; off] })
+    }
+
+    /// Summed NLL of the events `rows` of `(x, c)` (row-major host copies of
+    /// the whitened data, `D` and `L` columns) under the parameters `flat`
+    /// (the optimiser's flat parameter tensor), and its gradient written into
+    /// `grad` (length [`FastTrainer::numel`]).
+    pub fn loss_and_grad(
+        &mut self,
+        flat: &Tensor,
+        x: &[f32],
+        c: &[f32],
+        rows: &[i64],
+        threads: usize,
+        grad: &mut [f32],
+    ) -> f64 {
+        let n = self.n_params;
+        flat.copy_data(&mut self.params, n);
+        let params = &self.params;
+        let offsets = &self.offsets;
+        let get = |name: &str| -> Option<Vec<f32>> {
+            let &o = offsets.get(name)?;
+            let len = flat_len(&self.plan, name)?;
+            params.get(o..o + len).map(<[f32]>::to_vec)
+        };
+        let Some(w) = self.plan.weights(&get) else { return f64::NAN };
+        let n_chunks = rows.len().div_ceil(CHUNK);
+        let (plan, w) = (&self.plan, &w);
+        // Each chunk accumulates into its own buffer; the buffers are summed in chunk order.
+        let parts = par_chunks(n_chunks, threads, |i| {
+            let (a, b) = (i * CHUNK, ((i + 1) * CHUNK).min(rows.len()));
+            let mut g = vec![0f32; plan.len];
+            let loss = train_chunk(plan, w, x, c, &rows[a..b], &mut g);
+            (loss, g)
+        });
+        let mut total_g = vec![0f32; plan.len];
+        let mut loss = 0f64;
+        for (l, g) in &parts {
+            loss += l;
+            for (t, v) in total_g.iter_mut().zip(g) {
+                *t += v;
+            }
+        }
+        self.scatter(&total_g, grad);
+        loss
+    }
+
+    /// Maps a gradient of the combined weights to the flat parameter layout.
+    fn scatter(&self, g: &[f32], out: &mut [f32]) {
+        out.iter_mut().for_each(|v| *v = 0.0);
+        let l = self.plan.l;
+        for y in self.plan.blocks.iter().flatten() {
+            let src = &g[y.off..y.off + y.len()];
+            if let Some(&o) = self.offsets.get(&y.names.0) {
+                for j in 0..y.n_out {
+                    for i in 0..y.n_in {
+                        out[o + j * y.n_in + i] = src[y.idx(j, i)] * y.mask[j * y.n_in + i];
+                    }
+                }
+            }
+            if let Some(&o) = self.offsets.get(&y.names.1) {
+                out[o..o + y.n_out].copy_from_slice(&src[y.a_len()..]);
+            }
+            if let Some(&o) = y.names.2.as_ref().and_then(|n| self.offsets.get(n)) {
+                for j in 0..y.n_out {
+                    for q in 0..l {
+                        out[o + j * l + q] = src[y.idx(j, y.n_in + q)];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Length of the flat parameter layout.
+    pub fn numel(&self) -> usize {
+        self.n_params
+    }
+}
+
+fn flat_len(p: &Plan, name: &str) -> Option<usize> {
+    p.blocks.iter().flatten().find_map(|y| {
+        if name == y.names.0 {
+            Some(y.n_out * y.n_in)
+        } else if name == y.names.1 {
+            Some(y.n_out)
+        } else if y.names.2.as_deref() == Some(name) {
+            Some(y.n_out * p.l)
+        } else {
+            None
+        }
+    })
+}
+
+/// The parts of a MADE layer the fast path reads.
+#[derive(Debug)]
+pub(crate) struct LayerParts<'a> {
+    /// Weight `[out, in]` (unmasked parameter).
+    pub weight: &'a Tensor,
+    /// Mask `[out, in]`.
+    pub mask: &'a Tensor,
+    /// Label weight `[out, L]`, if any.
+    pub cond: Option<&'a Tensor>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avx2_dot_gives_the_bits_of_the_portable_dot() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            for n in [0usize, 1, 7, 8, 9, 128, 131] {
+                let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.0137).collect();
+                let b: Vec<f32> = (0..n).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.731).collect();
+                // SAFETY: AVX2 detected above.
+                let v = unsafe { dot_avx2(&a, &b) };
+                assert_eq!(v.to_bits(), dot_scalar(&a, &b).to_bits(), "n = {n}");
+            }
+        }
+    }
+}

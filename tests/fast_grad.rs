@@ -1,0 +1,117 @@
+//! The hand-written CPU pass (`fedhex::flow::fast`) against the autograd
+//! reference: log-prob, inverse and the training gradient.
+
+mod common;
+use common::*;
+use fedhex::flow::fast::{to_host, FastTrainer};
+use fedhex::flow::{Activation, Maf, Permutation};
+use fedhex::train::optim::{Adam, AdamConfig};
+use tch::{Device, Kind, Tensor};
+
+fn configs() -> Vec<(i64, i64, usize, Vec<i64>, Activation, Permutation)> {
+    vec![
+        (2, 2, 10, vec![128], Activation::Relu, Permutation::Reverse),
+        (3, 2, 3, vec![16, 12], Activation::Tanh, Permutation::Random),
+        (4, 0, 2, vec![10], Activation::Elu, Permutation::Random),
+        (2, 3, 2, vec![], Activation::Silu, Permutation::Reverse),
+        (1, 1, 2, vec![8], Activation::Relu, Permutation::Reverse),
+        (5, 1, 2, vec![20, 20, 20], Activation::Silu, Permutation::Random),
+    ]
+}
+
+fn flow_for(i: usize) -> Maf {
+    let (d, l, b, h, a, p) = configs()[i].clone();
+    let _rng = fedhex::rng::seeded(11 + i as u64);
+    let flow = Maf::new(maf_cfg(d, l, b, &h, a, p), Device::Cpu).unwrap();
+    scramble(&flow, 0.2);
+    flow
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f64, |m, v| m.max(f64::from(v.abs()))).max(1e-3);
+    a.iter().zip(b).map(|(x, y)| f64::from((x - y).abs())).fold(0.0, f64::max) / scale
+}
+
+#[test]
+fn log_prob_and_inverse_match_autograd() {
+    for i in 0..configs().len() {
+        let flow = flow_for(i);
+        let (d, l) = (flow.config().features, flow.config().context);
+        let x = Tensor::randn([700, d], (Kind::Float, Device::Cpu));
+        let c = Tensor::randn([700, l], (Kind::Float, Device::Cpu));
+        let fast = tch::no_grad(|| flow.log_prob(&x, &c));
+        let slow = tch::no_grad(|| flow.log_prob_autograd(&x, &c));
+        let e = max_rel(&to_host(&fast), &to_host(&slow));
+        eprintln!("config {i}: log-prob rel diff {e:e}");
+        assert!(e < 1e-5, "config {i}: log-prob differs by {e} (relative)");
+        let (xf, lf) = flow.inverse(&x, &c);
+        let (xs, ls) = flow.inverse_autograd(&x, &c);
+        let e = max_rel(&to_host(&xf), &to_host(&xs));
+        assert!(e < 1e-4, "config {i}: inverse differs by {e}");
+        let e = max_rel(&to_host(&lf), &to_host(&ls));
+        assert!(e < 1e-4, "config {i}: inverse logdet differs by {e}");
+    }
+}
+
+#[test]
+fn log_prob_with_gradients_still_records_autograd() {
+    let flow = flow_for(0);
+    let x = Tensor::randn([5, 2], (Kind::Float, Device::Cpu));
+    let c = Tensor::randn([5, 2], (Kind::Float, Device::Cpu));
+    assert!(flow.log_prob(&x, &c).requires_grad());
+    assert!(!tch::no_grad(|| flow.log_prob(&x, &c)).requires_grad());
+}
+
+#[test]
+fn training_gradient_matches_autograd() {
+    for i in 0..configs().len() {
+        let flow = flow_for(i);
+        let (d, l) = (flow.config().features, flow.config().context);
+        let mut opt = Adam::new(flow.var_store(), AdamConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8 });
+        let mut fast = FastTrainer::new(&flow, opt.names(), opt.numels()).expect("fast path applies");
+        let n = 600;
+        let x = Tensor::randn([n, d], (Kind::Float, Device::Cpu));
+        let c = Tensor::randn([n, l], (Kind::Float, Device::Cpu));
+        let rows: Vec<i64> = (0..n).rev().step_by(2).collect();
+        let idx = Tensor::from_slice(&rows);
+        opt.zero_grad();
+        let loss = flow.log_prob(&x.index_select(0, &idx), &c.index_select(0, &idx)).sum(Kind::Float).neg();
+        loss.backward();
+        let g_ref = to_host(&opt.flat_grad());
+        let mut g = vec![0f32; fast.numel()];
+        let (hx, hc) = (to_host(&x), to_host(&c));
+        let fl = fast.loss_and_grad(opt.flat_params(), &hx, &hc, &rows, 1, &mut g);
+        let lr = loss.double_value(&[]);
+        assert!((fl - lr).abs() <= 1e-5 * lr.abs().max(1.0), "config {i}: loss {fl} vs {lr}");
+        let e = max_rel(&g, &g_ref);
+        eprintln!("config {i}: grad rel diff {e:e}");
+        assert!(e < 1e-5, "config {i}: gradient differs by {e} (relative to its largest entry)");
+        // Any number of threads gives the same bits.
+        let mut g2 = vec![0f32; fast.numel()];
+        let fl2 = fast.loss_and_grad(opt.flat_params(), &hx, &hc, &rows, 3, &mut g2);
+        assert_eq!(fl.to_bits(), fl2.to_bits());
+        assert!(g.iter().zip(&g2).all(|(a, b)| a.to_bits() == b.to_bits()), "config {i}: threads change the gradient");
+    }
+}
+
+#[test]
+fn flat_adam_keeps_names_values_and_steps_the_variables() {
+    let flow = flow_for(1);
+    let before: Vec<(String, Vec<f32>)> = {
+        let mut v: Vec<_> = flow.var_store().variables().into_iter().map(|(k, t)| (k, to_host(&t))).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let mut opt = Adam::new(flow.var_store(), AdamConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8 });
+    let mut after: Vec<_> = flow.var_store().variables().into_iter().map(|(k, t)| (k, to_host(&t))).collect();
+    after.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(before, after, "moving into the flat buffer changed a variable");
+    let g = Tensor::ones([opt.numel()], (Kind::Float, Device::Cpu));
+    opt.step_flat(&g, 1.0, 0.1);
+    for (name, t) in flow.var_store().variables() {
+        let old = &before.iter().find(|(n, _)| *n == name).unwrap().1;
+        let new = to_host(&t);
+        assert!(old.iter().zip(&new).all(|(o, n)| (o - n - 0.1).abs() < 1e-4), "{name} did not take the step");
+    }
+}
