@@ -89,6 +89,62 @@ struct Plan {
     rec: usize,
     /// Offset of the per-feature values (t, s, e, mu, output) in a record.
     tail: usize,
+    /// The inversion schedule of each block (see [`Pass`]).
+    passes: Vec<Vec<Pass>>,
+}
+
+/// One pass of the inversion of a block: the features whose inputs (through
+/// the masks) are all exact after the earlier passes, and which hidden layers
+/// feed any of them at all. Only those outputs and layers are computed; a
+/// skipped hidden layer's activations are zeros, which only meet masked-out
+/// (zero) weights of the outputs computed.
+#[derive(Debug, Clone)]
+struct Pass {
+    feats: Vec<usize>,
+    hidden: Vec<bool>,
+}
+
+/// The inversion schedule of one block from its masks.
+fn schedule(layers: &[Layer], d: usize) -> Option<Vec<Pass>> {
+    let nl = layers.len();
+    let out = &layers[nl - 1];
+    // deps[j]: the inputs feature j depends on; need[j][li]: whether hidden layer li feeds it.
+    let mut deps = Vec::with_capacity(d);
+    let mut need = Vec::with_capacity(d);
+    for j in 0..d {
+        let mut set: Vec<bool> = (0..out.n_in)
+            .map(|i| out.mask[j * out.n_in + i] != 0.0 || out.mask[(d + j) * out.n_in + i] != 0.0)
+            .collect();
+        let mut nj = vec![false; nl - 1];
+        for li in (0..nl - 1).rev() {
+            let y = &layers[li];
+            nj[li] = set.iter().any(|&b| b);
+            let mut prev = vec![false; y.n_in];
+            for (u, _) in set.iter().enumerate().filter(|(_, &b)| b) {
+                for (i, pv) in prev.iter_mut().enumerate() {
+                    *pv |= y.mask[u * y.n_in + i] != 0.0;
+                }
+            }
+            set = prev;
+        }
+        if set.len() != d {
+            return None;
+        }
+        deps.push(set);
+        need.push(nj);
+    }
+    let mut done = vec![false; d];
+    let mut passes = Vec::new();
+    while done.iter().any(|&b| !b) {
+        let feats: Vec<usize> = (0..d).filter(|&j| !done[j] && (0..d).all(|i| !deps[j][i] || done[i])).collect();
+        if feats.is_empty() {
+            return None;
+        }
+        let hidden = (0..nl - 1).map(|li| feats.iter().any(|&j| need[j][li])).collect();
+        feats.iter().for_each(|&j| done[j] = true);
+        passes.push(Pass { feats, hidden });
+    }
+    Some(passes)
 }
 
 /// The values of `t` as a row-major host `Vec<f32>`.
@@ -162,7 +218,8 @@ impl Plan {
             tail = acc;
         }
         let rec = tail + 5 * d;
-        Some(Plan { d, l, act: cfg.activation, bound: cfg.log_scale_bound as f32, blocks, len, rec, tail })
+        let passes = blocks.iter().map(|b| schedule(b, d)).collect::<Option<Vec<_>>>()?;
+        Some(Plan { d, l, act: cfg.activation, bound: cfg.log_scale_bound as f32, blocks, len, rec, tail, passes })
     }
 
     /// Effective combined weights from the parameters (`get(name)` → values).
@@ -531,6 +588,75 @@ fn log_prob_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], x: &[f32], c: &[f32
     }
 }
 
+/// Output `j` of one layer alone: the same operations in the same order as
+/// [`layer_forward`] uses for it, so the same bits.
+#[inline(always)]
+fn layer_row<const AVX: bool>(y: &Layer, w: &[f32], z: &[f32], j: usize) -> f32 {
+    let (a, b) = w.split_at(y.a_len());
+    if y.in_major {
+        let mut acc = b[j];
+        for (k, &zk) in z.iter().enumerate() {
+            acc += zk * a[k * y.n_out + j];
+        }
+        acc
+    } else {
+        b[j] + dot::<AVX>(&a[j * y.k_in..(j + 1) * y.k_in], z)
+    }
+}
+
+/// Inverts block `layers` (schedule `passes`) at `y` with labels `c`: `x`
+/// receives the block input, `s` its log-scales.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn block_inverse<const AVX: bool>(
+    p: &Plan,
+    layers: &[Layer],
+    passes: &[Pass],
+    w: &[f32],
+    y: &[f32],
+    c: &[f32],
+    rec: &mut [f32],
+    x: &mut [f32],
+    s: &mut [f32],
+) {
+    let d = p.d;
+    let nl = layers.len();
+    x.iter_mut().for_each(|v| *v = 0.0);
+    for pass in passes {
+        rec[..d].copy_from_slice(x);
+        if layers[0].cond {
+            rec[d..d + p.l].copy_from_slice(c);
+        }
+        for li in 0..nl - 1 {
+            let (ly, nxt) = (&layers[li], &layers[li + 1]);
+            let (head, rest) = rec.split_at_mut(ly.rin + ly.k_in);
+            let base = ly.rin + ly.k_in; // == nxt.rin
+            let (next_in, pres) = rest.split_at_mut(ly.rpre - base);
+            if pass.hidden[li] {
+                let pre = &mut pres[..ly.n_out];
+                layer_forward::<AVX>(ly, &w[ly.off..ly.off + ly.len()], &head[ly.rin..], pre);
+                activate(p.act, pre, &mut next_in[..ly.n_out]);
+            } else {
+                next_in[..ly.n_out].iter_mut().for_each(|v| *v = 0.0);
+            }
+            if nxt.cond {
+                next_in[ly.n_out..ly.n_out + p.l].copy_from_slice(c);
+            }
+        }
+        let lo = &layers[nl - 1];
+        let lw = &w[lo.off..lo.off + lo.len()];
+        let z = &rec[lo.rin..lo.rin + lo.k_in];
+        for &j in &pass.feats {
+            let mu = layer_row::<AVX>(lo, lw, z, j);
+            let raw = layer_row::<AVX>(lo, lw, z, d + j);
+            let sj = (raw / p.bound).tanh() * p.bound;
+            s[j] = sj;
+            // x = y * exp(s) + mu
+            x[j] = y[j] * sj.exp() + mu;
+        }
+    }
+}
+
 /// Inverse of the flow on `us` (rows of D) into `xs`, and `log |det du/dx|` into `ld`.
 #[inline(always)]
 fn inverse_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], us: &[f32], c: &[f32], xs: &mut [f32], ld: &mut [f32]) {
@@ -538,21 +664,14 @@ fn inverse_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], us: &[f32], c: &[f32
     let mut rec = vec![0f32; p.rec];
     let mut y = vec![0f32; d];
     let mut x = vec![0f32; d];
-    let tail = p.tail;
+    let mut s = vec![0f32; d];
     for (r, ldr) in ld.iter_mut().enumerate() {
         y.copy_from_slice(&us[r * d..(r + 1) * d]);
         let ce = &c[r * l..(r + 1) * l];
         let mut logdet = 0f32;
-        for layers in p.blocks.iter().rev() {
-            x.iter_mut().for_each(|v| *v = 0.0);
-            for _ in 0..d {
-                block_forward::<AVX>(p, layers, w, &x, ce, &mut rec, false);
-                // x = y * exp(s) + mu
-                for j in 0..d {
-                    x[j] = y[j] * rec[tail + d + j].exp() + rec[tail + 3 * d + j];
-                }
-            }
-            let s_sum: f32 = rec[tail + d..tail + 2 * d].iter().sum();
+        for (layers, passes) in p.blocks.iter().zip(&p.passes).rev() {
+            block_inverse::<AVX>(p, layers, passes, w, &y, ce, &mut rec, &mut x, &mut s);
+            let s_sum: f32 = s.iter().sum();
             logdet -= s_sum;
             y.copy_from_slice(&x);
         }
