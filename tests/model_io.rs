@@ -16,8 +16,12 @@ fn save_load_round_trip_is_exact_for_any_depth() {
             let path = dir.path().join("m");
             model.save(&path).unwrap();
             let loaded = Model::load(&path, dev()).unwrap();
-            let xs = Tensor::randn([64, 2], (Kind::Float, dev()));
-            let cs = Tensor::rand([64, 2], (Kind::Float, dev()));
+            // Every draw under the seeded lock: an unseeded one could land inside
+            // another test's seeded section and change its samples.
+            let (xs, cs) = {
+                let _rng = fedhex::rng::seeded(40 + blocks as u64);
+                (Tensor::randn([64, 2], (Kind::Float, dev())), Tensor::rand([64, 2], (Kind::Float, dev())))
+            };
             let a = vec_of(&tch::no_grad(|| model.log_prob(&xs, &cs)));
             let b = vec_of(&tch::no_grad(|| loaded.log_prob(&xs, &cs)));
             assert_eq!(a, b, "log_prob differs after load (hidden {hidden:?}, blocks {blocks})");
@@ -42,8 +46,10 @@ fn a_different_model_gives_different_results() {
     // Guards the round-trip test: two models must not agree by accident.
     let a = random_model(2, &[16], 1);
     let b = random_model(2, &[16], 2);
-    let xs = Tensor::randn([8, 2], (Kind::Float, dev()));
-    let cs = Tensor::rand([8, 2], (Kind::Float, dev()));
+    let (xs, cs) = {
+        let _rng = fedhex::rng::seeded(41);
+        (Tensor::randn([8, 2], (Kind::Float, dev())), Tensor::rand([8, 2], (Kind::Float, dev())))
+    };
     assert_ne!(vec_of(&tch::no_grad(|| a.log_prob(&xs, &cs))), vec_of(&tch::no_grad(|| b.log_prob(&xs, &cs))));
 }
 
@@ -130,8 +136,13 @@ fn a_model_with_every_preprocessing_option_saves_and_loads_exactly() {
         assert_eq!(loaded.feature_transforms, model.feature_transforms, "{chain:?}");
         assert_eq!(loaded.label_transforms, model.label_transforms);
         assert_eq!(loaded.acceptance, model.acceptance);
-        let xs = Tensor::rand([64, 2], (Kind::Float, dev())) * 0.9 + 0.05;
-        let cs = Tensor::rand([64, 2], (Kind::Float, dev())) + 0.5;
+        let (xs, cs) = {
+            let _rng = fedhex::rng::seeded(42);
+            (
+                Tensor::rand([64, 2], (Kind::Float, dev())) * 0.9 + 0.05,
+                Tensor::rand([64, 2], (Kind::Float, dev())) + 0.5,
+            )
+        };
         let a = vec_of(&tch::no_grad(|| model.log_prob(&xs, &cs)));
         let b = vec_of(&tch::no_grad(|| loaded.log_prob(&xs, &cs)));
         assert!(a.iter().all(|v| v.is_finite()), "{chain:?}: {a:?}");
