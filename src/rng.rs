@@ -14,6 +14,14 @@ pub struct SeededRng {
     _guard: MutexGuard<'static, ()>,
 }
 
+/// Holds libtorch's generator without reseeding it, for code that draws
+/// numbers it does not care about (a fresh flow's initial weights that are
+/// overwritten at once): the draws cannot land inside another caller's seeded
+/// section.
+pub fn locked() -> SeededRng {
+    SeededRng { _guard: GLOBAL_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) }
+}
+
 /// Seeds libtorch's generator and keeps it to this caller until the guard drops.
 pub fn seeded(seed: u64) -> SeededRng {
     let guard = GLOBAL_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

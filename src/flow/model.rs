@@ -303,8 +303,13 @@ impl Model {
                 "weights file does not match model.json (digest differs): corrupt or from another model",
             ));
         }
-        let mut flow = Maf::with_orders(meta.flow.clone(), meta.orders.clone(), device)
-            .map_err(|e| Error::model(&json_path, e.to_string()))?;
+        // The fresh weights are overwritten below; build them under the RNG lock
+        // so their draws cannot disturb a concurrent seeded section.
+        let mut flow = {
+            let _rng = crate::rng::locked();
+            Maf::with_orders(meta.flow.clone(), meta.orders.clone(), device)
+                .map_err(|e| Error::model(&json_path, e.to_string()))?
+        };
         let tensors = read_named_tensors(&bytes).map_err(|m| Error::model(&w_path, m))?;
         load_into(&mut flow, &tensors).map_err(|m| Error::model(&w_path, m))?;
         let mut model = Model::new(flow, meta.features, meta.labels)
