@@ -99,7 +99,16 @@ pub struct StreamOptions<'a> {
     /// Events per chunk handed to the sink (the last one may be shorter).
     /// Bounds the memory held; does not change the events.
     pub chunk: usize,
+    /// Support check: events whose transformed features lie further than this
+    /// many training-range widths outside the training range (or are not
+    /// finite) are dropped and redrawn ([`Model::sample_in_support`]);
+    /// `f64::INFINITY` keeps all finite events.
+    pub support_margin: f64,
 }
+
+/// Default [`StreamOptions::support_margin`]: half the training range beyond
+/// each end, far outside anything the training data showed.
+pub const DEFAULT_SUPPORT_MARGIN: f64 = 0.5;
 
 /// One chunk of generated events, row-major: `rows` events of the model's
 /// `D` features and `L` labels, in label order then draw order.
@@ -172,19 +181,24 @@ pub fn stream_samples(
         labs.clear();
         Ok(())
     };
+    if opts.support_margin.is_nan() || opts.support_margin < 0.0 {
+        return Err(Error::Config(format!("support margin {} must be >= 0", opts.support_margin)));
+    }
+    let mut keep: Vec<bool> = Vec::new();
     for (i, lab) in labels.iter().enumerate() {
-        let (mut kept, mut drawn) = (0usize, 0usize);
+        let (mut kept, mut drawn, mut outside) = (0usize, 0usize, 0usize);
         let mut block = 0usize;
         while kept < n {
             if drawn >= 10_000 * n.max(100) {
                 return Err(Error::Data(format!(
-                    "label {lab:?}: only {kept} of {drawn} generated events pass the range cuts; loosen them"
+                    "label {lab:?}: only {kept} of {drawn} generated events pass the range cuts \
+                     ({outside} outside the training support); loosen them"
                 )));
             }
             let need = n - kept;
             // Without cuts draw what is missing; with cuts, what is missing
             // divided by the acceptance seen so far (plus 10%).
-            let m = if (opts.cuts.is_empty() && model.acceptance.is_empty()) || drawn == 0 {
+            let m = if (opts.cuts.is_empty() && model.acceptance.is_empty() && outside == 0) || drawn == 0 {
                 need
             } else if kept == 0 {
                 batch
@@ -196,14 +210,18 @@ pub fn stream_samples(
                 let _rng = crate::rng::seeded(0);
                 tch::manual_seed(block_seed(opts.seed, i, block));
                 let cs = Tensor::from_slice(lab).view([1, l as i64]).expand([m as i64, l as i64], false);
-                let xs = model.sample(&cs).to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
+                let (xs, ok) = model.sample_in_support(&cs, opts.support_margin);
+                let xs = xs.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
                 buf.resize(m * d, 0.0);
                 xs.f_copy_data(&mut buf, m * d)?;
+                keep.resize(m, false);
+                ok.to_device(tch::Device::Cpu).f_copy_data(&mut keep, m)?;
             }
             drawn += m;
             block += 1;
-            for row in buf.chunks_exact(d.max(1)) {
-                if kept < n && opts.cuts.iter().all(|c| c.keeps(row)) && model.passes_acceptance(row) {
+            outside += keep.iter().filter(|k| !**k).count();
+            for (row, &ok) in buf.chunks_exact(d.max(1)).zip(&keep) {
+                if ok && kept < n && opts.cuts.iter().all(|c| c.keeps(row)) && model.passes_acceptance(row) {
                     samples.extend_from_slice(row);
                     labs.extend_from_slice(lab);
                     kept += 1;
@@ -212,6 +230,13 @@ pub fn stream_samples(
                     }
                 }
             }
+        }
+        if outside * 100 > drawn {
+            tracing::warn!(
+                "label {lab:?}: {outside} of {drawn} generated events ({:.1} %) fell outside the training \
+                 support and were redrawn; the model is unreliable here",
+                100.0 * outside as f64 / drawn as f64
+            );
         }
     }
     flush(&mut samples, &mut labs)?;
@@ -238,7 +263,14 @@ pub fn sample_with_cuts(
     let (d, l) = (model.n_features(), model.n_labels());
     let mut samples: Vec<f32> = Vec::new();
     let mut labs: Vec<f32> = Vec::new();
-    let opts = StreamOptions { n_per_label: n, cuts, seed, batch, chunk: DEFAULT_CHUNK };
+    let opts = StreamOptions {
+        n_per_label: n,
+        cuts,
+        seed,
+        batch,
+        chunk: DEFAULT_CHUNK,
+        support_margin: DEFAULT_SUPPORT_MARGIN,
+    };
     stream_samples(model, labels, &opts, |c| {
         samples.extend_from_slice(c.samples);
         labs.extend_from_slice(c.labels);

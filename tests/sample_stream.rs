@@ -11,7 +11,7 @@ use fedhex::data::root::{Column, RootFile};
 use fedhex::data::source::EventFileWriter;
 use fedhex::data::EventSet;
 use fedhex::flow::Model;
-use fedhex::generate::{sample_with_cuts, stream_samples, RangeCut, StreamOptions};
+use fedhex::generate::{sample_with_cuts, stream_samples, RangeCut, StreamOptions, DEFAULT_SUPPORT_MARGIN};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -41,7 +41,8 @@ fn stream_to(model: &Model, out: &Path, n: usize, cuts: &[RangeCut], chunk: usiz
     let total = (labels.len() * n) as u64;
     let mut w =
         EventFileWriter::create(out, "Events", &model.features.names(), &model.labels.names(), total, chunk).unwrap();
-    let opts = StreamOptions { n_per_label: n, cuts, seed: 5, batch: 256, chunk };
+    let opts =
+        StreamOptions { n_per_label: n, cuts, seed: 5, batch: 256, chunk, support_margin: DEFAULT_SUPPORT_MARGIN };
     let mut chunks = 0;
     let got = stream_samples(model, &labels, &opts, |c| {
         assert!(c.rows <= chunk && c.rows > 0);
@@ -174,6 +175,48 @@ fn range_cuts_keep_exactly_n_per_label_when_streamed() {
     assert_same(&in_memory(&model, 500, &cuts), &cols);
 }
 
+/// Generation drops events outside the training support (the feature range
+/// widened by the margin) and redraws, so exactly n survive; with an infinite
+/// margin the same model does produce such events.
+#[test]
+fn generation_keeps_to_the_training_support() {
+    let model = random_model(2, &[8], 9);
+    let ranges: Vec<[f64; 2]> = model.features.dims.iter().map(|d| [d.min, d.max]).collect();
+    let draw = |margin: f64| {
+        let opts =
+            StreamOptions { n_per_label: 4000, cuts: &[], seed: 3, batch: 1024, chunk: 1000, support_margin: margin };
+        let mut rows: Vec<Vec<f32>> = Vec::new();
+        let n = stream_samples(&model, &[vec![0.5, 0.25]], &opts, |c| {
+            rows.extend(c.samples.chunks_exact(2).map(|r| r.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 4000);
+        assert_eq!(rows.len(), 4000, "exactly n events survive (margin {margin})");
+        rows
+    };
+    let outside = |rows: &[Vec<f32>], margin: f64| {
+        rows.iter()
+            .filter(|r| {
+                r.iter().zip(&ranges).any(|(&v, [lo, hi])| {
+                    let w = hi - lo;
+                    f64::from(v) < lo - margin * w - 1e-5 || f64::from(v) > hi + margin * w + 1e-5
+                })
+            })
+            .count()
+    };
+    let all = draw(f64::INFINITY);
+    assert!(outside(&all, 0.0) > 40, "the unchecked model should leave the training range sometimes");
+    for margin in [0.0, 0.1] {
+        let kept = draw(margin);
+        assert_eq!(outside(&kept, margin), 0, "margin {margin}: events outside the support were kept");
+    }
+    // A negative margin is refused.
+    let opts = StreamOptions { n_per_label: 10, cuts: &[], seed: 3, batch: 64, chunk: 10, support_margin: -1.0 };
+    let err = stream_samples(&model, &[vec![0.5, 0.25]], &opts, |_| Ok(())).unwrap_err().to_string();
+    assert!(err.contains("support margin"), "{err}");
+}
+
 #[test]
 fn a_failure_mid_stream_leaves_no_file() {
     let dir = tmpdir();
@@ -183,7 +226,14 @@ fn a_failure_mid_stream_leaves_no_file() {
         let out = d.join(f);
         let mut w =
             EventFileWriter::create(&out, "Events", &model.features.names(), &model.labels.names(), 3000, 100).unwrap();
-        let opts = StreamOptions { n_per_label: 1000, cuts: &[], seed: 1, batch: 256, chunk: 100 };
+        let opts = StreamOptions {
+            n_per_label: 1000,
+            cuts: &[],
+            seed: 1,
+            batch: 256,
+            chunk: 100,
+            support_margin: DEFAULT_SUPPORT_MARGIN,
+        };
         let mut chunks = 0;
         let err = stream_samples(&model, &labels(), &opts, |c| {
             chunks += 1;

@@ -82,6 +82,10 @@ enum Cmd {
         /// Events per network call: with the seed and device it fixes the events.
         #[arg(long, default_value_t = fedhex::generate::DEFAULT_BATCH)]
         batch: usize,
+        /// Drop (and redraw) events whose transformed features lie more than this many
+        /// training-range widths outside the training range; `inf` keeps every finite event.
+        #[arg(long = "support-margin", default_value_t = fedhex::generate::DEFAULT_SUPPORT_MARGIN)]
+        support_margin: f64,
     },
     /// Compare generated events with a Gaussian generator's true mean and covariance.
     Moments {
@@ -333,12 +337,16 @@ struct SampleRun<'a> {
     device: &'a str,
     chunk: usize,
     batch: usize,
+    support_margin: f64,
 }
 
 fn sample(model: &Path, at: &SampleAt<'_>, run: &SampleRun<'_>) -> Result<()> {
     let (n, out) = (run.n, run.out);
     if run.chunk == 0 || run.batch == 0 {
         bail!("--chunk and --batch must be at least 1");
+    }
+    if run.support_margin.is_nan() || run.support_margin < 0.0 {
+        bail!("--support-margin must be >= 0 (inf disables the support check)");
     }
     let dev = fedhex::device::resolve(fedhex::device::parse_device(run.device)?, 0)?;
     let model = Model::load(model, dev)?;
@@ -375,6 +383,7 @@ fn sample(model: &Path, at: &SampleAt<'_>, run: &SampleRun<'_>) -> Result<()> {
         seed: run.seed,
         batch: run.batch,
         chunk: run.chunk,
+        support_margin: run.support_margin,
     };
     fedhex::generate::stream_samples(&model, &labels, &opts, |c| writer.write(c.samples, c.labels, c.rows))?;
     writer.finish()?;
@@ -477,10 +486,31 @@ fn main() {
         Cmd::Train { config, set, resume, listen } => {
             train(config, &fedhex::config::overrides(set, listen.as_deref()), *resume)
         }
-        Cmd::Sample { model, labels, grid, labels_from, ranges, n, out, seed, device, chunk, batch } => sample(
+        Cmd::Sample {
+            model,
+            labels,
+            grid,
+            labels_from,
+            ranges,
+            n,
+            out,
+            seed,
+            device,
+            chunk,
+            batch,
+            support_margin,
+        } => sample(
             model,
             &SampleAt { labels, grid, labels_from: labels_from.as_deref(), ranges },
-            &SampleRun { n: *n, out, seed: *seed, device, chunk: *chunk, batch: *batch },
+            &SampleRun {
+                n: *n,
+                out,
+                seed: *seed,
+                device,
+                chunk: *chunk,
+                batch: *batch,
+                support_margin: *support_margin,
+            },
         ),
         Cmd::Moments { truth, samples, max_pull } => moments(truth, samples, *max_pull),
         Cmd::Doctor => doctor(),

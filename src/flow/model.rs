@@ -224,6 +224,37 @@ impl Model {
         tch::no_grad(|| self.from_flow_space(&z, cs))
     }
 
+    /// Like [`Model::sample`], and also says per event whether it lies inside the
+    /// training support: every transformed feature (before whitening) within the
+    /// training range widened by `margin` times its width on each side, and every
+    /// raw value finite. Events outside come from the far tails of the flow that
+    /// no training event constrained (e.g. `exp` of a tail value through a
+    /// `log_ratio` transform) and are dropped by generation.
+    ///
+    /// # Shapes
+    /// `cs: [N, L]` → `([N, D], [N] bool)`
+    pub fn sample_in_support(&self, cs: &Tensor, margin: f64) -> (Tensor, Tensor) {
+        let c = self.condition(cs);
+        let z = self.flow.sample(&c);
+        tch::no_grad(|| {
+            let dev = z.device();
+            let y = self.features.inverse(&z);
+            let x = self.feature_transforms.inverse(&y, &cs.to_device(dev).to_kind(Kind::Float));
+            let finite = x.isfinite().all_dim(1, false);
+            if !margin.is_finite() {
+                return (x, finite);
+            }
+            let bound = |f: &dyn Fn(&crate::data::whiten::DimWhitening) -> f64| {
+                let v: Vec<f32> = self.features.dims.iter().map(|d| f(d) as f32).collect();
+                Tensor::from_slice(&v).to_device(dev).view([1, -1])
+            };
+            let lo = bound(&|d| d.min - margin * (d.max - d.min));
+            let hi = bound(&|d| d.max + margin * (d.max - d.min));
+            let inside = y.ge_tensor(&lo).logical_and(&y.le_tensor(&hi)).all_dim(1, false);
+            (x, finite.logical_and(&inside))
+        })
+    }
+
     /// Whether a raw event passes every acceptance cut of the training data.
     pub fn passes_acceptance(&self, row: &[f32]) -> bool {
         self.acceptance.iter().all(|a| a.keeps(row))
