@@ -24,7 +24,7 @@ use fedhex::config::NetworkConfig;
 use fedhex::data::source::EventFileWriter;
 use fedhex::data::whiten::{WhitenSpec, Whitening};
 use fedhex::flow::{Activation, Maf, Model};
-use fedhex::generate::{stream_samples, StreamOptions, DEFAULT_BATCH, DEFAULT_CHUNK};
+use fedhex::generate::{stream_samples, StreamOptions, DEFAULT_BATCH, DEFAULT_CHUNK, DEFAULT_SUPPORT_MARGIN};
 use ndarray::Array2;
 
 /// A network with fresh (seeded) weights and a whitening fitted on a synthetic grid.
@@ -60,7 +60,14 @@ fn case(n: usize, out: &Path, device: &str, chunk: usize, net: &str) -> Result<(
     let t0 = Instant::now();
     let mut w =
         EventFileWriter::create(out, "Events", &model.features.names(), &model.labels.names(), n as u64, chunk)?;
-    let opts = StreamOptions { n_per_label: n, cuts: &[], seed: 1, batch: DEFAULT_BATCH, chunk };
+    let opts = StreamOptions {
+        n_per_label: n,
+        cuts: &[],
+        seed: 1,
+        batch: DEFAULT_BATCH,
+        chunk,
+        support_margin: DEFAULT_SUPPORT_MARGIN,
+    };
     stream_samples(&model, &labels, &opts, |c| w.write(c.samples, c.labels, c.rows))?;
     w.finish()?;
     let secs = t0.elapsed().as_secs_f64();
