@@ -86,6 +86,11 @@ pub struct DataConfig {
     /// Known acceptance cuts that truncated the data, e.g. `["omega > 0.415"]`: training uses
     /// the truncated likelihood and generated events are cut the same way.
     pub acceptance: Vec<String>,
+    /// CSV of the acceptance efficiency per label (simulated events kept by `acceptance`, see
+    /// [`crate::data::efficiency`]): training then uses the censored likelihood, which also
+    /// learns how much of the distribution the cut removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acceptance_efficiency: Option<PathBuf>,
     /// ROOT input (files, tree, branch expressions, cut); replaces `path` when present.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root: Option<crate::data::source::RootInput>,
@@ -105,6 +110,7 @@ impl Default for DataConfig {
             feature_transforms: Default::default(),
             label_transforms: Default::default(),
             acceptance: vec![],
+            acceptance_efficiency: None,
             root: None,
         }
     }
@@ -289,6 +295,11 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "known acceptance cuts of the data, e.g. [\"omega > 0.415\"]: truncated-likelihood training, generated events cut alike",
     ),
     (
+        "data.acceptance_efficiency",
+        "CSV of the acceptance efficiency per label (labels, then efficiency or generated,accepted): \
+         censored-likelihood training, which also learns how much the cut removed",
+    ),
+    (
         "training.acceptance_samples",
         "flow samples per event and step for the acceptance normaliser of the truncated likelihood (0: off)",
     ),
@@ -366,6 +377,7 @@ const ROOT_EXAMPLE: &str = r#"
 # feature_transforms = { phi = "log_ratio(labelphi)", omega = "log_ratio(labelomega)" }
 # label_transforms = { labelphi = "log", labelomega = "log" }
 # acceptance = ["omega > 0.415"]
+# acceptance_efficiency = "mc/phiomega/acceptance.csv"   # if the production recorded it
 "#;
 
 /// Keys that have a documentation line (for tests).
@@ -445,6 +457,9 @@ impl RunConfig {
         }
         if !(0.0..0.5).contains(&d.logit_eps) {
             return bad(format!("data.logit_eps must be in [0, 0.5), got {}", d.logit_eps));
+        }
+        if d.acceptance_efficiency.is_some() && d.acceptance.is_empty() {
+            return bad("data.acceptance_efficiency needs data.acceptance (the cuts the efficiencies belong to)".into());
         }
         self.network.maf(1, 0).validate()?;
         let t = &self.training;

@@ -119,3 +119,79 @@ fn data_outside_the_declared_acceptance_are_refused() {
     let e = train_events(&c, &bad).unwrap_err().to_string();
     assert!(e.contains("'x'") && e.contains("log") && e.contains("> 0"), "{e}");
 }
+
+/// x0 ~ 0.7 N(1 + c/2, 0.3) + 0.3 N(-0.2, 0.3), kept where x0 > 0: three
+/// quarters of the second component lie below the cut, where the kept events
+/// say nothing about it; only the production's bookkeeping (generated vs.
+/// accepted) tells how much is there.
+/// Returns the kept events and the efficiency table's CSV.
+fn hidden_component_data(n_per_label: usize) -> (EventSet, String) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let z = Normal::new(0.0, 1.0).unwrap();
+    let (mut xs, mut ls) = (Vec::new(), Vec::new());
+    let mut csv = String::from("c,generated,accepted\n");
+    for c in [0.0f64, 1.0, 2.0] {
+        let (mut kept, mut generated) = (0usize, 0usize);
+        while kept < n_per_label {
+            generated += 1;
+            let u: f64 = rand::Rng::random(&mut rng);
+            let x0 = if u < 0.7 { 1.0 + c / 2.0 } else { -0.2 } + SIGMA * z.sample(&mut rng);
+            let x1 = z.sample(&mut rng);
+            if x0 > 0.0 {
+                xs.extend([x0 as f32, x1 as f32]);
+                ls.push(c as f32);
+                kept += 1;
+            }
+        }
+        csv.push_str(&format!("{c},{generated},{kept}\n"));
+    }
+    let n = ls.len();
+    let set = EventSet::new(
+        Array2::from_shape_vec((n, 2), xs).unwrap(),
+        Array2::from_shape_vec((n, 1), ls).unwrap(),
+        vec!["x".into(), "y".into()],
+        vec!["c".into()],
+        "hidden-component test data",
+    )
+    .unwrap();
+    (set, csv)
+}
+
+/// With the acceptance efficiency per label the censored likelihood learns how
+/// much of the distribution the cut removed (here 0.3 · Φ(0.2/0.3) ≈ 22.4 %); the truncated
+/// likelihood cannot, and a missing label or a bad table is a clear error.
+#[test]
+fn censored_likelihood_learns_how_much_the_cut_removed() {
+    // 0.3 P(N(-0.2, 0.3) < 0) + 0.7 P(N(1, 0.3) < 0) (the latter ~3e-4).
+    const TRUTH: f64 = 0.3 * 0.747_507 + 0.7 * 0.000_429;
+    let (data, csv) = hidden_component_data(2000);
+    let dir = common::tmpdir();
+    let table = dir.path().join("acceptance.csv");
+    std::fs::write(&table, &csv).unwrap();
+    let mut with = cfg(true);
+    with.data.acceptance_efficiency = Some(table.clone());
+    with.training.epochs = 30;
+    let censored = train_events(&with, &data).unwrap().model;
+    let truncated = train_events(&cfg(true), &data).unwrap().model;
+    for c in [0.0, 1.0, 2.0] {
+        let (below_c, _) = uncut_draws(&censored, c);
+        let (below_t, _) = uncut_draws(&truncated, c);
+        eprintln!("c={c}: P(x<0) censored {below_c:.3}, truncated {below_t:.3} (truth {TRUTH:.3})");
+        assert!((below_c - TRUTH).abs() < 0.05, "c = {c}: censored likelihood P(x<0) = {below_c}, want {TRUTH}");
+        assert!(below_t < 0.12, "c = {c}: the truncated likelihood should not find the hidden mass, got {below_t}");
+    }
+    // Generated events are still cut like the data.
+    let gen = fedhex::generate::sample_at_labels(&censored, &[vec![0.5]], 5000, 5, 4096).unwrap();
+    assert!(gen.samples.column(0).iter().all(|&v| v > 0.0), "a generated event fails the acceptance");
+    // A training label missing from the table.
+    std::fs::write(&table, "c,efficiency\n0,0.7\n1,0.7\n").unwrap();
+    let mut short = with.clone();
+    short.training.epochs = 1;
+    let e = train_events(&short, &data).unwrap_err().to_string();
+    assert!(e.contains("acceptance.csv") && e.contains("no efficiency") && e.contains("2.0"), "{e}");
+    // Efficiencies without the cuts they belong to.
+    let mut no_cut = cfg(false);
+    no_cut.data.acceptance_efficiency = Some(table);
+    let e = no_cut.validate().unwrap_err().to_string();
+    assert!(e.contains("data.acceptance_efficiency") && e.contains("data.acceptance"), "{e}");
+}

@@ -145,6 +145,14 @@ fn phiomega_grid_loads_with_generator_values() {
     }
     let (set2, _) = load(&phiomega_input(vec![s(again.path())], "")).expect("load");
     assert_eq!(set2, set);
+    // The production's bookkeeping: every loaded label has the generator's efficiency.
+    let table = fedhex::data::efficiency::EfficiencyTable::read(&dir.path().join("acceptance.csv"), 2).expect("table");
+    let effs = table.for_labels(&set.label_groups().labels).expect("every label listed");
+    for (lab, eff) in set.label_groups().labels.iter().zip(effs) {
+        let i = points.iter().position(|p| p[0] as f32 == lab[0] && p[1] as f32 == lab[1]).expect("a grid point");
+        let sample = PhiOmegaModel::default().sample_seeded(points[i][0], points[i][1], N, SEED + i as u64).unwrap();
+        assert!((eff - sample.efficiency).abs() < 1e-7, "{lab:?}: table {eff}, generator {}", sample.efficiency);
+    }
 }
 
 #[test]

@@ -255,7 +255,12 @@ fn gen_phiomega(a: &GenArgs) -> Result<()> {
     let points = LabelGrid { n_phi: np, n_omega: no, ..Default::default() }.points()?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let files = fedhex::data::source::write_phiomega_grid(&a.out, &model, &points, a.n, a.seed)?;
-    println!("wrote {} ROOT files ({} events each, tree Events) to {}", files.len(), a.n, a.out.display());
+    println!(
+        "wrote {} ROOT files ({} events each, tree Events) and acceptance.csv (efficiency per point) to {}",
+        files.len(),
+        a.n,
+        a.out.display()
+    );
     Ok(())
 }
 

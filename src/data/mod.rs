@@ -2,6 +2,7 @@
 //! grouping, readers and writers ([`npy`]), synthetic generators ([`gaussian`])
 //! and whitening ([`whiten`]).
 
+pub mod efficiency;
 pub mod expr;
 pub mod gaussian;
 pub mod npy;

@@ -920,6 +920,11 @@ impl EventFileWriter {
 /// the files are a pure function of the arguments. Returns the paths in
 /// point order (which is also their sorted order).
 ///
+/// Beside them, `acceptance.csv` records the production's bookkeeping per
+/// point (`M_phi,M_omega,generated,accepted,efficiency`: candidates drawn and
+/// kept by the acceptance cut), the table `data.acceptance_efficiency` reads
+/// ([`crate::data::efficiency`]).
+///
 /// # Errors
 /// Invalid masses or model parameters, too low an acceptance, or I/O.
 pub fn write_phiomega_grid(
@@ -931,7 +936,7 @@ pub fn write_phiomega_grid(
 ) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let width = points.len().saturating_sub(1).to_string().len().max(5);
-    parallel_map(points.len(), |i| {
+    let written = parallel_map(points.len(), |i| {
         let [m_phi, m_omega] = points[i];
         let path = dir.join(format!("phiomega_{i:0width$}.root"));
         let sample = model
@@ -939,8 +944,16 @@ pub fn write_phiomega_grid(
             .map_err(|e| Error::Data(format!("{}: point {i} (M_Φ = {m_phi}, M_ω = {m_omega}): {e}", path.display())))?;
         let tw = phiomega_tree(&sample.events, m_phi, m_omega, seed, i).map_err(|e| root_err(&path, e))?;
         tw.write(&path).map_err(|e| root_err(&path, e))?;
-        Ok(path)
-    })
+        Ok((path, sample.trials, sample.events.len()))
+    })?;
+    let mut csv = String::from("M_phi,M_omega,generated,accepted,efficiency\n");
+    for ([m_phi, m_omega], (_, trials, kept)) in points.iter().zip(&written) {
+        let eff = if *trials == 0 { 1.0 } else { *kept as f64 / *trials as f64 };
+        csv.push_str(&format!("{m_phi},{m_omega},{trials},{kept},{eff:.8}\n"));
+    }
+    let table = dir.join("acceptance.csv");
+    crate::flow::model::write_synced(&table, csv.as_bytes())?;
+    Ok(written.into_iter().map(|(p, _, _)| p).collect())
 }
 
 /// Builds the tree of one grid point (see the module documentation).

@@ -13,6 +13,7 @@ use super::schedule::learning_rate;
 use super::shard::ShardPlan;
 use crate::comm::{Communicator, SingleProcess};
 use crate::config::RunConfig;
+use crate::data::efficiency::EfficiencyTable;
 use crate::data::transform::{Acceptance, Transforms};
 use crate::data::whiten::{WhitenSpec, Whitening};
 use crate::data::EventSet;
@@ -246,15 +247,31 @@ const ACCEPTANCE_PROBE: i64 = 2000;
 /// Labels whose estimated acceptance is at least this get no normaliser term (it would only add noise).
 const ACCEPTANCE_ACTIVE_BELOW: f64 = 0.995;
 
-/// Per training event: `1 / Ẑ(c)` where `Ẑ(c)` is the flow's estimated
-/// probability to pass the acceptance at the event's label, or 0 where the
-/// flow already puts (almost) everything inside it.
-fn acceptance_weights(model: &Model, groups: &crate::data::LabelGroups, n_events: i64, seed: u64) -> Result<Tensor> {
+/// Per training event, the weight of the accepted flow samples in the
+/// normaliser term ([`acceptance_term`]), from the flow's estimated
+/// probability `Ẑ(c)` to pass the acceptance at the event's label:
+///
+/// * truncated likelihood (no efficiencies): `1 / Ẑ`, or 0 where the flow
+///   already puts (almost) everything inside the acceptance;
+/// * censored likelihood (efficiency `ε` of the label known): the rejected
+///   events' term `-r log(1 - Z)`, `r = (1 - ε) / ε` rejected per kept event,
+///   has the gradient `-r E[∇log p | rejected]`, estimated from the
+///   *rejected* flow samples (far lower variance than the accepted ones,
+///   whose mean score nearly cancels): a negative weight `-r / (1 - Ẑ)`, with
+///   `1 - Ẑ` floored at `(1 - ε) / 5` so that a flow with hardly any mass
+///   outside gets a bounded push; 0 where `ε = 1`.
+fn acceptance_weights(
+    model: &Model,
+    groups: &crate::data::LabelGroups,
+    efficiency: Option<&[f64]>,
+    n_events: i64,
+    seed: u64,
+) -> Result<Tensor> {
     let l = model.n_labels() as i64;
     let mut w = vec![0f32; n_events as usize];
     let _rng = crate::rng::seeded(seed);
     tch::no_grad(|| -> Result<()> {
-        for (lab, members) in groups.labels.iter().zip(&groups.members) {
+        for (g, (lab, members)) in groups.labels.iter().zip(&groups.members).enumerate() {
             let raw = Tensor::from_slice(lab).view([1, l]).expand([ACCEPTANCE_PROBE, l], false);
             let x = model.sample(&raw).to_device(Device::Cpu);
             let pass = model
@@ -262,8 +279,13 @@ fn acceptance_weights(model: &Model, groups: &crate::data::LabelGroups, n_events
                 .iter()
                 .fold(Tensor::ones([ACCEPTANCE_PROBE], (Kind::Bool, Device::Cpu)), |m, a| m.logical_and(&a.mask(&x)));
             let z = pass.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
-            if z < ACCEPTANCE_ACTIVE_BELOW {
-                let v = (1.0 / z.max(0.05)) as f32;
+            let v = match efficiency.and_then(|e| e.get(g)) {
+                Some(&eps) if eps < 1.0 => -(1.0 - eps) / eps / (1.0 - z).max(0.2 * (1.0 - eps)),
+                Some(_) => 0.0,
+                None if z < ACCEPTANCE_ACTIVE_BELOW => 1.0 / z.max(0.05),
+                None => 0.0,
+            } as f32;
+            if v != 0.0 {
                 for &i in members {
                     if let Some(slot) = w.get_mut(i) {
                         *slot = v;
@@ -276,14 +298,16 @@ fn acceptance_weights(model: &Model, groups: &crate::data::LabelGroups, n_events
     Ok(Tensor::from_slice(&w).to_device(model.flow.device()))
 }
 
-/// The truncated likelihood's normaliser: `Σ_i log Z(c_i)` has the gradient
-/// `Σ_i E[∇ log p(x̃ | c_i) | x̃ accepted]`, estimated with `reps` flow samples
-/// per event at its label (no gradient through the sampling), each accepted
-/// one weighted by `w_i / reps` with `w_i = 1 / Ẑ(c_i)`. Events with `w_i = 0`
-/// are skipped. Returns a scalar to add to the summed NLL.
+/// The acceptance terms of the likelihood, estimated with `reps` flow samples
+/// per event at its label (no gradient through the sampling); `w` from
+/// [`acceptance_weights`]. Truncated (`w_i > 0`): `log Z(c_i)` has the gradient
+/// `E[∇ log p(x̃ | c_i) | x̃ accepted]`, so each *accepted* sample is weighted
+/// `w_i / reps`. Censored (`w_i < 0`): each *rejected* sample is weighted
+/// `w_i / reps`. Events with `w_i = 0` are skipped. Returns a scalar to add
+/// to the summed NLL.
 fn acceptance_term(model: &Model, c: &Tensor, raw_c: &Tensor, w: &Tensor, reps: usize, seed: u64) -> Tensor {
     let zero = Tensor::zeros([], (Kind::Float, c.device()));
-    let active = w.gt(0.0).nonzero().squeeze_dim(1);
+    let active = w.ne(0.0).nonzero().squeeze_dim(1);
     if active.size()[0] == 0 {
         return zero;
     }
@@ -295,7 +319,9 @@ fn acceptance_term(model: &Model, c: &Tensor, raw_c: &Tensor, w: &Tensor, reps: 
             let z = model.flow.sample(&c_sel);
             let x = model.from_flow_space(&z, &raw_c.index_select(0, &sel));
             let pass = model.acceptance.iter().fold(x.select(1, 0).isfinite(), |m, a| m.logical_and(&a.mask(&x)));
-            (z, pass.nonzero().squeeze_dim(1))
+            // Truncated events use their accepted samples, censored ones their rejected samples.
+            let use_sample = pass.eq_tensor(&w.index_select(0, &sel).gt(0.0));
+            (z, use_sample.nonzero().squeeze_dim(1))
         })
     };
     if keep.size()[0] == 0 {
@@ -453,6 +479,11 @@ pub fn train(
     let (val_x, val_c, _) = white(&model, &val_set, "validation events")?;
     let correct_acceptance = !model.acceptance.is_empty() && t.acceptance_samples > 0;
     let train_groups = if correct_acceptance { Some(train_set.label_groups()) } else { None };
+    // Censored likelihood: the efficiency of each training label (same order as the groups).
+    let efficiency = match (&cfg.data.acceptance_efficiency, &train_groups) {
+        (Some(path), Some(groups)) => Some(EfficiencyTable::read(path, model.n_labels())?.for_labels(&groups.labels)?),
+        _ => None,
+    };
     let mut acceptance_weight: Option<Tensor> = None;
 
     let mut opt =
@@ -524,7 +555,8 @@ pub fn train(
         let mut loss_acc = Tensor::zeros([], (Kind::Double, model_device));
         if let Some(groups) = &train_groups {
             let seed = mix_seed(t.seed, &[epoch as u64, 0xacc]);
-            acceptance_weight = Some(acceptance_weights(&model, groups, train_x.size()[0], seed)?);
+            acceptance_weight =
+                Some(acceptance_weights(&model, groups, efficiency.as_deref(), train_x.size()[0], seed)?);
         }
         for (k, step) in steps.iter().enumerate().skip(first) {
             let step_started = Instant::now();
