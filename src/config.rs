@@ -295,11 +295,6 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "known acceptance cuts of the data, e.g. [\"omega > 0.415\"]: truncated-likelihood training, generated events cut alike",
     ),
     (
-        "data.acceptance_efficiency",
-        "CSV of the acceptance efficiency per label (labels, then efficiency or generated,accepted): \
-         censored-likelihood training, which also learns how much the cut removed",
-    ),
-    (
         "training.acceptance_samples",
         "flow samples per event and step for the acceptance normaliser of the truncated likelihood (0: off)",
     ),
@@ -377,7 +372,10 @@ const ROOT_EXAMPLE: &str = r#"
 # feature_transforms = { phi = "log_ratio(labelphi)", omega = "log_ratio(labelomega)" }
 # label_transforms = { labelphi = "log", labelomega = "log" }
 # acceptance = ["omega > 0.415"]
-# acceptance_efficiency = "mc/phiomega/acceptance.csv"   # if the production recorded it
+# and, if the production recorded it, the acceptance efficiency per label (CSV:
+# the labels, then `efficiency` or `generated,accepted`; `fedhex gen` writes one):
+# censored-likelihood training, which also learns how much the cut removed.
+# acceptance_efficiency = "mc/phiomega/acceptance.csv"
 "#;
 
 /// Keys that have a documentation line (for tests).

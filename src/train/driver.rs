@@ -247,19 +247,15 @@ const ACCEPTANCE_PROBE: i64 = 2000;
 /// Labels whose estimated acceptance is at least this get no normaliser term (it would only add noise).
 const ACCEPTANCE_ACTIVE_BELOW: f64 = 0.995;
 
-/// Per training event, the weight of the accepted flow samples in the
-/// normaliser term ([`acceptance_term`]), from the flow's estimated
-/// probability `Ẑ(c)` to pass the acceptance at the event's label:
+/// Per training event, the weight of its flow samples in the acceptance
+/// terms ([`acceptance_term`]):
 ///
-/// * truncated likelihood (no efficiencies): `1 / Ẑ`, or 0 where the flow
-///   already puts (almost) everything inside the acceptance;
-/// * censored likelihood (efficiency `ε` of the label known): the rejected
-///   events' term `-r log(1 - Z)`, `r = (1 - ε) / ε` rejected per kept event,
-///   has the gradient `-r E[∇log p | rejected]`, estimated from the
-///   *rejected* flow samples (far lower variance than the accepted ones,
-///   whose mean score nearly cancels): a negative weight `-r / (1 - Ẑ)`, with
-///   `1 - Ẑ` floored at `(1 - ε) / 5` so that a flow with hardly any mass
-///   outside gets a bounded push; 0 where `ε = 1`.
+/// * truncated likelihood (no efficiencies): `1 / Ẑ(c)`, from the flow's
+///   probability `Ẑ` to pass the acceptance at the event's label, estimated
+///   at each epoch start; 0 where the flow already puts (almost) everything
+///   inside the acceptance;
+/// * censored likelihood (efficiency `ε` of the label known):
+///   `-r = -(1 - ε) / ε`, the rejected events per kept event; 0 where `ε = 1`.
 fn acceptance_weights(
     model: &Model,
     groups: &crate::data::LabelGroups,
@@ -272,18 +268,24 @@ fn acceptance_weights(
     let _rng = crate::rng::seeded(seed);
     tch::no_grad(|| -> Result<()> {
         for (g, (lab, members)) in groups.labels.iter().zip(&groups.members).enumerate() {
-            let raw = Tensor::from_slice(lab).view([1, l]).expand([ACCEPTANCE_PROBE, l], false);
-            let x = model.sample(&raw).to_device(Device::Cpu);
-            let pass = model
-                .acceptance
-                .iter()
-                .fold(Tensor::ones([ACCEPTANCE_PROBE], (Kind::Bool, Device::Cpu)), |m, a| m.logical_and(&a.mask(&x)));
-            let z = pass.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
             let v = match efficiency.and_then(|e| e.get(g)) {
-                Some(&eps) if eps < 1.0 => -(1.0 - eps) / eps / (1.0 - z).max(0.2 * (1.0 - eps)),
-                Some(_) => 0.0,
-                None if z < ACCEPTANCE_ACTIVE_BELOW => 1.0 / z.max(0.05),
-                None => 0.0,
+                Some(&eps) => -(1.0 - eps) / eps,
+                None => {
+                    let raw = Tensor::from_slice(lab).view([1, l]).expand([ACCEPTANCE_PROBE, l], false);
+                    let x = model.sample(&raw).to_device(Device::Cpu);
+                    let pass = model
+                        .acceptance
+                        .iter()
+                        .fold(Tensor::ones([ACCEPTANCE_PROBE], (Kind::Bool, Device::Cpu)), |m, a| {
+                            m.logical_and(&a.mask(&x))
+                        });
+                    let z = pass.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+                    if z < ACCEPTANCE_ACTIVE_BELOW {
+                        1.0 / z.max(0.05)
+                    } else {
+                        0.0
+                    }
+                }
             } as f32;
             if v != 0.0 {
                 for &i in members {
@@ -298,14 +300,29 @@ fn acceptance_weights(
     Ok(Tensor::from_slice(&w).to_device(model.flow.device()))
 }
 
-/// The acceptance terms of the likelihood, estimated with `reps` flow samples
-/// per event at its label (no gradient through the sampling); `w` from
-/// [`acceptance_weights`]. Truncated (`w_i > 0`): `log Z(c_i)` has the gradient
-/// `E[∇ log p(x̃ | c_i) | x̃ accepted]`, so each *accepted* sample is weighted
-/// `w_i / reps`. Censored (`w_i < 0`): each *rejected* sample is weighted
-/// `w_i / reps`. Events with `w_i = 0` are skipped. Returns a scalar to add
-/// to the summed NLL.
-fn acceptance_term(model: &Model, c: &Tensor, raw_c: &Tensor, w: &Tensor, reps: usize, seed: u64) -> Tensor {
+/// The acceptance terms of the likelihood for one step's events (`c`, `raw_c`,
+/// weights `w` from [`acceptance_weights`], label group `gid` of each event),
+/// estimated with `reps` flow samples per event at its label (no gradient
+/// through the sampling). Returns a scalar to add to the summed NLL.
+///
+/// * Truncated (`w_i > 0`): `log Z(c_i)` has the gradient
+///   `E[∇ log p(x̃ | c_i) | x̃ accepted]`: each *accepted* sample weighted `w_i / reps`.
+/// * Censored (`w_i = -r < 0`): the `r` rejected events per kept event add
+///   `-r log(1 - Z(c_i))`, gradient `-r E[∇ log p | x̃ rejected]`, estimated per
+///   label group from this step's *rejected* samples (a ratio estimator: weight
+///   `w_i · S_g / (R_g · reps)` with `S_g` samples and `R_g` rejected ones in the
+///   group). Unlike a weight fixed per epoch this cannot run away when the
+///   flow's rejected fraction changes within an epoch, and it needs no
+///   estimate of `Z`; a group without rejected samples in a step gets no push.
+///
+/// Events with `w_i = 0` are skipped.
+fn acceptance_term(
+    model: &Model,
+    (c, raw_c, gid): (&Tensor, &Tensor, &Tensor),
+    w: &Tensor,
+    reps: usize,
+    seed: u64,
+) -> Tensor {
     let zero = Tensor::zeros([], (Kind::Float, c.device()));
     let active = w.ne(0.0).nonzero().squeeze_dim(1);
     if active.size()[0] == 0 {
@@ -313,21 +330,37 @@ fn acceptance_term(model: &Model, c: &Tensor, raw_c: &Tensor, w: &Tensor, reps: 
     }
     let sel = active.repeat([reps as i64]);
     let c_sel = c.index_select(0, &sel);
-    let (z, keep) = {
+    let w_sel = w.index_select(0, &sel);
+    let (z, keep, wk) = {
         let _rng = crate::rng::seeded(seed);
         tch::no_grad(|| {
             let z = model.flow.sample(&c_sel);
             let x = model.from_flow_space(&z, &raw_c.index_select(0, &sel));
             let pass = model.acceptance.iter().fold(x.select(1, 0).isfinite(), |m, a| m.logical_and(&a.mask(&x)));
             // Truncated events use their accepted samples, censored ones their rejected samples.
-            let use_sample = pass.eq_tensor(&w.index_select(0, &sel).gt(0.0));
-            (z, use_sample.nonzero().squeeze_dim(1))
+            let truncated = w_sel.gt(0.0);
+            let use_sample = pass.eq_tensor(&truncated);
+            let mut wk = &w_sel * use_sample.to_kind(Kind::Float) / reps as f64;
+            let censored = truncated.logical_not();
+            if censored.any().int64_value(&[]) != 0 {
+                let g_sel = gid.index_select(0, &sel);
+                let n = g_sel.max().int64_value(&[]) + 1;
+                let count = |m: &Tensor| {
+                    Tensor::zeros([n], (Kind::Float, c.device())).index_add(0, &g_sel, &m.to_kind(Kind::Float))
+                };
+                let samples = count(&censored);
+                let rejected = count(&censored.logical_and(&pass.logical_not()));
+                let ratio = (samples / rejected.clamp_min(1.0)).index_select(0, &g_sel);
+                wk = wk.where_self(&truncated, &(&wk * ratio));
+            }
+            let keep = use_sample.nonzero().squeeze_dim(1);
+            let wk = wk.index_select(0, &keep);
+            (z, keep, wk)
         })
     };
     if keep.size()[0] == 0 {
         return zero;
     }
-    let wk = w.index_select(0, &sel).index_select(0, &keep) / reps as f64;
     let lp = model.flow.log_prob(&z.index_select(0, &keep), &c_sel.index_select(0, &keep));
     (lp * wk).sum(Kind::Float)
 }
@@ -485,6 +518,18 @@ pub fn train(
         _ => None,
     };
     let mut acceptance_weight: Option<Tensor> = None;
+    // The label group of each training event (for the censored term's per-label estimate).
+    let train_gid = train_groups.as_ref().map(|groups| {
+        let mut gid = vec![0i64; train_set.len()];
+        for (g, members) in groups.members.iter().enumerate() {
+            for &i in members {
+                if let Some(slot) = gid.get_mut(i) {
+                    *slot = g as i64;
+                }
+            }
+        }
+        Tensor::from_slice(&gid).to_device(model_device)
+    });
 
     let mut opt =
         Adam::new(model.flow.var_store(), AdamConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps });
@@ -567,14 +612,13 @@ pub fn train(
             // likelihood's normaliser is added by autograd in both cases.
             let mut fast_loss = None;
             let normaliser = |opt: &mut Adam| -> Option<Tensor> {
-                let w = acceptance_weight.as_ref()?;
+                let (w, gid) = (acceptance_weight.as_ref()?, train_gid.as_ref()?);
                 let idx = Tensor::from_slice(&step.local).to_device(model_device);
                 let seed = mix_seed(t.seed, &[global_step, comm.rank() as u64, 0xacc]);
                 opt.zero_grad();
                 let norm = acceptance_term(
                     &model,
-                    &train_c.index_select(0, &idx),
-                    &train_raw_c.index_select(0, &idx),
+                    (&train_c.index_select(0, &idx), &train_raw_c.index_select(0, &idx), &gid.index_select(0, &idx)),
                     &w.index_select(0, &idx),
                     t.acceptance_samples,
                     seed,

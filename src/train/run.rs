@@ -160,6 +160,13 @@ pub fn run(cfg: &RunConfig, comm: &dyn Communicator, opts: RunOptions) -> Result
     let (threads, device) = agree(comm, prepared)?;
     // Read and check the data before anything is written: bad input leaves no run directory.
     let (local, plan) = load_shard(cfg, comm)?;
+    let efficiency_ok = match &cfg.data.acceptance_efficiency {
+        Some(path) => crate::data::efficiency::EfficiencyTable::read(path, local.n_labels())
+            .and_then(|t| t.for_labels(&local.label_groups().labels))
+            .map(|_| ()),
+        None => Ok(()),
+    };
+    agree(comm, efficiency_ok)?;
     let made_dir = if comm.is_root() {
         (|| -> Result<()> {
             std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
