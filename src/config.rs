@@ -213,6 +213,9 @@ pub struct TrainingConfig {
     /// Flow samples drawn per training event (at labels where the flow puts mass outside
     /// `data.acceptance`) to estimate the gradient of the acceptance normaliser; 0: off.
     pub acceptance_samples: usize,
+    /// Exponential moving average of the weights with this decay per step (0: off); the
+    /// saved model carries the averaged weights, checkpoints both (exact resume).
+    pub ema_decay: f64,
 }
 
 /// Whether a run continues from an existing checkpoint.
@@ -244,6 +247,7 @@ impl Default for TrainingConfig {
             adam_eps: 1e-8,
             resume: Resume::Never,
             acceptance_samples: 1,
+            ema_decay: 0.0,
         }
     }
 }
@@ -310,6 +314,10 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("training.lr_final", "learning rate reached after lr_decay_epochs"),
     ("training.lr_decay_epochs", "epochs from lr_initial to lr_final (0: all epochs)"),
     ("training.schedule", "exponential, linear, cosine or constant"),
+    (
+        "training.ema_decay",
+        "exponential moving average of the weights, decay per step (e.g. 0.999; 0: off): the saved model gets the average",
+    ),
     ("training.warmup_epochs", "linear warm-up from 0 over this many epochs (0: none)"),
     ("training.seed", "seed of weight initialisation and shuffling (same seed -> same weights)"),
     ("training.threads", "intra-op threads per process (0: all available cores)"),
@@ -471,6 +479,9 @@ impl RunConfig {
             if !(v > 0.0 && v.is_finite()) {
                 return bad(format!("training.{name} must be positive, got {v}"));
             }
+        }
+        if !(0.0..1.0).contains(&t.ema_decay) {
+            return bad(format!("training.ema_decay must be in [0, 1), got {}", t.ema_decay));
         }
         if !(t.lr_decay_epochs >= 0.0 && t.warmup_epochs >= 0.0) {
             return bad("training.lr_decay_epochs and warmup_epochs must be >= 0".into());

@@ -5,8 +5,8 @@
 #![allow(clippy::needless_range_loop)]
 
 mod common;
+use common::small_cfg;
 use fedhex::analysis::fit::{fit_label, FitOptions, ScanKind};
-use fedhex::config::RunConfig;
 use fedhex::data::gaussian::{Covariance, GaussianSpec, Layout};
 use fedhex::train::train_events;
 use ndarray::Array2;
@@ -23,20 +23,6 @@ fn spec() -> GaussianSpec {
     }
 }
 
-fn small_cfg() -> RunConfig {
-    let mut cfg = RunConfig::default();
-    cfg.network.n_blocks = 4;
-    cfg.network.hidden = vec![32, 32];
-    cfg.training.epochs = 8;
-    cfg.training.batch_size = 256;
-    cfg.training.lr_initial = 3e-3;
-    cfg.training.lr_final = 2e-4;
-    cfg.training.seed = 1;
-    cfg.training.device = "cpu".into();
-    cfg.outputs.progress = false;
-    cfg
-}
-
 fn is_png(bytes: &[u8]) -> bool {
     bytes.len() > 24 && bytes.starts_with(b"\x89PNG\r\n\x1a\n") && &bytes[12..16] == b"IHDR"
 }
@@ -45,7 +31,7 @@ fn is_png(bytes: &[u8]) -> bool {
 fn fit_recovers_an_off_grid_label_within_its_uncertainty() {
     let t0 = Instant::now();
     let spec = spec();
-    let out = train_events(&small_cfg(), &spec.generate().unwrap()).unwrap();
+    let out = train_events(&small_cfg(8, 1), &spec.generate().unwrap()).unwrap();
     eprintln!("training: {:.1} s", t0.elapsed().as_secs_f64());
     let model = out.model;
     let truth = [0.55, 0.4];

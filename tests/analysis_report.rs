@@ -4,6 +4,7 @@
 //! extrapolation warnings, and that bad input gives a clear error and leaves
 //! nothing behind.
 
+mod common;
 use fedhex::analysis::report::{analyze, AnalyzeOptions, LabelKind, REPORT_HTML, REPORT_JSON, REPORT_TXT};
 use fedhex::config::RunConfig;
 use fedhex::data::gaussian::{Covariance, GaussianSpec, Layout};
@@ -22,17 +23,8 @@ fn spec() -> GaussianSpec {
     }
 }
 
-fn small_cfg(run_dir: &Path) -> RunConfig {
-    let mut cfg = RunConfig::default();
-    cfg.network.n_blocks = 4;
-    cfg.network.hidden = vec![32, 32];
-    cfg.training.epochs = 8;
-    cfg.training.batch_size = 256;
-    cfg.training.lr_initial = 3e-3;
-    cfg.training.lr_final = 2e-4;
-    cfg.training.seed = 1;
-    cfg.training.device = "cpu".into();
-    cfg.outputs.progress = false;
+fn report_cfg(run_dir: &Path) -> RunConfig {
+    let mut cfg = common::small_cfg(8, 1);
     cfg.outputs.run_dir = run_dir.to_path_buf();
     cfg
 }
@@ -85,7 +77,7 @@ fn setup() -> Setup {
     let root = dir.path().to_path_buf();
     let spec = spec();
     let run = root.join("run");
-    let cfg = small_cfg(&run);
+    let cfg = report_cfg(&run);
     let t = Instant::now();
     let mut out = train_events(&cfg, &spec.generate().unwrap()).unwrap();
     eprintln!("training: {:.1} s", t.elapsed().as_secs_f64());

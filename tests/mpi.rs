@@ -1,6 +1,7 @@
 //! Distributed training with a real `mpirun` and several ranks on this
 //! machine: equivalence of world sizes, epoch-exact checkpoints, failure and
 //! exact resume (kill -9, kill while checkpointing, SIGTERM), bad set-ups.
+//! The configuration keeps a weight average (`training.ema_decay`), so exact resume covers it too.
 
 mod common;
 use common::tmpdir;
@@ -57,7 +58,7 @@ fn config(dir: &Path, run: &str, epochs: usize, batch: usize, every: usize) -> P
         &p,
         format!(
             "[data]\npath = \"grid.npz\"\nvalidation_fraction = 0.1\n[network]\nn_blocks = 3\nhidden = [16, 16]\n\
-             [training]\nepochs = {epochs}\nbatch_size = {batch}\ndevice = \"cpu\"\nthreads = 1\nseed = 3\n\
+             [training]\nepochs = {epochs}\nbatch_size = {batch}\ndevice = \"cpu\"\nthreads = 1\nseed = 3\nema_decay = 0.9\n\
              [outputs]\nrun_dir = \"{run}\"\ncheckpoint_every = {every}\nkeep_checkpoints = 100\nprogress = false\n"
         ),
     )

@@ -18,20 +18,6 @@ fn spec() -> GaussianSpec {
     }
 }
 
-fn small_cfg(epochs: usize, seed: u64) -> RunConfig {
-    let mut cfg = RunConfig::default();
-    cfg.network.n_blocks = 4;
-    cfg.network.hidden = vec![32, 32];
-    cfg.training.epochs = epochs;
-    cfg.training.batch_size = 256;
-    cfg.training.lr_initial = 3e-3;
-    cfg.training.lr_final = 2e-4;
-    cfg.training.seed = seed;
-    cfg.training.device = "cpu".into();
-    cfg.outputs.progress = false;
-    cfg
-}
-
 #[test]
 fn training_recovers_mean_and_covariance_off_the_grid() {
     let spec = spec();
@@ -82,6 +68,43 @@ fn same_config_and_seed_give_identical_weights() {
     assert_eq!(ha.iter().map(|r| r.train_nll).collect::<Vec<_>>(), hb.iter().map(|r| r.train_nll).collect::<Vec<_>>());
     let (c, _) = weights(6);
     assert_ne!(a, c, "a different seed must change the weights");
+}
+
+/// With `training.ema_decay` the returned model carries the weight average:
+/// different weights from the same run without it, a validation loss of its
+/// own recorded in the model's training facts, and still deterministic.
+#[test]
+fn weight_average_replaces_the_final_weights() {
+    let mut small = spec();
+    small.n_per_label = 300;
+    let events = small.generate().unwrap();
+    let run = |ema: f64| {
+        let mut cfg = small_cfg(3, 4);
+        cfg.training.ema_decay = ema;
+        train_events(&cfg, &events).unwrap()
+    };
+    let digest = |m: &Model| {
+        let mut v: Vec<(String, Vec<u32>)> = m
+            .flow
+            .var_store()
+            .variables()
+            .into_iter()
+            .map(|(k, t)| (k, vec_of(&t).iter().map(|x| x.to_bits()).collect()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        md5_like(&v)
+    };
+    let (plain, avg, again) = (run(0.0), run(0.95), run(0.95));
+    assert_ne!(digest(&plain.model), digest(&avg.model), "the average must replace the weights");
+    assert_eq!(digest(&avg.model), digest(&again.model), "the average is deterministic");
+    // The training trajectory itself is unchanged by keeping an average.
+    let nll = |o: &fedhex::train::TrainOutcome| o.history.iter().map(|r| r.train_nll).collect::<Vec<_>>();
+    assert_eq!(nll(&plain), nll(&avg));
+    let ema_val = avg.model.training["ema_val_nll"].as_f64().expect("ema_val_nll recorded");
+    let last_val = avg.history.last().unwrap().val_nll;
+    eprintln!("validation NLL: last weights {last_val:.4}, average {ema_val:.4}");
+    assert!(ema_val.is_finite() && (ema_val - last_val).abs() < 0.2, "{ema_val} vs {last_val}");
+    assert!(plain.model.training["ema_val_nll"].is_null());
 }
 
 #[test]

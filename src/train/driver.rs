@@ -215,10 +215,13 @@ fn transformed_labels(lt: &Transforms, set: &EventSet, what: &str) -> Result<Arr
 /// Every event must pass the declared acceptance: it describes how the data were cut.
 fn check_acceptance(acceptance: &[Acceptance], set: &EventSet, what: &str) -> Result<()> {
     for a in acceptance {
-        if let Some((i, row)) = set.samples.rows().into_iter().enumerate().find(|(_, r)| {
-            let v: Vec<f32> = r.to_vec();
-            !a.keeps(&v)
-        }) {
+        if let Some((i, row)) = set
+            .samples
+            .rows()
+            .into_iter()
+            .enumerate()
+            .find(|(_, r)| r.as_slice().map_or_else(|| !a.keeps(&r.to_vec()), |v| !a.keeps(v)))
+        {
             let name = set.feature_names.get(a.feature).map_or("?", String::as_str);
             return Err(Error::Data(format!(
                 "{what}: event {i} has {name} = {} outside the declared acceptance ({} < {name} < {}): \
@@ -533,6 +536,9 @@ pub fn train(
 
     let mut opt =
         Adam::new(model.flow.var_store(), AdamConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps });
+    if t.ema_decay > 0.0 {
+        opt.enable_ema(t.ema_decay);
+    }
     if let Some(st) = &opt_state {
         opt.load_state(st)?;
     }
@@ -816,6 +822,18 @@ pub fn train(
             break;
         }
     }
+    // The saved model carries the weight average (checkpoints keep both).
+    let ema_val_nll = if opt.swap_in_ema() {
+        let mut v = [nll_sum(&model.flow, &val_x, &val_c, 65536)];
+        comm.allreduce_sum_f64(&mut v)?;
+        let v = (plan.n_val > 0).then(|| v[0] / plan.n_val as f64);
+        if comm.is_root() {
+            tracing::info!(val_nll = v.unwrap_or(f64::NAN), "weights replaced by their moving average");
+        }
+        v.filter(|v| v.is_finite())
+    } else {
+        None
+    };
     model.training = serde_json::json!({
         "epochs": history.len(),
         "steps": global_step,
@@ -829,6 +847,8 @@ pub fn train(
         "training_labels": local.label_groups().labels,
         "final_train_nll": history.last().map(|r| r.train_nll),
         "final_val_nll": history.last().map(|r| r.val_nll).filter(|v| v.is_finite()),
+        "ema_decay": t.ema_decay,
+        "ema_val_nll": ema_val_nll,
     });
     Ok(TrainOutcome { model, history, finish, checkpoints })
 }

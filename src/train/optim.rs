@@ -41,6 +41,8 @@ pub struct Adam {
     v: Tensor,
     /// Number of steps taken.
     pub step: i64,
+    /// Exponential moving average of the flat parameters and its decay, when enabled.
+    ema: Option<(Tensor, f64)>,
 }
 
 impl Adam {
@@ -66,7 +68,26 @@ impl Adam {
         });
         let m = flat.zeros_like();
         let v = flat.zeros_like();
-        Adam { cfg, names, params, numels, flat, m, v, step: 0 }
+        Adam { cfg, names, params, numels, flat, m, v, step: 0, ema: None }
+    }
+
+    /// Keeps an exponential moving average of the weights, updated after every
+    /// step with decay `min(decay, (1 + t) / (10 + t))` at step `t` (the usual
+    /// warm-up, so early weights fade quickly). Starts from the current weights.
+    pub fn enable_ema(&mut self, decay: f64) {
+        self.ema = Some((self.flat.detach().copy(), decay));
+    }
+
+    /// Copies the averaged weights into the parameters (the variables see them),
+    /// if an average is kept; returns whether it did. Training should not go on after this.
+    pub fn swap_in_ema(&mut self) -> bool {
+        match &self.ema {
+            Some((e, _)) => {
+                tch::no_grad(|| self.flat.copy_(e));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Total number of parameters (length of the flat gradient).
@@ -129,6 +150,11 @@ impl Adam {
             let _ = self.v.g_add_(&(g.square() * (1.0 - b2)));
             let denom = self.v.sqrt() / bc2_sqrt + self.cfg.eps;
             let _ = self.flat.g_sub_(&(&self.m / denom * step_size));
+            if let Some((e, decay)) = &mut self.ema {
+                let d = decay.min((1.0 + self.step as f64) / (10.0 + self.step as f64));
+                let _ = e.g_mul_scalar_(d);
+                let _ = e.g_add_(&(&self.flat * (1.0 - d)));
+            }
         });
     }
 
@@ -143,6 +169,11 @@ impl Adam {
         for (i, n) in self.names.iter().enumerate() {
             out.push((format!("adam.m.{n}"), self.moment(&self.m, i)));
             out.push((format!("adam.v.{n}"), self.moment(&self.v, i)));
+        }
+        if let Some((e, _)) = &self.ema {
+            for (i, n) in self.names.iter().enumerate() {
+                out.push((format!("ema.{n}"), self.moment(e, i)));
+            }
         }
         out.push(("adam.step".into(), Tensor::from_slice(&[self.step as f32])));
         out
@@ -162,9 +193,85 @@ impl Adam {
                     dst.copy_(src);
                 }
             }
+            if let Some((e, _)) = &self.ema {
+                for (i, n) in self.names.iter().enumerate() {
+                    let mut dst = self.moment(e, i);
+                    let src = get(&format!("ema.{n}")).map_err(|_| {
+                        Error::Train(format!(
+                            "optimiser state lacks the weight average 'ema.{n}' (training.ema_decay was 0 when it was written)"
+                        ))
+                    })?;
+                    if src.size() != dst.size() {
+                        return Err(Error::Train(format!("optimiser state 'ema.{n}' has the wrong shape")));
+                    }
+                    dst.copy_(src);
+                }
+            }
             Ok(())
         })?;
         self.step = step as i64;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::VarStore;
+    use tch::Device;
+
+    fn store() -> VarStore {
+        let vs = VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let _ = root.var_copy("a", &Tensor::from_slice(&[1.0f32, -2.0]));
+        let _ = root.var_copy("b", &Tensor::from_slice(&[0.5f32]));
+        vs
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        Vec::<f32>::try_from(t.flatten(0, -1)).unwrap_or_default()
+    }
+
+    /// The average follows `e ← d e + (1 − d) w` with the warm-up decay, is
+    /// saved in the state, restored from it, and swapped into the weights.
+    #[test]
+    fn weight_average_follows_the_weights_and_round_trips() {
+        let cfg = AdamConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+        let vs = store();
+        let mut opt = Adam::new(&vs, cfg);
+        opt.enable_ema(0.5);
+        let mut expect: Vec<f64> = values(opt.flat_params()).iter().map(|&v| f64::from(v)).collect();
+        let grads = Tensor::from_slice(&[0.3f32, -1.0, 2.0]);
+        for t in 1..=5 {
+            opt.step_flat(&grads, 1.0, 0.1);
+            let d = 0.5f64.min((1.0 + t as f64) / (10.0 + t as f64));
+            let w = values(opt.flat_params());
+            for (e, &w) in expect.iter_mut().zip(&w) {
+                *e = d * *e + (1.0 - d) * f64::from(w);
+            }
+        }
+        let state = opt.state();
+        let names: Vec<&str> = state.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"ema.a") && names.contains(&"ema.b"), "{names:?}");
+        // A fresh optimiser restores the average from the state.
+        let vs2 = store();
+        let mut opt2 = Adam::new(&vs2, cfg);
+        opt2.enable_ema(0.5);
+        opt2.load_state(&state.into_iter().collect()).unwrap();
+        assert!(opt2.swap_in_ema());
+        let got = values(opt2.flat_params());
+        for (g, e) in got.iter().zip(&expect) {
+            assert!((f64::from(*g) - e).abs() < 1e-6, "average {g} vs {e}");
+        }
+        // The variables see the swapped-in weights.
+        let a = values(&vs2.variables()["a"]);
+        assert_eq!(a, got[..2].to_vec());
+        // A state without an average cannot feed an optimiser that keeps one.
+        let plain = Adam::new(&store(), cfg).state().into_iter().collect();
+        let mut opt3 = Adam::new(&store(), cfg);
+        opt3.enable_ema(0.5);
+        let e = opt3.load_state(&plain).unwrap_err().to_string();
+        assert!(e.contains("ema.a"), "{e}");
+        assert!(!Adam::new(&store(), cfg).swap_in_ema());
     }
 }

@@ -61,3 +61,19 @@ pub fn dev() -> Device {
     fedhex::device::resolve(fedhex::device::parse_device(&spec).expect("FEDHEX_TEST_DEVICE"), 0)
         .expect("requested test device")
 }
+
+/// The small CPU training configuration most tests use: 4 blocks of
+/// [32, 32], batch 256, learning rate 3e-3 → 2e-4, no progress bar.
+pub fn small_cfg(epochs: usize, seed: u64) -> fedhex::config::RunConfig {
+    let mut cfg = fedhex::config::RunConfig::default();
+    cfg.network.n_blocks = 4;
+    cfg.network.hidden = vec![32, 32];
+    cfg.training.epochs = epochs;
+    cfg.training.batch_size = 256;
+    cfg.training.lr_initial = 3e-3;
+    cfg.training.lr_final = 2e-4;
+    cfg.training.seed = seed;
+    cfg.training.device = "cpu".into();
+    cfg.outputs.progress = false;
+    cfg
+}
