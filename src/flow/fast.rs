@@ -23,11 +23,16 @@
 
 use super::made::Activation;
 use super::maf::Maf;
+use super::vmath::{exp_in_place, tanh_in_place};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 /// Events per chunk (the unit of work and of gradient accumulation).
 pub const CHUNK: usize = 256;
+
+/// Events per tile: a chunk runs block by block over a tile of events, so the
+/// `tanh` and `exp` of the block outputs are computed eight lanes at a time.
+const TILE: usize = 8;
 
 const LOG_2PI: f64 = 1.837_877_066_409_345_3;
 
@@ -319,16 +324,24 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 }
 
 /// `h = act(pre)` elementwise (the match is outside the loops, so each
-/// branch vectorises).
+/// branch vectorises; `tanh` and `exp` are [`super::vmath`]'s).
 #[inline(always)]
-fn activate(act: Activation, pre: &[f32], h: &mut [f32]) {
+fn activate<const AVX: bool>(act: Activation, pre: &[f32], h: &mut [f32]) {
+    let h = &mut h[..pre.len()];
     let it = h.iter_mut().zip(pre);
     match act {
         // NaN propagates, like torch's relu.
         Activation::Relu => it.for_each(|(h, &p)| *h = if p < 0.0 { 0.0 } else { p }),
-        Activation::Tanh => it.for_each(|(h, &p)| *h = p.tanh()),
+        Activation::Tanh => {
+            h.copy_from_slice(pre);
+            tanh_in_place::<AVX>(h);
+        }
         Activation::Elu => it.for_each(|(h, &p)| *h = if p > 0.0 { p } else { p.exp_m1() }),
-        Activation::Silu => it.for_each(|(h, &p)| *h = p / (1.0 + (-p).exp())),
+        Activation::Silu => {
+            it.for_each(|(h, &p)| *h = -p);
+            exp_in_place::<AVX>(h);
+            h.iter_mut().zip(pre).for_each(|(h, &p)| *h = p / (1.0 + *h));
+        }
         // Not reached: plans are not built for GELU.
         Activation::Gelu => it.for_each(|(h, &p)| *h = p),
     }
@@ -336,17 +349,23 @@ fn activate(act: Activation, pre: &[f32], h: &mut [f32]) {
 
 /// `dpre = dh * act'(pre)` elementwise, given the output `h = act(pre)`.
 #[inline(always)]
-fn activate_backward(act: Activation, pre: &[f32], h: &[f32], dh: &[f32], dpre: &mut [f32]) {
+fn activate_backward<const AVX: bool>(act: Activation, pre: &[f32], h: &[f32], dh: &[f32], dpre: &mut [f32]) {
+    if act == Activation::Silu {
+        let dpre = &mut dpre[..pre.len()];
+        dpre.iter_mut().zip(pre).for_each(|(o, &p)| *o = -p);
+        exp_in_place::<AVX>(dpre);
+        dpre.iter_mut().zip(dh).zip(pre).for_each(|((o, &g), &p)| {
+            let sg = 1.0 / (1.0 + *o);
+            *o = g * (sg * (1.0 + p * (1.0 - sg)));
+        });
+        return;
+    }
     let it = dpre.iter_mut().zip(dh).zip(pre.iter().zip(h));
     match act {
         Activation::Relu => it.for_each(|((o, &g), (&p, _))| *o = if p > 0.0 { g } else { 0.0 }),
         Activation::Tanh => it.for_each(|((o, &g), (_, &h))| *o = g * (1.0 - h * h)),
         Activation::Elu => it.for_each(|((o, &g), (&p, &h))| *o = if p > 0.0 { g } else { g * (h + 1.0) }),
-        Activation::Silu => it.for_each(|((o, &g), (&p, _))| {
-            let sg = 1.0 / (1.0 + (-p).exp());
-            *o = g * (sg * (1.0 + p * (1.0 - sg)));
-        }),
-        Activation::Gelu => it.for_each(|((o, &g), _)| *o = g),
+        Activation::Silu | Activation::Gelu => it.for_each(|((o, &g), _)| *o = g),
     }
 }
 
@@ -411,21 +430,13 @@ fn layer_backward<const AVX: bool>(y: &Layer, w: &[f32], g: &mut [f32], z: &[f32
     }
 }
 
-/// Runs block `layers` forward on `u` (length D) with labels `c`, recording
-/// into `rec` (layout: every layer's input, every hidden pre-activation, then
-/// `t = tanh(raw / B)`, `s`, `exp(-s)`, `mu` and the block output, D each).
-/// Returns the sum of the block's log-scales. Without `forward` (inversion)
-/// only `t`, `s` and `mu` are written.
+/// Runs block `layers` forward on `u` (length D) with labels `c` up to its
+/// raw outputs, recording into `rec` (layout: every layer's input, every
+/// hidden pre-activation, then `t`, `s`, `exp(-s)`, `mu` and the block
+/// output, D each). Writes `mu` and `raw / B` (in the `t` slot); the rest of
+/// the tail is filled for a whole tile by [`finish_tile`].
 #[inline(always)]
-fn block_forward<const AVX: bool>(
-    p: &Plan,
-    layers: &[Layer],
-    w: &[f32],
-    u: &[f32],
-    c: &[f32],
-    rec: &mut [f32],
-    forward: bool,
-) -> f32 {
+fn block_raw<const AVX: bool>(p: &Plan, layers: &[Layer], w: &[f32], u: &[f32], c: &[f32], rec: &mut [f32]) {
     let d = p.d;
     let nl = layers.len();
     rec[..d].copy_from_slice(u);
@@ -443,7 +454,7 @@ fn block_forward<const AVX: bool>(
             let (next_in, pres) = rest.split_at_mut(y.rpre - base);
             let pre = &mut pres[..y.n_out];
             layer_forward::<AVX>(y, lw, z, pre);
-            activate(p.act, pre, &mut next_in[..y.n_out]);
+            activate::<AVX>(p.act, pre, &mut next_in[..y.n_out]);
             if nxt.cond {
                 next_in[y.n_out..y.n_out + p.l].copy_from_slice(c);
             }
@@ -458,30 +469,24 @@ fn block_forward<const AVX: bool>(
             };
             layer_forward::<AVX>(y, lw, z, out);
             let tail = &mut rest[p.tail - y.rin - y.k_in..];
-            let (t, r) = tail.split_at_mut(d);
-            let (s, r) = r.split_at_mut(d);
-            let (e, r) = r.split_at_mut(d);
-            let (mu, uo) = r.split_at_mut(d);
-            let mut s_sum = 0f32;
             for j in 0..d {
-                let tj = (out[d + j] / p.bound).tanh();
-                let sj = tj * p.bound;
-                t[j] = tj;
-                s[j] = sj;
-                mu[j] = out[j];
-                s_sum += sj;
+                tail[j] = out[d + j] / p.bound;
+                tail[3 * d + j] = out[j];
             }
-            // The inverse needs only mu and s.
-            if forward {
-                for j in 0..d {
-                    e[j] = (-s[j]).exp();
-                    uo[j] = (u[j] - out[j]) * e[j];
-                }
-            }
-            return s_sum;
         }
     }
-    0.0
+}
+
+/// The log-scales of a tile: `tb` holds `raw / B` on entry and
+/// `t = tanh(raw / B)` on exit, `sb` receives `s = B t` and `eb` `exp(-s)`.
+#[inline(always)]
+fn finish_tile<const AVX: bool>(bound: f32, tb: &mut [f32], sb: &mut [f32], eb: &mut [f32]) {
+    tanh_in_place::<AVX>(tb);
+    for ((t, s), e) in tb.iter().zip(sb.iter_mut()).zip(eb.iter_mut()) {
+        *s = t * bound;
+        *e = -*s;
+    }
+    exp_in_place::<AVX>(eb);
 }
 
 /// Backward of one block: `g` holds dL/d(block output) on entry and
@@ -522,7 +527,7 @@ fn block_backward<const AVX: bool>(
             // Through the activation of hidden layer li-1 (its output is z).
             let prev = &layers[li - 1];
             let pre = &rec[prev.rpre..prev.rpre + y.n_in];
-            activate_backward(p.act, pre, &z[..y.n_in], &dz_buf[..y.n_in], &mut dy_buf[..y.n_in]);
+            activate_backward::<AVX>(p.act, pre, &z[..y.n_in], &dz_buf[..y.n_in], &mut dy_buf[..y.n_in]);
             dy_len = y.n_in;
         } else {
             for j in 0..d {
@@ -534,57 +539,109 @@ fn block_backward<const AVX: bool>(
 
 /// Forward and backward of `rows` events: adds the gradient of the summed NLL
 /// into `grad` and returns the summed NLL.
+///
+/// The forward runs block by block over a tile of [`TILE`] events (each
+/// event's records kept for the backward), then each event of the tile is
+/// run backward in order.
 #[inline(always)]
 fn train_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], x: &[f32], c: &[f32], rows: &[i64], grad: &mut [f32]) -> f64 {
     let (d, l) = (p.d, p.l);
     let nb = p.blocks.len();
-    let mut rec = vec![0f32; p.rec * nb];
+    let er = nb * p.rec;
+    let mut recs = vec![0f32; TILE * er];
     let maxw = p.blocks[0].iter().map(|y| y.n_out.max(y.k_in)).max().unwrap_or(0).max(2 * d);
     let mut dscratch = vec![0f32; 2 * maxw];
     let mut g = vec![0f32; d];
+    let mut tile_buf = vec![0f32; 3 * TILE * d];
     let mut total = 0f64;
     let cst = 0.5 * d as f64 * LOG_2PI;
-    for &r in rows {
-        let r = r as usize;
-        let xe = &x[r * d..(r + 1) * d];
-        let ce = &c[r * l..(r + 1) * l];
-        let mut s_sum = 0f32;
+    let tl = p.tail;
+    for tile in rows.chunks(TILE) {
+        let te = tile.len();
+        let mut s_sum = [0f32; TILE];
+        let (tb, rest) = tile_buf.split_at_mut(TILE * d);
+        let (sb, eb) = rest.split_at_mut(TILE * d);
         for (k, layers) in p.blocks.iter().enumerate() {
-            let (before, this) = rec.split_at_mut(k * p.rec);
-            let u: &[f32] = if k == 0 { xe } else { &before[(k - 1) * p.rec + p.rec - d..k * p.rec] };
-            s_sum += block_forward::<AVX>(p, layers, w, u, ce, &mut this[..p.rec], true);
+            for (e, &r) in tile.iter().enumerate() {
+                let r = r as usize;
+                let (before, this) = recs[e * er..(e + 1) * er].split_at_mut(k * p.rec);
+                let u: &[f32] = if k == 0 { &x[r * d..(r + 1) * d] } else { &before[k * p.rec - d..] };
+                block_raw::<AVX>(p, layers, w, u, &c[r * l..(r + 1) * l], &mut this[..p.rec]);
+                tb[e * d..(e + 1) * d].copy_from_slice(&this[tl..tl + d]);
+            }
+            finish_tile::<AVX>(p.bound, &mut tb[..te * d], &mut sb[..te * d], &mut eb[..te * d]);
+            for (e, &r) in tile.iter().enumerate() {
+                let r = r as usize;
+                let (before, this) = recs[e * er..(e + 1) * er].split_at_mut(k * p.rec);
+                let u: &[f32] = if k == 0 { &x[r * d..(r + 1) * d] } else { &before[k * p.rec - d..] };
+                let tail = &mut this[tl..tl + 5 * d];
+                let mut bs = 0f32;
+                for j in 0..d {
+                    let i = e * d + j;
+                    tail[j] = tb[i];
+                    tail[d + j] = sb[i];
+                    tail[2 * d + j] = eb[i];
+                    tail[4 * d + j] = (u[j] - tail[3 * d + j]) * eb[i];
+                    bs += sb[i];
+                }
+                s_sum[e] += bs;
+            }
         }
-        let uk = &rec[nb * p.rec - d..];
-        let mut sq = 0f32;
-        for j in 0..d {
-            g[j] = uk[j];
-            sq += uk[j] * uk[j];
-        }
-        total += f64::from(0.5 * sq + s_sum) + cst;
-        for (k, layers) in p.blocks.iter().enumerate().rev() {
-            block_backward::<AVX>(p, layers, w, grad, &rec[k * p.rec..(k + 1) * p.rec], &mut g, &mut dscratch);
+        for e in 0..te {
+            let rec = &recs[e * er..(e + 1) * er];
+            let uk = &rec[er - d..];
+            let mut sq = 0f32;
+            for j in 0..d {
+                g[j] = uk[j];
+                sq += uk[j] * uk[j];
+            }
+            total += f64::from(0.5 * sq + s_sum[e]) + cst;
+            for (k, layers) in p.blocks.iter().enumerate().rev() {
+                block_backward::<AVX>(p, layers, w, grad, &rec[k * p.rec..(k + 1) * p.rec], &mut g, &mut dscratch);
+            }
         }
     }
     total
 }
 
-/// `log p(x | c)` of `rows` events into `out`.
+/// `log p(x | c)` of `rows` events into `out`, a tile of events at a time.
 #[inline(always)]
 fn log_prob_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], x: &[f32], c: &[f32], out: &mut [f32]) {
     let (d, l) = (p.d, p.l);
     let mut rec = vec![0f32; p.rec];
-    let mut u = vec![0f32; d];
+    let mut u = vec![0f32; TILE * d];
+    let mut mu = vec![0f32; TILE * d];
+    let mut tile_buf = vec![0f32; 3 * TILE * d];
     let cst = 0.5 * d as f32 * LOG_2PI as f32;
-    for (r, o) in out.iter_mut().enumerate() {
-        u.copy_from_slice(&x[r * d..(r + 1) * d]);
-        let ce = &c[r * l..(r + 1) * l];
-        let mut s_sum = 0f32;
+    let tl = p.tail;
+    for (ti, o_tile) in out.chunks_mut(TILE).enumerate() {
+        let (te, base) = (o_tile.len(), ti * TILE);
+        let (tb, rest) = tile_buf.split_at_mut(TILE * d);
+        let (sb, eb) = rest.split_at_mut(TILE * d);
+        u[..te * d].copy_from_slice(&x[base * d..(base + te) * d]);
+        let mut s_sum = [0f32; TILE];
         for layers in &p.blocks {
-            s_sum += block_forward::<AVX>(p, layers, w, &u, ce, &mut rec, true);
-            u.copy_from_slice(&rec[p.rec - d..]);
+            for e in 0..te {
+                let ce = &c[(base + e) * l..(base + e + 1) * l];
+                block_raw::<AVX>(p, layers, w, &u[e * d..(e + 1) * d], ce, &mut rec);
+                tb[e * d..(e + 1) * d].copy_from_slice(&rec[tl..tl + d]);
+                mu[e * d..(e + 1) * d].copy_from_slice(&rec[tl + 3 * d..tl + 4 * d]);
+            }
+            finish_tile::<AVX>(p.bound, &mut tb[..te * d], &mut sb[..te * d], &mut eb[..te * d]);
+            for (e, se) in s_sum.iter_mut().enumerate().take(te) {
+                let mut bs = 0f32;
+                for j in 0..d {
+                    let i = e * d + j;
+                    u[i] = (u[i] - mu[i]) * eb[i];
+                    bs += sb[i];
+                }
+                *se += bs;
+            }
         }
-        let sq: f32 = u.iter().map(|v| v * v).sum();
-        *o = -0.5 * sq - cst - s_sum;
+        for (e, o) in o_tile.iter_mut().enumerate() {
+            let sq: f32 = u[e * d..(e + 1) * d].iter().map(|v| v * v).sum();
+            *o = -0.5 * sq - cst - s_sum[e];
+        }
     }
 }
 
@@ -604,79 +661,103 @@ fn layer_row<const AVX: bool>(y: &Layer, w: &[f32], z: &[f32], j: usize) -> f32 
     }
 }
 
-/// Inverts block `layers` (schedule `passes`) at `y` with labels `c`: `x`
-/// receives the block input, `s` its log-scales.
+/// One inversion pass of block `layers` for one event: the current block
+/// input `x` (exact for the features of earlier passes) and labels `c` give
+/// `mu` and `raw / B` of the features `pass.feats` (in that order).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn block_inverse<const AVX: bool>(
+fn pass_raw<const AVX: bool>(
     p: &Plan,
     layers: &[Layer],
-    passes: &[Pass],
+    pass: &Pass,
     w: &[f32],
-    y: &[f32],
+    x: &[f32],
     c: &[f32],
     rec: &mut [f32],
-    x: &mut [f32],
-    s: &mut [f32],
+    mu: &mut [f32],
+    tb: &mut [f32],
 ) {
     let d = p.d;
     let nl = layers.len();
-    x.iter_mut().for_each(|v| *v = 0.0);
-    for pass in passes {
-        rec[..d].copy_from_slice(x);
-        if layers[0].cond {
-            rec[d..d + p.l].copy_from_slice(c);
+    rec[..d].copy_from_slice(x);
+    if layers[0].cond {
+        rec[d..d + p.l].copy_from_slice(c);
+    }
+    for li in 0..nl - 1 {
+        let (ly, nxt) = (&layers[li], &layers[li + 1]);
+        let (head, rest) = rec.split_at_mut(ly.rin + ly.k_in);
+        let base = ly.rin + ly.k_in; // == nxt.rin
+        let (next_in, pres) = rest.split_at_mut(ly.rpre - base);
+        if pass.hidden[li] {
+            let pre = &mut pres[..ly.n_out];
+            layer_forward::<AVX>(ly, &w[ly.off..ly.off + ly.len()], &head[ly.rin..], pre);
+            activate::<AVX>(p.act, pre, &mut next_in[..ly.n_out]);
+        } else {
+            next_in[..ly.n_out].iter_mut().for_each(|v| *v = 0.0);
         }
-        for li in 0..nl - 1 {
-            let (ly, nxt) = (&layers[li], &layers[li + 1]);
-            let (head, rest) = rec.split_at_mut(ly.rin + ly.k_in);
-            let base = ly.rin + ly.k_in; // == nxt.rin
-            let (next_in, pres) = rest.split_at_mut(ly.rpre - base);
-            if pass.hidden[li] {
-                let pre = &mut pres[..ly.n_out];
-                layer_forward::<AVX>(ly, &w[ly.off..ly.off + ly.len()], &head[ly.rin..], pre);
-                activate(p.act, pre, &mut next_in[..ly.n_out]);
-            } else {
-                next_in[..ly.n_out].iter_mut().for_each(|v| *v = 0.0);
-            }
-            if nxt.cond {
-                next_in[ly.n_out..ly.n_out + p.l].copy_from_slice(c);
-            }
+        if nxt.cond {
+            next_in[ly.n_out..ly.n_out + p.l].copy_from_slice(c);
         }
-        let lo = &layers[nl - 1];
-        let lw = &w[lo.off..lo.off + lo.len()];
-        let z = &rec[lo.rin..lo.rin + lo.k_in];
-        for &j in &pass.feats {
-            let mu = layer_row::<AVX>(lo, lw, z, j);
-            let raw = layer_row::<AVX>(lo, lw, z, d + j);
-            let sj = (raw / p.bound).tanh() * p.bound;
-            s[j] = sj;
-            // x = y * exp(s) + mu
-            x[j] = y[j] * sj.exp() + mu;
-        }
+    }
+    let lo = &layers[nl - 1];
+    let lw = &w[lo.off..lo.off + lo.len()];
+    let z = &rec[lo.rin..lo.rin + lo.k_in];
+    for (q, &j) in pass.feats.iter().enumerate() {
+        mu[q] = layer_row::<AVX>(lo, lw, z, j);
+        tb[q] = layer_row::<AVX>(lo, lw, z, d + j) / p.bound;
     }
 }
 
-/// Inverse of the flow on `us` (rows of D) into `xs`, and `log |det du/dx|` into `ld`.
+/// Inverse of the flow on `us` (rows of D) into `xs`, and `log |det du/dx|`
+/// into `ld`, a tile of events at a time.
 #[inline(always)]
 fn inverse_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], us: &[f32], c: &[f32], xs: &mut [f32], ld: &mut [f32]) {
     let (d, l) = (p.d, p.l);
     let mut rec = vec![0f32; p.rec];
-    let mut y = vec![0f32; d];
-    let mut x = vec![0f32; d];
-    let mut s = vec![0f32; d];
-    for (r, ldr) in ld.iter_mut().enumerate() {
-        y.copy_from_slice(&us[r * d..(r + 1) * d]);
-        let ce = &c[r * l..(r + 1) * l];
-        let mut logdet = 0f32;
+    let mut y = vec![0f32; TILE * d];
+    let mut x = vec![0f32; TILE * d];
+    let mut s = vec![0f32; TILE * d];
+    let mut mu = vec![0f32; TILE * d];
+    let mut tile_buf = vec![0f32; 3 * TILE * d];
+    for (ti, ld_tile) in ld.chunks_mut(TILE).enumerate() {
+        let (te, base) = (ld_tile.len(), ti * TILE);
+        let (tb, rest) = tile_buf.split_at_mut(TILE * d);
+        let (sb, eb) = rest.split_at_mut(TILE * d);
+        y[..te * d].copy_from_slice(&us[base * d..(base + te) * d]);
+        let mut logdet = [0f32; TILE];
         for (layers, passes) in p.blocks.iter().zip(&p.passes).rev() {
-            block_inverse::<AVX>(p, layers, passes, w, &y, ce, &mut rec, &mut x, &mut s);
-            let s_sum: f32 = s.iter().sum();
-            logdet -= s_sum;
-            y.copy_from_slice(&x);
+            x[..te * d].iter_mut().for_each(|v| *v = 0.0);
+            for pass in passes {
+                let nf = pass.feats.len();
+                for e in 0..te {
+                    let ce = &c[(base + e) * l..(base + e + 1) * l];
+                    let (mq, tq) = (&mut mu[e * nf..(e + 1) * nf], &mut tb[e * nf..(e + 1) * nf]);
+                    pass_raw::<AVX>(p, layers, pass, w, &x[e * d..(e + 1) * d], ce, &mut rec, mq, tq);
+                }
+                // s = B tanh(raw / B); x = y exp(s) + mu
+                let m = te * nf;
+                tanh_in_place::<AVX>(&mut tb[..m]);
+                for k in 0..m {
+                    sb[k] = tb[k] * p.bound;
+                    eb[k] = sb[k];
+                }
+                exp_in_place::<AVX>(&mut eb[..m]);
+                for e in 0..te {
+                    for (q, &j) in pass.feats.iter().enumerate() {
+                        let (i, k) = (e * d + j, e * nf + q);
+                        s[i] = sb[k];
+                        x[i] = y[i] * eb[k] + mu[k];
+                    }
+                }
+            }
+            for (e, lde) in logdet.iter_mut().enumerate().take(te) {
+                let s_sum: f32 = s[e * d..(e + 1) * d].iter().sum();
+                *lde -= s_sum;
+            }
+            y[..te * d].copy_from_slice(&x[..te * d]);
         }
-        xs[r * d..(r + 1) * d].copy_from_slice(&y);
-        *ldr = logdet;
+        xs[base * d..(base + te) * d].copy_from_slice(&y[..te * d]);
+        ld_tile.copy_from_slice(&logdet[..te]);
     }
 }
 

@@ -6,6 +6,7 @@ pub mod fast;
 pub mod made;
 pub mod maf;
 pub mod model;
+pub mod vmath;
 
 pub use made::Activation;
 pub use maf::{Maf, MafConfig, Permutation};
