@@ -70,7 +70,7 @@ pub fn fast_train_step(
 ) -> f64 {
     let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
     let loss = fast.loss_and_grad(opt.flat_params(), x, c, rows, threads, grad);
-    opt.step_flat(&Tensor::from_slice(grad), 1.0 / rows.len() as f64, 1e-4);
+    opt.step_host(grad, 1.0 / rows.len() as f64, 1e-4);
     loss
 }
 

@@ -784,25 +784,37 @@ dispatch!(train_chunk, train_chunk_impl, (p: &Plan, w: &[f32], x: &[f32], c: &[f
 dispatch!(log_prob_chunk, log_prob_chunk_impl, (p: &Plan, w: &[f32], x: &[f32], c: &[f32], out: &mut [f32]) -> ());
 dispatch!(inverse_chunk, inverse_chunk_impl, (p: &Plan, w: &[f32], us: &[f32], c: &[f32], xs: &mut [f32], ld: &mut [f32]) -> ());
 
-/// Runs `f(chunk index)` for `n` chunks on up to `threads` threads (static
-/// round-robin assignment; results must not depend on it).
+/// Runs `f(chunk index)` for `n` chunks on up to `threads` threads (the
+/// calling one included) and returns the results in chunk order. Chunks are
+/// handed out dynamically (a shared counter), so a thread slowed down by
+/// other work on the machine takes fewer of them; results must not depend on
+/// which thread runs a chunk.
 fn par_chunks<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let threads = threads.clamp(1, n.max(1));
     if threads == 1 {
         return (0..n).map(&f).collect();
     }
-    let f = &f;
-    let mut parts: Vec<Vec<(usize, T)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| s.spawn(move || (t..n).step_by(threads).map(|i| (i, f(i))).collect::<Vec<_>>()))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= n {
+                return done;
+            }
+            done.push((i, f(i)));
+        }
+    };
+    let mut parts: Vec<(usize, T)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..threads).map(|_| s.spawn(&work)).collect();
+        let mut all = work();
+        for h in handles {
+            all.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        all
     });
-    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
-    for (i, v) in parts.iter_mut().flat_map(std::mem::take) {
-        out[i] = Some(v);
-    }
-    out.into_iter().flatten().collect()
+    parts.sort_unstable_by_key(|p| p.0);
+    parts.into_iter().map(|p| p.1).collect()
 }
 
 fn threads() -> usize {

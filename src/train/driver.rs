@@ -631,7 +631,7 @@ pub fn train(
                 );
                 norm.requires_grad().then_some(norm)
             };
-            let (loss, mut flat) = match (fast.as_mut(), &fast_data) {
+            let (loss, flat) = match (fast.as_mut(), &fast_data) {
                 (Some(f), Some((hx, hc))) => {
                     host.resize(n_params + 4, 0.0);
                     let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
@@ -677,7 +677,6 @@ pub fn train(
                 let t0 = Instant::now();
                 comm.allreduce_sum_f32(&mut host)?;
                 comm_seconds += t0.elapsed().as_secs_f64();
-                flat = Tensor::from_slice(&host[..n_params]).to_device(model_device);
                 step_loss = Some(f64::from(host[n_params]));
                 stop_now = host[n_params + 1] > 0.0;
                 if host[n_params + 2] > 0.0 {
@@ -688,13 +687,16 @@ pub fn train(
                 stop_now = controls.stop_now.load(Ordering::Relaxed);
                 pending_checkpoint |= controls.checkpoint.swap(false, Ordering::Relaxed);
                 step_loss = fast_loss;
-                if fast_loss.is_some() {
-                    flat = Tensor::from_slice(&host[..n_params]);
-                } else {
+                if fast_loss.is_none() {
                     loss_acc += loss.detach().to_kind(Kind::Double);
                 }
             }
-            opt.step_flat(&flat, 1.0 / step.global_count as f64, lr);
+            // The summed gradient is in `host` after an all-reduce or the fast pass.
+            if comm.size() > 1 || fast_loss.is_some() {
+                opt.step_host(&host[..n_params], 1.0 / step.global_count as f64, lr);
+            } else {
+                opt.step_flat(&flat, 1.0 / step.global_count as f64, lr);
+            }
             global_step += 1;
             last_step_seconds = step_started.elapsed().as_secs_f64();
             if hooks.gather_rank_facts && global_step % RANK_FACTS_EVERY == 0 {

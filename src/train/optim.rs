@@ -10,10 +10,15 @@
 //! construction every variable's storage is moved into a view of one flat
 //! parameter tensor (names, shapes and values unchanged), so a step is a
 //! handful of ops on three tensors instead of a handful per variable.
+//!
+//! On the CPU the step is one pass of plain Rust over the three flat buffers
+//! ([`Adam::step_host`]): no libtorch op, so no allocation and no OpenMP
+//! region per step (an OpenMP region leaves libtorch's worker threads
+//! spinning for a while, taking cores from the fast path's own threads).
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
-use tch::{nn::VarStore, Kind, Tensor};
+use tch::{nn::VarStore, Device, Kind, Tensor};
 
 /// Adam hyper-parameters.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +48,24 @@ pub struct Adam {
     pub step: i64,
     /// Exponential moving average of the flat parameters and its decay, when enabled.
     ema: Option<(Tensor, f64)>,
+}
+
+/// The elements of a contiguous f32 CPU tensor of `n` elements as a mutable
+/// slice, or `None` if it is not one.
+///
+/// # Safety
+/// No other reference to the tensor's data may be used while the slice lives.
+unsafe fn host_mut<'a>(t: &'a Tensor, n: usize) -> Option<&'a mut [f32]> {
+    if t.device() != Device::Cpu || t.kind() != Kind::Float || !t.is_contiguous() || t.numel() != n {
+        return None;
+    }
+    let ptr = t.data_ptr() as *mut f32;
+    if ptr.is_null() {
+        return (n == 0).then_some(&mut []);
+    }
+    // SAFETY: `ptr` points at `n` f32 of the tensor's storage (checked above);
+    // exclusivity is the caller's promise.
+    Some(unsafe { std::slice::from_raw_parts_mut(ptr, n) })
 }
 
 impl Adam {
@@ -134,8 +157,64 @@ impl Adam {
         Tensor::cat(&parts, 0)
     }
 
-    /// One Adam update with gradient `flat * scale` and learning rate `lr`.
+    /// One Adam update with gradient `flat * scale` and learning rate `lr`
+    /// (on the CPU through [`Adam::step_host`], so the same arithmetic).
     pub fn step_flat(&mut self, flat: &Tensor, scale: f64, lr: f64) {
+        if self.flat.device() == Device::Cpu {
+            let g = flat.to_kind(Kind::Float).contiguous();
+            let n = g.numel();
+            let mut host = vec![0f32; n];
+            g.copy_data(&mut host, n);
+            self.step_host(&host, scale, lr);
+            return;
+        }
+        self.step_libtorch(flat, scale, lr);
+    }
+
+    /// One Adam update on the CPU from a host gradient `grad * scale` (length
+    /// [`Adam::numel`]), in f32, element by element:
+    /// `m ← β1 m + (1−β1) g`, `v ← β2 v + (1−β2) g²`,
+    /// `p ← p − (lr / (1−β1^t)) · m / (√v / √(1−β2^t) + ε)`.
+    /// Plain IEEE operations (no fused multiply-add), so the same bits on
+    /// any x86-64. On another device (or a length mismatch) it falls back to
+    /// [`Adam::step_flat`] with a tensor of `grad`.
+    pub fn step_host(&mut self, grad: &[f32], scale: f64, lr: f64) {
+        let n = self.flat.numel();
+        if self.flat.device() != Device::Cpu || grad.len() != n {
+            let g = Tensor::from_slice(grad).to_device(self.flat.device());
+            // A GPU step (or a wrong length, which panics in libtorch as before).
+            self.step_libtorch(&g, scale, lr);
+            return;
+        }
+        self.step += 1;
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        let bc1 = 1.0 - b1.powi(self.step as i32);
+        let bc2 = 1.0 - b2.powi(self.step as i32);
+        let step_size = (lr / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        let (b1, b2, eps, scale) = (b1 as f32, b2 as f32, self.cfg.eps as f32, scale as f32);
+        let (c1, c2) = (1.0 - b1, 1.0 - b2);
+        // SAFETY: `flat`, `m` and `v` are contiguous f32 CPU tensors of `n`
+        // elements made in `new` (checked below), owned by `self` and not
+        // otherwise borrowed during this call; the variables are views of
+        // `flat` but nothing reads them while the slices live.
+        let (p, m, v) = unsafe { (host_mut(&self.flat, n), host_mut(&self.m, n), host_mut(&self.v, n)) };
+        let (Some(p), Some(m), Some(v)) = (p, m, v) else {
+            let g = Tensor::from_slice(grad);
+            self.step -= 1;
+            self.step_libtorch(&g, f64::from(scale), lr);
+            return;
+        };
+        for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(grad) {
+            let g = g * scale;
+            *m = *m * b1 + g * c1;
+            *v = *v * b2 + (g * g) * c2;
+            let denom = v.sqrt() / bc2_sqrt + eps;
+            *p -= *m / denom * step_size;
+        }
+    }
+
+    fn step_libtorch(&mut self, flat: &Tensor, scale: f64, lr: f64) {
         self.step += 1;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powi(self.step as i32);
