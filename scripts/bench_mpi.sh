@@ -3,11 +3,12 @@
 # network and a 10x10 grid with 10k events per label (1M events); prints the
 # 2-rank/1-rank ratio, the time per step in the gradient all-reduce and the
 # peak resident memory per rank. Usage: bash scripts/bench_mpi.sh [events_per_label] [epochs]
+# (binaries from FEDHEX_BIN_DIR, default target/release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}
 EPOCHS=${2:-2}
-BIN=target/release
+BIN=${FEDHEX_BIN_DIR:-target/release}
 W=$(mktemp -d /tmp/fedhex-bench-mpi.XXXX)
 trap 'rm -rf "$W"' EXIT
 "$BIN/fedhex" gen --layout grid2d --points 10 -n "$N" --cov rotating --sigma 0.05 --shape 0.4 --out "$W/grid.npz" >/dev/null
