@@ -806,7 +806,7 @@ fn par_chunks<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) 
         }
     };
     let mut parts: Vec<(usize, T)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (1..threads).map(|_| s.spawn(&work)).collect();
+        let handles: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
         let mut all = work();
         for h in handles {
             all.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));

@@ -26,12 +26,12 @@ const EXP_HI: f32 = 89.0;
 const EXP_LO: f32 = -104.0;
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// `ln 2 = C1 − C2`, `C1` with 9 significant bits so `n·C1` is exact.
-const C1: f32 = 0.693_359_375;
+const C1: f32 = 0.693_359_4; // 0.693359375 exactly
 const C2: f32 = -2.121_944_4e-4;
-const EP: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+const EP: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1];
 /// Below this `|x|`, `tanh` uses its odd polynomial.
 const TANH_SMALL: f32 = 0.625;
-const TP: [f32; 5] = [-5.704_988_7e-3, 2.063_908_9e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328_2e-1];
+const TP: [f32; 5] = [-5.704_988_7e-3, 2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1];
 const SIGN: u32 = 0x8000_0000;
 
 /// `minps(a, b)`: `a < b ? a : b` (so a NaN in `b` is returned).

@@ -55,7 +55,8 @@ pub struct Adam {
 ///
 /// # Safety
 /// No other reference to the tensor's data may be used while the slice lives.
-unsafe fn host_mut<'a>(t: &'a Tensor, n: usize) -> Option<&'a mut [f32]> {
+#[allow(clippy::mut_from_ref)] // the tensor's storage is not a Rust borrow; see # Safety
+unsafe fn host_mut(t: &Tensor, n: usize) -> Option<&mut [f32]> {
     if t.device() != Device::Cpu || t.kind() != Kind::Float || !t.is_contiguous() || t.numel() != n {
         return None;
     }
