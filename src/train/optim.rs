@@ -213,6 +213,16 @@ impl Adam {
             let denom = v.sqrt() / bc2_sqrt + eps;
             *p -= *m / denom * step_size;
         }
+        tch::no_grad(|| self.update_ema());
+    }
+
+    /// Moves the weight average (if kept) towards the current weights.
+    fn update_ema(&mut self) {
+        if let Some((e, decay)) = &mut self.ema {
+            let d = decay.min((1.0 + self.step as f64) / (10.0 + self.step as f64));
+            let _ = e.g_mul_scalar_(d);
+            let _ = e.g_add_(&(&self.flat * (1.0 - d)));
+        }
     }
 
     fn step_libtorch(&mut self, flat: &Tensor, scale: f64, lr: f64) {
@@ -230,11 +240,7 @@ impl Adam {
             let _ = self.v.g_add_(&(g.square() * (1.0 - b2)));
             let denom = self.v.sqrt() / bc2_sqrt + self.cfg.eps;
             let _ = self.flat.g_sub_(&(&self.m / denom * step_size));
-            if let Some((e, decay)) = &mut self.ema {
-                let d = decay.min((1.0 + self.step as f64) / (10.0 + self.step as f64));
-                let _ = e.g_mul_scalar_(d);
-                let _ = e.g_add_(&(&self.flat * (1.0 - d)));
-            }
+            self.update_ema();
         });
     }
 
