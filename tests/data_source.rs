@@ -6,36 +6,15 @@
 //! Python peers need `FEDHEX_PYTHON` (a Python with uproot, awkward, numpy).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use fedhex::data::phiomega::{LabelGrid, PhiOmegaModel};
+mod common;
+use common::run_python;
 use fedhex::data::root::{Column, RootFile, Values};
 use fedhex::data::source::{load, write_phiomega_grid, write_root, LoadReport, RootInput, Variable};
 use fedhex::data::EventSet;
 use fedhex::Error;
 use ndarray::Array2;
-
-fn python() -> String {
-    match std::env::var("FEDHEX_PYTHON") {
-        Ok(p) if !p.is_empty() => p,
-        _ => panic!(
-            "FEDHEX_PYTHON is not set: set it to a Python with uproot, awkward and numpy \
-             (e.g. FEDHEX_PYTHON=/root/.cache/fedhex/torch-venv/bin/python) to run the data_source tests"
-        ),
-    }
-}
-
-/// Runs a Python snippet with arguments and returns its stdout.
-fn run_python(code: &str, args: &[&str]) -> String {
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(code)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running FEDHEX_PYTHON: {e}"));
-    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn shared_data() -> PathBuf {
     let base = std::env::var("FEDHEX_SHARED_DATA")

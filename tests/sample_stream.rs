@@ -6,7 +6,7 @@
 //! Python peers need `FEDHEX_PYTHON` (a Python with uproot, awkward, numpy).
 
 mod common;
-use common::{random_model, tmpdir};
+use common::{random_model, run_python, tmpdir};
 use fedhex::data::root::{Column, RootFile};
 use fedhex::data::source::EventFileWriter;
 use fedhex::data::EventSet;
@@ -14,22 +14,6 @@ use fedhex::flow::Model;
 use fedhex::generate::{sample_with_cuts, stream_samples, RangeCut, StreamOptions, DEFAULT_SUPPORT_MARGIN};
 use std::path::Path;
 use std::process::{Command, Output};
-
-fn python() -> String {
-    match std::env::var("FEDHEX_PYTHON") {
-        Ok(p) if !p.is_empty() => p,
-        _ => panic!(
-            "FEDHEX_PYTHON is not set: set it to a Python with uproot, awkward and numpy \
-             (e.g. FEDHEX_PYTHON=/root/.cache/fedhex/torch-venv/bin/python) to run the sample_stream tests"
-        ),
-    }
-}
-
-fn run_python(code: &str, args: &[&str]) -> String {
-    let out = Command::new(python()).arg("-c").arg(code).args(args).output().expect("running FEDHEX_PYTHON");
-    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn labels() -> Vec<Vec<f32>> {
     vec![vec![0.25, 0.75], vec![0.5, 0.5], vec![1.0, 0.0]]

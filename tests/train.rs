@@ -49,17 +49,8 @@ fn same_config_and_seed_give_identical_weights() {
     let events = small.generate().unwrap();
     let weights = |seed| {
         let out = train_events(&small_cfg(2, seed), &events).unwrap();
-        let mut v: Vec<(String, Vec<u32>)> = out
-            .model
-            .flow
-            .var_store()
-            .variables()
-            .into_iter()
-            .map(|(k, t)| (k, vec_of(&t).iter().map(|x| x.to_bits()).collect()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
         // Compare digests so a failure prints a line, not every weight.
-        let digest = format!("{:x}", md5_like(&v));
+        let digest = format!("{:x}", weight_digest(&out.model));
         (digest, out.history)
     };
     let (a, ha) = weights(5);
@@ -83,20 +74,9 @@ fn weight_average_replaces_the_final_weights() {
         cfg.training.ema_decay = ema;
         train_events(&cfg, &events).unwrap()
     };
-    let digest = |m: &Model| {
-        let mut v: Vec<(String, Vec<u32>)> = m
-            .flow
-            .var_store()
-            .variables()
-            .into_iter()
-            .map(|(k, t)| (k, vec_of(&t).iter().map(|x| x.to_bits()).collect()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        md5_like(&v)
-    };
     let (plain, avg, again) = (run(0.0), run(0.95), run(0.95));
-    assert_ne!(digest(&plain.model), digest(&avg.model), "the average must replace the weights");
-    assert_eq!(digest(&avg.model), digest(&again.model), "the average is deterministic");
+    assert_ne!(weight_digest(&plain.model), weight_digest(&avg.model), "the average must replace the weights");
+    assert_eq!(weight_digest(&avg.model), weight_digest(&again.model), "the average is deterministic");
     // The training trajectory itself is unchanged by keeping an average.
     let nll = |o: &fedhex::train::TrainOutcome| o.history.iter().map(|r| r.train_nll).collect::<Vec<_>>();
     assert_eq!(nll(&plain), nll(&avg));
@@ -142,4 +122,17 @@ fn md5_like(v: &[(String, Vec<u32>)]) -> u64 {
         }
     }
     h
+}
+
+/// Digest of a model's weights: names and bit patterns, name-sorted.
+fn weight_digest(m: &Model) -> u64 {
+    let mut v: Vec<(String, Vec<u32>)> = m
+        .flow
+        .var_store()
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (k, vec_of(&t).iter().map(|x| x.to_bits()).collect()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    md5_like(&v)
 }

@@ -77,3 +77,27 @@ pub fn small_cfg(epochs: usize, seed: u64) -> fedhex::config::RunConfig {
     cfg.outputs.progress = false;
     cfg
 }
+
+/// The Python with uproot, awkward and numpy that peer-comparison tests run
+/// (`FEDHEX_PYTHON`); a clear panic when it is not set.
+pub fn python() -> String {
+    match std::env::var("FEDHEX_PYTHON") {
+        Ok(p) if !p.is_empty() => p,
+        _ => panic!(
+            "FEDHEX_PYTHON is not set: set it to a Python with uproot, awkward and numpy \
+             (e.g. FEDHEX_PYTHON=/root/.cache/fedhex/torch-venv/bin/python) to run the ROOT/numpy comparison tests"
+        ),
+    }
+}
+
+/// Runs a Python snippet with arguments under [`python`] and returns its stdout.
+pub fn run_python(code: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(python())
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running FEDHEX_PYTHON: {e}"));
+    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
