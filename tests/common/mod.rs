@@ -21,10 +21,15 @@ pub fn maf_cfg(d: i64, l: i64, blocks: usize, hidden: &[i64], act: Activation, p
     }
 }
 
-/// Multiplies every weight by a random factor so the flow is far from the identity.
+/// Adds seeded noise to every weight so the flow is far from the identity.
+/// Variables are visited in name order: the store's map iterates in a
+/// per-process random order, which would hand the same draws to different
+/// weights in every run.
 pub fn scramble(flow: &Maf, scale: f64) {
+    let mut vars: Vec<(String, Tensor)> = flow.var_store().variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (_, mut v) in flow.var_store().variables() {
+        for (_, mut v) in vars {
             let noise = Tensor::randn(v.size(), (Kind::Float, dev())) * scale;
             let _ = v.g_add_(&noise);
         }
