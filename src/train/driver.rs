@@ -756,8 +756,16 @@ pub fn train(
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        let mut sums = [if comm.size() > 1 { 0.0 } else { loss_sum }, nll_sum(&model.flow, &val_x, &val_c, 65536)];
+        // [train loss | validation NLL | stop after this epoch]: the stop flag is
+        // agreed here too, so a request that reaches one rank after the epoch's
+        // last step cannot make the ranks leave the loop at different epochs.
+        let mut sums = [
+            if comm.size() > 1 { 0.0 } else { loss_sum },
+            nll_sum(&model.flow, &val_x, &val_c, 65536),
+            f64::from(u8::from(controls.stop_after_epoch.load(Ordering::Relaxed))),
+        ];
         comm.allreduce_sum_f64(&mut sums)?;
+        let stop = sums[2] > 0.0;
         if comm.size() > 1 {
             sums[0] = loss_sum;
         }
@@ -805,7 +813,6 @@ pub fn train(
             }
         }
         let done = epoch + 1;
-        let stop = controls.stop_after_epoch.load(Ordering::Relaxed);
         let every = cfg.outputs.checkpoint_every;
         if pending_checkpoint || stop || done == t.epochs || (every > 0 && done % every == 0) {
             let state = TrainState {
