@@ -132,6 +132,12 @@ pub struct NetworkConfig {
     pub permutation_seed: u64,
     /// Bound B of each block's log-scale, s = B tanh(raw / B).
     pub log_scale_bound: f64,
+    /// Element-wise map of each block: affine, spline or affine_spline.
+    pub transform: crate::flow::Transform,
+    /// Pieces of each rational-quadratic spline.
+    pub spline_bins: i64,
+    /// Half-width of the interval each spline covers, in whitened units; identity outside.
+    pub spline_bound: f64,
 }
 
 impl Default for NetworkConfig {
@@ -143,6 +149,9 @@ impl Default for NetworkConfig {
             permutation: Permutation::Reverse,
             permutation_seed: 0,
             log_scale_bound: 3.0,
+            transform: crate::flow::Transform::Affine,
+            spline_bins: 8,
+            spline_bound: 5.0,
         }
     }
 }
@@ -159,6 +168,9 @@ impl NetworkConfig {
             permutation: self.permutation,
             permutation_seed: self.permutation_seed,
             log_scale_bound: self.log_scale_bound,
+            transform: self.transform,
+            spline_bins: self.spline_bins,
+            spline_bound: self.spline_bound,
         }
     }
 }
@@ -307,7 +319,13 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("network.activation", "relu, tanh, gelu, elu or silu"),
     ("network.permutation", "feature order change between blocks: reverse or random"),
     ("network.permutation_seed", "seed of the random orders"),
-    ("network.log_scale_bound", "bound B of each block's log-scale: s = B tanh(raw / B)"),
+    ("network.log_scale_bound", "bound B of each block's log-scale: s = B tanh(raw / B) (affine blocks)"),
+    (
+        "network.transform",
+        "element-wise map of each block: affine (shift and scale), spline (rational-quadratic, identity outside the bound) or affine_spline (shift and scale, then a spline)",
+    ),
+    ("network.spline_bins", "pieces of each spline (spline blocks), 2 to 64"),
+    ("network.spline_bound", "half-width B of the interval each spline covers, in whitened units (spline blocks)"),
     ("training.epochs", "number of epochs; one epoch = every training event exactly once"),
     ("training.batch_size", "global batch size (all ranks together)"),
     ("training.lr_initial", "learning rate at the start"),

@@ -4,7 +4,10 @@
 mod common;
 use common::*;
 use fedhex::flow::made::{made, MadeConfig};
-use fedhex::flow::{Activation, Maf, Permutation};
+use fedhex::flow::{Activation, Maf, Permutation, Transform};
+
+/// Every kind of block.
+const TRANSFORMS: [Transform; 3] = [Transform::Affine, Transform::Spline, Transform::AffineSpline];
 use tch::{nn, Kind, Tensor};
 
 /// d out_j / d x_i for one event, by autograd: `[outputs][inputs]`.
@@ -37,6 +40,7 @@ fn made_is_autoregressive_in_its_order() {
             activation: Activation::Tanh,
             order: order.clone(),
             log_scale_bound: 3.0,
+            params: 2,
         };
         let block = made(&vs.root(), cfg);
         // Large random weights: every allowed connection is visibly non-zero.
@@ -123,17 +127,35 @@ fn sample_box(model: &fedhex::flow::Model, label: [f32; 2]) -> ([f64; 2], [f64; 
 #[test]
 fn density_of_a_random_flow_integrates_to_one() {
     for (blocks, hidden) in [(3, vec![16]), (5, vec![16, 16])] {
-        let model = random_model(blocks, &hidden, 21);
-        let label = [0.3f32, 0.7];
-        let (lo, hi) = sample_box(&model, label);
-        let total = integrate_2d(&model, label, lo, hi, 500);
-        assert!((total - 1.0).abs() < 0.01, "blocks {blocks} hidden {hidden:?}: integral {total}");
+        for kind in TRANSFORMS {
+            let model = random_model_with(kind, blocks, &hidden, 21);
+            let label = [0.3f32, 0.7];
+            let (lo, hi) = sample_box(&model, label);
+            let total = integrate_2d(&model, label, lo, hi, 500);
+            assert!((total - 1.0).abs() < 0.01, "{kind:?} blocks {blocks} hidden {hidden:?}: integral {total}");
+        }
     }
 }
 
 #[test]
 fn sample_and_log_prob_agree_and_inverse_undoes_forward() {
-    let model = random_model(4, &[24, 24], 8);
+    sample_and_log_prob_agree_for(&random_model(4, &[24, 24], 8));
+}
+
+#[test]
+fn a_spline_flow_samples_what_it_evaluates_and_inverts_exactly() {
+    for kind in [Transform::Spline, Transform::AffineSpline] {
+        let model = random_model_with(kind, 4, &[24, 24], 8);
+        sample_and_log_prob_agree_for(&model);
+        // The scrambled splines are far from the identity: the test above is not trivial.
+        let cs = Tensor::zeros([64, 2], (Kind::Float, dev()));
+        let x = Tensor::linspace(-2.5, 2.5, 128, (Kind::Float, dev())).view([64, 2]);
+        let (u, _) = tch::no_grad(|| model.flow.forward(&x, &cs));
+        assert!((&u - &x).abs().max().double_value(&[]) > 0.1, "a scrambled {kind:?} flow is the identity");
+    }
+}
+
+fn sample_and_log_prob_agree_for(model: &fedhex::flow::Model) {
     let flow = &model.flow;
     let rng = fedhex::rng::seeded(2);
     let cs = Tensor::randn([256, 2], (Kind::Float, dev()));
@@ -159,14 +181,23 @@ fn sample_and_log_prob_agree_and_inverse_undoes_forward() {
 
 #[test]
 fn log_det_matches_autograd_jacobian() {
-    let model = random_model(3, &[16], 13);
     let cs = Tensor::from_slice(&[0.2f32, -0.4]).view([1, 2]).to_device(dev());
-    let x = Tensor::from_slice(&[0.1f32, 0.3]).view([1, 2]).to_device(dev());
-    let jac = jacobian(|x| model.flow.forward(x, &cs).0, &x);
-    let det = jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0];
-    let (_, logdet) = tch::no_grad(|| model.flow.forward(&x, &cs));
-    let got = logdet.double_value(&[0]);
-    assert!((det.abs().ln() - got).abs() < 1e-4, "autograd {} vs flow {got}", det.abs().ln());
+    // Inside the spline interval, on its edge, and in its identity tail.
+    for kind in TRANSFORMS {
+        let model = random_model_with(kind, 3, &[16], 13);
+        for point in [[0.1f32, 0.3], [-1.7, 2.2], [3.0, -0.5], [4.5, -3.6]] {
+            let x = Tensor::from_slice(&point).view([1, 2]).to_device(dev());
+            let jac = jacobian(|x| model.flow.forward(x, &cs).0, &x);
+            let det = jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0];
+            let (_, logdet) = tch::no_grad(|| model.flow.forward(&x, &cs));
+            let got = logdet.double_value(&[0]);
+            assert!(
+                (det.abs().ln() - got).abs() < 1e-4,
+                "{kind:?} at {point:?}: autograd {} vs flow {got}",
+                det.abs().ln()
+            );
+        }
+    }
 }
 
 #[test]
@@ -178,18 +209,24 @@ fn density_of_a_trained_flow_integrates_to_one() {
         n_per_label: 400,
         seed: 5,
     };
-    let mut cfg = fedhex::config::RunConfig::default();
-    cfg.network.n_blocks = 3;
-    cfg.network.hidden = vec![16, 16];
-    cfg.training.epochs = 4;
-    cfg.training.batch_size = 128;
-    cfg.training.lr_initial = 3e-3;
-    cfg.training.device = "cpu".into();
-    let out = fedhex::train::train_events(&cfg, &spec.generate().unwrap()).unwrap();
-    assert!(out.history.last().unwrap().val_nll < out.history[0].val_nll, "the model did not train");
-    for label in [[0.25f32, 0.75], [0.5, 0.5]] {
-        let (lo, hi) = sample_box(&out.model, label);
-        let total = integrate_2d(&out.model, label, lo, hi, 500);
-        assert!((total - 1.0).abs() < 0.01, "trained model at {label:?}: integral {total}");
+    let events = spec.generate().unwrap();
+    for transform in TRANSFORMS {
+        let mut cfg = fedhex::config::RunConfig::default();
+        cfg.network.n_blocks = 3;
+        cfg.network.hidden = vec![16, 16];
+        cfg.network.transform = transform;
+        cfg.training.epochs = 4;
+        cfg.training.batch_size = 128;
+        cfg.training.lr_initial = 3e-3;
+        cfg.training.device = "cpu".into();
+        let out = fedhex::train::train_events(&cfg, &events).unwrap();
+        let h = &out.history;
+        assert!(h[h.len() - 1].val_nll < h[0].val_nll, "{transform:?}: the model did not train");
+        assert_eq!(out.model.flow.config().transform, transform);
+        for label in [[0.25f32, 0.75], [0.5, 0.5]] {
+            let (lo, hi) = sample_box(&out.model, label);
+            let total = integrate_2d(&out.model, label, lo, hi, 500);
+            assert!((total - 1.0).abs() < 0.01, "trained {transform:?} model at {label:?}: integral {total}");
+        }
     }
 }

@@ -168,7 +168,7 @@ fn host(t: &Tensor) -> Vec<f32> {
 impl Plan {
     fn new(flow: &Maf) -> Option<Plan> {
         let cfg = flow.config();
-        if flow.device() != Device::Cpu || cfg.activation == Activation::Gelu {
+        if flow.device() != Device::Cpu || cfg.activation == Activation::Gelu || cfg.spline().is_some() {
             return None;
         }
         let d = usize::try_from(cfg.features).ok()?;
@@ -963,7 +963,7 @@ pub struct FastMaf {
 
 impl FastMaf {
     /// The fast path for `flow`, or `None` where it does not apply (not on
-    /// the CPU, or GELU activation); use the autograd path then.
+    /// the CPU, GELU activation, or spline blocks); use the autograd path then.
     pub fn new(flow: &Maf) -> Option<Self> {
         Plan::new(flow).map(|plan| FastMaf { plan })
     }
@@ -1225,6 +1225,9 @@ mod tests {
                 permutation: Permutation::Random,
                 permutation_seed: 7,
                 log_scale_bound: 3.0,
+                transform: crate::flow::Transform::Affine,
+                spline_bins: 8,
+                spline_bound: 5.0,
             };
             let flow = Maf::new(cfg, Device::Cpu).unwrap();
             tch::no_grad(|| {

@@ -58,6 +58,9 @@ pub struct MadeConfig {
     pub order: Vec<i64>,
     /// Bound `B` of the log-scale: `s = B tanh(raw / B)`.
     pub log_scale_bound: f64,
+    /// Outputs per feature: 2 (shift, log-scale) for an affine block, the
+    /// spline's parameters for a spline block.
+    pub params: i64,
 }
 
 /// A linear layer whose weight is multiplied by a fixed 0/1 mask.
@@ -144,18 +147,20 @@ pub fn made(vs: &nn::Path, cfg: MadeConfig) -> Made {
         hidden.push(Hidden { lin: MaskedLinear { ws, bs, mask: m }, cs });
         prev_deg = deg;
     }
-    // Outputs: shift for each feature, then raw log-scale for each feature.
-    let out_deg: Vec<i64> = in_deg.iter().chain(in_deg.iter()).copied().collect();
+    // Outputs parameter by parameter, each for every feature: for an affine block
+    // shift for each feature, then raw log-scale for each feature.
+    let n_params = cfg.params.max(1);
+    let out_deg: Vec<i64> = (0..n_params).flat_map(|_| in_deg.iter().copied()).collect();
     let p = vs / "out";
     // Small initial outputs: every block starts close to the identity map.
     let small = Init::Uniform { lo: -1e-3, up: 1e-3 };
-    let ws = p.var("weight", &[2 * d, prev_deg.len() as i64], small);
-    let bs = p.var("bias", &[2 * d], Init::Const(0.0));
+    let ws = p.var("weight", &[n_params * d, prev_deg.len() as i64], small);
+    let bs = p.var("bias", &[n_params * d], Init::Const(0.0));
     let m = mask(&out_deg, &prev_deg, true).to_device(dev);
     let out = MaskedLinear { ws, bs, mask: m };
     // A MADE without hidden layers still needs the labels: give the output its own label map.
     let out_cond =
-        (hidden.is_empty() && cfg.context > 0).then(|| p.var("cond", &[2 * d, cfg.context], Init::Const(0.0)));
+        (hidden.is_empty() && cfg.context > 0).then(|| p.var("cond", &[n_params * d, cfg.context], Init::Const(0.0)));
     Made { cfg, hidden, out, out_cond }
 }
 
@@ -194,6 +199,33 @@ impl Made {
 
     /// [`Made::forward`] with precomputed effective weights from [`Made::weights`].
     pub fn forward_with(&self, xs: &Tensor, cs: &Tensor, ws: &[Tensor]) -> (Tensor, Tensor) {
+        self.affine_of(&self.raw_with(xs, cs, ws))
+    }
+
+    /// Shift and bounded log-scale from the first `2 D` raw outputs.
+    pub fn affine_of(&self, o: &Tensor) -> (Tensor, Tensor) {
+        let d = self.cfg.features;
+        let mu = o.narrow(1, 0, d);
+        let b = self.cfg.log_scale_bound;
+        let s = (o.narrow(1, d, d) / b).tanh() * b;
+        (mu, s)
+    }
+
+    /// The raw outputs `[N, params * D]`, parameter by parameter.
+    pub fn raw(&self, xs: &Tensor, cs: &Tensor) -> Tensor {
+        self.raw_with(xs, cs, &self.weights())
+    }
+
+    /// Raw outputs `[N, params * D]` without the first `skip` parameters →
+    /// `[N, D, params - skip]` (one row of spline parameters per feature).
+    pub fn spline_params(&self, o: &Tensor, skip: i64) -> Tensor {
+        let (n, d) = (o.size()[0], self.cfg.features);
+        let p = self.cfg.params.max(1) - skip;
+        o.narrow(1, skip * d, p * d).view([n, p, d]).transpose(1, 2)
+    }
+
+    /// [`Made::raw`] with precomputed effective weights from [`Made::weights`].
+    pub fn raw_with(&self, xs: &Tensor, cs: &Tensor, ws: &[Tensor]) -> Tensor {
         let mut h = xs.shallow_clone();
         for (layer, w) in self.hidden.iter().zip(ws) {
             // [N, in] x [in, width] + bias (+ [N, L] x [L, width])
@@ -208,10 +240,6 @@ impl Made {
         if let Some(c) = &self.out_cond {
             o += cs.matmul(&c.tr());
         }
-        let d = self.cfg.features;
-        let mu = o.narrow(1, 0, d);
-        let b = self.cfg.log_scale_bound;
-        let s = (o.narrow(1, d, d) / b).tanh() * b;
-        (mu, s)
+        o
     }
 }

@@ -13,6 +13,7 @@
 
 use super::fast::FastMaf;
 use super::made::{input_degrees, made, Activation, Made, MadeConfig};
+use super::spline::{self, SplineSpec};
 use crate::error::{Error, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -28,6 +29,31 @@ pub enum Permutation {
     Reverse,
     /// A seeded random order per block (`permutation_seed`).
     Random,
+}
+
+/// The element-wise map of each block, conditioned on earlier features and labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transform {
+    /// Shift and scale, `u = (x - mu) exp(-s)` (the MAF paper's block).
+    #[default]
+    Affine,
+    /// Monotonic rational-quadratic spline on `[-spline_bound, spline_bound]`,
+    /// identity outside ([`super::spline`]); every block maps that box onto
+    /// itself, so data beyond the bound are modelled by the base's tails only.
+    Spline,
+    /// Shift and scale, then a spline (`u = f((x - mu) exp(-s))`): the affine
+    /// part moves tails into the spline's interval.
+    #[serde(rename = "affine_spline")]
+    AffineSpline,
+}
+
+fn default_spline_bins() -> i64 {
+    8
+}
+
+fn default_spline_bound() -> f64 {
+    5.0
 }
 
 /// Architecture of the conditional MAF; stored in the model file.
@@ -48,8 +74,17 @@ pub struct MafConfig {
     pub permutation: Permutation,
     /// Seed of the random orders.
     pub permutation_seed: u64,
-    /// Bound `B` of each block's log-scale, `s = B tanh(raw / B)`.
+    /// Bound `B` of each block's log-scale, `s = B tanh(raw / B)` (affine blocks).
     pub log_scale_bound: f64,
+    /// Element-wise map of each block (files written before splines: affine).
+    #[serde(default)]
+    pub transform: Transform,
+    /// Pieces of each spline (spline blocks).
+    #[serde(default = "default_spline_bins")]
+    pub spline_bins: i64,
+    /// Half-width of the interval each spline covers, in whitened units (spline blocks).
+    #[serde(default = "default_spline_bound")]
+    pub spline_bound: f64,
 }
 
 impl MafConfig {
@@ -71,7 +106,35 @@ impl MafConfig {
         if !(self.log_scale_bound > 0.0 && self.log_scale_bound.is_finite()) {
             return bad(format!("network.log_scale_bound must be positive, got {}", self.log_scale_bound));
         }
+        if self.transform != Transform::Affine {
+            if !(2..=64).contains(&self.spline_bins) {
+                return bad(format!("network.spline_bins must be in 2..=64, got {}", self.spline_bins));
+            }
+            if !(self.spline_bound > 0.0 && self.spline_bound.is_finite()) {
+                return bad(format!("network.spline_bound must be positive, got {}", self.spline_bound));
+            }
+        }
         Ok(())
+    }
+
+    /// The spline's shape, for spline blocks.
+    pub fn spline(&self) -> Option<SplineSpec> {
+        (self.transform != Transform::Affine).then_some(SplineSpec { bins: self.spline_bins, bound: self.spline_bound })
+    }
+
+    /// Network outputs per feature of each block ahead of the spline's: 2
+    /// (shift, log-scale) where the block has an affine part, else 0.
+    pub fn affine_params(&self) -> i64 {
+        if self.transform == Transform::Spline {
+            0
+        } else {
+            2
+        }
+    }
+
+    /// Network outputs per feature of each block.
+    pub fn params_per_feature(&self) -> i64 {
+        self.affine_params() + self.spline().map_or(0, |s| s.params_per_feature())
     }
 
     /// The feature order of each block.
@@ -149,6 +212,7 @@ impl Maf {
                         activation: cfg.activation,
                         order: order.clone(),
                         log_scale_bound: cfg.log_scale_bound,
+                        params: cfg.params_per_feature(),
                     },
                 )
             })
@@ -205,6 +269,25 @@ impl Maf {
     /// # Shapes
     /// `xs: [N, D]`, `cs: [N, L]` → `(u: [N, D], logdet: [N])`
     pub fn forward(&self, xs: &Tensor, cs: &Tensor) -> (Tensor, Tensor) {
+        if let Some(spec) = self.cfg.spline() {
+            let mut u = xs.shallow_clone();
+            let mut lds = Vec::with_capacity(self.blocks.len());
+            let skip = self.cfg.affine_params();
+            for block in &self.blocks {
+                let o = block.raw(&u, cs);
+                if skip > 0 {
+                    let (mu, s) = block.affine_of(&o);
+                    u = (u - mu) * s.neg().exp();
+                    lds.push(s.neg());
+                }
+                let (y, ld) = spline::forward(&u, &block.spline_params(&o, skip), spec);
+                lds.push(ld);
+                u = y;
+            }
+            // [N, D] per block → summed over blocks and features.
+            let logdet = Tensor::stack(&lds, 0).sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float);
+            return (u, logdet);
+        }
         let mut u = xs.shallow_clone();
         let mut s_sum: Option<Tensor> = None;
         for block in &self.blocks {
@@ -258,9 +341,30 @@ impl Maf {
             let d = self.cfg.features;
             let mut y = us.shallow_clone();
             let mut logdet = Tensor::zeros([us.size()[0]], (Kind::Float, us.device()));
+            let spec = self.cfg.spline();
             for block in self.blocks.iter().rev() {
                 let ws = block.weights();
                 let mut x = y.zeros_like();
+                if let Some(spec) = spec {
+                    let skip = self.cfg.affine_params();
+                    let mut ld_last = None;
+                    for _ in 0..d {
+                        let o = block.raw_with(&x, cs, &ws);
+                        let (z, mut ld) = spline::inverse(&y, &block.spline_params(&o, skip), spec);
+                        x = z;
+                        if skip > 0 {
+                            let (mu, s) = block.affine_of(&o);
+                            x = x * s.exp() + mu;
+                            ld -= s;
+                        }
+                        ld_last = Some(ld);
+                    }
+                    if let Some(ld) = ld_last {
+                        logdet += ld.sum_dim_intlist(1, false, Kind::Float);
+                    }
+                    y = x;
+                    continue;
+                }
                 let mut s_last = None;
                 for _ in 0..d {
                     let (mu, s) = block.forward_with(&x, cs, &ws);

@@ -6,8 +6,9 @@ pub mod fast;
 pub mod made;
 pub mod maf;
 pub mod model;
+pub mod spline;
 pub mod vmath;
 
 pub use made::Activation;
-pub use maf::{Maf, MafConfig, Permutation};
+pub use maf::{Maf, MafConfig, Permutation, Transform};
 pub use model::Model;

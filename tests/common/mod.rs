@@ -3,7 +3,7 @@
 
 use fedhex::comm::SingleProcess;
 use fedhex::data::whiten::{WhitenSpec, Whitening};
-use fedhex::flow::{Activation, Maf, MafConfig, Model, Permutation};
+use fedhex::flow::{Activation, Maf, MafConfig, Model, Permutation, Transform};
 use ndarray::Array2;
 use tch::{Device, Kind, Tensor};
 
@@ -18,6 +18,9 @@ pub fn maf_cfg(d: i64, l: i64, blocks: usize, hidden: &[i64], act: Activation, p
         permutation: perm,
         permutation_seed: 7,
         log_scale_bound: 3.0,
+        transform: Transform::Affine,
+        spline_bins: 8,
+        spline_bound: 5.0,
     }
 }
 
@@ -38,9 +41,28 @@ pub fn scramble(flow: &Maf, scale: f64) {
 
 /// A model with whitening fitted on a unit-square-ish random data set.
 pub fn random_model(blocks: usize, hidden: &[i64], seed: i64) -> Model {
+    random_model_of(maf_cfg(2, 2, blocks, hidden, Activation::Tanh, Permutation::Reverse), seed, 0.3)
+}
+
+/// A model of two features and two labels with blocks of kind `transform`, weights scrambled.
+pub fn random_model_with(transform: Transform, blocks: usize, hidden: &[i64], seed: i64) -> Model {
+    let mut cfg = maf_cfg(2, 2, blocks, hidden, Activation::Tanh, Permutation::Reverse);
+    if transform == Transform::Affine {
+        return random_model_of(cfg, seed, 0.3);
+    }
+    // 8 pieces on [-3, 3], so the scrambled flow visibly uses both the spline
+    // and its identity tails; weights scrambled less, as spline slopes compound
+    // faster than affine scales.
+    cfg.transform = transform;
+    cfg.spline_bound = 3.0;
+    random_model_of(cfg, seed, 0.15)
+}
+
+/// A model of two features and two labels with the flow `cfg`, weights scrambled by `scale`.
+pub fn random_model_of(cfg: MafConfig, seed: i64, scale: f64) -> Model {
     let _rng = fedhex::rng::seeded(seed as u64);
-    let flow = Maf::new(maf_cfg(2, 2, blocks, hidden, Activation::Tanh, Permutation::Reverse), dev()).unwrap();
-    scramble(&flow, 0.3);
+    let flow = Maf::new(cfg, dev()).unwrap();
+    scramble(&flow, scale);
     let xs = Array2::from_shape_fn((500, 2), |(i, j)| ((i * 7 + j * 13) % 101) as f32 / 50.0 - 1.0);
     let ls = Array2::from_shape_fn((500, 2), |(i, j)| ((i + j) % 5) as f32 * 0.25);
     let spec = |p: &str| WhitenSpec { names: vec![format!("{p}0"), format!("{p}1")], logit: vec![false; 2], eps: 1e-3 };
