@@ -72,6 +72,10 @@ pub struct DataConfig {
     /// Whole labels left out of training (and validation), e.g. [[1500.0, 3.0]]:
     /// the points where `fedhex analyze` measures interpolation.
     pub holdout_labels: Vec<Vec<f64>>,
+    /// Whole labels whose events all become validation events, e.g. [[1500.0, 3.0]]:
+    /// validation then measures interpolation to unseen labels, not only reproduction of
+    /// trained ones (in addition to `validation_fraction` of the other labels).
+    pub validation_labels: Vec<Vec<f64>>,
     /// Apply a logit after min-max scaling of the features.
     pub logit_features: bool,
     /// Apply a logit after min-max scaling of the labels.
@@ -104,6 +108,7 @@ impl Default for DataConfig {
             labels: vec![],
             validation_fraction: 0.1,
             holdout_labels: vec![],
+            validation_labels: vec![],
             logit_features: false,
             logit_labels: false,
             logit_eps: 1e-3,
@@ -228,6 +233,9 @@ pub struct TrainingConfig {
     /// Exponential moving average of the weights with this decay per step (0: off); the
     /// saved model carries the averaged weights, checkpoints both (exact resume).
     pub ema_decay: f64,
+    /// Stop when the validation NLL has not decreased for this many epochs (0: off); the
+    /// saved model then carries the weights of the best-validation epoch.
+    pub early_stopping_patience: usize,
 }
 
 /// Whether a run continues from an existing checkpoint.
@@ -260,6 +268,7 @@ impl Default for TrainingConfig {
             resume: Resume::Never,
             acceptance_samples: 1,
             ema_decay: 0.0,
+            early_stopping_patience: 0,
         }
     }
 }
@@ -284,6 +293,12 @@ impl Default for OutputConfig {
     }
 }
 
+/// Whether two configured labels are the same point (relative tolerance 1e-6, as labels
+/// are matched against the data).
+pub(crate) fn same_config_label(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6 * y.abs().max(1.0))
+}
+
 /// One line of documentation per key, used by [`default_toml`].
 const KEY_DOCS: &[(&str, &str)] = &[
     (
@@ -296,6 +311,11 @@ const KEY_DOCS: &[(&str, &str)] = &[
     (
         "data.holdout_labels",
         "whole labels left out of training, e.g. [[1500.0, 3.0]]: where analyze measures interpolation",
+    ),
+    (
+        "data.validation_labels",
+        "whole labels whose events all validate (besides validation_fraction of the others), e.g. [[1500.0, 3.0]]: \
+         validation on unseen labels (interpolation)",
     ),
     ("data.logit_features", "logit after min-max scaling of features (turns hard edges into tails)"),
     ("data.logit_labels", "logit after min-max scaling of labels"),
@@ -335,6 +355,10 @@ const KEY_DOCS: &[(&str, &str)] = &[
     (
         "training.ema_decay",
         "exponential moving average of the weights, decay per step (e.g. 0.999; 0: off): the saved model gets the average",
+    ),
+    (
+        "training.early_stopping_patience",
+        "stop when the validation NLL has not decreased for this many epochs (0: off); the model keeps the best epoch's weights",
     ),
     ("training.warmup_epochs", "linear warm-up from 0 over this many epochs (0: none)"),
     ("training.seed", "seed of weight initialisation and shuffling (same seed -> same weights)"),
@@ -500,6 +524,13 @@ impl RunConfig {
         }
         if !(0.0..1.0).contains(&t.ema_decay) {
             return bad(format!("training.ema_decay must be in [0, 1), got {}", t.ema_decay));
+        }
+        if t.early_stopping_patience > 0 && d.validation_fraction == 0.0 && d.validation_labels.is_empty() {
+            return bad(format!(
+                "training.early_stopping_patience = {} needs validation events: set data.validation_fraction > 0 \
+                 or data.validation_labels",
+                t.early_stopping_patience
+            ));
         }
         if !(t.lr_decay_epochs >= 0.0 && t.warmup_epochs >= 0.0) {
             return bad("training.lr_decay_epochs and warmup_epochs must be >= 0".into());

@@ -307,3 +307,65 @@ fn bad_setups_end_every_rank_with_one_clear_error() {
         "blocker",
     );
 }
+
+/// Validation on the unseen centre label of a 3 x 3 grid with early stopping,
+/// on 2 ranks: the stop comes `patience` epochs after the best epoch, and a
+/// rank killed after the best epoch resumes to the same stop and bit-identical
+/// weights (the best weights and the early-stopping state are checkpointed).
+#[test]
+fn early_stopping_on_a_validation_label_resumes_bit_identically_on_two_ranks() {
+    let _serial = serial();
+    let dir = tmpdir();
+    let d = dir.path();
+    data(d, 3, 30); // 270 events, 30 at the centre label
+    let (epochs, patience) = (60, 3);
+    let cfg = |run: &str| {
+        let p = d.join(format!("{run}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "[data]\npath = \"grid.npz\"\nvalidation_fraction = 0.0\nvalidation_labels = [[0.5, 0.5]]\n\
+                 [network]\nn_blocks = 3\nhidden = [16, 16]\n[training]\nepochs = {epochs}\nbatch_size = 32\n\
+                 lr_initial = 1e-2\nschedule = \"constant\"\ndevice = \"cpu\"\nthreads = 1\nseed = 3\nema_decay = 0.9\n\
+                 early_stopping_patience = {patience}\n\
+                 [outputs]\nrun_dir = \"{run}\"\ncheckpoint_every = 1\nkeep_checkpoints = 2\nprogress = false\n\
+                 [control]\nenabled = false\n"
+            ),
+        )
+        .unwrap();
+        train_args(&p)
+    };
+    let args = cfg("reference");
+    ok(&mpirun(2, d, &args.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
+    let vals: Vec<f64> = std::fs::read_to_string(d.join("reference/history.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap().parse().unwrap())
+        .collect();
+    eprintln!("validation NLL per epoch: {vals:.4?}");
+    assert!(vals.len() < epochs, "no early stop in {epochs} epochs");
+    let best = (0..vals.len()).fold(0, |b, i| if vals[i] < vals[b] { i } else { b });
+    assert_eq!(vals.len(), best + 1 + patience);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("reference/model/model.json")).unwrap()).unwrap();
+    let t = &m["training"];
+    assert_eq!((t["stopped_early"].as_bool(), t["best_epoch"].as_u64()), (Some(true), Some(best as u64 + 1)));
+    assert_eq!((t["validation_events"].as_u64(), t["train_events"].as_u64()), (Some(30), Some(240)));
+    let expected = bits(&weights(&d.join("reference/model")));
+
+    // 240 training events, batch 32 -> 8 steps per epoch; die one step into epoch best + 2.
+    let args = cfg("killed");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let step = format!("kill:1:{}", 8 * (best + 1) + 1);
+    let o = mpirun(2, d, &args, &[("FEDHEX_FAULT", &step)]);
+    assert!(!o.status.success(), "the job must fail when a rank is killed");
+    let latest = checkpoint::latest(&d.join("killed/checkpoints")).unwrap();
+    assert!(latest.ends_with(format!("epoch-{:06}", best + 1)), "{}", latest.display());
+    let mut resume = args.clone();
+    resume.push("--resume");
+    ok(&mpirun(2, d, &resume, &[]));
+    let h = std::fs::read_to_string(d.join("killed/history.csv")).unwrap();
+    assert_eq!(h.lines().count(), 1 + vals.len(), "the resumed run stopped at another epoch");
+    assert_eq!(bits(&weights(&d.join("killed/model"))), expected, "resumed run differs from an uninterrupted one");
+}

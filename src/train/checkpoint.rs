@@ -6,7 +6,9 @@
 //! RUN_DIR/checkpoints/epoch-000012-step-000345/  12 epochs + 345 steps (stopped mid-epoch)
 //!     model.json, model.safetensors   the model (usable directly by `fedhex sample`)
 //!     optimizer.safetensors           Adam moments and step count
-//!     state.json                      epoch, step, seed, world size, history, config, partial loss
+//!     best.safetensors                with early stopping: the best-validation epoch's weights
+//!     state.json                      epoch, step, seed, world size, history, config, partial loss,
+//!                                     early-stopping state
 //! ```
 //!
 //! A checkpoint is written into `.NAME.tmp.PID`, every file fsynced, then
@@ -15,6 +17,7 @@
 //! `keep_last` plus the one with the best validation loss.
 
 use super::driver::EpochRecord;
+use super::early_stop::EarlyStopping;
 use super::optim::Adam;
 use crate::error::{Error, Result};
 use crate::flow::model::{named_tensors_bytes, read_named_tensors, replace_dir, sibling, write_synced};
@@ -28,6 +31,8 @@ use tch::{Device, Tensor};
 pub const STATE_JSON: &str = "state.json";
 /// File holding the optimiser state inside a checkpoint.
 pub const OPTIMIZER: &str = "optimizer.safetensors";
+/// File holding the best-validation weights inside a checkpoint (early stopping only).
+pub const BEST: &str = "best.safetensors";
 
 /// Where training stood when the checkpoint was taken.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +56,9 @@ pub struct TrainState {
     pub config: String,
     /// Version of FEDHEX that wrote it.
     pub fedhex_version: String,
+    /// Early-stopping state (runs with `training.early_stopping_patience > 0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
 }
 
 impl TrainState {
@@ -80,6 +88,8 @@ pub struct Loaded {
     pub optimizer: HashMap<String, Tensor>,
     /// Training state.
     pub state: TrainState,
+    /// The best-validation weights by parameter name, when the checkpoint has them.
+    pub best: Option<HashMap<String, Tensor>>,
 }
 
 /// Test-only fault injection (`FEDHEX_FAULT=kill-in-checkpoint:EPOCH`): kill
@@ -95,8 +105,15 @@ fn fault_in_checkpoint(state: &TrainState) {
     }
 }
 
-/// Writes a checkpoint under `dir` atomically and returns its final path.
-pub fn write(dir: &Path, model: &Model, opt: &Adam, state: &TrainState) -> Result<PathBuf> {
+/// Writes a checkpoint under `dir` atomically and returns its final path;
+/// `best` (named weights) goes into [`BEST`] when given.
+pub fn write(
+    dir: &Path,
+    model: &Model,
+    opt: &Adam,
+    state: &TrainState,
+    best: Option<&HashMap<String, Tensor>>,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let final_path = dir.join(state.name());
     let tmp = sibling(&final_path, "tmp");
@@ -108,6 +125,9 @@ pub fn write(dir: &Path, model: &Model, opt: &Adam, state: &TrainState) -> Resul
     fault_in_checkpoint(state);
     let opt_state: HashMap<String, Tensor> = opt.state().into_iter().collect();
     write_synced(&tmp.join(OPTIMIZER), &named_tensors_bytes(&opt_state)?)?;
+    if let Some(best) = best {
+        write_synced(&tmp.join(BEST), &named_tensors_bytes(best)?)?;
+    }
     let json = serde_json::to_vec_pretty(state).map_err(|e| Error::Train(format!("checkpoint state: {e}")))?;
     write_synced(&tmp.join(STATE_JSON), &json)?;
     replace_dir(&tmp, &final_path)?;
@@ -145,7 +165,14 @@ pub fn load(path: &Path, device: Device) -> Result<Loaded> {
     let op = path.join(OPTIMIZER);
     let ob = std::fs::read(&op).map_err(|e| Error::io(&op, e))?;
     let optimizer = read_named_tensors(&ob).map_err(|m| Error::Train(format!("{}: {m}", op.display())))?;
-    Ok(Loaded { path: path.to_path_buf(), model, optimizer, state })
+    let bp = path.join(BEST);
+    let best = if bp.exists() {
+        let bb = std::fs::read(&bp).map_err(|e| Error::io(&bp, e))?;
+        Some(read_named_tensors(&bb).map_err(|m| Error::Train(format!("{}: {m}", bp.display())))?)
+    } else {
+        None
+    };
+    Ok(Loaded { path: path.to_path_buf(), model, optimizer, state, best })
 }
 
 /// Deletes all but the newest `keep_last` checkpoints and the best one by

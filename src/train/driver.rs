@@ -127,6 +127,17 @@ pub enum Finish {
     StoppedMidEpoch,
     /// Stopped on request at an epoch boundary (checkpoint written).
     StoppedAtEpoch,
+    /// Stopped before the last epoch because the validation NLL stopped
+    /// improving (`training.early_stopping_patience`); the model is final.
+    EarlyStopped,
+}
+
+impl Finish {
+    /// Whether training is over and the model final (completed or stopped early),
+    /// as opposed to interrupted on request.
+    pub fn is_final(self) -> bool {
+        matches!(self, Finish::Completed | Finish::EarlyStopped)
+    }
 }
 
 /// The result of training.
@@ -385,17 +396,16 @@ fn fault_at_step(rank: usize, global_step: u64) {
 }
 
 /// Orders events by label group and builds the single-process plan.
-pub fn single_process_plan(cfg: &RunConfig, events: &EventSet) -> (EventSet, ShardPlan) {
+pub fn single_process_plan(cfg: &RunConfig, events: &EventSet) -> Result<(EventSet, ShardPlan)> {
     let groups = events.label_groups();
     let order: Vec<usize> = groups.members.iter().flatten().copied().collect();
-    let sizes: Vec<usize> = groups.members.iter().map(Vec::len).collect();
-    let plan = ShardPlan::new(&sizes, 1, 0, cfg.data.validation_fraction, cfg.training.seed);
-    (events.select(&order), plan)
+    let plan = super::run::make_plan(cfg, &groups, events.n_labels(), 1, 0)?;
+    Ok((events.select(&order), plan))
 }
 
 /// Trains on one process without checkpoints (tests, small jobs).
 pub fn train_events(cfg: &RunConfig, events: &EventSet) -> Result<TrainOutcome> {
-    let (ordered, plan) = single_process_plan(cfg, events);
+    let (ordered, plan) = single_process_plan(cfg, events)?;
     let device = crate::device::resolve(crate::device::parse_device(&cfg.training.device)?, 0)?;
     train(cfg, &ordered, &plan, &SingleProcess, device, Hooks::default())
 }
@@ -438,7 +448,9 @@ pub fn train(
         history: vec![],
         config: cfg.to_toml()?,
         fedhex_version: env!("CARGO_PKG_VERSION").into(),
+        early_stopping: None,
     };
+    let mut loaded_best = None;
     let mut model = match hooks.resume {
         Some(loaded) => {
             if loaded.model.flow.config() != &cfg.network.maf(local.n_features(), local.n_labels()) {
@@ -466,6 +478,7 @@ pub fn train(
                 );
             }
             opt_state = Some(loaded.optimizer);
+            loaded_best = loaded.best;
             start = TrainState { config: start.config, world_size: comm.size(), ..loaded.state };
             loaded.model
         }
@@ -542,6 +555,27 @@ pub fn train(
     if let Some(st) = &opt_state {
         opt.load_state(st)?;
     }
+    // Early stopping: the state and the best weights so far (from the checkpoint on resume).
+    let patience = t.early_stopping_patience;
+    let mut early = (patience > 0).then(|| start.early_stopping.clone().unwrap_or_default());
+    let mut best_weights: Option<Tensor> = None;
+    if let Some(es) = &early {
+        if start.early_stopping.is_none() && !start.history.is_empty() && comm.is_root() {
+            tracing::warn!(
+                "the checkpoint was written without early stopping: the best epoch is sought from epoch {} on",
+                start.epoch + 1
+            );
+        }
+        if es.best.is_some() {
+            let named = loaded_best.as_ref().ok_or_else(|| {
+                Error::Train(format!(
+                    "the checkpoint has an early-stopping state but no {}: it is incomplete",
+                    checkpoint::BEST
+                ))
+            })?;
+            best_weights = Some(opt.flat_from(named, checkpoint::BEST)?.to_device(model_device));
+        }
+    }
     // The hand-written CPU training pass where it applies (else autograd), with host copies of the data.
     let mut fast = crate::flow::fast::FastTrainer::new(&model.flow, opt.names(), opt.numels());
     let fast_data = fast.as_ref().map(|_| (crate::flow::fast::to_host(&train_x), crate::flow::fast::to_host(&train_c)));
@@ -555,7 +589,10 @@ pub fn train(
     let mut host: Vec<f32> = Vec::new();
     let controls = hooks.controls.clone();
     let mut pending_checkpoint = false;
-    let mut finish = Finish::Completed;
+    // A resumed run that had already stopped early (or stops under a smaller patience) trains no further.
+    let stopped_before = early.as_ref().is_some_and(|es| es.should_stop(patience));
+    let mut finish = if stopped_before && start.epoch < t.epochs { Finish::EarlyStopped } else { Finish::Completed };
+    let last_epoch = if stopped_before { start.epoch } else { t.epochs };
     let mut usage_mark = (Instant::now(), process_usage().1);
     let mut facts = |comm: &dyn Communicator, last_step: f64| -> Result<()> {
         let (rss, cpu) = process_usage();
@@ -571,12 +608,18 @@ pub fn train(
     };
     let mut last_step_seconds = 0.0;
 
-    let save = |model: &Model, opt: &Adam, state: TrainState, checkpoints: &mut Vec<PathBuf>| -> Result<()> {
+    let save = |model: &Model,
+                opt: &Adam,
+                state: TrainState,
+                best: Option<&Tensor>,
+                checkpoints: &mut Vec<PathBuf>|
+     -> Result<()> {
         let Some(dir) = hooks.checkpoint_dir.as_ref().filter(|_| comm.is_root()) else { return Ok(()) };
         if let Some(o) = &hooks.observer {
             o.on_checkpoint_start();
         }
-        let path = checkpoint::write(dir, model, opt, &state)?;
+        let best = best.map(|b| opt.named(b));
+        let path = checkpoint::write(dir, model, opt, &state, best.as_ref())?;
         checkpoint::prune(dir, cfg.outputs.keep_checkpoints)?;
         tracing::info!(epoch = state.epoch, step = state.step_in_epoch, "checkpoint written: {}", path.display());
         if let Some(o) = &hooks.observer {
@@ -586,7 +629,7 @@ pub fn train(
         Ok(())
     };
 
-    'epochs: for epoch in start.epoch..t.epochs {
+    'epochs: for epoch in start.epoch..last_epoch {
         let started = Instant::now();
         let steps = plan.epoch_steps(t.seed, epoch, t.batch_size);
         let first = if epoch == start.epoch { start.step_in_epoch } else { 0 };
@@ -746,9 +789,10 @@ pub fn train(
                     global_step,
                     partial_loss_sum: loss_sum,
                     history: history.clone(),
+                    early_stopping: early.clone(),
                     ..start.clone()
                 };
-                save(&model, &opt, state, &mut checkpoints)?;
+                save(&model, &opt, state, best_weights.as_ref(), &mut checkpoints)?;
                 finish = Finish::StoppedMidEpoch;
                 break 'epochs;
             }
@@ -766,6 +810,17 @@ pub fn train(
         ];
         comm.allreduce_sum_f64(&mut sums)?;
         let stop = sums[2] > 0.0;
+        if early.is_some() && comm.size() > 1 {
+            // MPI does not promise bit-identical all-reduce results on every rank;
+            // early stopping acts on rank 0's value, so all ranks stop at the same epoch.
+            let mut bytes = sums[1].to_le_bytes().to_vec();
+            comm.broadcast_bytes(0, &mut bytes)?;
+            let arr: [u8; 8] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::Train("validation NLL broadcast: expected 8 bytes".into()))?;
+            sums[1] = f64::from_le_bytes(arr);
+        }
         if comm.size() > 1 {
             sums[0] = loss_sum;
         }
@@ -806,33 +861,62 @@ pub fn train(
         if hooks.gather_rank_facts {
             facts(comm, last_step_seconds)?;
         }
+        let done = epoch + 1;
+        let mut stop_early = false;
+        if let Some(es) = early.as_mut() {
+            if es.observe(done, rec.val_nll) {
+                best_weights = Some(opt.kept_weights());
+            }
+            stop_early = es.should_stop(patience) && done < t.epochs;
+            if stop_early && comm.is_root() {
+                tracing::info!(
+                    epoch = done,
+                    best_epoch = es.best.map_or(0, |b| b.epoch),
+                    best_val_nll = es.best.map_or(f64::NAN, |b| b.val_nll),
+                    "early stopping: no lower validation NLL for {patience} epochs"
+                );
+            }
+        }
         history.push(rec);
         if comm.is_root() {
             if let Some(dir) = hooks.checkpoint_dir.as_deref().and_then(Path::parent) {
                 write_history(&dir.join("history.csv"), &history)?;
             }
         }
-        let done = epoch + 1;
         let every = cfg.outputs.checkpoint_every;
-        if pending_checkpoint || stop || done == t.epochs || (every > 0 && done % every == 0) {
+        if pending_checkpoint || stop || stop_early || done == t.epochs || (every > 0 && done % every == 0) {
             let state = TrainState {
                 epoch: done,
                 step_in_epoch: 0,
                 global_step,
                 partial_loss_sum: 0.0,
                 history: history.clone(),
+                early_stopping: early.clone(),
                 ..start.clone()
             };
-            save(&model, &opt, state, &mut checkpoints)?;
+            save(&model, &opt, state, best_weights.as_ref(), &mut checkpoints)?;
             pending_checkpoint = false;
+        }
+        if stop_early {
+            finish = Finish::EarlyStopped;
+            break;
         }
         if stop && done < t.epochs {
             finish = Finish::StoppedAtEpoch;
             break;
         }
     }
-    // The saved model carries the weight average (checkpoints keep both).
-    let ema_val_nll = if opt.swap_in_ema() {
+    // The saved model carries the weight average (checkpoints keep both) or, with
+    // early stopping, the best epoch's weights (its average, when one is kept).
+    let restored_best = match (&early, &best_weights) {
+        (Some(_), Some(w)) => {
+            opt.set_weights(w);
+            true
+        }
+        _ => false,
+    };
+    let averaged = if restored_best { opt.has_ema() } else { opt.swap_in_ema() };
+    let ema_val_nll = if averaged {
         let mut v = [nll_sum(&model.flow, &val_x, &val_c, 65536)];
         comm.allreduce_sum_f64(&mut v)?;
         let v = (plan.n_val > 0).then(|| v[0] / plan.n_val as f64);
@@ -853,11 +937,21 @@ pub fn train(
         "validation_events": plan.n_val,
         "labels": plan.group_sizes.len(),
         "holdout_labels": cfg.data.holdout_labels,
-        "training_labels": local.label_groups().labels,
+        "validation_labels": cfg.data.validation_labels,
+        "training_labels": local
+            .label_groups()
+            .labels
+            .into_iter()
+            .filter(|l| !cfg.data.validation_labels.iter().any(|v| super::run::is_label(l, v)))
+            .collect::<Vec<_>>(),
         "final_train_nll": history.last().map(|r| r.train_nll),
         "final_val_nll": history.last().map(|r| r.val_nll).filter(|v| v.is_finite()),
         "ema_decay": t.ema_decay,
         "ema_val_nll": ema_val_nll,
+        "early_stopping_patience": patience,
+        "best_epoch": early.as_ref().and_then(|e| e.best).map(|b| b.epoch),
+        "best_val_nll": early.as_ref().and_then(|e| e.best).map(|b| b.val_nll),
+        "stopped_early": finish == Finish::EarlyStopped,
     });
     Ok(TrainOutcome { model, history, finish, checkpoints })
 }

@@ -1,10 +1,11 @@
 //! Training: the shard plan ([`shard`]), the learning-rate schedule
-//! ([`schedule`]), Adam with saveable state ([`optim`]) and the epoch/step
-//! driver ([`driver`]). The driver talks to other ranks only through a
+//! ([`schedule`]), Adam with saveable state ([`optim`]), early stopping
+//! ([`early_stop`]) and the epoch/step driver ([`driver`]). The driver talks to other ranks only through a
 //! [`crate::comm::Communicator`].
 
 pub mod checkpoint;
 pub mod driver;
+pub mod early_stop;
 pub mod optim;
 pub mod run;
 pub mod schedule;

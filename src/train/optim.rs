@@ -114,6 +114,48 @@ impl Adam {
         }
     }
 
+    /// Whether a weight average is kept.
+    pub fn has_ema(&self) -> bool {
+        self.ema.is_some()
+    }
+
+    /// A copy of the weights a finished run saves, flat: the average when one
+    /// is kept, else the parameters (early stopping keeps the best epoch's).
+    pub fn kept_weights(&self) -> Tensor {
+        match &self.ema {
+            Some((e, _)) => e.detach().copy(),
+            None => self.flat.detach().copy(),
+        }
+    }
+
+    /// Copies flat weights (from [`Adam::kept_weights`]) into the parameters
+    /// (the variables see them). Training should not go on after this.
+    pub fn set_weights(&mut self, flat: &Tensor) {
+        tch::no_grad(|| self.flat.copy_(flat));
+    }
+
+    /// A flat buffer of [`Adam::numel`] elements as named tensors, by parameter name.
+    pub fn named(&self, flat: &Tensor) -> HashMap<String, Tensor> {
+        self.names.iter().enumerate().map(|(i, n)| (n.clone(), self.moment(flat, i))).collect()
+    }
+
+    /// The inverse of [`Adam::named`]; `what` names the source in errors.
+    pub fn flat_from(&self, tensors: &HashMap<String, Tensor>, what: &str) -> Result<Tensor> {
+        let flat = self.flat.detach().zeros_like();
+        tch::no_grad(|| -> Result<()> {
+            for (i, n) in self.names.iter().enumerate() {
+                let src = tensors.get(n).ok_or_else(|| Error::Train(format!("{what} lacks '{n}'")))?;
+                let mut dst = self.moment(&flat, i);
+                if src.size() != dst.size() {
+                    return Err(Error::Train(format!("{what}: '{n}' has the wrong shape")));
+                }
+                dst.copy_(src);
+            }
+            Ok(())
+        })?;
+        Ok(flat)
+    }
+
     /// Total number of parameters (length of the flat gradient).
     pub fn numel(&self) -> i64 {
         self.numels.iter().sum()

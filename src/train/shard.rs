@@ -8,8 +8,9 @@
 //! - **Ownership (label-stratified):** inside each label group the events (in
 //!   their canonical read order) are cut into `W` contiguous chunks, chunk `r`
 //!   to rank `r`; every rank's shard looks like the whole grid.
-//! - **Validation:** inside each group a seeded permutation picks
-//!   `round(f · n_g)` events for validation.
+//! - **Validation:** every event of a validation group (a whole label held
+//!   back, `data.validation_labels`) validates; inside each other group a
+//!   seeded permutation picks `round(f · n_g)` events for validation.
 //! - **Batches:** the training events are numbered globally (group by group);
 //!   epoch `e` shuffles these numbers with a generator seeded by `(seed, e)` and
 //!   cuts the result into global batches of `B` (the last one partial). A rank
@@ -63,15 +64,27 @@ pub struct Step {
 }
 
 impl ShardPlan {
-    /// Builds the plan for `rank` of `world`.
-    pub fn new(group_sizes: &[usize], world: usize, rank: usize, val_fraction: f64, seed: u64) -> Self {
+    /// Builds the plan for `rank` of `world`: every event of the groups listed in
+    /// `val_groups` validates, and `val_fraction` of each other group's events.
+    pub fn new(
+        group_sizes: &[usize],
+        world: usize,
+        rank: usize,
+        val_fraction: f64,
+        val_groups: &[usize],
+        seed: u64,
+    ) -> Self {
         let mut n_train = 0usize;
         let mut n_val = 0usize;
         let mut local_is_val = Vec::new();
         let mut owner_local = Vec::new();
         let mut local_train = 0u32;
         for (g, &n) in group_sizes.iter().enumerate() {
-            let n_v = ((val_fraction * n as f64).round() as usize).min(n.saturating_sub(1));
+            let n_v = if val_groups.contains(&g) {
+                n
+            } else {
+                ((val_fraction * n as f64).round() as usize).min(n.saturating_sub(1))
+            };
             let mut pos: Vec<usize> = (0..n).collect();
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(seed, g as u64 ^ 0x5EED_0000));
             pos.shuffle(&mut rng);
@@ -145,8 +158,8 @@ mod tests {
     fn ranks_partition_every_epoch_exactly() {
         let sizes = [17, 3, 40, 1];
         for world in 1..=4 {
-            let plans: Vec<ShardPlan> = (0..world).map(|r| ShardPlan::new(&sizes, world, r, 0.2, 9)).collect();
-            let single = ShardPlan::new(&sizes, 1, 0, 0.2, 9);
+            let plans: Vec<ShardPlan> = (0..world).map(|r| ShardPlan::new(&sizes, world, r, 0.2, &[], 9)).collect();
+            let single = ShardPlan::new(&sizes, 1, 0, 0.2, &[], 9);
             assert!(plans.iter().all(|p| p.n_train == single.n_train && p.n_val == single.n_val));
             let steps: Vec<Vec<Step>> = plans.iter().map(|p| p.epoch_steps(9, 3, 7)).collect();
             let one = single.epoch_steps(9, 3, 7);
@@ -171,7 +184,7 @@ mod tests {
 
     #[test]
     fn shuffle_depends_on_seed_and_epoch_only() {
-        let p = ShardPlan::new(&[100, 50], 1, 0, 0.1, 1);
+        let p = ShardPlan::new(&[100, 50], 1, 0, 0.1, &[], 1);
         assert_eq!(p.epoch_steps(1, 2, 32), p.epoch_steps(1, 2, 32));
         assert_ne!(p.epoch_steps(1, 2, 32), p.epoch_steps(1, 3, 32));
         assert_ne!(p.epoch_steps(1, 2, 32), p.epoch_steps(2, 2, 32));
@@ -179,9 +192,37 @@ mod tests {
 
     #[test]
     fn validation_is_per_label() {
-        let p = ShardPlan::new(&[100, 10, 1], 1, 0, 0.2, 3);
+        let p = ShardPlan::new(&[100, 10, 1], 1, 0, 0.2, &[], 3);
         assert_eq!(p.n_val, 20 + 2);
         assert_eq!(p.local_is_val[..100].iter().filter(|v| **v).count(), 20);
         assert!(!p.local_is_val[110], "a single-event label keeps its event for training");
+    }
+
+    #[test]
+    fn validation_groups_validate_whole_and_leave_the_others_unchanged() {
+        let sizes = [30, 7, 12, 5];
+        let plain = ShardPlan::new(&sizes, 1, 0, 0.2, &[], 5);
+        let with = ShardPlan::new(&sizes, 1, 0, 0.2, &[1, 3], 5);
+        let starts = [0, 30, 37, 49, 54];
+        for g in 0..sizes.len() {
+            let (a, b) = (&plain.local_is_val[starts[g]..starts[g + 1]], &with.local_is_val[starts[g]..starts[g + 1]]);
+            if g == 1 || g == 3 {
+                assert!(b.iter().all(|v| *v), "group {g} must validate whole");
+            } else {
+                assert_eq!(a, b, "group {g}: the other groups keep their split");
+            }
+        }
+        assert_eq!(with.n_val, 6 + 2 + 7 + 5);
+        assert_eq!(with.n_train + with.n_val, 54);
+        // Every rank holds a chunk of the validation groups, all of it validation.
+        for world in 2..=3 {
+            let mut val = 0;
+            for r in 0..world {
+                let p = ShardPlan::new(&sizes, world, r, 0.2, &[1, 3], 5);
+                assert_eq!((p.n_train, p.n_val), (with.n_train, with.n_val));
+                val += p.local_is_val.iter().filter(|v| **v).count();
+            }
+            assert_eq!(val, with.n_val);
+        }
     }
 }
