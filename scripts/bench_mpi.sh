@@ -18,6 +18,7 @@ path = "$W/grid.npz"
 [network]
 n_blocks = 10
 hidden = [128]
+transform = "affine"
 [training]
 epochs = $EPOCHS
 batch_size = 1024

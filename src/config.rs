@@ -154,7 +154,8 @@ impl Default for NetworkConfig {
             permutation: Permutation::Reverse,
             permutation_seed: 0,
             log_scale_bound: 3.0,
-            transform: crate::flow::Transform::Affine,
+            // Measured best at unsimulated labels (docs/fidelity.md).
+            transform: crate::flow::Transform::AffineSpline,
             spline_bins: 8,
             spline_bound: 5.0,
         }

@@ -47,6 +47,7 @@ fn cfg(acceptance: bool) -> RunConfig {
     let mut cfg = RunConfig::default();
     cfg.network.n_blocks = 4;
     cfg.network.hidden = vec![32];
+    cfg.network.transform = fedhex::flow::Transform::Affine;
     cfg.training.epochs = 10;
     cfg.training.batch_size = 256;
     cfg.training.lr_initial = 3e-3;

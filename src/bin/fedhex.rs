@@ -525,6 +525,8 @@ fn main() {
             let net = fedhex::config::NetworkConfig {
                 n_blocks: *blocks,
                 hidden: hidden.split(',').map(|w| w.trim().parse()).collect::<Result<_, _>>()?,
+                // The reference network of the prototype and of zuko's MAF: affine blocks.
+                transform: fedhex::flow::Transform::Affine,
                 ..Default::default()
             };
             if !json {

@@ -95,6 +95,8 @@ pub fn small_cfg(epochs: usize, seed: u64) -> fedhex::config::RunConfig {
     let mut cfg = fedhex::config::RunConfig::default();
     cfg.network.n_blocks = 4;
     cfg.network.hidden = vec![32, 32];
+    // The machinery under test, on the fast CPU path.
+    cfg.network.transform = Transform::Affine;
     cfg.training.epochs = epochs;
     cfg.training.batch_size = 256;
     cfg.training.lr_initial = 3e-3;
