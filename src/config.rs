@@ -131,7 +131,7 @@ pub struct NetworkConfig {
     pub hidden: Vec<i64>,
     /// Activation: relu, tanh, gelu, elu or silu.
     pub activation: Activation,
-    /// Order change between blocks: reverse or random.
+    /// Order change between blocks: reverse, random or lu (learned linear mixing).
     pub permutation: Permutation,
     /// Seed of random orders.
     pub permutation_seed: u64,
@@ -338,7 +338,11 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("network.n_blocks", "number of MADE blocks in the MAF"),
     ("network.hidden", "hidden layer widths of every MADE, e.g. [128] or [64, 64, 64]"),
     ("network.activation", "relu, tanh, gelu, elu or silu"),
-    ("network.permutation", "feature order change between blocks: reverse or random"),
+    (
+        "network.permutation",
+        "feature order change between blocks: reverse, random, or lu (a learned invertible linear map z = P L U x + b \
+         between consecutive blocks, starting at the reversal; trained through autograd, not the fast CPU path)",
+    ),
     ("network.permutation_seed", "seed of the random orders"),
     ("network.log_scale_bound", "bound B of each block's log-scale: s = B tanh(raw / B) (affine blocks)"),
     (

@@ -22,7 +22,7 @@
 //! reference; `tests/fast_grad.rs` checks this pass against it.
 
 use super::made::Activation;
-use super::maf::Maf;
+use super::maf::{Maf, Permutation};
 use super::vmath::{exp_in_place, tanh_in_place};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -168,7 +168,13 @@ fn host(t: &Tensor) -> Vec<f32> {
 impl Plan {
     fn new(flow: &Maf) -> Option<Plan> {
         let cfg = flow.config();
-        if flow.device() != Device::Cpu || cfg.activation == Activation::Gelu || cfg.spline().is_some() {
+        // Only MADE blocks: no learned mixing between them (it runs through autograd).
+        if flow.device() != Device::Cpu
+            || cfg.activation == Activation::Gelu
+            || cfg.spline().is_some()
+            || cfg.permutation == Permutation::Lu
+            || !flow.mixings().is_empty()
+        {
             return None;
         }
         let d = usize::try_from(cfg.features).ok()?;
@@ -963,7 +969,8 @@ pub struct FastMaf {
 
 impl FastMaf {
     /// The fast path for `flow`, or `None` where it does not apply (not on
-    /// the CPU, GELU activation, or spline blocks); use the autograd path then.
+    /// the CPU, GELU activation, spline blocks, or learned mixing between
+    /// blocks); use the autograd path then.
     pub fn new(flow: &Maf) -> Option<Self> {
         Plan::new(flow).map(|plan| FastMaf { plan })
     }
@@ -1050,6 +1057,11 @@ impl FastTrainer {
             for n in [Some(&y.names.0), Some(&y.names.1), y.names.2.as_ref()].into_iter().flatten() {
                 offsets.get(n)?;
             }
+        }
+        // And every parameter of the layout in the plan: one the plan does not
+        // know would get no gradient, and the loss would leave out its part of the flow.
+        if names.iter().any(|n| flat_len(&plan, n).is_none()) {
+            return None;
         }
         Some(FastTrainer { plan, offsets, n_params: off, params: vec![0f32; off] })
     }

@@ -9,9 +9,14 @@
 //!
 //! The "permutation between blocks" is realised by giving each block its own
 //! order of the features (the degrees of its masks), which is equivalent to
-//! permuting the data between blocks but costs no gather.
+//! permuting the data between blocks but costs no gather. With
+//! [`Permutation::Lu`] every block keeps the natural order and a learned
+//! invertible linear map ([`super::lu`]) sits between consecutive blocks
+//! instead; untrained, it is the reversal, so the flow equals the
+//! [`Permutation::Reverse`] one.
 
 use super::fast::FastMaf;
+use super::lu::{lu_mixing, LuMixing};
 use super::made::{input_degrees, made, Activation, Made, MadeConfig};
 use super::spline::{self, SplineSpec};
 use crate::error::{Error, Result};
@@ -29,6 +34,12 @@ pub enum Permutation {
     Reverse,
     /// A seeded random order per block (`permutation_seed`).
     Random,
+    /// A learned linear map `z = P L U x + b` between consecutive blocks
+    /// ([`super::lu`]), starting at the reversal; every block in natural order.
+    /// Not between the data and the first block nor after the last: the
+    /// whitening already fixes the data's scale and shift, and the flow then
+    /// equals the [`Permutation::Reverse`] one until trained.
+    Lu,
 }
 
 /// The element-wise map of each block, conditioned on earlier features and labels.
@@ -144,7 +155,7 @@ impl MafConfig {
         (0..self.n_blocks)
             .map(|k| match self.permutation {
                 Permutation::Reverse if k % 2 == 1 => natural.iter().rev().copied().collect(),
-                Permutation::Reverse => natural.clone(),
+                Permutation::Reverse | Permutation::Lu => natural.clone(),
                 Permutation::Random => {
                     let mut o = natural.clone();
                     o.shuffle(&mut rng);
@@ -161,6 +172,9 @@ pub struct Maf {
     orders: Vec<Vec<i64>>,
     vs: nn::VarStore,
     blocks: Vec<Made>,
+    /// The learned map after block `k`, for every block but the last
+    /// ([`Permutation::Lu`]; empty otherwise).
+    mixings: Vec<LuMixing>,
     /// The hand-written CPU path for gradient-free evaluation, where it applies.
     fast: Option<FastMaf>,
     /// A scalar that requires grad: `(probe * 1).requires_grad()` tells whether
@@ -217,11 +231,20 @@ impl Maf {
                 )
             })
             .collect();
+        // Built after the blocks and from constants only: the blocks get the
+        // same initial weights as under the other permutations.
+        let mixings = match cfg.permutation {
+            Permutation::Lu => (0..cfg.n_blocks.saturating_sub(1))
+                .map(|k| lu_mixing(&(&root / format!("mix{k}")), cfg.features))
+                .collect(),
+            Permutation::Reverse | Permutation::Random => vec![],
+        };
         let mut maf = Maf {
             cfg,
             orders,
             vs,
             blocks,
+            mixings,
             fast: None,
             probe: Tensor::zeros([], (Kind::Float, Device::Cpu)).set_requires_grad(true),
         };
@@ -264,16 +287,24 @@ impl Maf {
         &self.blocks
     }
 
+    /// The learned maps between blocks, in data → base order: `mixings()[k]`
+    /// follows block `k` (empty unless [`Permutation::Lu`]).
+    pub fn mixings(&self) -> &[LuMixing] {
+        &self.mixings
+    }
+
     /// Data → base: `u` and `log |det du/dx|`.
     ///
     /// # Shapes
     /// `xs: [N, D]`, `cs: [N, L]` → `(u: [N, D], logdet: [N])`
     pub fn forward(&self, xs: &Tensor, cs: &Tensor) -> (Tensor, Tensor) {
-        if let Some(spec) = self.cfg.spline() {
+        // log |det| of the learned maps between blocks, [N] (none: no maps).
+        let mut mix_ld: Option<Tensor> = None;
+        let (u, logdet) = if let Some(spec) = self.cfg.spline() {
             let mut u = xs.shallow_clone();
             let mut lds = Vec::with_capacity(self.blocks.len());
             let skip = self.cfg.affine_params();
-            for block in &self.blocks {
+            for (k, block) in self.blocks.iter().enumerate() {
                 let o = block.raw(&u, cs);
                 if skip > 0 {
                     let (mu, s) = block.affine_of(&o);
@@ -282,27 +313,44 @@ impl Maf {
                 }
                 let (y, ld) = spline::forward(&u, &block.spline_params(&o, skip), spec);
                 lds.push(ld);
-                u = y;
+                u = self.mix_after(k, y, &mut mix_ld);
             }
             // [N, D] per block → summed over blocks and features.
             let logdet = Tensor::stack(&lds, 0).sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float);
-            return (u, logdet);
-        }
-        let mut u = xs.shallow_clone();
-        let mut s_sum: Option<Tensor> = None;
-        for block in &self.blocks {
-            let (mu, s) = block.forward(&u, cs);
-            u = (u - mu) * s.neg().exp();
-            s_sum = Some(match s_sum {
-                Some(acc) => acc + s,
-                None => s,
-            });
-        }
-        let logdet = match s_sum {
-            Some(s) => s.sum_dim_intlist(1, false, Kind::Float).neg(),
-            None => Tensor::zeros([xs.size()[0]], (Kind::Float, xs.device())),
+            (u, logdet)
+        } else {
+            let mut u = xs.shallow_clone();
+            let mut s_sum: Option<Tensor> = None;
+            for (k, block) in self.blocks.iter().enumerate() {
+                let (mu, s) = block.forward(&u, cs);
+                u = self.mix_after(k, (u - mu) * s.neg().exp(), &mut mix_ld);
+                s_sum = Some(match s_sum {
+                    Some(acc) => acc + s,
+                    None => s,
+                });
+            }
+            let logdet = match s_sum {
+                Some(s) => s.sum_dim_intlist(1, false, Kind::Float).neg(),
+                None => Tensor::zeros([xs.size()[0]], (Kind::Float, xs.device())),
+            };
+            (u, logdet)
         };
-        (u, logdet)
+        match mix_ld {
+            Some(m) => (u, logdet + m),
+            None => (u, logdet),
+        }
+    }
+
+    /// Data → base through the learned map after block `k`, if there is one,
+    /// adding its `log |det|` to `acc`.
+    fn mix_after(&self, k: usize, u: Tensor, acc: &mut Option<Tensor>) -> Tensor {
+        let Some(mix) = self.mixings.get(k) else { return u };
+        let (z, ld) = mix.forward(&u);
+        *acc = Some(match acc.take() {
+            Some(a) => a + ld,
+            None => ld,
+        });
+        z
     }
 
     /// `log p(x | c)` per event.
@@ -342,7 +390,12 @@ impl Maf {
             let mut y = us.shallow_clone();
             let mut logdet = Tensor::zeros([us.size()[0]], (Kind::Float, us.device()));
             let spec = self.cfg.spline();
-            for block in self.blocks.iter().rev() {
+            for (k, block) in self.blocks.iter().enumerate().rev() {
+                // Undo the learned map that follows block k in the data → base direction.
+                if let Some(mix) = self.mixings.get(k) {
+                    y = mix.inverse(&y);
+                    logdet += mix.log_abs_det();
+                }
                 let ws = block.weights();
                 let mut x = y.zeros_like();
                 if let Some(spec) = spec {

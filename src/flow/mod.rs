@@ -1,8 +1,9 @@
-//! The conditional normalizing flow: MADE blocks ([`made`]), their stack
-//! ([`maf`]) and the self-describing model file ([`model`]). Knows nothing of
-//! MPI or gRPC.
+//! The conditional normalizing flow: MADE blocks ([`made`]), the optional
+//! learned mixing between them ([`lu`]), their stack ([`maf`]) and the
+//! self-describing model file ([`model`]). Knows nothing of MPI or gRPC.
 
 pub mod fast;
+pub mod lu;
 pub mod made;
 pub mod maf;
 pub mod model;

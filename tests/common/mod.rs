@@ -39,6 +39,38 @@ pub fn scramble(flow: &Maf, scale: f64) {
     });
 }
 
+/// Adds seeded noise of scale `scale` to every variable of the learned mixings
+/// (`mix{k}.*`), in name order; draws nothing without mixings or at scale 0.
+pub fn scramble_mixings(flow: &Maf, scale: f64) {
+    let mut vars: Vec<(String, Tensor)> =
+        flow.var_store().variables().into_iter().filter(|(n, _)| n.starts_with("mix")).collect();
+    if scale == 0.0 || vars.is_empty() {
+        return;
+    }
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    tch::no_grad(|| {
+        for (_, mut v) in vars {
+            let noise = Tensor::randn(v.size(), (Kind::Float, dev())) * scale;
+            let _ = v.g_add_(&noise);
+        }
+    });
+}
+
+/// The largest entry of `|W - P|` over the flow's learned mixings (`P` the
+/// reversal), and of `|b|`: how far the mixings are from their initial value.
+pub fn mixing_distance(flow: &Maf) -> (f64, f64) {
+    let mut w_far = 0f64;
+    let mut b_far = 0f64;
+    for mix in flow.mixings() {
+        let d = mix.log_diag.size()[0];
+        let p = Tensor::eye(d, (Kind::Float, dev())).flip([0]);
+        let w = tch::no_grad(|| mix.weight());
+        w_far = w_far.max((w - p).abs().max().double_value(&[]));
+        b_far = b_far.max(mix.bias.abs().max().double_value(&[]));
+    }
+    (w_far, b_far)
+}
+
 /// A model with whitening fitted on a unit-square-ish random data set.
 pub fn random_model(blocks: usize, hidden: &[i64], seed: i64) -> Model {
     random_model_of(maf_cfg(2, 2, blocks, hidden, Activation::Tanh, Permutation::Reverse), seed, 0.3)
@@ -46,7 +78,13 @@ pub fn random_model(blocks: usize, hidden: &[i64], seed: i64) -> Model {
 
 /// A model of two features and two labels with blocks of kind `transform`, weights scrambled.
 pub fn random_model_with(transform: Transform, blocks: usize, hidden: &[i64], seed: i64) -> Model {
-    let mut cfg = maf_cfg(2, 2, blocks, hidden, Activation::Tanh, Permutation::Reverse);
+    random_model_perm(transform, Permutation::Reverse, blocks, hidden, seed)
+}
+
+/// [`random_model_with`] with the order change `perm` between blocks (learned
+/// mixings, [`Permutation::Lu`], scrambled like every other weight).
+pub fn random_model_perm(transform: Transform, perm: Permutation, blocks: usize, hidden: &[i64], seed: i64) -> Model {
+    let mut cfg = maf_cfg(2, 2, blocks, hidden, Activation::Tanh, perm);
     if transform == Transform::Affine {
         return random_model_of(cfg, seed, 0.3);
     }
@@ -63,6 +101,8 @@ pub fn random_model_of(cfg: MafConfig, seed: i64, scale: f64) -> Model {
     let _rng = fedhex::rng::seeded(seed as u64);
     let flow = Maf::new(cfg, dev()).unwrap();
     scramble(&flow, scale);
+    // Learned mixings: as far from the reversal as affine flows' are, for every kind of block.
+    scramble_mixings(&flow, (0.09 - scale * scale).max(0.0).sqrt());
     let xs = Array2::from_shape_fn((500, 2), |(i, j)| ((i * 7 + j * 13) % 101) as f32 / 50.0 - 1.0);
     let ls = Array2::from_shape_fn((500, 2), |(i, j)| ((i + j) % 5) as f32 * 0.25);
     let spec = |p: &str| WhitenSpec { names: vec![format!("{p}0"), format!("{p}1")], logit: vec![false; 2], eps: 1e-3 };
