@@ -237,6 +237,12 @@ pub struct TrainingConfig {
     /// Stop when the validation NLL has not decreased for this many epochs (0: off); the
     /// saved model then carries the weights of the best-validation epoch.
     pub early_stopping_patience: usize,
+    /// Largest L2 norm of the mean gradient per step (0: no clipping); larger gradients are
+    /// scaled down to it, so one batch with extreme events cannot throw the weights off.
+    pub clip_grad_norm: f64,
+    /// Cap on the mean gradient's norm as a multiple of the running average of recent
+    /// norms (0: none); adapts to any model's and data set's gradient scale.
+    pub clip_grad_relative: f64,
 }
 
 /// Whether a run continues from an existing checkpoint.
@@ -269,6 +275,8 @@ impl Default for TrainingConfig {
             resume: Resume::Never,
             acceptance_samples: 1,
             ema_decay: 0.0,
+            clip_grad_norm: 0.0,
+            clip_grad_relative: 10.0,
             early_stopping_patience: 0,
         }
     }
@@ -360,6 +368,14 @@ const KEY_DOCS: &[(&str, &str)] = &[
     (
         "training.ema_decay",
         "exponential moving average of the weights, decay per step (e.g. 0.999; 0: off): the saved model gets the average",
+    ),
+    (
+        "training.clip_grad_norm",
+        "largest L2 norm of the mean gradient per step, larger ones are scaled down to it (0: no clipping)",
+    ),
+    (
+        "training.clip_grad_relative",
+        "cap on the mean gradient's norm as a multiple of the running average of recent norms (0: none)",
     ),
     (
         "training.early_stopping_patience",
@@ -526,6 +542,12 @@ impl RunConfig {
             if !(v > 0.0 && v.is_finite()) {
                 return bad(format!("training.{name} must be positive, got {v}"));
             }
+        }
+        if !(t.clip_grad_norm >= 0.0 && t.clip_grad_norm.is_finite()) {
+            return bad(format!("training.clip_grad_norm must be >= 0 (0: off), got {}", t.clip_grad_norm));
+        }
+        if !(t.clip_grad_relative == 0.0 || (t.clip_grad_relative >= 1.0 && t.clip_grad_relative.is_finite())) {
+            return bad(format!("training.clip_grad_relative must be 0 (off) or >= 1, got {}", t.clip_grad_relative));
         }
         if !(0.0..1.0).contains(&t.ema_decay) {
             return bad(format!("training.ema_decay must be in [0, 1), got {}", t.ema_decay));

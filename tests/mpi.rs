@@ -59,6 +59,7 @@ fn config(dir: &Path, run: &str, epochs: usize, batch: usize, every: usize) -> P
         format!(
             "[data]\npath = \"grid.npz\"\nvalidation_fraction = 0.1\n[network]\nn_blocks = 3\nhidden = [16, 16]\n\
              [training]\nepochs = {epochs}\nbatch_size = {batch}\ndevice = \"cpu\"\nthreads = 1\nseed = 3\nema_decay = 0.9\n\
+             clip_grad_relative = 1.5\n\
              [outputs]\nrun_dir = \"{run}\"\ncheckpoint_every = {every}\nkeep_checkpoints = 100\nprogress = false\n"
         ),
     )

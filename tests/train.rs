@@ -87,6 +87,43 @@ fn weight_average_replaces_the_final_weights() {
     assert!(plain.model.training["ema_val_nll"].is_null());
 }
 
+/// Gradient clipping: a cap the gradients never reach changes nothing (bit for
+/// bit), a tight one changes the trajectory, on the fast CPU path and the
+/// autograd path alike; bad settings are configuration errors.
+#[test]
+fn gradient_clipping_acts_only_above_its_cap() {
+    let mut small = spec();
+    small.n_per_label = 300;
+    let events = small.generate().unwrap();
+    for transform in [fedhex::flow::Transform::Affine, fedhex::flow::Transform::AffineSpline] {
+        let run = |abs: f64, rel: f64| {
+            let mut cfg = small_cfg(2, 4);
+            cfg.network.transform = transform;
+            cfg.training.clip_grad_norm = abs;
+            cfg.training.clip_grad_relative = rel;
+            train_events(&cfg, &events).unwrap()
+        };
+        let (plain, loose, tight, relative) = (run(0.0, 0.0), run(1e9, 0.0), run(1e-3, 0.0), run(0.0, 1.0));
+        assert_eq!(weight_digest(&plain.model), weight_digest(&loose.model), "{transform:?}: an unreached cap");
+        assert_ne!(weight_digest(&plain.model), weight_digest(&tight.model), "{transform:?}: a tight cap is ignored");
+        // A relative cap of 1 clips every step whose norm is above the running average.
+        assert_ne!(weight_digest(&plain.model), weight_digest(&relative.model), "{transform:?}: relative cap ignored");
+        for h in [&tight.history, &relative.history] {
+            assert!(h.iter().all(|r| r.train_nll.is_finite()), "{transform:?}: {h:?}");
+        }
+    }
+    for (key, value) in [("clip_grad_norm", -1.0), ("clip_grad_relative", 0.5), ("clip_grad_relative", f64::NAN)] {
+        let mut cfg = small_cfg(1, 4);
+        if key == "clip_grad_norm" {
+            cfg.training.clip_grad_norm = value;
+        } else {
+            cfg.training.clip_grad_relative = value;
+        }
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains(&format!("training.{key}")), "{err}");
+    }
+}
+
 #[test]
 fn run_directory_holds_model_history_and_config() {
     let mut small = spec();

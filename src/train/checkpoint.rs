@@ -59,6 +59,10 @@ pub struct TrainState {
     /// Early-stopping state (runs with `training.early_stopping_patience > 0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<EarlyStopping>,
+    /// Running average of the gradient norm for relative clipping
+    /// ([`super::clip::GradClip`]; JSON keeps the f64 exact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm_avg: Option<f64>,
 }
 
 impl TrainState {

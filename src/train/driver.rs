@@ -8,6 +8,7 @@
 //! acts on the same step, and nothing else is exchanged in the hot loop.
 
 use super::checkpoint::{self, TrainState};
+use super::clip::GradClip;
 use super::optim::{Adam, AdamConfig};
 use super::schedule::learning_rate;
 use super::shard::ShardPlan;
@@ -395,6 +396,11 @@ fn fault_at_step(rank: usize, global_step: u64) {
     }
 }
 
+/// Sum of squares of a summed gradient, in f64 (the same on every rank after the all-reduce).
+fn sum_of_squares(g: &[f32]) -> f64 {
+    g.iter().map(|&v| f64::from(v) * f64::from(v)).sum()
+}
+
 /// Orders events by label group and builds the single-process plan.
 pub fn single_process_plan(cfg: &RunConfig, events: &EventSet) -> Result<(EventSet, ShardPlan)> {
     let groups = events.label_groups();
@@ -449,6 +455,7 @@ pub fn train(
         config: cfg.to_toml()?,
         fedhex_version: env!("CARGO_PKG_VERSION").into(),
         early_stopping: None,
+        grad_norm_avg: None,
     };
     let mut loaded_best = None;
     let mut model = match hooks.resume {
@@ -556,6 +563,7 @@ pub fn train(
         opt.load_state(st)?;
     }
     // Early stopping: the state and the best weights so far (from the checkpoint on resume).
+    let mut clip = GradClip { avg: start.grad_norm_avg, ..GradClip::new(t.clip_grad_norm, t.clip_grad_relative) };
     let patience = t.early_stopping_patience;
     let mut early = (patience > 0).then(|| start.early_stopping.clone().unwrap_or_default());
     let mut best_weights: Option<Tensor> = None;
@@ -735,10 +743,28 @@ pub fn train(
                 }
             }
             // The summed gradient is in `host` after an all-reduce or the fast pass.
-            if comm.size() > 1 || fast_loss.is_some() {
-                opt.step_host(&host[..n_params], 1.0 / step.global_count as f64, lr);
+            // The mean gradient's norm is needed to clip, or to log it at debug level.
+            let mean = 1.0 / step.global_count as f64;
+            let need_norm = clip.active() || tracing::enabled!(tracing::Level::DEBUG);
+            let on_host = comm.size() > 1 || fast_loss.is_some();
+            let sum_sq = match (need_norm, on_host) {
+                (false, _) => 0.0,
+                (true, true) => sum_of_squares(&host[..n_params]),
+                (true, false) => flat.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[]),
+            };
+            let scale = mean * clip.factor(sum_sq.sqrt() * mean);
+            if need_norm {
+                tracing::debug!(
+                    step = global_step,
+                    grad_norm = sum_sq.sqrt() * mean,
+                    clipped = scale < mean,
+                    "gradient"
+                );
+            }
+            if on_host {
+                opt.step_host(&host[..n_params], scale, lr);
             } else {
-                opt.step_flat(&flat, 1.0 / step.global_count as f64, lr);
+                opt.step_flat(&flat, scale, lr);
             }
             global_step += 1;
             last_step_seconds = step_started.elapsed().as_secs_f64();
@@ -790,6 +816,7 @@ pub fn train(
                     partial_loss_sum: loss_sum,
                     history: history.clone(),
                     early_stopping: early.clone(),
+                    grad_norm_avg: clip.avg,
                     ..start.clone()
                 };
                 save(&model, &opt, state, best_weights.as_ref(), &mut checkpoints)?;
@@ -892,6 +919,7 @@ pub fn train(
                 partial_loss_sum: 0.0,
                 history: history.clone(),
                 early_stopping: early.clone(),
+                grad_norm_avg: clip.avg,
                 ..start.clone()
             };
             save(&model, &opt, state, best_weights.as_ref(), &mut checkpoints)?;

@@ -4,6 +4,7 @@
 //! [`crate::comm::Communicator`].
 
 pub mod checkpoint;
+pub mod clip;
 pub mod driver;
 pub mod early_stop;
 pub mod optim;
