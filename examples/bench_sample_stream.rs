@@ -32,7 +32,11 @@ fn fresh_model(device: tch::Device, net: &str) -> Result<Model> {
     let _rng = fedhex::rng::seeded(11);
     let net = match net {
         "small" => NetworkConfig { n_blocks: 2, hidden: vec![16], activation: Activation::Relu, ..Default::default() },
-        "reference" => NetworkConfig { transform: fedhex::flow::Transform::Affine, ..Default::default() },
+        "reference" => NetworkConfig {
+            transform: fedhex::flow::Transform::Affine,
+            permutation: fedhex::flow::Permutation::Reverse,
+            ..Default::default()
+        },
         other => bail!("network '{other}': expected small or reference"),
     };
     let flow = Maf::new(net.maf(2, 2), device)?;

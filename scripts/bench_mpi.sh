@@ -19,6 +19,7 @@ path = "$W/grid.npz"
 n_blocks = 10
 hidden = [128]
 transform = "affine"
+permutation = "reverse"
 [training]
 epochs = $EPOCHS
 batch_size = 1024

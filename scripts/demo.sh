@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release
 OUT=demo-out
-EPOCHS=${DEMO_EPOCHS:-12}
+EPOCHS=${DEMO_EPOCHS:-8}
 rm -rf "$OUT" && mkdir -p "$OUT"
 MPIRUN=(mpirun --oversubscribe -n 2)
 [ "$(id -u)" -eq 0 ] && MPIRUN=(mpirun --allow-run-as-root --oversubscribe -n 2)

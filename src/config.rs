@@ -151,7 +151,8 @@ impl Default for NetworkConfig {
             n_blocks: 10,
             hidden: vec![128],
             activation: Activation::Relu,
-            permutation: Permutation::Reverse,
+            // Learned mixing between blocks: measured best at unsimulated labels (docs/fidelity.md).
+            permutation: Permutation::Lu,
             permutation_seed: 0,
             log_scale_bound: 3.0,
             // Measured best at unsimulated labels (docs/fidelity.md).

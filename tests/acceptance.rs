@@ -48,6 +48,7 @@ fn cfg(acceptance: bool) -> RunConfig {
     cfg.network.n_blocks = 4;
     cfg.network.hidden = vec![32];
     cfg.network.transform = fedhex::flow::Transform::Affine;
+    cfg.network.permutation = fedhex::flow::Permutation::Reverse;
     cfg.training.epochs = 10;
     cfg.training.batch_size = 256;
     cfg.training.lr_initial = 3e-3;

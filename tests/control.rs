@@ -32,7 +32,7 @@ fn start_job(d: &Path, epochs: usize, extra: &[&str]) -> (Child, PathBuf) {
     std::fs::write(
         d.join("run.toml"),
         format!(
-            "[data]\npath = \"grid.npz\"\n[network]\nn_blocks = 2\nhidden = [16]\ntransform = \"affine\"\n[training]\nepochs = {epochs}\n\
+            "[data]\npath = \"grid.npz\"\n[network]\nn_blocks = 2\nhidden = [16]\ntransform = \"affine\"\npermutation = \"reverse\"\n[training]\nepochs = {epochs}\n\
              batch_size = 64\ndevice = \"cpu\"\nthreads = 1\n[outputs]\nrun_dir = \"run\"\ncheckpoint_every = 0\n\
              keep_checkpoints = 100\nprogress = false\n"
         ),

@@ -527,6 +527,7 @@ fn main() {
                 hidden: hidden.split(',').map(|w| w.trim().parse()).collect::<Result<_, _>>()?,
                 // The reference network of the prototype and of zuko's MAF: affine blocks.
                 transform: fedhex::flow::Transform::Affine,
+                permutation: fedhex::flow::Permutation::Reverse,
                 ..Default::default()
             };
             if !json {

@@ -137,6 +137,7 @@ pub fn small_cfg(epochs: usize, seed: u64) -> fedhex::config::RunConfig {
     cfg.network.hidden = vec![32, 32];
     // The machinery under test, on the fast CPU path.
     cfg.network.transform = Transform::Affine;
+    cfg.network.permutation = Permutation::Reverse;
     cfg.training.epochs = epochs;
     cfg.training.batch_size = 256;
     cfg.training.lr_initial = 3e-3;
