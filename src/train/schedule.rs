@@ -25,7 +25,14 @@ mod tests {
     use super::*;
 
     fn cfg(schedule: Schedule) -> TrainingConfig {
-        TrainingConfig { epochs: 10, lr_initial: 1e-2, lr_final: 1e-4, schedule, ..Default::default() }
+        TrainingConfig {
+            epochs: 10,
+            lr_initial: 1e-2,
+            lr_final: 1e-4,
+            schedule,
+            warmup_epochs: 0.0,
+            ..Default::default()
+        }
     }
 
     #[test]
