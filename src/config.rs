@@ -265,10 +265,8 @@ impl Default for TrainingConfig {
             lr_initial: 1e-3,
             lr_final: 1e-4,
             lr_decay_epochs: 0.0,
-            // Cosine decay after a half-epoch warm-up: no early loss spikes, and the
-            // best accuracy measured at unsimulated labels (docs/fidelity.md).
-            schedule: Schedule::Cosine,
-            warmup_epochs: 0.5,
+            schedule: Schedule::Exponential,
+            warmup_epochs: 0.0,
             seed: 42,
             threads: 0,
             device: "auto".into(),
