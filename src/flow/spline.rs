@@ -107,19 +107,25 @@ fn log_slope(p: &Piece, t: &Tensor) -> Tensor {
     num.log() - denom.log() * 2.0
 }
 
+/// Where each value lies: inside `[-B, B]` or not, the value clamped to it (so
+/// that the unused branch of the final `where` stays finite: NaN there would
+/// still poison the gradient), and its piece, found along x (`on_y` false) or
+/// along y.
+fn locate(v: &Tensor, raw: &Tensor, spec: SplineSpec, on_y: bool) -> (Tensor, Tensor, Piece) {
+    let b = spec.bound;
+    let inside = v.ge(-b).logical_and(&v.le(b));
+    let vc = v.clamp(-b, b);
+    let kn = knots(raw, spec);
+    let idx = bin_index(&vc, if on_y { &kn.ys } else { &kn.xs }, spec.bins);
+    (inside, vc, piece(&kn, &idx))
+}
+
 /// Data side → base side: `y = f(x)` and `log f'(x)` per element.
 ///
 /// # Shapes
 /// `x: [N, D]`, `raw: [N, D, 3K - 1]` → `(y: [N, D], logdet: [N, D])`
 pub fn forward(x: &Tensor, raw: &Tensor, spec: SplineSpec) -> (Tensor, Tensor) {
-    let b = spec.bound;
-    let inside = x.ge(-b).logical_and(&x.le(b));
-    // Clamped so that the unused branch of `where` stays finite (NaN there would
-    // still poison the gradient).
-    let xc = x.clamp(-b, b);
-    let kn = knots(raw, spec);
-    let idx = bin_index(&xc, &kn.xs, spec.bins);
-    let p = piece(&kn, &idx);
+    let (inside, xc, p) = locate(x, raw, spec, false);
     let t = ((&xc - &p.x0) / &p.w).clamp(0.0, 1.0);
     let s = &p.h / &p.w;
     let tt = &t * (1.0 - &t);
@@ -136,12 +142,7 @@ pub fn forward(x: &Tensor, raw: &Tensor, spec: SplineSpec) -> (Tensor, Tensor) {
 /// # Shapes
 /// `y: [N, D]`, `raw: [N, D, 3K - 1]` → `(x: [N, D], logdet: [N, D])`
 pub fn inverse(y: &Tensor, raw: &Tensor, spec: SplineSpec) -> (Tensor, Tensor) {
-    let b = spec.bound;
-    let inside = y.ge(-b).logical_and(&y.le(b));
-    let yc = y.clamp(-b, b);
-    let kn = knots(raw, spec);
-    let idx = bin_index(&yc, &kn.ys, spec.bins);
-    let p = piece(&kn, &idx);
+    let (inside, yc, p) = locate(y, raw, spec, true);
     let s = &p.h / &p.w;
     let dy = &yc - &p.y0;
     let sum_d = &p.d0 + &p.d1 - &s * 2.0;
