@@ -72,7 +72,7 @@ fn training_never_sees_the_validation_labels() {
     let validated = train_events(&cfg, &events).unwrap();
     assert_eq!(validated.model.training["validation_events"], centre.len());
     assert_eq!(validated.model.training["train_events"], without.len());
-    assert_eq!(weights(&dropped.model), weights(&validated.model), "the validation label changed training");
+    assert_eq!(weight_bits(&dropped.model), weight_bits(&validated.model), "the validation label changed training");
     assert!(dropped.history[1].val_nll.is_nan() && validated.history[1].val_nll.is_finite());
     // The model lists the validation label apart from its training labels.
     let trained = validated.model.training["training_labels"].as_array().unwrap();
@@ -184,11 +184,11 @@ fn early_stopping_stops_after_patience_keeps_the_best_weights_and_resumes_exactl
     assert_eq!(resumed.history.len(), vals.len());
     assert!(resumed.history.iter().zip(&vals).all(|(r, v)| close(r.val_nll, *v, 1e-12)), "{:?}", resumed.history);
     let again = Model::load(&d.join("again/model"), Device::Cpu).unwrap();
-    assert_eq!(weights(&again), weights(&m), "resumed run saved different weights");
+    assert_eq!(weight_bits(&again), weight_bits(&m), "resumed run saved different weights");
     // Resuming a run that already stopped early trains no further.
     let done = run(&cfg2, &fedhex::comm::SingleProcess, RunOptions { resume: true, ..Default::default() }).unwrap();
     assert_eq!((done.finish, done.history.len()), (Finish::EarlyStopped, h.len()));
-    assert_eq!(weights(&Model::load(&d.join("again/model"), Device::Cpu).unwrap()), weights(&m));
+    assert_eq!(weight_bits(&Model::load(&d.join("again/model"), Device::Cpu).unwrap()), weight_bits(&m));
 }
 
 /// With a weight average the saved model is the average at the best epoch:
@@ -205,7 +205,7 @@ fn early_stopping_with_a_weight_average_saves_the_best_epochs_average() {
     let a = go(&cfg);
     assert_eq!(a.finish, Finish::EarlyStopped);
     let b = go(&cfg);
-    assert_eq!(weights(&a.model), weights(&b.model));
+    assert_eq!(weight_bits(&a.model), weight_bits(&b.model));
     // The same run without early stopping, cut at the same epoch, ends on the final average.
     let mut plain = cfg.clone();
     plain.training.early_stopping_patience = 0;
@@ -215,7 +215,7 @@ fn early_stopping_with_a_weight_average_saves_the_best_epochs_average() {
         p.history.iter().map(|r| r.val_nll).collect::<Vec<_>>(),
         a.history.iter().map(|r| r.val_nll).collect::<Vec<_>>()
     );
-    assert_ne!(weights(&a.model), weights(&p.model), "the best epoch's average must replace the final one");
+    assert_ne!(weight_bits(&a.model), weight_bits(&p.model), "the best epoch's average must replace the final one");
     let ema = a.model.training["ema_val_nll"].as_f64().expect("the saved average's validation NLL");
     assert!(ema.is_finite());
 }
@@ -286,17 +286,4 @@ fn bad_validation_and_early_stopping_settings_are_config_errors_before_any_outpu
 /// Whether `a` and `b` agree to `rel` relative (JSON keeps f64 to within an ulp).
 fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * b.abs().max(1.0)
-}
-
-/// Weights as (name, bit patterns), name-sorted.
-fn weights(m: &Model) -> Vec<(String, Vec<u32>)> {
-    let mut v: Vec<(String, Vec<u32>)> = m
-        .flow
-        .var_store()
-        .variables()
-        .into_iter()
-        .map(|(k, t)| (k, vec_of(&t).iter().map(|x| x.to_bits()).collect()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }

@@ -240,8 +240,8 @@ fn log_det_matches_autograd_jacobian() {
     }
 }
 
-#[test]
-fn density_of_a_trained_flow_integrates_to_one() {
+/// A 3 × 3 grid of Gaussians whose covariance turns with the label, 400 events each.
+fn small_grid() -> fedhex::data::EventSet {
     use fedhex::data::gaussian::{Covariance, GaussianSpec, Layout};
     let spec = GaussianSpec {
         layout: Layout::Grid2d { n: 3, lo: 0.0, hi: 1.0 },
@@ -249,7 +249,12 @@ fn density_of_a_trained_flow_integrates_to_one() {
         n_per_label: 400,
         seed: 5,
     };
-    let events = spec.generate().unwrap();
+    spec.generate().unwrap()
+}
+
+#[test]
+fn density_of_a_trained_flow_integrates_to_one() {
+    let events = small_grid();
     for transform in TRANSFORMS {
         let mut cfg = fedhex::config::RunConfig::default();
         cfg.network.n_blocks = 3;
@@ -360,14 +365,7 @@ fn an_untrained_lu_flow_is_the_reverse_flow() {
 
 #[test]
 fn an_lu_flow_trains_its_mixing_and_integrates_to_one() {
-    use fedhex::data::gaussian::{Covariance, GaussianSpec, Layout};
-    let spec = GaussianSpec {
-        layout: Layout::Grid2d { n: 3, lo: 0.0, hi: 1.0 },
-        covariance: Covariance::Rotating { major: 0.1, minor: 0.04, turns: 0.5 },
-        n_per_label: 400,
-        seed: 5,
-    };
-    let events = spec.generate().unwrap();
+    let events = small_grid();
     let mut cfg = fedhex::config::RunConfig::default();
     cfg.network.n_blocks = 3;
     cfg.network.hidden = vec![16, 16];

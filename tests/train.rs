@@ -163,13 +163,5 @@ fn md5_like(v: &[(String, Vec<u32>)]) -> u64 {
 
 /// Digest of a model's weights: names and bit patterns, name-sorted.
 fn weight_digest(m: &Model) -> u64 {
-    let mut v: Vec<(String, Vec<u32>)> = m
-        .flow
-        .var_store()
-        .variables()
-        .into_iter()
-        .map(|(k, t)| (k, vec_of(&t).iter().map(|x| x.to_bits()).collect()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    md5_like(&v)
+    md5_like(&weight_bits(m))
 }

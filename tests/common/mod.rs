@@ -171,3 +171,16 @@ pub fn run_python(code: &str, args: &[&str]) -> String {
     assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A model's weights as (name, bit patterns), name-sorted: for bit-exact comparisons.
+pub fn weight_bits(m: &Model) -> Vec<(String, Vec<u32>)> {
+    let mut v: Vec<(String, Vec<u32>)> = m
+        .flow
+        .var_store()
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (k, vec_of(&t).iter().map(|x| x.to_bits()).collect()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
