@@ -124,6 +124,12 @@ enum Cmd {
         /// Features and labels.
         #[arg(long, default_value_t = 2)]
         dim: usize,
+        /// Block transform: affine (the reference network), spline, affine_spline (the default network's).
+        #[arg(long, default_value = "affine")]
+        transform: String,
+        /// Order between blocks: reverse (the reference network), random, lu (the default network's).
+        #[arg(long, default_value = "reverse")]
+        permutation: String,
         /// Print one JSON line per batch size instead of a table.
         #[arg(long)]
         json: bool,
@@ -519,36 +525,40 @@ fn main() {
         ),
         Cmd::Moments { truth, samples, max_pull } => moments(truth, samples, *max_pull),
         Cmd::Doctor => doctor(),
-        Cmd::Bench { threads, batches, device, seconds, blocks, hidden, dim, json } => (|| -> Result<()> {
-            let dev = fedhex::device::resolve(fedhex::device::parse_device(device)?, 0)?;
-            let used = fedhex::device::set_threads(*threads);
-            let net = fedhex::config::NetworkConfig {
-                n_blocks: *blocks,
-                hidden: hidden.split(',').map(|w| w.trim().parse()).collect::<Result<_, _>>()?,
-                // The reference network of the prototype and of zuko's MAF: affine blocks.
-                transform: fedhex::flow::Transform::Affine,
-                permutation: fedhex::flow::Permutation::Reverse,
-                ..Default::default()
-            };
-            if !json {
-                println!(
-                    "{:>8} {:>14} {:>14} {:>14} {:>10}   ({used} threads, {dev:?})",
-                    "batch", "train ev/s", "sample ev/s", "logp ev/s", "peak MiB"
-                );
-            }
-            for &b in batches {
-                let t = fedhex::bench::flow_throughput(&net, *dim, *dim, b, dev, *seconds)?;
-                if *json {
-                    println!("{}", serde_json::to_string(&t)?);
-                } else {
+        Cmd::Bench { threads, batches, device, seconds, blocks, hidden, dim, transform, permutation, json } => {
+            (|| -> Result<()> {
+                let dev = fedhex::device::resolve(fedhex::device::parse_device(device)?, 0)?;
+                let used = fedhex::device::set_threads(*threads);
+                let net = fedhex::config::NetworkConfig {
+                    n_blocks: *blocks,
+                    hidden: hidden.split(',').map(|w| w.trim().parse()).collect::<Result<_, _>>()?,
+                    // By default the reference network of the prototype and of zuko's MAF: affine blocks.
+                    transform: serde_json::from_value(serde_json::Value::String(transform.clone()))
+                        .with_context(|| format!("--transform: unknown block transform '{transform}'"))?,
+                    permutation: serde_json::from_value(serde_json::Value::String(permutation.clone()))
+                        .with_context(|| format!("--permutation: unknown order between blocks '{permutation}'"))?,
+                    ..Default::default()
+                };
+                if !json {
                     println!(
-                        "{:>8} {:>14.0} {:>14.0} {:>14.0} {:>10.0}",
-                        b, t.train_events_per_s, t.sample_events_per_s, t.log_prob_events_per_s, t.peak_rss_mib
+                        "{:>8} {:>14} {:>14} {:>14} {:>10}   ({used} threads, {dev:?})",
+                        "batch", "train ev/s", "sample ev/s", "logp ev/s", "peak MiB"
                     );
                 }
-            }
-            Ok(())
-        })(),
+                for &b in batches {
+                    let t = fedhex::bench::flow_throughput(&net, *dim, *dim, b, dev, *seconds)?;
+                    if *json {
+                        println!("{}", serde_json::to_string(&t)?);
+                    } else {
+                        println!(
+                            "{:>8} {:>14.0} {:>14.0} {:>14.0} {:>10.0}",
+                            b, t.train_events_per_s, t.sample_events_per_s, t.log_prob_events_per_s, t.peak_rss_mib
+                        );
+                    }
+                }
+                Ok(())
+            })()
+        }
         Cmd::Analyze(a) => analyze(a),
         Cmd::Fit(a) => fit(a),
     };

@@ -22,10 +22,12 @@
 //! reference; `tests/fast_grad.rs` checks this pass against it.
 
 use super::made::Activation;
-use super::maf::{Maf, Permutation};
+use super::maf::{Maf, Permutation, Transform};
 use super::vmath::{exp_in_place, tanh_in_place};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
+
+mod ext;
 
 /// Events per chunk (the unit of work and of gradient accumulation).
 pub const CHUNK: usize = 256;
@@ -96,6 +98,9 @@ struct Plan {
     tail: usize,
     /// The inversion schedule of each block (see [`Pass`]).
     passes: Vec<Vec<Pass>>,
+    /// Spline blocks or learned mixing: the per-event path of [`ext`] (the
+    /// tiled paths here are for affine blocks with fixed orders).
+    ext: Option<ext::Ext>,
 }
 
 /// One pass of the inversion of a block: the features whose inputs (through
@@ -113,13 +118,14 @@ struct Pass {
 fn schedule(layers: &[Layer], d: usize) -> Option<Vec<Pass>> {
     let nl = layers.len();
     let out = &layers[nl - 1];
+    // Outputs per feature: row `q * D + j` is parameter q of feature j.
+    let np = out.n_out / d.max(1);
     // deps[j]: the inputs feature j depends on; need[j][li]: whether hidden layer li feeds it.
     let mut deps = Vec::with_capacity(d);
     let mut need = Vec::with_capacity(d);
     for j in 0..d {
-        let mut set: Vec<bool> = (0..out.n_in)
-            .map(|i| out.mask[j * out.n_in + i] != 0.0 || out.mask[(d + j) * out.n_in + i] != 0.0)
-            .collect();
+        let mut set: Vec<bool> =
+            (0..out.n_in).map(|i| (0..np).any(|q| out.mask[(q * d + j) * out.n_in + i] != 0.0)).collect();
         let mut nj = vec![false; nl - 1];
         for li in (0..nl - 1).rev() {
             let y = &layers[li];
@@ -168,17 +174,12 @@ fn host(t: &Tensor) -> Vec<f32> {
 impl Plan {
     fn new(flow: &Maf) -> Option<Plan> {
         let cfg = flow.config();
-        // Only MADE blocks: no learned mixing between them (it runs through autograd).
-        if flow.device() != Device::Cpu
-            || cfg.activation == Activation::Gelu
-            || cfg.spline().is_some()
-            || cfg.permutation == Permutation::Lu
-            || !flow.mixings().is_empty()
-        {
+        if flow.device() != Device::Cpu || cfg.activation == Activation::Gelu {
             return None;
         }
         let d = usize::try_from(cfg.features).ok()?;
         let l = usize::try_from(cfg.context).ok()?;
+        let params = usize::try_from(cfg.params_per_feature()).ok()?;
         let mut len = 0;
         let mut blocks = Vec::with_capacity(flow.blocks().len());
         for (k, block) in flow.blocks().iter().enumerate() {
@@ -188,6 +189,9 @@ impl Plan {
             for (li, p) in parts.iter().enumerate() {
                 let size = p.weight.size();
                 let (n_out, n_in) = (usize::try_from(size[0]).ok()?, usize::try_from(size[1]).ok()?);
+                if li + 1 == n_layers && n_out != params * d {
+                    return None;
+                }
                 let cond = p.cond.is_some();
                 let k_in = n_in + if cond { l } else { 0 };
                 let last = li + 1 == n_layers;
@@ -228,9 +232,25 @@ impl Plan {
             }
             tail = acc;
         }
-        let rec = tail + 5 * d;
         let passes = blocks.iter().map(|b| schedule(b, d)).collect::<Option<Vec<_>>>()?;
-        Some(Plan { d, l, act: cfg.activation, bound: cfg.log_scale_bound as f32, blocks, len, rec, tail, passes })
+        let plain = cfg.transform == Transform::Affine && flow.mixings().is_empty();
+        if cfg.permutation == Permutation::Lu && flow.mixings().len() + 1 != blocks.len() {
+            return None;
+        }
+        let (ext, rec) = if plain {
+            (None, tail + 5 * d)
+        } else {
+            let mut mixes = Vec::new();
+            for k in 0..flow.mixings().len() {
+                let names = ["lower", "upper", "log_diag", "bias"].map(|n| format!("mix{k}.{n}"));
+                mixes.push(ext::Mix { off: len, names });
+                len += ext::mix_len(d);
+            }
+            let spline = cfg.spline().map(|s| (usize::try_from(s.bins).unwrap_or(0), s.bound as f32));
+            let (x, rec) = ext::Ext::new(d, tail, params, cfg.affine_params() > 0, spline, mixes)?;
+            (Some(x), rec)
+        };
+        Some(Plan { d, l, act: cfg.activation, bound: cfg.log_scale_bound as f32, blocks, len, rec, tail, passes, ext })
     }
 
     /// Effective combined weights from the parameters (`get(name)` → values).
@@ -255,6 +275,9 @@ impl Plan {
                 }
             }
             dst[y.a_len()..].copy_from_slice(&bs[..y.n_out]);
+        }
+        if let Some(x) = &self.ext {
+            x.mix_weights(self.d, get, &mut w)?;
         }
         Some(w)
     }
@@ -436,13 +459,19 @@ fn layer_backward<const AVX: bool>(y: &Layer, w: &[f32], g: &mut [f32], z: &[f32
     }
 }
 
-/// Runs block `layers` forward on `u` (length D) with labels `c` up to its
-/// raw outputs, recording into `rec` (layout: every layer's input, every
-/// hidden pre-activation, then `t`, `s`, `exp(-s)`, `mu` and the block
-/// output, D each). Writes `mu` and `raw / B` (in the `t` slot); the rest of
-/// the tail is filled for a whole tile by [`finish_tile`].
+/// Runs the MADE `layers` on `u` (length D) with labels `c`, recording every
+/// layer's input and every hidden pre-activation into `rec`, and writes the
+/// output layer's values (the raw outputs) into `out`.
 #[inline(always)]
-fn block_raw<const AVX: bool>(p: &Plan, layers: &[Layer], w: &[f32], u: &[f32], c: &[f32], rec: &mut [f32]) {
+fn made_forward<const AVX: bool>(
+    p: &Plan,
+    layers: &[Layer],
+    w: &[f32],
+    u: &[f32],
+    c: &[f32],
+    rec: &mut [f32],
+    out: &mut [f32],
+) {
     let d = p.d;
     let nl = layers.len();
     rec[..d].copy_from_slice(u);
@@ -465,21 +494,32 @@ fn block_raw<const AVX: bool>(p: &Plan, layers: &[Layer], w: &[f32], u: &[f32], 
                 next_in[y.n_out..y.n_out + p.l].copy_from_slice(c);
             }
         } else {
-            let mut o = [0f32; 64];
-            let mut big;
-            let out: &mut [f32] = if 2 * d <= 64 {
-                &mut o[..2 * d]
-            } else {
-                big = vec![0f32; 2 * d];
-                &mut big
-            };
-            layer_forward::<AVX>(y, lw, z, out);
-            let tail = &mut rest[p.tail - y.rin - y.k_in..];
-            for j in 0..d {
-                tail[j] = out[d + j] / p.bound;
-                tail[3 * d + j] = out[j];
-            }
+            layer_forward::<AVX>(y, lw, z, &mut out[..y.n_out]);
         }
+    }
+}
+
+/// Runs block `layers` forward on `u` (length D) with labels `c` up to its
+/// raw outputs, recording into `rec` (layout: every layer's input, every
+/// hidden pre-activation, then `t`, `s`, `exp(-s)`, `mu` and the block
+/// output, D each). Writes `mu` and `raw / B` (in the `t` slot); the rest of
+/// the tail is filled for a whole tile by [`finish_tile`].
+#[inline(always)]
+fn block_raw<const AVX: bool>(p: &Plan, layers: &[Layer], w: &[f32], u: &[f32], c: &[f32], rec: &mut [f32]) {
+    let d = p.d;
+    let mut o = [0f32; 64];
+    let mut big;
+    let out: &mut [f32] = if 2 * d <= 64 {
+        &mut o[..2 * d]
+    } else {
+        big = vec![0f32; 2 * d];
+        &mut big
+    };
+    made_forward::<AVX>(p, layers, w, u, c, rec, out);
+    let tail = &mut rec[p.tail..];
+    for j in 0..d {
+        tail[j] = out[d + j] / p.bound;
+        tail[3 * d + j] = out[j];
     }
 }
 
@@ -508,7 +548,6 @@ fn block_backward<const AVX: bool>(
     dscratch: &mut [f32],
 ) {
     let d = p.d;
-    let nl = layers.len();
     let t = &rec[p.tail..p.tail + d];
     let e = &rec[p.tail + 2 * d..p.tail + 3 * d];
     let uo = &rec[p.tail + 4 * d..p.tail + 5 * d];
@@ -521,23 +560,41 @@ fn block_backward<const AVX: bool>(
         dy_buf[d + j] = ds * (1.0 - t[j] * t[j]);
         g[j] *= e[j];
     }
-    let mut dy_len = 2 * d;
-    for li in (0..nl).rev() {
+    made_backward::<AVX>(p, layers, w, grad, rec, dy_buf, dz_buf, 2 * d, g);
+}
+
+/// Backward of the MADE `layers` of one event: `dy[..dy_len]` holds dL/d(raw
+/// outputs) on entry; adds the weights' gradients into `grad` and
+/// dL/d(input) into `g`. `dz` is scratch of the widest layer; `dy` is
+/// overwritten.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn made_backward<const AVX: bool>(
+    p: &Plan,
+    layers: &[Layer],
+    w: &[f32],
+    grad: &mut [f32],
+    rec: &[f32],
+    dy: &mut [f32],
+    dz: &mut [f32],
+    mut dy_len: usize,
+    g: &mut [f32],
+) {
+    for li in (0..layers.len()).rev() {
         let y = &layers[li];
         let lw = &w[y.off..y.off + y.len()];
         let lg = &mut grad[y.off..y.off + y.len()];
         let z = &rec[y.rin..y.rin + y.k_in];
-        let dz = &mut dz_buf[..y.n_in];
-        layer_backward::<AVX>(y, lw, lg, z, &dy_buf[..dy_len], Some(dz));
+        layer_backward::<AVX>(y, lw, lg, z, &dy[..dy_len], Some(&mut dz[..y.n_in]));
         if li > 0 {
             // Through the activation of hidden layer li-1 (its output is z).
             let prev = &layers[li - 1];
             let pre = &rec[prev.rpre..prev.rpre + y.n_in];
-            activate_backward::<AVX>(p.act, pre, &z[..y.n_in], &dz_buf[..y.n_in], &mut dy_buf[..y.n_in]);
+            activate_backward::<AVX>(p.act, pre, &z[..y.n_in], &dz[..y.n_in], &mut dy[..y.n_in]);
             dy_len = y.n_in;
         } else {
-            for j in 0..d {
-                g[j] += dz_buf[j];
+            for (gj, dzj) in g.iter_mut().zip(&dz[..p.d]) {
+                *gj += dzj;
             }
         }
     }
@@ -551,6 +608,9 @@ fn block_backward<const AVX: bool>(
 /// run backward in order.
 #[inline(always)]
 fn train_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], x: &[f32], c: &[f32], rows: &[i64], grad: &mut [f32]) -> f64 {
+    if let Some(e) = &p.ext {
+        return ext::train_chunk::<AVX>(p, e, w, x, c, rows, grad);
+    }
     let (d, l) = (p.d, p.l);
     let nb = p.blocks.len();
     let er = nb * p.rec;
@@ -713,6 +773,9 @@ unsafe fn dots_tile_avx2(y: &Layer, w: &[f32], z: &[f32], zs: usize, out: &mut [
 /// (events do not interact, so the others' bits are unchanged).
 #[inline(always)]
 fn log_prob_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], x: &[f32], c: &[f32], out: &mut [f32]) {
+    if let Some(e) = &p.ext {
+        return ext::log_prob_chunk::<AVX>(p, e, w, x, c, out);
+    }
     let (d, l) = (p.d, p.l);
     let ys = || p.blocks.iter().flatten();
     let maxk = ys().map(|y| y.k_in).max().unwrap_or(0);
@@ -801,22 +864,20 @@ fn layer_row<const AVX: bool>(y: &Layer, w: &[f32], z: &[f32], j: usize) -> f32 
     }
 }
 
-/// One inversion pass of block `layers` for one event: the current block
-/// input `x` (exact for the features of earlier passes) and labels `c` give
-/// `mu` and `raw / B` of the features `pass.feats` (in that order).
-#[allow(clippy::too_many_arguments)]
+/// The hidden layers of one inversion pass of block `layers` for one event:
+/// from the current block input `x` (exact for the features of earlier
+/// passes) and labels `c`, fills `rec` up to the output layer's input, which
+/// it returns.
 #[inline(always)]
-fn pass_raw<const AVX: bool>(
+fn pass_hidden<'r, const AVX: bool>(
     p: &Plan,
     layers: &[Layer],
     pass: &Pass,
     w: &[f32],
     x: &[f32],
     c: &[f32],
-    rec: &mut [f32],
-    mu: &mut [f32],
-    tb: &mut [f32],
-) {
+    rec: &'r mut [f32],
+) -> &'r [f32] {
     let d = p.d;
     let nl = layers.len();
     rec[..d].copy_from_slice(x);
@@ -840,8 +901,28 @@ fn pass_raw<const AVX: bool>(
         }
     }
     let lo = &layers[nl - 1];
+    &rec[lo.rin..lo.rin + lo.k_in]
+}
+
+/// One inversion pass of an affine block for one event: `mu` and `raw / B`
+/// of the features `pass.feats` (in that order); see [`pass_hidden`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn pass_raw<const AVX: bool>(
+    p: &Plan,
+    layers: &[Layer],
+    pass: &Pass,
+    w: &[f32],
+    x: &[f32],
+    c: &[f32],
+    rec: &mut [f32],
+    mu: &mut [f32],
+    tb: &mut [f32],
+) {
+    let d = p.d;
+    let lo = &layers[layers.len() - 1];
     let lw = &w[lo.off..lo.off + lo.len()];
-    let z = &rec[lo.rin..lo.rin + lo.k_in];
+    let z = pass_hidden::<AVX>(p, layers, pass, w, x, c, rec);
     for (q, &j) in pass.feats.iter().enumerate() {
         mu[q] = layer_row::<AVX>(lo, lw, z, j);
         tb[q] = layer_row::<AVX>(lo, lw, z, d + j) / p.bound;
@@ -852,6 +933,9 @@ fn pass_raw<const AVX: bool>(
 /// into `ld`, a tile of events at a time.
 #[inline(always)]
 fn inverse_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], us: &[f32], c: &[f32], xs: &mut [f32], ld: &mut [f32]) {
+    if let Some(e) = &p.ext {
+        return ext::inverse_chunk::<AVX>(p, e, w, us, c, xs, ld);
+    }
     let (d, l) = (p.d, p.l);
     let mut rec = vec![0f32; p.rec];
     let mut y = vec![0f32; TILE * d];
@@ -1058,6 +1142,11 @@ impl FastTrainer {
                 offsets.get(n)?;
             }
         }
+        for m in plan.ext.iter().flat_map(|x| &x.mixes) {
+            for n in &m.names {
+                offsets.get(n)?;
+            }
+        }
         // And every parameter of the layout in the plan: one the plan does not
         // know would get no gradient, and the loss would leave out its part of the flow.
         if names.iter().any(|n| flat_len(&plan, n).is_none()) {
@@ -1106,12 +1195,12 @@ impl FastTrainer {
                 *t += v;
             }
         }
-        self.scatter(&total_g, grad);
+        self.scatter(&total_g, w, grad);
         loss
     }
 
-    /// Maps a gradient of the combined weights to the flat parameter layout.
-    fn scatter(&self, g: &[f32], out: &mut [f32]) {
+    /// Maps a gradient of the combined weights `w` to the flat parameter layout.
+    fn scatter(&self, g: &[f32], w: &[f32], out: &mut [f32]) {
         out.iter_mut().for_each(|v| *v = 0.0);
         let l = self.plan.l;
         for y in self.plan.blocks.iter().flatten() {
@@ -1134,6 +1223,13 @@ impl FastTrainer {
                 }
             }
         }
+        if let Some(x) = &self.plan.ext {
+            for (name, vals) in x.mix_grads(self.plan.d, g, w) {
+                if let Some(&o) = self.offsets.get(name) {
+                    out[o..o + vals.len()].copy_from_slice(&vals);
+                }
+            }
+        }
     }
 
     /// Length of the flat parameter layout.
@@ -1143,16 +1239,23 @@ impl FastTrainer {
 }
 
 fn flat_len(p: &Plan, name: &str) -> Option<usize> {
-    p.blocks.iter().flatten().find_map(|y| {
-        if name == y.names.0 {
-            Some(y.n_out * y.n_in)
-        } else if name == y.names.1 {
-            Some(y.n_out)
-        } else if y.names.2.as_deref() == Some(name) {
-            Some(y.n_out * p.l)
-        } else {
-            None
-        }
+    let d = p.d;
+    let mix = p.ext.iter().flat_map(|x| &x.mixes).find_map(|m| {
+        let i = m.names.iter().position(|n| n == name)?;
+        Some(if i < 2 { d * d } else { d })
+    });
+    mix.or_else(|| {
+        p.blocks.iter().flatten().find_map(|y| {
+            if name == y.names.0 {
+                Some(y.n_out * y.n_in)
+            } else if name == y.names.1 {
+                Some(y.n_out)
+            } else if y.names.2.as_deref() == Some(name) {
+                Some(y.n_out * p.l)
+            } else {
+                None
+            }
+        })
     })
 }
 
