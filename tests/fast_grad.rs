@@ -148,3 +148,45 @@ fn flat_adam_keeps_names_values_and_steps_the_variables() {
         assert!(old.iter().zip(&new).all(|(o, n)| (o - n - 0.1).abs() < 1e-4), "{name} did not take the step");
     }
 }
+
+/// The weighted pass (the acceptance terms' flow samples) against autograd
+/// of `Σ w_i NLL_i`, with weights of both signs, added onto a gradient
+/// already in the buffer.
+#[test]
+fn weighted_gradient_matches_autograd_and_adds_on() {
+    for i in [0, 3, 6, 7, 9] {
+        let flow = flow_for(i);
+        let (d, l) = (flow.config().features, flow.config().context);
+        let mut opt = Adam::new(flow.var_store(), AdamConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8 });
+        let mut fast = FastTrainer::new(&flow, opt.names(), opt.numels()).expect("fast path applies");
+        let n = 300;
+        let (x, c, w) = {
+            let _rng = fedhex::rng::seeded(4000 + i as u64);
+            let w = Tensor::randn([n], (Kind::Float, Device::Cpu));
+            (Tensor::randn([n, d], (Kind::Float, Device::Cpu)), Tensor::randn([n, l], (Kind::Float, Device::Cpu)), w)
+        };
+        opt.zero_grad();
+        let loss = (flow.log_prob(&x, &c) * &w).sum(Kind::Float).neg();
+        loss.backward();
+        let g_ref = to_host(&opt.flat_grad());
+        let start: Vec<f32> = (0..fast.numel()).map(|k| (k % 7) as f32 - 3.0).collect();
+        let mut g = start.clone();
+        let fl = fast.add_weighted(opt.flat_params(), &to_host(&x), &to_host(&c), &to_host(&w), 1, &mut g);
+        // The reference in f64 from the per-event log-densities (libtorch's f32
+        // sum of terms of both signs loses more than the comparison allows).
+        let lp = to_host(&tch::no_grad(|| flow.log_prob_autograd(&x, &c)));
+        let wv = to_host(&w);
+        let lr: f64 = lp.iter().zip(&wv).map(|(a, b)| -f64::from(*a) * f64::from(*b)).sum();
+        let scale: f64 = lp.iter().zip(&wv).map(|(a, b)| (f64::from(*a) * f64::from(*b)).abs()).sum();
+        eprintln!(
+            "config {i}: weighted loss {fl} vs {lr} (f32 sum {}, scale {scale}, max lp {})",
+            loss.double_value(&[]),
+            lp.iter().fold(0f32, |m, v| m.max(v.abs()))
+        );
+        assert!((fl - lr).abs() <= 1e-5 * scale.max(1.0), "config {i}: weighted loss {fl} vs {lr}");
+        let added: Vec<f32> = g.iter().zip(&start).map(|(a, b)| a - b).collect();
+        let e = max_rel(&added, &g_ref);
+        eprintln!("config {i}: weighted grad rel diff {e:e}");
+        assert!(e < 2e-5, "config {i}: weighted gradient differs by {e}");
+    }
+}

@@ -56,6 +56,10 @@ struct Layer {
     off: usize,
     /// `mask[j * n_in + i]` of the masked part, `[n_out][n_in]`.
     mask: Vec<f32>,
+    /// Whether output `j` reads any input: false for a row that the mask
+    /// zeroes entirely and without labels (the first feature's outputs of a
+    /// MADE), whose value is its bias. Output-major layers skip those rows.
+    live: Vec<bool>,
     /// Offset of the layer's input in an event record.
     rin: usize,
     /// Offset of the layer's pre-activation in an event record (hidden layers).
@@ -196,6 +200,9 @@ impl Plan {
                 let k_in = n_in + if cond { l } else { 0 };
                 let last = li + 1 == n_layers;
                 let prefix = if last { format!("made{k}.out") } else { format!("made{k}.hidden{li}") };
+                let mask = host(p.mask);
+                let live =
+                    (0..n_out).map(|j| cond || mask[j * n_in..(j + 1) * n_in].iter().any(|&m| m != 0.0)).collect();
                 let layer = Layer {
                     n_in,
                     cond,
@@ -205,7 +212,8 @@ impl Plan {
                     off: len,
                     rin: 0,
                     rpre: 0,
-                    mask: host(p.mask),
+                    mask,
+                    live,
                     names: (
                         format!("{prefix}.weight"),
                         format!("{prefix}.bias"),
@@ -422,7 +430,7 @@ fn layer_forward<const AVX: bool>(y: &Layer, w: &[f32], z: &[f32], out: &mut [f3
             axpy(&mut out[n8..], zk, &a[k * y.n_out + n8..(k + 1) * y.n_out]);
         }
     } else {
-        for (j, o) in out.iter_mut().enumerate() {
+        for (j, o) in out.iter_mut().enumerate().filter(|(j, _)| y.live[*j]) {
             *o += dot::<AVX>(&a[j * y.k_in..(j + 1) * y.k_in], z);
         }
     }
@@ -447,12 +455,14 @@ fn layer_backward<const AVX: bool>(y: &Layer, w: &[f32], g: &mut [f32], z: &[f32
             }
         }
     } else {
-        for (j, &dyj) in dy.iter().enumerate() {
+        // A dead row's weight gradient is masked out when scattered, and its
+        // weights are zero: it adds nothing anywhere.
+        for (j, &dyj) in dy.iter().enumerate().filter(|(j, _)| y.live[*j]) {
             axpy(&mut ga[j * y.k_in..(j + 1) * y.k_in], dyj, z);
         }
         if let Some(dz) = dz {
             dz.iter_mut().for_each(|v| *v = 0.0);
-            for (j, &dyj) in dy.iter().enumerate() {
+            for (j, &dyj) in dy.iter().enumerate().filter(|(j, _)| y.live[*j]) {
                 axpy(&mut dz[..y.n_in], dyj, &a[j * y.k_in..j * y.k_in + y.n_in]);
             }
         }
@@ -536,7 +546,9 @@ fn finish_tile<const AVX: bool>(bound: f32, tb: &mut [f32], sb: &mut [f32], eb: 
 }
 
 /// Backward of one block: `g` holds dL/d(block output) on entry and
-/// dL/d(block input) on exit. `dscratch` holds two buffers of the widest layer.
+/// dL/d(block input) on exit; `wt` is the event's weight in the loss (the
+/// coefficient of its `-log|det|` term). `dscratch` holds two buffers of the
+/// widest layer.
 #[inline(always)]
 fn block_backward<const AVX: bool>(
     p: &Plan,
@@ -546,6 +558,7 @@ fn block_backward<const AVX: bool>(
     rec: &[f32],
     g: &mut [f32],
     dscratch: &mut [f32],
+    wt: f32,
 ) {
     let d = p.d;
     let t = &rec[p.tail..p.tail + d];
@@ -555,7 +568,7 @@ fn block_backward<const AVX: bool>(
     let (dy_buf, dz_buf) = dscratch.split_at_mut(maxw);
     // dL/d(raw output) = [dmu, draw]; g becomes the direct part of dL/du.
     for j in 0..d {
-        let ds = 1.0 - g[j] * uo[j];
+        let ds = wt - g[j] * uo[j];
         dy_buf[j] = -g[j] * e[j];
         dy_buf[d + j] = ds * (1.0 - t[j] * t[j]);
         g[j] *= e[j];
@@ -601,15 +614,24 @@ fn made_backward<const AVX: bool>(
 }
 
 /// Forward and backward of `rows` events: adds the gradient of the summed NLL
-/// into `grad` and returns the summed NLL.
+/// into `grad` and returns the summed NLL; with `wts` (one per row), of the
+/// weighted sum `Σ wts[i] NLL(rows[i])`.
 ///
 /// The forward runs block by block over a tile of [`TILE`] events (each
 /// event's records kept for the backward), then each event of the tile is
 /// run backward in order.
 #[inline(always)]
-fn train_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], x: &[f32], c: &[f32], rows: &[i64], grad: &mut [f32]) -> f64 {
+fn train_chunk_impl<const AVX: bool>(
+    p: &Plan,
+    w: &[f32],
+    x: &[f32],
+    c: &[f32],
+    rows: &[i64],
+    wts: Option<&[f32]>,
+    grad: &mut [f32],
+) -> f64 {
     if let Some(e) = &p.ext {
-        return ext::train_chunk::<AVX>(p, e, w, x, c, rows, grad);
+        return ext::train_chunk::<AVX>(p, e, w, x, c, rows, wts, grad);
     }
     let (d, l) = (p.d, p.l);
     let nb = p.blocks.len();
@@ -622,7 +644,7 @@ fn train_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], x: &[f32], c: &[f32], 
     let mut total = 0f64;
     let cst = 0.5 * d as f64 * LOG_2PI;
     let tl = p.tail;
-    for tile in rows.chunks(TILE) {
+    for (ti, tile) in rows.chunks(TILE).enumerate() {
         let te = tile.len();
         let mut s_sum = [0f32; TILE];
         let (tb, rest) = tile_buf.split_at_mut(TILE * d);
@@ -656,14 +678,17 @@ fn train_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], x: &[f32], c: &[f32], 
         for e in 0..te {
             let rec = &recs[e * er..(e + 1) * er];
             let uk = &rec[er - d..];
+            let wt = wts.map_or(1.0, |v| v[ti * TILE + e]);
             let mut sq = 0f32;
             for j in 0..d {
-                g[j] = uk[j];
+                g[j] = uk[j] * wt;
                 sq += uk[j] * uk[j];
             }
-            total += f64::from(0.5 * sq + s_sum[e]) + cst;
+            let nll = f64::from(0.5 * sq + s_sum[e]) + cst;
+            total += if wts.is_some() { nll * f64::from(wt) } else { nll };
             for (k, layers) in p.blocks.iter().enumerate().rev() {
-                block_backward::<AVX>(p, layers, w, grad, &rec[k * p.rec..(k + 1) * p.rec], &mut g, &mut dscratch);
+                let rk = &rec[k * p.rec..(k + 1) * p.rec];
+                block_backward::<AVX>(p, layers, w, grad, rk, &mut g, &mut dscratch, wt);
             }
         }
     }
@@ -743,6 +768,12 @@ unsafe fn dots_tile_avx2(y: &Layer, w: &[f32], z: &[f32], zs: usize, out: &mut [
     let m = k / 8 * 8;
     let zp = z.as_ptr();
     for j in 0..y.n_out {
+        if !y.live[j] {
+            for e in 0..TILE {
+                out[e * os + j] = b[j];
+            }
+            continue;
+        }
         let aj = &a[j * k..(j + 1) * k];
         let mut acc = [_mm256_setzero_ps(); TILE];
         let mut i = 0;
@@ -859,8 +890,10 @@ fn layer_row<const AVX: bool>(y: &Layer, w: &[f32], z: &[f32], j: usize) -> f32 
             acc += zk * a[k * y.n_out + j];
         }
         acc
-    } else {
+    } else if y.live[j] {
         b[j] + dot::<AVX>(&a[j * y.k_in..(j + 1) * y.k_in], z)
+    } else {
+        b[j]
     }
 }
 
@@ -1004,7 +1037,7 @@ macro_rules! dispatch {
     };
 }
 
-dispatch!(train_chunk, train_chunk_impl, (p: &Plan, w: &[f32], x: &[f32], c: &[f32], rows: &[i64], grad: &mut [f32]) -> f64);
+dispatch!(train_chunk, train_chunk_impl, (p: &Plan, w: &[f32], x: &[f32], c: &[f32], rows: &[i64], wts: Option<&[f32]>, grad: &mut [f32]) -> f64);
 dispatch!(log_prob_chunk, log_prob_chunk_impl, (p: &Plan, w: &[f32], x: &[f32], c: &[f32], out: &mut [f32]) -> ());
 dispatch!(inverse_chunk, inverse_chunk_impl, (p: &Plan, w: &[f32], us: &[f32], c: &[f32], xs: &mut [f32], ld: &mut [f32]) -> ());
 
@@ -1168,6 +1201,51 @@ impl FastTrainer {
         threads: usize,
         grad: &mut [f32],
     ) -> f64 {
+        match self.run(flat, x, c, rows, None, threads) {
+            Some((loss, g, w)) => {
+                self.scatter(&g, &w, grad);
+                loss
+            }
+            None => f64::NAN,
+        }
+    }
+
+    /// The weighted NLL `Σ wts[i] NLL(x[i] | c[i])` of the events of `(x,
+    /// c)` (one weight each); its gradient is *added* to `grad`. For the
+    /// likelihood's acceptance terms, whose events are flow samples with a
+    /// weight each (a negative weight adds `|w| log p`).
+    pub fn add_weighted(
+        &mut self,
+        flat: &Tensor,
+        x: &[f32],
+        c: &[f32],
+        wts: &[f32],
+        threads: usize,
+        grad: &mut [f32],
+    ) -> f64 {
+        let rows: Vec<i64> = (0..wts.len() as i64).collect();
+        match self.run(flat, x, c, &rows, Some(wts), threads) {
+            Some((loss, g, w)) => {
+                let mut mapped = vec![0f32; grad.len()];
+                self.scatter(&g, &w, &mut mapped);
+                grad.iter_mut().zip(&mapped).for_each(|(a, b)| *a += b);
+                loss
+            }
+            None => f64::NAN,
+        }
+    }
+
+    /// The (weighted) summed NLL, its gradient in the combined-weight layout
+    /// and the combined weights, in chunks on `threads` threads.
+    fn run(
+        &mut self,
+        flat: &Tensor,
+        x: &[f32],
+        c: &[f32],
+        rows: &[i64],
+        wts: Option<&[f32]>,
+        threads: usize,
+    ) -> Option<(f64, Vec<f32>, Vec<f32>)> {
         let n = self.n_params;
         flat.copy_data(&mut self.params, n);
         let params = &self.params;
@@ -1177,14 +1255,14 @@ impl FastTrainer {
             let len = flat_len(&self.plan, name)?;
             params.get(o..o + len).map(<[f32]>::to_vec)
         };
-        let Some(w) = self.plan.weights(&get) else { return f64::NAN };
+        let w = self.plan.weights(&get)?;
         let n_chunks = rows.len().div_ceil(CHUNK);
-        let (plan, w) = (&self.plan, &w);
+        let (plan, wr) = (&self.plan, &w);
         // Each chunk accumulates into its own buffer; the buffers are summed in chunk order.
         let parts = par_chunks(n_chunks, threads, |i| {
             let (a, b) = (i * CHUNK, ((i + 1) * CHUNK).min(rows.len()));
             let mut g = vec![0f32; plan.len];
-            let loss = train_chunk(plan, w, x, c, &rows[a..b], &mut g);
+            let loss = train_chunk(plan, wr, x, c, &rows[a..b], wts.map(|v| &v[a..b]), &mut g);
             (loss, g)
         });
         let mut total_g = vec![0f32; plan.len];
@@ -1195,8 +1273,7 @@ impl FastTrainer {
                 *t += v;
             }
         }
-        self.scatter(&total_g, w, grad);
-        loss
+        Some((loss, total_g, w))
     }
 
     /// Maps a gradient of the combined weights `w` to the flat parameter layout.

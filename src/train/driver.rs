@@ -19,6 +19,7 @@ use crate::data::transform::{Acceptance, Transforms};
 use crate::data::whiten::{WhitenSpec, Whitening};
 use crate::data::EventSet;
 use crate::error::{Error, Result};
+use crate::flow::fast::to_host;
 use crate::flow::{Maf, Model};
 use ndarray::Array2;
 use std::io::IsTerminal;
@@ -338,10 +339,24 @@ fn acceptance_term(
     reps: usize,
     seed: u64,
 ) -> Tensor {
-    let zero = Tensor::zeros([], (Kind::Float, c.device()));
+    match acceptance_samples(model, (c, raw_c, gid), w, reps, seed) {
+        Some((z, cz, wk)) => (model.flow.log_prob(&z, &cz) * wk).sum(Kind::Float),
+        None => Tensor::zeros([], (Kind::Float, c.device())),
+    }
+}
+
+/// The samples of [`acceptance_term`] (flow space), their labels and their
+/// weights: the term is `Σ wk log p(z | cz)`. `None` where no sample is used.
+fn acceptance_samples(
+    model: &Model,
+    (c, raw_c, gid): (&Tensor, &Tensor, &Tensor),
+    w: &Tensor,
+    reps: usize,
+    seed: u64,
+) -> Option<(Tensor, Tensor, Tensor)> {
     let active = w.ne(0.0).nonzero().squeeze_dim(1);
     if active.size()[0] == 0 {
-        return zero;
+        return None;
     }
     let sel = active.repeat([reps as i64]);
     let c_sel = c.index_select(0, &sel);
@@ -374,10 +389,9 @@ fn acceptance_term(
         })
     };
     if keep.size()[0] == 0 {
-        return zero;
+        return None;
     }
-    let lp = model.flow.log_prob(&z.index_select(0, &keep), &c_sel.index_select(0, &keep));
-    (lp * wk).sum(Kind::Float)
+    Some((z.index_select(0, &keep), c_sel.index_select(0, &keep), wk))
 }
 
 /// Test-only fault injection (`FEDHEX_FAULT=kill:RANK:STEP`): SIGKILL this
@@ -586,7 +600,7 @@ pub fn train(
     }
     // The hand-written CPU training pass where it applies (else autograd), with host copies of the data.
     let mut fast = crate::flow::fast::FastTrainer::new(&model.flow, opt.names(), opt.numels());
-    let fast_data = fast.as_ref().map(|_| (crate::flow::fast::to_host(&train_x), crate::flow::fast::to_host(&train_c)));
+    let fast_data = fast.as_ref().map(|_| (to_host(&train_x), to_host(&train_c)));
     let steps_per_epoch = plan.steps_per_epoch(t.batch_size);
     let show_bar = comm.is_root() && cfg.outputs.progress && std::io::stderr().is_terminal();
     let check_every = if device == Device::Cpu || comm.size() > 1 { 1 } else { 32 };
@@ -666,20 +680,21 @@ pub fn train(
             fault_at_step(comm.rank(), global_step);
             // The summed loss and gradient: by the hand-written CPU pass straight
             // into `host`, or by autograd. With acceptance cuts the truncated
-            // likelihood's normaliser is added by autograd in both cases.
+            // likelihood's normaliser is a weighted sum of log-densities of flow
+            // samples, added by the same pass (with weights) or by autograd.
             let mut fast_loss = None;
-            let normaliser = |opt: &mut Adam| -> Option<Tensor> {
+            let step_data = || -> Option<((Tensor, Tensor, Tensor), Tensor, u64)> {
                 let (w, gid) = (acceptance_weight.as_ref()?, train_gid.as_ref()?);
                 let idx = Tensor::from_slice(&step.local).to_device(model_device);
                 let seed = mix_seed(t.seed, &[global_step, comm.rank() as u64, 0xacc]);
+                let data =
+                    (train_c.index_select(0, &idx), train_raw_c.index_select(0, &idx), gid.index_select(0, &idx));
+                Some((data, w.index_select(0, &idx), seed))
+            };
+            let normaliser = |opt: &mut Adam| -> Option<Tensor> {
+                let ((c, raw_c, gid), w, seed) = step_data()?;
                 opt.zero_grad();
-                let norm = acceptance_term(
-                    &model,
-                    (&train_c.index_select(0, &idx), &train_raw_c.index_select(0, &idx), &gid.index_select(0, &idx)),
-                    &w.index_select(0, &idx),
-                    t.acceptance_samples,
-                    seed,
-                );
+                let norm = acceptance_term(&model, (&c, &raw_c, &gid), &w, t.acceptance_samples, seed);
                 norm.requires_grad().then_some(norm)
             };
             let (loss, flat) = match (fast.as_mut(), &fast_data) {
@@ -688,10 +703,13 @@ pub fn train(
                     let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
                     fast_loss =
                         Some(f.loss_and_grad(opt.flat_params(), hx, hc, &step.local, threads, &mut host[..n_params]));
-                    if let Some(norm) = normaliser(&mut opt) {
-                        norm.backward();
-                        let g = Vec::<f32>::try_from(opt.flat_grad().to_device(Device::Cpu))?;
-                        host[..n_params].iter_mut().zip(g).for_each(|(h, v)| *h += v);
+                    let samples = step_data().and_then(|((c, raw_c, gid), w, seed)| {
+                        acceptance_samples(&model, (&c, &raw_c, &gid), &w, t.acceptance_samples, seed)
+                    });
+                    if let Some((z, cz, wk)) = samples {
+                        // + Σ wk log p(z) = Σ (-wk) NLL(z).
+                        let (hz, hcz, hw) = (to_host(&z), to_host(&cz), to_host(&-wk));
+                        f.add_weighted(opt.flat_params(), &hz, &hcz, &hw, threads, &mut host[..n_params]);
                     }
                     (Tensor::new(), Tensor::new())
                 }

@@ -460,7 +460,9 @@ fn event_forward<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32], u0: &[f32], c: &
     ld
 }
 
-/// Forward and backward of `rows` events (see [`super::train_chunk_impl`]).
+/// Forward and backward of `rows` events, weighted by `wts` if given (see
+/// [`super::train_chunk_impl`]).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn train_chunk<const AVX: bool>(
     p: &Plan,
@@ -469,6 +471,7 @@ pub(super) fn train_chunk<const AVX: bool>(
     xd: &[f32],
     c: &[f32],
     rows: &[i64],
+    wts: Option<&[f32]>,
     grad: &mut [f32],
 ) -> f64 {
     let (d, l) = (p.d, p.l);
@@ -482,13 +485,15 @@ pub(super) fn train_chunk<const AVX: bool>(
     let cst = 0.5 * d as f64 * LOG_2PI;
     let skip = if x.affine { 2 } else { 0 };
     let mut total = 0f64;
-    for &row in rows {
+    for (i, &row) in rows.iter().enumerate() {
         let row = row as usize;
+        let wt = wts.map_or(1.0, |v| v[i]);
         let ld = event_forward::<AVX>(p, x, w, &xd[row * d..(row + 1) * d], &c[row * l..(row + 1) * l], &mut recs);
         let uk = &recs[(nb - 1) * p.rec + x.out..nb * p.rec];
         let sq: f32 = uk.iter().map(|v| v * v).sum();
-        total += f64::from(0.5 * sq) - f64::from(ld) + cst;
-        g.copy_from_slice(uk);
+        let nll = f64::from(0.5 * sq) - f64::from(ld) + cst;
+        total += if wts.is_some() { nll * f64::from(wt) } else { nll };
+        g.iter_mut().zip(uk).for_each(|(g, u)| *g = u * wt);
         for (k, layers) in p.blocks.iter().enumerate().rev() {
             let rec = &recs[k * p.rec..(k + 1) * p.rec];
             if let Some(m) = x.mixes.get(k) {
@@ -501,7 +506,7 @@ pub(super) fn train_chunk<const AVX: bool>(
                     }
                     gm[d * d + i] += g[i];
                 }
-                gm[d * d + d] -= 1.0;
+                gm[d * d + d] -= wt;
                 for (j, v) in gn.iter_mut().enumerate() {
                     *v = (0..d).map(|i| wm[i * d + j] * g[i]).sum();
                 }
@@ -512,7 +517,7 @@ pub(super) fn train_chunk<const AVX: bool>(
                 let (n, cl) = (3 * nk - 1, cache_len(nk));
                 for j in 0..d {
                     let sc = &rec[x.sc + j * cl..x.sc + (j + 1) * cl];
-                    g[j] = spline_backward(nk, bound, sc, g[j], -1.0, &mut dr);
+                    g[j] = spline_backward(nk, bound, sc, g[j], -wt, &mut dr);
                     for q in 0..n {
                         dy[(skip + q) * d + j] = dr[q];
                     }
@@ -521,7 +526,7 @@ pub(super) fn train_chunk<const AVX: bool>(
             if x.affine {
                 let (t, e, a) = (&rec[x.at..x.at + d], &rec[x.ae..x.ae + d], &rec[x.a..x.a + d]);
                 for j in 0..d {
-                    let ds = 1.0 - g[j] * a[j];
+                    let ds = wt - g[j] * a[j];
                     dy[j] = -g[j] * e[j];
                     dy[d + j] = ds * (1.0 - t[j] * t[j]);
                     g[j] *= e[j];
