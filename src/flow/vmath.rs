@@ -1,5 +1,5 @@
-//! `exp` and `tanh` of f32 slices, eight lanes at a time with AVX2, for the
-//! fast CPU path ([`super::fast`]).
+//! `exp`, `tanh` and `log1p` of f32 slices, eight lanes at a time with AVX2,
+//! for the fast CPU path ([`super::fast`]).
 //!
 //! Both are polynomial approximations after Cephes' `expf`/`tanhf`
 //! (S. L. Moshier, *Methods and Programs for Mathematical Functions*, 1989):
@@ -11,6 +11,10 @@
 //!   Above 89 the result is `+inf`, below −104 it is `0`, NaN stays NaN.
 //! * `tanh(x) = x + x·z·Q(z)` (`z = x²`) for `|x| < 0.625`, else
 //!   `sign(x)·(1 − 2/(exp(2|x|) + 1))`; the sign of `x` is kept (also of −0).
+//! * `log1p(t)` for `t ≥ 0` (the spline's softplus): `u = 1 + t`, `ln u`
+//!   after Cephes' `logf` (`u = m·2^e`, `m ∈ [√½, √2)`, `ln m = r − r²/2 +
+//!   r³·R(r)` with `r = m − 1`), times `t / (u − 1)` to restore the bits of `t`
+//!   lost in `1 + t` (Goldberg's trick); `+inf` and NaN pass through.
 //!
 //! Determinism: the AVX2 code and the portable scalar code perform the same
 //! IEEE operations in the same order (separate multiply and add, never a
@@ -33,6 +37,18 @@ const EP: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e
 const TANH_SMALL: f32 = 0.625;
 const TP: [f32; 5] = [-5.704_988_7e-3, 2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1];
 const SIGN: u32 = 0x8000_0000;
+const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
+const LP: [f32; 9] = [
+    7.037_683_6e-2,
+    -1.151_461e-1,
+    1.167_699_9e-1,
+    -1.242_014_1e-1,
+    1.424_932_3e-1,
+    -1.666_805_8e-1,
+    2.000_071_4e-1,
+    -2.499_999_4e-1,
+    3.333_333_1e-1,
+];
 
 /// `minps(a, b)`: `a < b ? a : b` (so a NaN in `b` is returned).
 #[inline(always)]
@@ -96,6 +112,38 @@ pub fn tanh_scalar(x: f32) -> f32 {
     f32::from_bits(r.to_bits() | (x.to_bits() & SIGN))
 }
 
+/// `ln(u)` for a positive, normal, finite `u` (the lane of [`ln1p_scalar`]).
+#[inline(always)]
+fn ln_core(u: f32) -> f32 {
+    let bits = u.to_bits();
+    let fe = (((bits >> 23) as i32) - 126) as f32;
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000);
+    // m in [0.5, 1): move it to [√½, √2) so that r = m - 1 is small.
+    let small = m < SQRT_HALF;
+    let fe = if small { fe - 1.0 } else { fe };
+    let r = if small { (m + m) - 1.0 } else { m - 1.0 };
+    let z = r * r;
+    let mut p = LP[0];
+    for &c in &LP[1..] {
+        p = p * r + c;
+    }
+    let y = ((p * r) * z + fe * C2) - z * 0.5;
+    (r + y) + fe * C1
+}
+
+/// `ln(1 + t)` for `t ≥ 0`, the portable lane of [`ln1p_in_place`].
+#[inline(always)]
+pub fn ln1p_scalar(t: f32) -> f32 {
+    let u = t + 1.0;
+    // u == 1: t is below half an ulp of 1 and ln(1 + t) = t to within rounding.
+    let v = if u == 1.0 { t } else { ln_core(u) * (t / (u - 1.0)) };
+    if u < f32::INFINITY {
+        v
+    } else {
+        u
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
@@ -146,6 +194,47 @@ mod avx2 {
         _mm256_or_ps(_mm256_blendv_ps(large, small, is_small), _mm256_and_ps(x, sign))
     }
 
+    /// Eight lanes of [`ln1p_scalar`], operation for operation.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn ln1p8(t: __m256) -> __m256 {
+        let one = _mm256_set1_ps(1.0);
+        let u = _mm256_add_ps(t, one);
+        let bits = _mm256_castps_si256(u);
+        let e = _mm256_sub_epi32(_mm256_srli_epi32::<23>(bits), _mm256_set1_epi32(126));
+        let fe = _mm256_cvtepi32_ps(e);
+        let m = _mm256_castsi256_ps(_mm256_or_si256(
+            _mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff)),
+            _mm256_set1_epi32(0x3f00_0000),
+        ));
+        let small = _mm256_cmp_ps::<_CMP_LT_OQ>(m, _mm256_set1_ps(SQRT_HALF));
+        let fe = _mm256_blendv_ps(fe, _mm256_sub_ps(fe, one), small);
+        let r = _mm256_blendv_ps(_mm256_sub_ps(m, one), _mm256_sub_ps(_mm256_add_ps(m, m), one), small);
+        let z = _mm256_mul_ps(r, r);
+        let mut p = _mm256_set1_ps(LP[0]);
+        for &c in &LP[1..] {
+            p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c));
+        }
+        let y = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), z), _mm256_mul_ps(fe, _mm256_set1_ps(C2)));
+        let y = _mm256_sub_ps(y, _mm256_mul_ps(z, _mm256_set1_ps(0.5)));
+        let ln = _mm256_add_ps(_mm256_add_ps(r, y), _mm256_mul_ps(fe, _mm256_set1_ps(C1)));
+        let v = _mm256_mul_ps(ln, _mm256_div_ps(t, _mm256_sub_ps(u, one)));
+        let v = _mm256_blendv_ps(v, t, _mm256_cmp_ps::<_CMP_EQ_OQ>(u, one));
+        _mm256_blendv_ps(u, v, _mm256_cmp_ps::<_CMP_LT_OQ>(u, _mm256_set1_ps(f32::INFINITY)))
+    }
+
+    /// [`super::ln1p_in_place`] on full groups of eight; returns the length done.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn ln1p_groups(v: &mut [f32]) -> usize {
+        let m = v.len() / 8 * 8;
+        for c in v[..m].chunks_exact_mut(8) {
+            // SAFETY: `c` holds exactly eight floats.
+            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), ln1p8(_mm256_loadu_ps(c.as_ptr()))) };
+        }
+        m
+    }
+
     /// [`super::exp_in_place`] on full groups of eight; returns the length done.
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -193,6 +282,28 @@ pub(crate) fn tanh_in_place<const AVX: bool>(v: &mut [f32]) {
         done = unsafe { avx2::tanh_groups(v) };
     }
     v[done..].iter_mut().for_each(|x| *x = tanh_scalar(*x));
+}
+
+/// `v[i] = ln(1 + v[i])` for `v[i] ≥ 0`. `AVX` may only be true where AVX2
+/// has been detected.
+#[inline(always)]
+pub(crate) fn ln1p_in_place<const AVX: bool>(v: &mut [f32]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: AVX is only true in code reached after detecting AVX2.
+        done = unsafe { avx2::ln1p_groups(v) };
+    }
+    v[done..].iter_mut().for_each(|x| *x = ln1p_scalar(*x));
+}
+
+/// [`ln1p_in_place`], choosing AVX2 at run time where the CPU has it.
+pub fn ln1p_slice(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        return ln1p_in_place::<true>(v);
+    }
+    ln1p_in_place::<false>(v)
 }
 
 /// [`exp_in_place`], choosing AVX2 at run time where the CPU has it.
@@ -275,7 +386,28 @@ mod tests {
     }
 
     #[test]
+    fn ln1p_is_within_3e7_of_f64() {
+        // t ≥ 0 from far below an ulp of 1 up to e^20 (the softplus threshold) and beyond.
+        let mut ts: Vec<f32> = (0..=2_000_000).map(|i| (i as f32 / 2_000_000.0 * 45.0 - 30.0).exp()).collect();
+        ts.extend([0.0, 1e-30, 1e-8, 5.9e-8, 6.0e-8, 1.0, 0.414_213_6, 0.414_213_5, 3.0e38]);
+        let worst = ts.iter().map(|&t| rel(ln1p_scalar(t), f64::from(t).ln_1p())).fold(0.0, f64::max);
+        eprintln!("ln1p: worst relative error {worst:e}");
+        assert!(worst < 3e-7, "ln1p: worst relative error {worst:e}");
+        assert_eq!(ln1p_scalar(0.0), 0.0);
+        assert_eq!(ln1p_scalar(f32::INFINITY), f32::INFINITY);
+        assert!(ln1p_scalar(f32::NAN).is_nan());
+    }
+
+    #[test]
     fn avx2_lanes_give_the_bits_of_the_scalar_lanes() {
+        let mut ts: Vec<f32> = (0..=400_003).map(|i| (i as f32 / 400_003.0 * 60.0 - 40.0).exp()).collect();
+        ts.extend([0.0, 1e-30, 1.0, 0.414_213_6, f32::MAX, f32::INFINITY, f32::NAN]);
+        let mut lv = ts.clone();
+        ln1p_slice(&mut lv);
+        for (i, &t) in ts.iter().enumerate() {
+            let want = ln1p_scalar(t);
+            assert!(lv[i].to_bits() == want.to_bits() || (want.is_nan() && lv[i].is_nan()), "ln1p({t})");
+        }
         let mut xs = points(-110.0, 95.0, 400_003);
         xs.extend(points(-10.0, 10.0, 400_003));
         xs.extend([f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN, f32::MIN_POSITIVE, 88.72, 88.73]);

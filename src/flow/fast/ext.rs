@@ -10,9 +10,11 @@
 //! clamping and the identity outside `[-B, B]`); `tests/fast_grad.rs`
 //! checks it, log-prob and the inverse against autograd.
 
-use super::{layer_row, made_backward, made_forward, pass_hidden, Layer, Plan, LOG_2PI};
+use super::{
+    activate, activate_backward, axpy, dot, layer_forward_tile, layer_row, pass_hidden, Layer, Plan, LOG_2PI, TILE,
+};
 use crate::flow::spline::{MIN_BIN, MIN_DERIVATIVE};
-use crate::flow::vmath::{exp_in_place, exp_scalar, tanh_in_place, tanh_scalar};
+use crate::flow::vmath::{exp_in_place, exp_scalar, ln1p_in_place, tanh_in_place, tanh_scalar};
 
 /// Largest number of spline bins the fixed-size scratch arrays hold.
 const MAX_BINS: usize = 64;
@@ -175,21 +177,33 @@ impl Ext {
     }
 }
 
+/// A feature's spline knots and the values its backward needs.
+#[derive(Debug, Clone)]
+struct KnotSet {
+    /// Knot positions along x and y, and the derivatives at the knots (`K + 1`).
+    xs: [f32; MAX_BINS + 1],
+    ys: [f32; MAX_BINS + 1],
+    ds: [f32; MAX_BINS + 1],
+    /// The softmaxes of the widths and heights (`2K`).
+    sm: [f32; 2 * MAX_BINS],
+    /// The sigmoids of the interior derivatives' inputs (`K - 1`).
+    sig: [f32; MAX_BINS],
+}
+
 /// Knots of one feature's spline from its raw parameters `r` (`K` widths, `K`
 /// heights, `K - 1` derivatives): positions `xs`, `ys` and derivatives `ds`
 /// (`K + 1` each), and the softmaxes and sigmoids the backward needs
 /// (`sm`: `2K` values, `sig`: `K - 1`).
 #[inline(always)]
-fn knots<const AVX: bool>(
-    k: usize,
-    bound: f32,
-    r: &[f32],
-    xs: &mut [f32],
-    ys: &mut [f32],
-    ds: &mut [f32],
-    sm: &mut [f32],
-    sig: &mut [f32],
-) {
+fn knots<const AVX: bool>(k: usize, bound: f32, r: &[f32]) -> KnotSet {
+    let mut ks = KnotSet {
+        xs: [0.0; MAX_BINS + 1],
+        ys: [0.0; MAX_BINS + 1],
+        ds: [0.0; MAX_BINS + 1],
+        sm: [0.0; 2 * MAX_BINS],
+        sig: [0.0; MAX_BINS],
+    };
+    let KnotSet { xs, ys, ds, sm, sig } = &mut ks;
     let c0 = ((1.0 - MIN_DERIVATIVE).exp() - 1.0).ln() as f32;
     let mut e = [0f32; 3 * MAX_BINS];
     let n = 3 * k - 1;
@@ -205,7 +219,7 @@ fn knots<const AVX: bool>(
     exp_in_place::<AVX>(&mut e[..n]);
     let scale = 1.0 - (MIN_BIN * k as f64) as f32;
     let (min_bin, two_b) = (MIN_BIN as f32, 2.0 * bound);
-    for (half, pos) in [(0, &mut *xs), (k, &mut *ys)] {
+    for (half, pos) in [(0, &mut xs[..]), (k, &mut ys[..])] {
         let sum: f32 = e[half..half + k].iter().sum();
         pos[0] = -bound;
         let mut cum = 0f32;
@@ -221,13 +235,18 @@ fn knots<const AVX: bool>(
     }
     ds[0] = 1.0;
     ds[k] = 1.0;
+    let mut sp = [0f32; MAX_BINS];
+    sp[..k - 1].copy_from_slice(&e[2 * k..n]);
+    ln1p_in_place::<AVX>(&mut sp[..k - 1]);
     for q in 0..k - 1 {
         let v = r[2 * k + q] + c0;
+        let ev = e[2 * k + q];
         // softplus with libtorch's threshold: the identity above 20.
-        let (sp, sg) = if v > 20.0 { (v, 1.0) } else { (e[2 * k + q].ln_1p(), e[2 * k + q] / (1.0 + e[2 * k + q])) };
+        let (sp, sg) = if v > 20.0 { (v, 1.0) } else { (sp[q], ev / (1.0 + ev)) };
         ds[q + 1] = sp + MIN_DERIVATIVE as f32;
         sig[q] = sg;
     }
+    ks
 }
 
 /// The piece containing `v` along the knots `pos` (`0..K`).
@@ -249,13 +268,14 @@ fn log_slope(s: f32, d0: f32, d1: f32, t: f32) -> f32 {
 /// The spline of one feature at `a` (data → base): `(y, log dy/da)`, caching
 /// what [`spline_backward`] needs in `sc`.
 #[inline(always)]
-fn spline_forward<const AVX: bool>(k: usize, bound: f32, r: &[f32], a: f32, sc: &mut [f32]) -> (f32, f32) {
-    let (mut xs, mut ys, mut ds) = ([0f32; MAX_BINS + 1], [0f32; MAX_BINS + 1], [0f32; MAX_BINS + 1]);
+fn spline_forward(k: usize, bound: f32, ks: &KnotSet, a: f32, sc: &mut [f32]) -> (f32, f32) {
+    let KnotSet { xs, ys, ds, .. } = ks;
     let (sm, rest) = sc.split_at_mut(2 * k);
     let (sig, piece) = rest.split_at_mut(k - 1);
-    knots::<AVX>(k, bound, r, &mut xs, &mut ys, &mut ds, sm, sig);
+    sm.copy_from_slice(&ks.sm[..2 * k]);
+    sig.copy_from_slice(&ks.sig[..k - 1]);
     let inside = a >= -bound && a <= bound;
-    let b = bin(&xs, k, a.clamp(-bound, bound));
+    let b = bin(xs, k, a.clamp(-bound, bound));
     let (x0, w, y0, h, d0, d1) = (xs[b], xs[b + 1] - xs[b], ys[b], ys[b + 1] - ys[b], ds[b], ds[b + 1]);
     let t_raw = (a.clamp(-bound, bound) - x0) / w;
     let t = t_raw.clamp(0.0, 1.0);
@@ -362,15 +382,12 @@ fn spline_backward(k: usize, bound: f32, sc: &[f32], gy: f32, gl: f32, dr: &mut 
 
 /// The inverse of one feature's spline at `y` (base → data): `(x, log dy/dx)`.
 #[inline(always)]
-fn spline_inverse<const AVX: bool>(k: usize, bound: f32, r: &[f32], y: f32) -> (f32, f32) {
+fn spline_inverse(k: usize, bound: f32, ks: &KnotSet, y: f32) -> (f32, f32) {
     if !(y >= -bound && y <= bound) {
         return (y, 0.0);
     }
-    let (mut xs, mut ys, mut ds) = ([0f32; MAX_BINS + 1], [0f32; MAX_BINS + 1], [0f32; MAX_BINS + 1]);
-    let mut sm = [0f32; 2 * MAX_BINS];
-    let mut sig = [0f32; MAX_BINS];
-    knots::<AVX>(k, bound, r, &mut xs, &mut ys, &mut ds, &mut sm, &mut sig);
-    let b = bin(&ys, k, y);
+    let KnotSet { xs, ys, ds, .. } = ks;
+    let b = bin(ys, k, y);
     let (x0, w, y0, h, d0, d1) = (xs[b], xs[b + 1] - xs[b], ys[b], ys[b + 1] - ys[b], ds[b], ds[b + 1]);
     let s = h / w;
     let dy = y - y0;
@@ -383,6 +400,31 @@ fn spline_inverse<const AVX: bool>(k: usize, bound: f32, r: &[f32], y: f32) -> (
     (t * w + x0, log_slope(s, d0, d1, t))
 }
 
+/// The knots of every (block, feature) whose spline parameters are constant
+/// (`k * D + j`): a feature whose output rows read nothing (the first in a
+/// MADE's order) has its biases as parameters, the same for every event, so
+/// its knots are computed once per call instead of once per event.
+fn constant_knots<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32]) -> Vec<Option<KnotSet>> {
+    let d = p.d;
+    let skip = if x.affine { 2 } else { 0 };
+    let mut out = Vec::with_capacity(p.blocks.len() * d);
+    for layers in &p.blocks {
+        let lo = &layers[layers.len() - 1];
+        for j in 0..d {
+            out.push(x.spline.and_then(|(nk, bound)| {
+                let rows = (0..3 * nk - 1).map(|q| (skip + q) * d + j);
+                if rows.clone().any(|row| lo.live[row]) {
+                    return None;
+                }
+                let bias = &w[lo.off + lo.a_len()..lo.off + lo.len()];
+                let r: Vec<f32> = rows.map(|row| bias[row]).collect();
+                Some(knots::<AVX>(nk, bound, &r))
+            }));
+        }
+    }
+    out
+}
+
 /// The spline parameters of feature `j` from a block's raw outputs (parameter
 /// by parameter, each for every feature), skipping the first `skip`.
 #[inline(always)]
@@ -392,76 +434,240 @@ fn gather(raw: &[f32], d: usize, j: usize, skip: usize, n: usize, r: &mut [f32])
     }
 }
 
-/// One event through every block (data → base), recording into `recs`
-/// (`nb` block records). Returns `log |det du/dx|`; `u` is the last block
-/// record's output.
+/// The element-wise part of block `k` for one event, after its MADE: shift
+/// and scale, spline and the learned map, from the raw outputs at the start
+/// of `tail` (the block record from `x.raw` on) and the block input `u`.
+/// Fills the rest of `tail` and returns the block's `log |det|`.
 #[inline(always)]
-fn event_forward<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32], u0: &[f32], c: &[f32], recs: &mut [f32]) -> f32 {
+#[allow(clippy::too_many_arguments)]
+fn block_tail<const AVX: bool>(
+    p: &Plan,
+    x: &Ext,
+    w: &[f32],
+    consts: &[Option<KnotSet>],
+    k: usize,
+    u: &[f32],
+    tail: &mut [f32],
+) -> f32 {
     let d = p.d;
     let skip = if x.affine { 2 } else { 0 };
     let mut ld = 0f32;
     let mut r = [0f32; 3 * MAX_BINS];
-    for (k, layers) in p.blocks.iter().enumerate() {
-        let (before, this) = recs.split_at_mut(k * p.rec);
-        let this = &mut this[..p.rec];
-        let u: &[f32] = if k == 0 { u0 } else { &before[(k - 1) * p.rec + x.out..k * p.rec] };
-        let (head, tail) = this.split_at_mut(x.raw);
-        let tail = &mut tail[..p.rec - x.raw];
-        made_forward::<AVX>(p, layers, w, u, c, head, &mut tail[..x.params * d]);
-        let (raw, rest) = tail.split_at_mut(x.params * d);
-        let (at, rest) = rest.split_at_mut(d);
-        let (ae, rest) = rest.split_at_mut(d);
-        let (a, rest) = rest.split_at_mut(d);
-        let (sc, rest) = rest.split_at_mut(x.yo - x.sc);
-        let (yo, out) = rest.split_at_mut(d);
-        if x.affine {
-            for j in 0..d {
-                at[j] = raw[d + j] / p.bound;
-            }
-            tanh_in_place::<AVX>(at);
-            for j in 0..d {
-                ae[j] = -(at[j] * p.bound);
-            }
-            exp_in_place::<AVX>(ae);
-            for j in 0..d {
-                a[j] = (u[j] - raw[j]) * ae[j];
-                ld -= at[j] * p.bound;
-            }
-        } else {
-            a.copy_from_slice(u);
+    let (raw, rest) = tail.split_at_mut(x.params * d);
+    let (at, rest) = rest.split_at_mut(d);
+    let (ae, rest) = rest.split_at_mut(d);
+    let (a, rest) = rest.split_at_mut(d);
+    let (sc, rest) = rest.split_at_mut(x.yo - x.sc);
+    let (yo, out) = rest.split_at_mut(d);
+    if x.affine {
+        for j in 0..d {
+            at[j] = raw[d + j] / p.bound;
         }
-        match x.spline {
-            Some((nk, bound)) => {
-                let (n, cl) = (3 * nk - 1, cache_len(nk));
-                for j in 0..d {
-                    gather(raw, d, j, skip, n, &mut r);
-                    let (y, ls) = spline_forward::<AVX>(nk, bound, &r[..n], a[j], &mut sc[j * cl..(j + 1) * cl]);
-                    yo[j] = y;
-                    ld += ls;
-                }
-            }
-            None => yo.copy_from_slice(a),
+        tanh_in_place::<AVX>(at);
+        for j in 0..d {
+            ae[j] = -(at[j] * p.bound);
         }
-        match x.mixes.get(k) {
-            Some(m) => {
-                let wm = &w[m.off..m.off + mix_len(d)];
-                for (i, o) in out.iter_mut().enumerate() {
-                    let mut acc = wm[d * d + i];
-                    for (j, yj) in yo.iter().enumerate() {
-                        acc += wm[i * d + j] * yj;
+        exp_in_place::<AVX>(ae);
+        for j in 0..d {
+            a[j] = (u[j] - raw[j]) * ae[j];
+            ld -= at[j] * p.bound;
+        }
+    } else {
+        a.copy_from_slice(u);
+    }
+    match x.spline {
+        Some((nk, bound)) => {
+            let (n, cl) = (3 * nk - 1, cache_len(nk));
+            for j in 0..d {
+                let sc = &mut sc[j * cl..(j + 1) * cl];
+                let (y, ls) = match &consts[k * d + j] {
+                    Some(ks) => spline_forward(nk, bound, ks, a[j], sc),
+                    None => {
+                        gather(raw, d, j, skip, n, &mut r);
+                        spline_forward(nk, bound, &knots::<AVX>(nk, bound, &r[..n]), a[j], sc)
                     }
-                    *o = acc;
-                }
-                ld += wm[d * d + d];
+                };
+                yo[j] = y;
+                ld += ls;
             }
-            None => out.copy_from_slice(yo),
+        }
+        None => yo.copy_from_slice(a),
+    }
+    match x.mixes.get(k) {
+        Some(m) => {
+            let wm = &w[m.off..m.off + mix_len(d)];
+            for (i, o) in out[..d].iter_mut().enumerate() {
+                let mut acc = wm[d * d + i];
+                for (j, yj) in yo.iter().enumerate() {
+                    acc += wm[i * d + j] * yj;
+                }
+                *o = acc;
+            }
+            ld += wm[d * d + d];
+        }
+        None => out[..d].copy_from_slice(yo),
+    }
+    ld
+}
+
+/// Scratch of one chunk: the records of a tile of events and the layer buffers.
+struct Scratch {
+    /// `TILE` event records of `nb * rec` floats each.
+    recs: Vec<f32>,
+    /// A layer's outputs for the tile, `TILE × widest layer`.
+    tout: Vec<f32>,
+    /// dL/d(layer output) and dL/d(layer input) per event, `TILE × maxw` each.
+    dy: Vec<f32>,
+    dz: Vec<f32>,
+    maxw: usize,
+    /// The tile's inputs and labels (padding rows are zeros).
+    u0: Vec<f32>,
+    c0: Vec<f32>,
+    /// [`constant_knots`] of the weights.
+    consts: Vec<Option<KnotSet>>,
+}
+
+impl Scratch {
+    fn new<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32]) -> Scratch {
+        let widest = p.blocks.iter().flatten().map(|y| y.n_out.max(y.k_in)).max().unwrap_or(0);
+        let maxw = widest.max(x.params * p.d);
+        Scratch {
+            recs: vec![0f32; TILE * p.blocks.len() * p.rec],
+            tout: vec![0f32; TILE * maxw],
+            dy: vec![0f32; TILE * maxw],
+            dz: vec![0f32; TILE * maxw],
+            maxw,
+            u0: vec![0f32; TILE * p.d],
+            c0: vec![0f32; TILE * p.l],
+            consts: constant_knots::<AVX>(p, x, w),
+        }
+    }
+
+    /// Loads the events `rows` (at most `TILE`) of `(xd, c)` as the tile's
+    /// inputs; the remaining rows are zeros.
+    fn load(&mut self, p: &Plan, xd: &[f32], c: &[f32], rows: impl Iterator<Item = usize>) -> usize {
+        let (d, l) = (p.d, p.l);
+        self.u0.iter_mut().for_each(|v| *v = 0.0);
+        self.c0.iter_mut().for_each(|v| *v = 0.0);
+        let mut n = 0;
+        for (e, r) in rows.enumerate().take(TILE) {
+            self.u0[e * d..(e + 1) * d].copy_from_slice(&xd[r * d..(r + 1) * d]);
+            self.c0[e * l..(e + 1) * l].copy_from_slice(&c[r * l..(r + 1) * l]);
+            n = e + 1;
+        }
+        n
+    }
+}
+
+/// A tile of [`TILE`] events (`s.u0`, `s.c0`) through every block (data →
+/// base), each layer of a block over the whole tile ([`layer_forward_tile`]),
+/// recording into `s.recs`. Returns `log |det du/dx|` per event; `u` is the
+/// last block record's output.
+#[inline(always)]
+fn tile_forward<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32], s: &mut Scratch) -> [f32; TILE] {
+    let (d, l) = (p.d, p.l);
+    let er = p.blocks.len() * p.rec;
+    let mut ld = [0f32; TILE];
+    for (k, layers) in p.blocks.iter().enumerate() {
+        let kb = k * p.rec;
+        for e in 0..TILE {
+            let base = e * er + kb;
+            if k == 0 {
+                s.recs[base..base + d].copy_from_slice(&s.u0[e * d..(e + 1) * d]);
+            } else {
+                let prev = e * er + kb - p.rec + x.out;
+                s.recs.copy_within(prev..prev + d, base);
+            }
+            if layers[0].cond {
+                s.recs[base + d..base + d + l].copy_from_slice(&s.c0[e * l..(e + 1) * l]);
+            }
+        }
+        let nl = layers.len();
+        for (li, y) in layers.iter().enumerate() {
+            let lw = &w[y.off..y.off + y.len()];
+            layer_forward_tile::<AVX>(y, lw, &s.recs[kb + y.rin..], er, &mut s.tout, y.n_out);
+            for e in 0..TILE {
+                let base = e * er + kb;
+                let o = &s.tout[e * y.n_out..(e + 1) * y.n_out];
+                if li + 1 < nl {
+                    let nxt = &layers[li + 1];
+                    s.recs[base + y.rpre..base + y.rpre + y.n_out].copy_from_slice(o);
+                    activate::<AVX>(p.act, o, &mut s.recs[base + nxt.rin..base + nxt.rin + y.n_out]);
+                    if nxt.cond {
+                        let at = base + nxt.rin + y.n_out;
+                        s.recs[at..at + l].copy_from_slice(&s.c0[e * l..(e + 1) * l]);
+                    }
+                } else {
+                    s.recs[base + x.raw..base + x.raw + y.n_out].copy_from_slice(o);
+                }
+            }
+        }
+        for (e, lde) in ld.iter_mut().enumerate() {
+            let (before, this) = s.recs.split_at_mut(e * er + kb);
+            let u: &[f32] = if k == 0 { &s.u0[e * d..(e + 1) * d] } else { &before[e * er + kb - p.rec + x.out..] };
+            *lde += block_tail::<AVX>(p, x, w, &s.consts, k, &u[..d], &mut this[x.raw..p.rec]);
         }
     }
     ld
 }
 
+/// Backward of one layer for a tile of events: `z` the layer inputs (event
+/// `e` at `z[e * zs..]`), `dy` dL/d(outputs) (at `dy[e * ds..]`, `dy_len`
+/// wide); accumulates the weight and bias gradients into `g` (each gradient
+/// row is updated by the whole tile while it is in cache) and writes
+/// dL/d(inputs) for the first `n_in` inputs into `dz` (at `dz[e * ds..]`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn layer_backward_tile<const AVX: bool>(
+    y: &Layer,
+    w: &[f32],
+    g: &mut [f32],
+    z: &[f32],
+    zs: usize,
+    dy: &[f32],
+    dz: &mut [f32],
+    ds: usize,
+) {
+    let a = &w[..y.a_len()];
+    let (ga, gb) = g.split_at_mut(y.a_len());
+    let (n_out, k_in, n_in) = (y.n_out, y.k_in, y.n_in);
+    for e in 0..TILE {
+        for (gbj, dyj) in gb.iter_mut().zip(&dy[e * ds..e * ds + n_out]) {
+            *gbj += dyj;
+        }
+    }
+    if y.in_major {
+        for k in 0..k_in {
+            let row = &mut ga[k * n_out..(k + 1) * n_out];
+            for e in 0..TILE {
+                axpy(row, z[e * zs + k], &dy[e * ds..e * ds + n_out]);
+            }
+        }
+        for e in 0..TILE {
+            for i in 0..n_in {
+                dz[e * ds + i] = dot::<AVX>(&a[i * n_out..(i + 1) * n_out], &dy[e * ds..e * ds + n_out]);
+            }
+        }
+    } else {
+        for e in 0..TILE {
+            dz[e * ds..e * ds + n_in].iter_mut().for_each(|v| *v = 0.0);
+        }
+        for j in (0..n_out).filter(|&j| y.live[j]) {
+            let row = &mut ga[j * k_in..(j + 1) * k_in];
+            let arow = &a[j * k_in..j * k_in + n_in];
+            for e in 0..TILE {
+                let dyj = dy[e * ds + j];
+                axpy(row, dyj, &z[e * zs..e * zs + k_in]);
+                axpy(&mut dz[e * ds..e * ds + n_in], dyj, arow);
+            }
+        }
+    }
+}
+
 /// Forward and backward of `rows` events, weighted by `wts` if given (see
-/// [`super::train_chunk_impl`]).
+/// [`super::train_chunk_impl`]), a tile of events at a time: every layer's
+/// forward and backward runs over the whole tile. A partial last tile is
+/// padded with zero events of weight zero, which add exactly nothing.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn train_chunk<const AVX: bool>(
@@ -474,82 +680,119 @@ pub(super) fn train_chunk<const AVX: bool>(
     wts: Option<&[f32]>,
     grad: &mut [f32],
 ) -> f64 {
-    let (d, l) = (p.d, p.l);
+    let d = p.d;
     let nb = p.blocks.len();
-    let mut recs = vec![0f32; nb * p.rec];
-    let maxw = p.blocks[0].iter().map(|y| y.n_out.max(y.k_in)).max().unwrap_or(0).max(x.params * d);
-    let (mut dy, mut dz) = (vec![0f32; maxw], vec![0f32; maxw]);
-    let mut g = vec![0f32; d];
+    let er = nb * p.rec;
+    let mut s = Scratch::new::<AVX>(p, x, w);
+    let maxw = s.maxw;
+    let mut g = vec![0f32; TILE * d];
     let mut gn = vec![0f32; d];
     let mut dr = [0f32; 3 * MAX_BINS];
     let cst = 0.5 * d as f64 * LOG_2PI;
     let skip = if x.affine { 2 } else { 0 };
+    let np = x.params * d;
     let mut total = 0f64;
-    for (i, &row) in rows.iter().enumerate() {
-        let row = row as usize;
-        let wt = wts.map_or(1.0, |v| v[i]);
-        let ld = event_forward::<AVX>(p, x, w, &xd[row * d..(row + 1) * d], &c[row * l..(row + 1) * l], &mut recs);
-        let uk = &recs[(nb - 1) * p.rec + x.out..nb * p.rec];
-        let sq: f32 = uk.iter().map(|v| v * v).sum();
-        let nll = f64::from(0.5 * sq) - f64::from(ld) + cst;
-        total += if wts.is_some() { nll * f64::from(wt) } else { nll };
-        g.iter_mut().zip(uk).for_each(|(g, u)| *g = u * wt);
+    for (ti, tile) in rows.chunks(TILE).enumerate() {
+        let te = s.load(p, xd, c, tile.iter().map(|&r| r as usize));
+        let ld = tile_forward::<AVX>(p, x, w, &mut s);
+        let mut wt = [0f32; TILE];
+        for e in 0..TILE {
+            let uk = &s.recs[e * er + (nb - 1) * p.rec + x.out..e * er + nb * p.rec];
+            if e < te {
+                wt[e] = wts.map_or(1.0, |v| v[ti * TILE + e]);
+                let sq: f32 = uk.iter().map(|v| v * v).sum();
+                let nll = f64::from(0.5 * sq) - f64::from(ld[e]) + cst;
+                total += if wts.is_some() { nll * f64::from(wt[e]) } else { nll };
+            }
+            for (gj, u) in g[e * d..(e + 1) * d].iter_mut().zip(uk) {
+                *gj = u * wt[e];
+            }
+        }
         for (k, layers) in p.blocks.iter().enumerate().rev() {
-            let rec = &recs[k * p.rec..(k + 1) * p.rec];
-            if let Some(m) = x.mixes.get(k) {
-                let wm = &w[m.off..m.off + mix_len(d)];
-                let gm = &mut grad[m.off..m.off + mix_len(d)];
-                let yo = &rec[x.yo..x.yo + d];
-                for i in 0..d {
+            let kb = k * p.rec;
+            for e in 0..TILE {
+                let rec = &s.recs[e * er + kb..e * er + kb + p.rec];
+                let ge = &mut g[e * d..(e + 1) * d];
+                if let Some(m) = x.mixes.get(k) {
+                    let wm = &w[m.off..m.off + mix_len(d)];
+                    let gm = &mut grad[m.off..m.off + mix_len(d)];
+                    let yo = &rec[x.yo..x.yo + d];
+                    for i in 0..d {
+                        for j in 0..d {
+                            gm[i * d + j] += ge[i] * yo[j];
+                        }
+                        gm[d * d + i] += ge[i];
+                    }
+                    gm[d * d + d] -= wt[e];
+                    for (j, v) in gn.iter_mut().enumerate() {
+                        *v = (0..d).map(|i| wm[i * d + j] * ge[i]).sum();
+                    }
+                    ge.copy_from_slice(&gn);
+                }
+                let dy = &mut s.dy[e * maxw..e * maxw + np];
+                dy.iter_mut().for_each(|v| *v = 0.0);
+                if let Some((nk, bound)) = x.spline {
+                    let (n, cl) = (3 * nk - 1, cache_len(nk));
                     for j in 0..d {
-                        gm[i * d + j] += g[i] * yo[j];
+                        let sc = &rec[x.sc + j * cl..x.sc + (j + 1) * cl];
+                        ge[j] = spline_backward(nk, bound, sc, ge[j], -wt[e], &mut dr);
+                        for q in 0..n {
+                            dy[(skip + q) * d + j] = dr[q];
+                        }
                     }
-                    gm[d * d + i] += g[i];
                 }
-                gm[d * d + d] -= wt;
-                for (j, v) in gn.iter_mut().enumerate() {
-                    *v = (0..d).map(|i| wm[i * d + j] * g[i]).sum();
-                }
-                g.copy_from_slice(&gn);
-            }
-            dy[..x.params * d].iter_mut().for_each(|v| *v = 0.0);
-            if let Some((nk, bound)) = x.spline {
-                let (n, cl) = (3 * nk - 1, cache_len(nk));
-                for j in 0..d {
-                    let sc = &rec[x.sc + j * cl..x.sc + (j + 1) * cl];
-                    g[j] = spline_backward(nk, bound, sc, g[j], -wt, &mut dr);
-                    for q in 0..n {
-                        dy[(skip + q) * d + j] = dr[q];
+                if x.affine {
+                    let (t, ex, a) = (&rec[x.at..x.at + d], &rec[x.ae..x.ae + d], &rec[x.a..x.a + d]);
+                    for j in 0..d {
+                        let ds = wt[e] - ge[j] * a[j];
+                        dy[j] = -ge[j] * ex[j];
+                        dy[d + j] = ds * (1.0 - t[j] * t[j]);
+                        ge[j] *= ex[j];
                     }
                 }
             }
-            if x.affine {
-                let (t, e, a) = (&rec[x.at..x.at + d], &rec[x.ae..x.ae + d], &rec[x.a..x.a + d]);
-                for j in 0..d {
-                    let ds = wt - g[j] * a[j];
-                    dy[j] = -g[j] * e[j];
-                    dy[d + j] = ds * (1.0 - t[j] * t[j]);
-                    g[j] *= e[j];
+            for li in (0..layers.len()).rev() {
+                let y = &layers[li];
+                let lw = &w[y.off..y.off + y.len()];
+                let lg = &mut grad[y.off..y.off + y.len()];
+                layer_backward_tile::<AVX>(y, lw, lg, &s.recs[kb + y.rin..], er, &s.dy, &mut s.dz, maxw);
+                for e in 0..TILE {
+                    let dze = &s.dz[e * maxw..e * maxw + y.n_in];
+                    if li > 0 {
+                        // Through the activation of hidden layer li-1 (its output is this layer's input).
+                        let prev = &layers[li - 1];
+                        let base = e * er + kb;
+                        let pre = &s.recs[base + prev.rpre..base + prev.rpre + y.n_in];
+                        let h = &s.recs[base + y.rin..base + y.rin + y.n_in];
+                        activate_backward::<AVX>(p.act, pre, h, dze, &mut s.dy[e * maxw..e * maxw + y.n_in]);
+                    } else {
+                        for (gj, dzj) in g[e * d..(e + 1) * d].iter_mut().zip(dze) {
+                            *gj += dzj;
+                        }
+                    }
                 }
             }
-            made_backward::<AVX>(p, layers, w, grad, rec, &mut dy, &mut dz, x.params * d, &mut g);
         }
     }
     total
 }
 
-/// `log p(x | c)` of the events of `xd` into `out`.
+/// `log p(x | c)` of the events of `xd` into `out`, a tile at a time.
 #[inline(always)]
 pub(super) fn log_prob_chunk<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32], xd: &[f32], c: &[f32], out: &mut [f32]) {
-    let (d, l) = (p.d, p.l);
+    let d = p.d;
     let nb = p.blocks.len();
-    let mut recs = vec![0f32; nb * p.rec];
+    let er = nb * p.rec;
+    let mut s = Scratch::new::<AVX>(p, x, w);
     let cst = 0.5 * d as f32 * LOG_2PI as f32;
-    for (e, o) in out.iter_mut().enumerate() {
-        let ld = event_forward::<AVX>(p, x, w, &xd[e * d..(e + 1) * d], &c[e * l..(e + 1) * l], &mut recs);
-        let uk = &recs[(nb - 1) * p.rec + x.out..nb * p.rec];
-        let sq: f32 = uk.iter().map(|v| v * v).sum();
-        *o = -0.5 * sq - cst + ld;
+    for (ti, o_tile) in out.chunks_mut(TILE).enumerate() {
+        s.load(p, xd, c, ti * TILE..ti * TILE + o_tile.len());
+        let ld = tile_forward::<AVX>(p, x, w, &mut s);
+        for (e, o) in o_tile.iter_mut().enumerate() {
+            let uk = &s.recs[e * er + (nb - 1) * p.rec + x.out..e * er + nb * p.rec];
+            let sq: f32 = uk.iter().map(|v| v * v).sum();
+            *o = -0.5 * sq - cst + ld[e];
+        }
     }
 }
 
@@ -570,6 +813,7 @@ pub(super) fn inverse_chunk<const AVX: bool>(
     let (mut y, mut xk, mut lds) = (vec![0f32; d], vec![0f32; d], vec![0f32; d]);
     let mut v = vec![0f32; d];
     let mut raw = vec![0f32; x.params];
+    let consts = constant_knots::<AVX>(p, x, w);
     for (e, lde) in ld.iter_mut().enumerate() {
         let ce = &c[e * l..(e + 1) * l];
         y.copy_from_slice(&us[e * d..(e + 1) * d]);
@@ -602,7 +846,12 @@ pub(super) fn inverse_chunk<const AVX: bool>(
                         *rv = layer_row::<AVX>(lo, lw, z, q * d + j);
                     }
                     let (a, ls) = match x.spline {
-                        Some((nk, bound)) => spline_inverse::<AVX>(nk, bound, &raw[skip..skip + 3 * nk - 1], y[j]),
+                        Some((nk, bound)) => match &consts[k * d + j] {
+                            Some(ks) => spline_inverse(nk, bound, ks, y[j]),
+                            None => {
+                                spline_inverse(nk, bound, &knots::<AVX>(nk, bound, &raw[skip..skip + 3 * nk - 1]), y[j])
+                            }
+                        },
                         None => (y[j], 0.0),
                     };
                     let (xj, ldj) = if x.affine {
