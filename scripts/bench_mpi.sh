@@ -3,7 +3,8 @@
 # network and a 10x10 grid with 10k events per label (1M events); prints the
 # 2-rank/1-rank ratio, the time per step in the gradient all-reduce and the
 # peak resident memory per rank. Usage: bash scripts/bench_mpi.sh [events_per_label] [epochs]
-# (binaries from FEDHEX_BIN_DIR, default target/release)
+# (binaries from FEDHEX_BIN_DIR, default target/release; TRANSFORM=affine_spline
+# PERMUTATION=lu for the default network instead of the reference one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}
@@ -18,8 +19,8 @@ path = "$W/grid.npz"
 [network]
 n_blocks = 10
 hidden = [128]
-transform = "affine"
-permutation = "reverse"
+transform = "${TRANSFORM:-affine}"
+permutation = "${PERMUTATION:-reverse}"
 [training]
 epochs = $EPOCHS
 batch_size = 1024
