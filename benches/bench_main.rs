@@ -1,38 +1,60 @@
 //! Criterion benches: one training step, sampling and log-prob of the
-//! reference network (10 MADE blocks, hidden [128], 2 features, 2 labels,
-//! batch 1024) on the CPU with 1 and 2 intra-op threads. Throughput is
-//! reported in events (elements) per second. Run: `make bench`.
+//! reference network (10 affine MADE blocks with the order reversed between
+//! them, hidden [128], 2 features, 2 labels, batch 1024) and of the default
+//! network (the same with `affine_spline` blocks and learned LU mixing) on
+//! the CPU with 1 and 2 intra-op threads, through the hand-written CPU pass
+//! where it applies (as training does). Throughput is reported in events
+//! (elements) per second. Run: `make bench`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fedhex::bench::train_step;
+use fedhex::bench::{fast_train_step, train_step};
 use fedhex::config::NetworkConfig;
-use fedhex::flow::Maf;
+use fedhex::flow::fast::{to_host, FastTrainer};
+use fedhex::flow::{Maf, Permutation, Transform};
 use fedhex::train::optim::{Adam, AdamConfig};
 use tch::{Device, Kind, Tensor};
 
 const BATCH: i64 = 1024;
 
-fn reference() -> (Maf, Tensor, Tensor) {
-    let flow = {
-        let _rng = fedhex::rng::seeded(0);
-        Maf::new(NetworkConfig::default().maf(2, 2), Device::Cpu).expect("reference network")
-    };
-    let x = Tensor::randn([BATCH, 2], (Kind::Float, Device::Cpu));
-    let c = Tensor::randn([BATCH, 2], (Kind::Float, Device::Cpu));
-    (flow, x, c)
+fn network(name: &str) -> NetworkConfig {
+    match name {
+        "reference" => {
+            NetworkConfig { transform: Transform::Affine, permutation: Permutation::Reverse, ..Default::default() }
+        }
+        _ => NetworkConfig::default(),
+    }
 }
 
 fn flow_benches(c: &mut Criterion) {
-    for threads in [1, 2] {
-        tch::set_num_threads(threads);
-        let (flow, x, cs) = reference();
-        let mut opt = Adam::new(flow.var_store(), AdamConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8 });
-        let mut g = c.benchmark_group(format!("reference_net_{threads}thread"));
-        g.throughput(Throughput::Elements(BATCH as u64));
-        g.bench_function("train_step_b1024", |b| b.iter(|| train_step(&flow, &mut opt, &x, &cs)));
-        g.bench_function("sample_b1024", |b| b.iter(|| flow.sample(&cs)));
-        g.bench_function("log_prob_b1024", |b| b.iter(|| tch::no_grad(|| flow.log_prob(&x, &cs))));
-        g.finish();
+    for name in ["reference", "default"] {
+        for threads in [1, 2] {
+            tch::set_num_threads(threads);
+            let flow = {
+                let _rng = fedhex::rng::seeded(0);
+                Maf::new(network(name).maf(2, 2), Device::Cpu).expect("benchmark network")
+            };
+            let x = Tensor::randn([BATCH, 2], (Kind::Float, Device::Cpu));
+            let cs = Tensor::randn([BATCH, 2], (Kind::Float, Device::Cpu));
+            let mut opt = Adam::new(flow.var_store(), AdamConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8 });
+            let mut g = c.benchmark_group(format!("{name}_net_{threads}thread"));
+            g.throughput(Throughput::Elements(BATCH as u64));
+            match FastTrainer::new(&flow, opt.names(), opt.numels()) {
+                Some(mut fast) => {
+                    let (hx, hc) = (to_host(&x), to_host(&cs));
+                    let rows: Vec<i64> = (0..BATCH).collect();
+                    let mut grad = vec![0f32; fast.numel()];
+                    g.bench_function("train_step_b1024", |b| {
+                        b.iter(|| fast_train_step(&mut fast, &mut opt, &hx, &hc, &rows, &mut grad))
+                    });
+                }
+                None => {
+                    g.bench_function("train_step_b1024", |b| b.iter(|| train_step(&flow, &mut opt, &x, &cs)));
+                }
+            }
+            g.bench_function("sample_b1024", |b| b.iter(|| flow.sample(&cs)));
+            g.bench_function("log_prob_b1024", |b| b.iter(|| tch::no_grad(|| flow.log_prob(&x, &cs))));
+            g.finish();
+        }
     }
 }
 

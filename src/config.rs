@@ -350,7 +350,7 @@ const KEY_DOCS: &[(&str, &str)] = &[
     (
         "network.permutation",
         "feature order change between blocks: reverse, random, or lu (a learned invertible linear map z = P L U x + b \
-         between consecutive blocks, starting at the reversal; trained through autograd, not the fast CPU path)",
+         between consecutive blocks, starting at the reversal)",
     ),
     ("network.permutation_seed", "seed of the random orders"),
     ("network.log_scale_bound", "bound B of each block's log-scale: s = B tanh(raw / B) (affine blocks)"),

@@ -18,6 +18,10 @@
 //! chunk order. The result is therefore bit-identical for any number of
 //! threads and on any x86-64 CPU (no fused multiply-add, fixed summation order).
 //!
+//! Affine blocks with fixed orders (the reference network) run through the
+//! tiled kernels here; spline blocks and learned LU mixing through [`ext`],
+//! which reuses them for the MADE layers.
+//!
 //! The autograd path ([`crate::flow::Maf::log_prob`] with gradients) stays the
 //! reference; `tests/fast_grad.rs` checks this pass against it.
 
@@ -102,7 +106,7 @@ struct Plan {
     tail: usize,
     /// The inversion schedule of each block (see [`Pass`]).
     passes: Vec<Vec<Pass>>,
-    /// Spline blocks or learned mixing: the per-event path of [`ext`] (the
+    /// Spline blocks or learned mixing: the path of [`ext`] (the
     /// tiled paths here are for affine blocks with fixed orders).
     ext: Option<ext::Ext>,
 }
@@ -549,6 +553,7 @@ fn finish_tile<const AVX: bool>(bound: f32, tb: &mut [f32], sb: &mut [f32], eb: 
 /// dL/d(block input) on exit; `wt` is the event's weight in the loss (the
 /// coefficient of its `-log|det|` term). `dscratch` holds two buffers of the
 /// widest layer.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn block_backward<const AVX: bool>(
     p: &Plan,
@@ -1086,8 +1091,8 @@ pub struct FastMaf {
 
 impl FastMaf {
     /// The fast path for `flow`, or `None` where it does not apply (not on
-    /// the CPU, GELU activation, spline blocks, or learned mixing between
-    /// blocks); use the autograd path then.
+    /// the CPU, or GELU activation); use the autograd path then. Spline
+    /// blocks and learned mixing take the path in `fast/ext.rs`.
     pub fn new(flow: &Maf) -> Option<Self> {
         Plan::new(flow).map(|plan| FastMaf { plan })
     }
