@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use fedhex::config::RunConfig;
 use fedhex::data::gaussian::{check_moments, Covariance, GaussianSpec, Layout};
-use fedhex::flow::Model;
+use fedhex::flow::{Model, Permutation, Transform};
 use fedhex::train::train_events;
 use tch::Device;
 
@@ -47,18 +47,26 @@ fn same_config_and_seed_give_identical_weights() {
     let mut small = spec();
     small.n_per_label = 300;
     let events = small.generate().unwrap();
-    let weights = |seed| {
-        let out = train_events(&small_cfg(2, seed), &events).unwrap();
-        // Compare digests so a failure prints a line, not every weight.
-        let digest = format!("{:x}", weight_digest(&out.model));
-        (digest, out.history)
-    };
-    let (a, ha) = weights(5);
-    let (b, hb) = weights(5);
-    assert_eq!(a, b, "same seed, different weights (bit-level digest)");
-    assert_eq!(ha.iter().map(|r| r.train_nll).collect::<Vec<_>>(), hb.iter().map(|r| r.train_nll).collect::<Vec<_>>());
-    let (c, _) = weights(6);
-    assert_ne!(a, c, "a different seed must change the weights");
+    // The reference network (affine blocks) and the default one (spline blocks
+    // and learned mixing), each through its hand-written CPU pass.
+    for (transform, perm) in [(Transform::Affine, Permutation::Reverse), (Transform::AffineSpline, Permutation::Lu)] {
+        let weights = |seed| {
+            let mut cfg = small_cfg(2, seed);
+            cfg.network.transform = transform;
+            cfg.network.permutation = perm;
+            let out = train_events(&cfg, &events).unwrap();
+            // Compare digests so a failure prints a line, not every weight.
+            let digest = format!("{:x}", weight_digest(&out.model));
+            (digest, out.history)
+        };
+        let (a, ha) = weights(5);
+        let (b, hb) = weights(5);
+        assert_eq!(a, b, "{transform:?}: same seed, different weights (bit-level digest)");
+        let nll = |h: &[fedhex::train::EpochRecord]| h.iter().map(|r| r.train_nll).collect::<Vec<_>>();
+        assert_eq!(nll(&ha), nll(&hb));
+        let (c, _) = weights(6);
+        assert_ne!(a, c, "{transform:?}: a different seed must change the weights");
+    }
 }
 
 /// With `training.ema_decay` the returned model carries the weight average:
