@@ -716,13 +716,41 @@ fn layer_forward_tile<const AVX: bool>(y: &Layer, w: &[f32], z: &[f32], zs: usiz
             if y.in_major {
                 in_major_tile_avx2(y, w, z, zs, out, os);
             } else {
-                dots_tile_avx2(y, w, z, zs, out, os);
+                dots_tile_avx2(y, w, z, zs, out, os, None);
             }
         }
         return;
     }
     for e in 0..TILE {
         layer_forward::<AVX>(y, w, &z[e * zs..e * zs + y.k_in], &mut out[e * os..e * os + y.n_out]);
+    }
+}
+
+/// The outputs `j` with `want[j]` of one layer for the [`TILE`] events of a
+/// tile (layout as [`layer_forward_tile`]); the other outputs are left as
+/// they are. Per output and event the bits of [`layer_row`].
+#[inline(always)]
+fn layer_rows_tile<const AVX: bool>(
+    y: &Layer,
+    w: &[f32],
+    z: &[f32],
+    zs: usize,
+    out: &mut [f32],
+    os: usize,
+    want: &[bool],
+) {
+    assert!(z.len() >= (TILE - 1) * zs + y.k_in && out.len() >= (TILE - 1) * os + y.n_out && want.len() >= y.n_out);
+    #[cfg(target_arch = "x86_64")]
+    if AVX && !y.in_major {
+        // SAFETY: AVX is only true in code reached after detecting AVX2; the
+        // slices were checked above to hold every row read or written.
+        unsafe { dots_tile_avx2(y, w, z, zs, out, os, Some(want)) };
+        return;
+    }
+    for e in 0..TILE {
+        for j in (0..y.n_out).filter(|&j| want[j]) {
+            out[e * os + j] = layer_row::<AVX>(y, w, &z[e * zs..e * zs + y.k_in], j);
+        }
     }
 }
 
@@ -766,13 +794,24 @@ unsafe fn in_major_tile_avx2(y: &Layer, w: &[f32], z: &[f32], zs: usize, out: &m
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn dots_tile_avx2(y: &Layer, w: &[f32], z: &[f32], zs: usize, out: &mut [f32], os: usize) {
+unsafe fn dots_tile_avx2(
+    y: &Layer,
+    w: &[f32],
+    z: &[f32],
+    zs: usize,
+    out: &mut [f32],
+    os: usize,
+    want: Option<&[bool]>,
+) {
     use std::arch::x86_64::*;
     let (a, b) = w.split_at(y.a_len());
     let k = y.k_in;
     let m = k / 8 * 8;
     let zp = z.as_ptr();
     for j in 0..y.n_out {
+        if want.is_some_and(|v| !v[j]) {
+            continue;
+        }
         if !y.live[j] {
             for e in 0..TILE {
                 out[e * os + j] = b[j];

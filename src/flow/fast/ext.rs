@@ -10,9 +10,7 @@
 //! clamping and the identity outside `[-B, B]`); `tests/fast_grad.rs`
 //! checks it, log-prob and the inverse against autograd.
 
-use super::{
-    activate, activate_backward, axpy, dot, layer_forward_tile, layer_row, pass_hidden, Layer, Plan, LOG_2PI, TILE,
-};
+use super::{activate, activate_backward, axpy, dot, layer_forward_tile, layer_rows_tile, Layer, Plan, LOG_2PI, TILE};
 use crate::flow::spline::{MIN_BIN, MIN_DERIVATIVE};
 use crate::flow::vmath::{exp_in_place, exp_scalar, ln1p_in_place, tanh_in_place, tanh_scalar};
 
@@ -809,65 +807,107 @@ pub(super) fn inverse_chunk<const AVX: bool>(
 ) {
     let (d, l) = (p.d, p.l);
     let skip = if x.affine { 2 } else { 0 };
-    let mut rec = vec![0f32; p.rec];
-    let (mut y, mut xk, mut lds) = (vec![0f32; d], vec![0f32; d], vec![0f32; d]);
-    let mut v = vec![0f32; d];
+    // One block record per event of a tile (the inversion keeps nothing across blocks).
+    let er = p.rec;
+    let mut s = Scratch::new::<AVX>(p, x, w);
+    let (mut xk, mut lds, mut v) = (vec![0f32; TILE * d], vec![0f32; TILE * d], vec![0f32; d]);
     let mut raw = vec![0f32; x.params];
-    let consts = constant_knots::<AVX>(p, x, w);
-    for (e, lde) in ld.iter_mut().enumerate() {
-        let ce = &c[e * l..(e + 1) * l];
-        y.copy_from_slice(&us[e * d..(e + 1) * d]);
-        let mut logdet = 0f32;
+    let n_out = x.params * d;
+    let mut want = vec![false; n_out];
+    for (ti, ld_tile) in ld.chunks_mut(TILE).enumerate() {
+        let te = ld_tile.len();
+        // s.u0 holds the tile's current values on the base side of each block.
+        s.load(p, us, c, ti * TILE..ti * TILE + te);
+        let mut logdet = [0f32; TILE];
         for (k, (layers, passes)) in p.blocks.iter().zip(&p.passes).enumerate().rev() {
             if let Some(m) = x.mixes.get(k) {
                 let wm = &w[m.off..m.off + mix_len(d)];
                 let (b, ldsum) = (&wm[d * d..d * d + d], wm[d * d + d]);
                 let lm = &wm[d * d + d + 1..2 * d * d + d + 1];
                 let um = &wm[2 * d * d + d + 1..];
-                // L U x = Pᵀ (z - b): forward then back substitution.
-                for i in 0..d {
-                    let r = y[d - 1 - i] - b[d - 1 - i];
-                    v[i] = r - (0..i).map(|q| lm[i * d + q] * v[q]).sum::<f32>();
+                for (e, lde) in logdet.iter_mut().enumerate() {
+                    let y = &mut s.u0[e * d..(e + 1) * d];
+                    // L U x = Pᵀ (z - b): forward then back substitution.
+                    for i in 0..d {
+                        let r = y[d - 1 - i] - b[d - 1 - i];
+                        v[i] = r - (0..i).map(|q| lm[i * d + q] * v[q]).sum::<f32>();
+                    }
+                    for i in (0..d).rev() {
+                        let r = v[i] - (i + 1..d).map(|q| um[i * d + q] * y[q]).sum::<f32>();
+                        y[i] = r / um[i * d + i];
+                    }
+                    *lde += ldsum;
                 }
-                for i in (0..d).rev() {
-                    let r = v[i] - (i + 1..d).map(|q| um[i * d + q] * y[q]).sum::<f32>();
-                    y[i] = r / um[i * d + i];
-                }
-                logdet += ldsum;
             }
             xk.iter_mut().for_each(|v| *v = 0.0);
-            let lo: &Layer = &layers[layers.len() - 1];
+            let nl = layers.len();
+            let lo: &Layer = &layers[nl - 1];
             let lw = &w[lo.off..lo.off + lo.len()];
             for pass in passes {
-                let z = pass_hidden::<AVX>(p, layers, pass, w, &xk, ce, &mut rec);
-                // The pass's features are exact once it is done; rec holds its own copy of xk.
-                for &j in &pass.feats {
-                    for (q, rv) in raw.iter_mut().enumerate() {
-                        *rv = layer_row::<AVX>(lo, lw, z, q * d + j);
+                // The hidden layers of the pass over the tile (a skipped layer's activations are zeros).
+                for e in 0..TILE {
+                    s.recs[e * er..e * er + d].copy_from_slice(&xk[e * d..(e + 1) * d]);
+                    if layers[0].cond {
+                        s.recs[e * er + d..e * er + d + l].copy_from_slice(&s.c0[e * l..(e + 1) * l]);
                     }
-                    let (a, ls) = match x.spline {
-                        Some((nk, bound)) => match &consts[k * d + j] {
-                            Some(ks) => spline_inverse(nk, bound, ks, y[j]),
-                            None => {
-                                spline_inverse(nk, bound, &knots::<AVX>(nk, bound, &raw[skip..skip + 3 * nk - 1]), y[j])
-                            }
-                        },
-                        None => (y[j], 0.0),
-                    };
-                    let (xj, ldj) = if x.affine {
-                        let s = tanh_scalar(raw[1] / p.bound) * p.bound;
-                        (a * exp_scalar(s) + raw[0], ls - s)
-                    } else {
-                        (a, ls)
-                    };
-                    lds[j] = ldj;
-                    xk[j] = xj;
+                }
+                for li in 0..nl - 1 {
+                    let (ly, nxt) = (&layers[li], &layers[li + 1]);
+                    if pass.hidden[li] {
+                        let yw = &w[ly.off..ly.off + ly.len()];
+                        layer_forward_tile::<AVX>(ly, yw, &s.recs[ly.rin..], er, &mut s.tout, ly.n_out);
+                    }
+                    for e in 0..TILE {
+                        let at = e * er + nxt.rin;
+                        if pass.hidden[li] {
+                            let o = &s.tout[e * ly.n_out..(e + 1) * ly.n_out];
+                            activate::<AVX>(p.act, o, &mut s.recs[at..at + ly.n_out]);
+                        } else {
+                            s.recs[at..at + ly.n_out].iter_mut().for_each(|v| *v = 0.0);
+                        }
+                        if nxt.cond {
+                            s.recs[at + ly.n_out..at + ly.n_out + l].copy_from_slice(&s.c0[e * l..(e + 1) * l]);
+                        }
+                    }
+                }
+                // The outputs of the pass's features only, for the whole tile.
+                for (row, wv) in want.iter_mut().enumerate() {
+                    *wv = pass.feats.contains(&(row % d));
+                }
+                layer_rows_tile::<AVX>(lo, lw, &s.recs[lo.rin..], er, &mut s.tout, n_out, &want);
+                for e in 0..TILE {
+                    for &j in &pass.feats {
+                        for (q, rv) in raw.iter_mut().enumerate() {
+                            *rv = s.tout[e * n_out + q * d + j];
+                        }
+                        let yj = s.u0[e * d + j];
+                        let (a, ls) = match x.spline {
+                            Some((nk, bound)) => match &s.consts[k * d + j] {
+                                Some(ks) => spline_inverse(nk, bound, ks, yj),
+                                None => {
+                                    let ks = knots::<AVX>(nk, bound, &raw[skip..skip + 3 * nk - 1]);
+                                    spline_inverse(nk, bound, &ks, yj)
+                                }
+                            },
+                            None => (yj, 0.0),
+                        };
+                        let (xj, ldj) = if x.affine {
+                            let sv = tanh_scalar(raw[1] / p.bound) * p.bound;
+                            (a * exp_scalar(sv) + raw[0], ls - sv)
+                        } else {
+                            (a, ls)
+                        };
+                        lds[e * d + j] = ldj;
+                        xk[e * d + j] = xj;
+                    }
                 }
             }
-            logdet += lds.iter().sum::<f32>();
-            y.copy_from_slice(&xk);
+            for (e, lde) in logdet.iter_mut().enumerate() {
+                *lde += lds[e * d..(e + 1) * d].iter().sum::<f32>();
+            }
+            s.u0.copy_from_slice(&xk);
         }
-        xs[e * d..(e + 1) * d].copy_from_slice(&y);
-        *lde = logdet;
+        xs[ti * TILE * d..(ti * TILE + te) * d].copy_from_slice(&s.u0[..te * d]);
+        ld_tile.copy_from_slice(&logdet[..te]);
     }
 }
