@@ -941,69 +941,57 @@ fn layer_row<const AVX: bool>(y: &Layer, w: &[f32], z: &[f32], j: usize) -> f32 
     }
 }
 
-/// The hidden layers of one inversion pass of block `layers` for one event:
-/// from the current block input `x` (exact for the features of earlier
-/// passes) and labels `c`, fills `rec` up to the output layer's input, which
-/// it returns.
+/// One inversion pass of block `layers` for a tile of [`TILE`] events: from
+/// the current block inputs `xk` (`TILE × D`, exact for the features of earlier
+/// passes) and labels `cl` (`TILE × L`) it runs the pass's hidden layers over
+/// the tile (a skipped layer's activations are zeros, which only meet
+/// masked-out weights of the outputs computed) and writes the output rows of
+/// the pass's features into `tout` (event `e` at `e * n_out`); `recs` holds one
+/// block record per event (stride `p.rec`), `want` one flag per output row.
+/// Per event the bits of the same pass run event by event.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn pass_hidden<'r, const AVX: bool>(
+fn pass_tile<const AVX: bool>(
     p: &Plan,
     layers: &[Layer],
     pass: &Pass,
     w: &[f32],
-    x: &[f32],
-    c: &[f32],
-    rec: &'r mut [f32],
-) -> &'r [f32] {
-    let d = p.d;
+    xk: &[f32],
+    cl: &[f32],
+    recs: &mut [f32],
+    tout: &mut [f32],
+    want: &mut [bool],
+) {
+    let (d, l, er) = (p.d, p.l, p.rec);
     let nl = layers.len();
-    rec[..d].copy_from_slice(x);
-    if layers[0].cond {
-        rec[d..d + p.l].copy_from_slice(c);
+    for e in 0..TILE {
+        recs[e * er..e * er + d].copy_from_slice(&xk[e * d..(e + 1) * d]);
+        if layers[0].cond {
+            recs[e * er + d..e * er + d + l].copy_from_slice(&cl[e * l..(e + 1) * l]);
+        }
     }
     for li in 0..nl - 1 {
         let (ly, nxt) = (&layers[li], &layers[li + 1]);
-        let (head, rest) = rec.split_at_mut(ly.rin + ly.k_in);
-        let base = ly.rin + ly.k_in; // == nxt.rin
-        let (next_in, pres) = rest.split_at_mut(ly.rpre - base);
         if pass.hidden[li] {
-            let pre = &mut pres[..ly.n_out];
-            layer_forward::<AVX>(ly, &w[ly.off..ly.off + ly.len()], &head[ly.rin..], pre);
-            activate::<AVX>(p.act, pre, &mut next_in[..ly.n_out]);
-        } else {
-            next_in[..ly.n_out].iter_mut().for_each(|v| *v = 0.0);
+            layer_forward_tile::<AVX>(ly, &w[ly.off..ly.off + ly.len()], &recs[ly.rin..], er, tout, ly.n_out);
         }
-        if nxt.cond {
-            next_in[ly.n_out..ly.n_out + p.l].copy_from_slice(c);
+        for e in 0..TILE {
+            let at = e * er + nxt.rin;
+            if pass.hidden[li] {
+                activate::<AVX>(p.act, &tout[e * ly.n_out..(e + 1) * ly.n_out], &mut recs[at..at + ly.n_out]);
+            } else {
+                recs[at..at + ly.n_out].iter_mut().for_each(|v| *v = 0.0);
+            }
+            if nxt.cond {
+                recs[at + ly.n_out..at + ly.n_out + l].copy_from_slice(&cl[e * l..(e + 1) * l]);
+            }
         }
     }
     let lo = &layers[nl - 1];
-    &rec[lo.rin..lo.rin + lo.k_in]
-}
-
-/// One inversion pass of an affine block for one event: `mu` and `raw / B`
-/// of the features `pass.feats` (in that order); see [`pass_hidden`].
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn pass_raw<const AVX: bool>(
-    p: &Plan,
-    layers: &[Layer],
-    pass: &Pass,
-    w: &[f32],
-    x: &[f32],
-    c: &[f32],
-    rec: &mut [f32],
-    mu: &mut [f32],
-    tb: &mut [f32],
-) {
-    let d = p.d;
-    let lo = &layers[layers.len() - 1];
-    let lw = &w[lo.off..lo.off + lo.len()];
-    let z = pass_hidden::<AVX>(p, layers, pass, w, x, c, rec);
-    for (q, &j) in pass.feats.iter().enumerate() {
-        mu[q] = layer_row::<AVX>(lo, lw, z, j);
-        tb[q] = layer_row::<AVX>(lo, lw, z, d + j) / p.bound;
+    for (row, wv) in want.iter_mut().enumerate().take(lo.n_out) {
+        *wv = pass.feats.contains(&(row % d));
     }
+    layer_rows_tile::<AVX>(lo, &w[lo.off..lo.off + lo.len()], &recs[lo.rin..], er, tout, lo.n_out, want);
 }
 
 /// Inverse of the flow on `us` (rows of D) into `xs`, and `log |det du/dx|`
@@ -1014,9 +1002,13 @@ fn inverse_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], us: &[f32], c: &[f32
         return ext::inverse_chunk::<AVX>(p, e, w, us, c, xs, ld);
     }
     let (d, l) = (p.d, p.l);
-    let mut rec = vec![0f32; p.rec];
+    let maxo = p.blocks.iter().flatten().map(|y| y.n_out).max().unwrap_or(0);
+    let mut recs = vec![0f32; TILE * p.rec];
+    let mut tout = vec![0f32; TILE * maxo];
+    let mut want = vec![false; 2 * d];
     let mut y = vec![0f32; TILE * d];
     let mut x = vec![0f32; TILE * d];
+    let mut cl = vec![0f32; TILE * l];
     let mut s = vec![0f32; TILE * d];
     let mut mu = vec![0f32; TILE * d];
     let mut tile_buf = vec![0f32; 3 * TILE * d];
@@ -1024,26 +1016,32 @@ fn inverse_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], us: &[f32], c: &[f32
         let (te, base) = (ld_tile.len(), ti * TILE);
         let (tb, rest) = tile_buf.split_at_mut(TILE * d);
         let (sb, eb) = rest.split_at_mut(TILE * d);
+        // A partial tile is padded with zero events whose results are dropped.
+        y.iter_mut().for_each(|v| *v = 0.0);
         y[..te * d].copy_from_slice(&us[base * d..(base + te) * d]);
+        cl.iter_mut().for_each(|v| *v = 0.0);
+        cl[..te * l].copy_from_slice(&c[base * l..(base + te) * l]);
         let mut logdet = [0f32; TILE];
         for (layers, passes) in p.blocks.iter().zip(&p.passes).rev() {
-            x[..te * d].iter_mut().for_each(|v| *v = 0.0);
+            x.iter_mut().for_each(|v| *v = 0.0);
             for pass in passes {
                 let nf = pass.feats.len();
-                for e in 0..te {
-                    let ce = &c[(base + e) * l..(base + e + 1) * l];
-                    let (mq, tq) = (&mut mu[e * nf..(e + 1) * nf], &mut tb[e * nf..(e + 1) * nf]);
-                    pass_raw::<AVX>(p, layers, pass, w, &x[e * d..(e + 1) * d], ce, &mut rec, mq, tq);
+                pass_tile::<AVX>(p, layers, pass, w, &x, &cl, &mut recs, &mut tout, &mut want);
+                for e in 0..TILE {
+                    for (q, &j) in pass.feats.iter().enumerate() {
+                        mu[e * nf + q] = tout[e * 2 * d + j];
+                        tb[e * nf + q] = tout[e * 2 * d + d + j] / p.bound;
+                    }
                 }
                 // s = B tanh(raw / B); x = y exp(s) + mu
-                let m = te * nf;
+                let m = TILE * nf;
                 tanh_in_place::<AVX>(&mut tb[..m]);
                 for k in 0..m {
                     sb[k] = tb[k] * p.bound;
                     eb[k] = sb[k];
                 }
                 exp_in_place::<AVX>(&mut eb[..m]);
-                for e in 0..te {
+                for e in 0..TILE {
                     for (q, &j) in pass.feats.iter().enumerate() {
                         let (i, k) = (e * d + j, e * nf + q);
                         s[i] = sb[k];
@@ -1051,11 +1049,11 @@ fn inverse_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], us: &[f32], c: &[f32
                     }
                 }
             }
-            for (e, lde) in logdet.iter_mut().enumerate().take(te) {
+            for (e, lde) in logdet.iter_mut().enumerate() {
                 let s_sum: f32 = s[e * d..(e + 1) * d].iter().sum();
                 *lde -= s_sum;
             }
-            y[..te * d].copy_from_slice(&x[..te * d]);
+            y.copy_from_slice(&x);
         }
         xs[base * d..(base + te) * d].copy_from_slice(&y[..te * d]);
         ld_tile.copy_from_slice(&logdet[..te]);

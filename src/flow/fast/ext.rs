@@ -10,7 +10,7 @@
 //! clamping and the identity outside `[-B, B]`); `tests/fast_grad.rs`
 //! checks it, log-prob and the inverse against autograd.
 
-use super::{activate, activate_backward, axpy, dot, layer_forward_tile, layer_rows_tile, Layer, Plan, LOG_2PI, TILE};
+use super::{activate, activate_backward, axpy, dot, layer_forward_tile, pass_tile, Layer, Plan, LOG_2PI, TILE};
 use crate::flow::spline::{MIN_BIN, MIN_DERIVATIVE};
 use crate::flow::vmath::{exp_in_place, exp_scalar, ln1p_in_place, tanh_in_place, tanh_scalar};
 
@@ -805,10 +805,9 @@ pub(super) fn inverse_chunk<const AVX: bool>(
     xs: &mut [f32],
     ld: &mut [f32],
 ) {
-    let (d, l) = (p.d, p.l);
+    let d = p.d;
     let skip = if x.affine { 2 } else { 0 };
-    // One block record per event of a tile (the inversion keeps nothing across blocks).
-    let er = p.rec;
+    // s.recs: one block record per event of a tile (the inversion keeps nothing across blocks).
     let mut s = Scratch::new::<AVX>(p, x, w);
     let (mut xk, mut lds, mut v) = (vec![0f32; TILE * d], vec![0f32; TILE * d], vec![0f32; d]);
     let mut raw = vec![0f32; x.params];
@@ -840,41 +839,8 @@ pub(super) fn inverse_chunk<const AVX: bool>(
                 }
             }
             xk.iter_mut().for_each(|v| *v = 0.0);
-            let nl = layers.len();
-            let lo: &Layer = &layers[nl - 1];
-            let lw = &w[lo.off..lo.off + lo.len()];
             for pass in passes {
-                // The hidden layers of the pass over the tile (a skipped layer's activations are zeros).
-                for e in 0..TILE {
-                    s.recs[e * er..e * er + d].copy_from_slice(&xk[e * d..(e + 1) * d]);
-                    if layers[0].cond {
-                        s.recs[e * er + d..e * er + d + l].copy_from_slice(&s.c0[e * l..(e + 1) * l]);
-                    }
-                }
-                for li in 0..nl - 1 {
-                    let (ly, nxt) = (&layers[li], &layers[li + 1]);
-                    if pass.hidden[li] {
-                        let yw = &w[ly.off..ly.off + ly.len()];
-                        layer_forward_tile::<AVX>(ly, yw, &s.recs[ly.rin..], er, &mut s.tout, ly.n_out);
-                    }
-                    for e in 0..TILE {
-                        let at = e * er + nxt.rin;
-                        if pass.hidden[li] {
-                            let o = &s.tout[e * ly.n_out..(e + 1) * ly.n_out];
-                            activate::<AVX>(p.act, o, &mut s.recs[at..at + ly.n_out]);
-                        } else {
-                            s.recs[at..at + ly.n_out].iter_mut().for_each(|v| *v = 0.0);
-                        }
-                        if nxt.cond {
-                            s.recs[at + ly.n_out..at + ly.n_out + l].copy_from_slice(&s.c0[e * l..(e + 1) * l]);
-                        }
-                    }
-                }
-                // The outputs of the pass's features only, for the whole tile.
-                for (row, wv) in want.iter_mut().enumerate() {
-                    *wv = pass.feats.contains(&(row % d));
-                }
-                layer_rows_tile::<AVX>(lo, lw, &s.recs[lo.rin..], er, &mut s.tout, n_out, &want);
+                pass_tile::<AVX>(p, layers, pass, w, &xk, &s.c0, &mut s.recs, &mut s.tout, &mut want);
                 for e in 0..TILE {
                     for &j in &pass.feats {
                         for (q, rv) in raw.iter_mut().enumerate() {
