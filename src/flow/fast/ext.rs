@@ -1,9 +1,9 @@
 //! The fast CPU path for spline blocks ([`crate::flow::spline`]) and the
 //! learned LU mixing between blocks ([`crate::flow::lu`]): the default
-//! network. One event at a time through every block, forward then backward,
-//! reusing the MADE layers of the affine path; the spline's knots, its piece
-//! and the softmax and softplus values the backward needs are kept in the
-//! event's record, so the backward computes no transcendental function.
+//! network. A tile of events at a time through every block, forward then
+//! backward, reusing the MADE layer kernels of the affine path; each event's
+//! record keeps its spline's piece and the softmax and sigmoid values the
+//! backward needs, so the backward computes no transcendental function.
 //!
 //! The gradient of the spline is written out by hand from the formulas of
 //! Durkan et al. (2019) as [`crate::flow::spline`] evaluates them (same
