@@ -473,19 +473,13 @@ fn layer_backward<const AVX: bool>(y: &Layer, w: &[f32], g: &mut [f32], z: &[f32
     }
 }
 
-/// Runs the MADE `layers` on `u` (length D) with labels `c`, recording every
-/// layer's input and every hidden pre-activation into `rec`, and writes the
-/// output layer's values (the raw outputs) into `out`.
+/// Runs block `layers` forward on `u` (length D) with labels `c` up to its
+/// raw outputs, recording into `rec` (layout: every layer's input, every
+/// hidden pre-activation, then `t`, `s`, `exp(-s)`, `mu` and the block
+/// output, D each). Writes `mu` and `raw / B` (in the `t` slot); the rest of
+/// the tail is filled for a whole tile by [`finish_tile`].
 #[inline(always)]
-fn made_forward<const AVX: bool>(
-    p: &Plan,
-    layers: &[Layer],
-    w: &[f32],
-    u: &[f32],
-    c: &[f32],
-    rec: &mut [f32],
-    out: &mut [f32],
-) {
+fn block_raw<const AVX: bool>(p: &Plan, layers: &[Layer], w: &[f32], u: &[f32], c: &[f32], rec: &mut [f32]) {
     let d = p.d;
     let nl = layers.len();
     rec[..d].copy_from_slice(u);
@@ -508,32 +502,21 @@ fn made_forward<const AVX: bool>(
                 next_in[y.n_out..y.n_out + p.l].copy_from_slice(c);
             }
         } else {
-            layer_forward::<AVX>(y, lw, z, &mut out[..y.n_out]);
+            let mut o = [0f32; 64];
+            let mut big;
+            let out: &mut [f32] = if 2 * d <= 64 {
+                &mut o[..2 * d]
+            } else {
+                big = vec![0f32; 2 * d];
+                &mut big
+            };
+            layer_forward::<AVX>(y, lw, z, out);
+            let tail = &mut rest[p.tail - y.rin - y.k_in..];
+            for j in 0..d {
+                tail[j] = out[d + j] / p.bound;
+                tail[3 * d + j] = out[j];
+            }
         }
-    }
-}
-
-/// Runs block `layers` forward on `u` (length D) with labels `c` up to its
-/// raw outputs, recording into `rec` (layout: every layer's input, every
-/// hidden pre-activation, then `t`, `s`, `exp(-s)`, `mu` and the block
-/// output, D each). Writes `mu` and `raw / B` (in the `t` slot); the rest of
-/// the tail is filled for a whole tile by [`finish_tile`].
-#[inline(always)]
-fn block_raw<const AVX: bool>(p: &Plan, layers: &[Layer], w: &[f32], u: &[f32], c: &[f32], rec: &mut [f32]) {
-    let d = p.d;
-    let mut o = [0f32; 64];
-    let mut big;
-    let out: &mut [f32] = if 2 * d <= 64 {
-        &mut o[..2 * d]
-    } else {
-        big = vec![0f32; 2 * d];
-        &mut big
-    };
-    made_forward::<AVX>(p, layers, w, u, c, rec, out);
-    let tail = &mut rec[p.tail..];
-    for j in 0..d {
-        tail[j] = out[d + j] / p.bound;
-        tail[3 * d + j] = out[j];
     }
 }
 
@@ -566,6 +549,7 @@ fn block_backward<const AVX: bool>(
     wt: f32,
 ) {
     let d = p.d;
+    let nl = layers.len();
     let t = &rec[p.tail..p.tail + d];
     let e = &rec[p.tail + 2 * d..p.tail + 3 * d];
     let uo = &rec[p.tail + 4 * d..p.tail + 5 * d];
@@ -578,41 +562,23 @@ fn block_backward<const AVX: bool>(
         dy_buf[d + j] = ds * (1.0 - t[j] * t[j]);
         g[j] *= e[j];
     }
-    made_backward::<AVX>(p, layers, w, grad, rec, dy_buf, dz_buf, 2 * d, g);
-}
-
-/// Backward of the MADE `layers` of one event: `dy[..dy_len]` holds dL/d(raw
-/// outputs) on entry; adds the weights' gradients into `grad` and
-/// dL/d(input) into `g`. `dz` is scratch of the widest layer; `dy` is
-/// overwritten.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn made_backward<const AVX: bool>(
-    p: &Plan,
-    layers: &[Layer],
-    w: &[f32],
-    grad: &mut [f32],
-    rec: &[f32],
-    dy: &mut [f32],
-    dz: &mut [f32],
-    mut dy_len: usize,
-    g: &mut [f32],
-) {
-    for li in (0..layers.len()).rev() {
+    let mut dy_len = 2 * d;
+    for li in (0..nl).rev() {
         let y = &layers[li];
         let lw = &w[y.off..y.off + y.len()];
         let lg = &mut grad[y.off..y.off + y.len()];
         let z = &rec[y.rin..y.rin + y.k_in];
-        layer_backward::<AVX>(y, lw, lg, z, &dy[..dy_len], Some(&mut dz[..y.n_in]));
+        let dz = &mut dz_buf[..y.n_in];
+        layer_backward::<AVX>(y, lw, lg, z, &dy_buf[..dy_len], Some(dz));
         if li > 0 {
             // Through the activation of hidden layer li-1 (its output is z).
             let prev = &layers[li - 1];
             let pre = &rec[prev.rpre..prev.rpre + y.n_in];
-            activate_backward::<AVX>(p.act, pre, &z[..y.n_in], &dz[..y.n_in], &mut dy[..y.n_in]);
+            activate_backward::<AVX>(p.act, pre, &z[..y.n_in], &dz_buf[..y.n_in], &mut dy_buf[..y.n_in]);
             dy_len = y.n_in;
         } else {
-            for (gj, dzj) in g.iter_mut().zip(&dz[..p.d]) {
-                *gj += dzj;
+            for j in 0..d {
+                g[j] += dz_buf[j];
             }
         }
     }
