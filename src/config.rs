@@ -205,6 +205,11 @@ pub struct TrainingConfig {
     pub epochs: usize,
     /// Global batch size (summed over ranks).
     pub batch_size: usize,
+    /// Strata of the shuffle (0: the world size). Every global batch holds an even
+    /// share of each stratum, a stratum being one rank's shard for that many ranks, so
+    /// by default every rank gets the same part of every batch (±1 event) and none
+    /// waits for another; a 1-rank run with `N` draws the batches of an `N`-rank run.
+    pub batch_strata: usize,
     /// Learning rate at the start.
     pub lr_initial: f64,
     /// Learning rate reached after `lr_decay_epochs`.
@@ -262,6 +267,7 @@ impl Default for TrainingConfig {
         TrainingConfig {
             epochs: 20,
             batch_size: 1024,
+            batch_strata: 0,
             lr_initial: 1e-3,
             lr_final: 1e-4,
             lr_decay_epochs: 0.0,
@@ -362,6 +368,10 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("network.spline_bound", "half-width B of the interval each spline covers, in whitened units (spline blocks)"),
     ("training.epochs", "number of epochs; one epoch = every training event exactly once"),
     ("training.batch_size", "global batch size (all ranks together)"),
+    (
+        "training.batch_strata",
+        "every batch takes an even share of each of this many rank shards (0: the world size, so ranks get equal shares)",
+    ),
     ("training.lr_initial", "learning rate at the start"),
     ("training.lr_final", "learning rate reached after lr_decay_epochs"),
     ("training.lr_decay_epochs", "epochs from lr_initial to lr_final (0: all epochs)"),

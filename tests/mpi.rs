@@ -104,16 +104,23 @@ fn two_ranks_give_the_weights_of_one_rank() {
     let dir = tmpdir();
     let d = dir.path();
     data(d, 3, 400);
-    for (n, run) in [(1, "one"), (2, "two")] {
+    // Two ranks draw batches with an even share of each rank's shard (two strata); one
+    // rank told to use two strata draws the same batches. "plain" (one stratum) does not.
+    for (n, run, extra) in [(1, "one", Some("training.batch_strata=2")), (2, "two", None), (1, "plain", None)] {
         let cfg = config(d, run, 3, 256, 0);
         // --resume with no checkpoint yet starts from scratch (the Slurm scripts always pass it).
         let mut args = train_args(&cfg);
         args.push("--resume".into());
+        if let Some(set) = extra {
+            args.extend(["--set".into(), set.into()]);
+        }
         ok(&mpirun(n, d, &args.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
     }
     let diff = max_diff(&weights(&d.join("one/model")), &weights(&d.join("two/model")));
     // Stated tolerance: same global batches, only the order of float summation differs.
     assert!(diff < 5e-4, "1 rank vs 2 ranks: weights differ by {diff}");
+    let other = max_diff(&weights(&d.join("plain/model")), &weights(&d.join("two/model")));
+    assert!(other > 10.0 * diff.max(1e-5), "other batches should give other weights: {other} vs {diff}");
     let h1 = std::fs::read_to_string(d.join("one/history.csv")).unwrap();
     let h2 = std::fs::read_to_string(d.join("two/history.csv")).unwrap();
     assert_eq!(h1.lines().count(), 4);

@@ -173,3 +173,57 @@ fn md5_like(v: &[(String, Vec<u32>)]) -> u64 {
 fn weight_digest(m: &Model) -> u64 {
     md5_like(&weight_bits(m))
 }
+
+/// Sets `stop_now` once epoch 0 has run `at` steps.
+struct StopAt(std::sync::Arc<fedhex::train::Controls>, usize);
+
+impl fedhex::train::Observer for StopAt {
+    fn on_step(&self, epoch: usize, step: usize, _steps: usize, _global_step: u64, _loss: f64) {
+        if epoch == 0 && step == self.1 {
+            self.0.stop_now.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// With `batch_strata` following the world size, a run resumed mid-epoch on
+/// another world size finishes that epoch with the batches it started with
+/// (each event still once), and only later epochs use the new world's strata.
+#[test]
+fn a_mid_epoch_resume_finishes_the_epoch_with_its_own_batches() {
+    use fedhex::comm::SingleProcess;
+    use fedhex::train::{checkpoint, driver::single_process_plan, train, Hooks};
+    let mut small = spec();
+    small.n_per_label = 200;
+    let events = small.generate().unwrap();
+    let mut cfg = small_cfg(1, 4);
+    cfg.training.batch_size = 64;
+    cfg.training.batch_strata = 2;
+    let (ordered, plan) = single_process_plan(&cfg, &events).unwrap();
+    let digest = |m: &Model| format!("{:x}", weight_digest(m));
+    // Uninterrupted: one epoch of two-strata batches, as a 2-rank job draws them.
+    let whole = train(&cfg, &ordered, &plan, &SingleProcess, Device::Cpu, Hooks::default()).unwrap();
+    // Stopped after a few steps of the same batches...
+    let dir = tmpdir();
+    let controls = std::sync::Arc::new(fedhex::train::Controls::default());
+    let hooks = Hooks {
+        checkpoint_dir: Some(dir.path().to_path_buf()),
+        controls: controls.clone(),
+        observer: Some(std::sync::Arc::new(StopAt(controls, 4))),
+        ..Hooks::default()
+    };
+    let stopped = train(&cfg, &ordered, &plan, &SingleProcess, Device::Cpu, hooks).unwrap();
+    assert_eq!(stopped.finish, fedhex::train::Finish::StoppedMidEpoch);
+    // ...then resumed by one rank with the default strata (the world size, 1),
+    // from a checkpoint that a 2-rank job would have written.
+    let resumed = |written_by: usize| {
+        let mut loaded = checkpoint::load(&checkpoint::latest(dir.path()).unwrap(), Device::Cpu).unwrap();
+        assert!(loaded.state.mid_epoch());
+        loaded.state.world_size = written_by;
+        let mut cfg = cfg.clone();
+        cfg.training.batch_strata = 0;
+        let hooks = Hooks { resume: Some(loaded), ..Hooks::default() };
+        digest(&train(&cfg, &ordered, &plan, &SingleProcess, Device::Cpu, hooks).unwrap().model)
+    };
+    assert_eq!(resumed(2), digest(&whole.model), "the resumed epoch must keep the 2-rank batches");
+    assert_ne!(resumed(1), digest(&whole.model), "one stratum gives other batches: the check above proves nothing");
+}

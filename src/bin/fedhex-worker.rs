@@ -72,9 +72,14 @@ fn main() {
                 let mut rss = vec![0.0; comm.size()];
                 rss[comm.rank()] = fedhex::bench::peak_rss_mib();
                 comm.allreduce_sum_f64(&mut rss)?;
+                let mut busy = vec![0.0; comm.size()];
+                busy[comm.rank()] = 1e6 * out.busy.0 / (out.busy.1.max(1) as f64);
+                comm.allreduce_sum_f64(&mut busy)?;
                 if comm.is_root() {
                     let rss: Vec<String> = rss.iter().map(|m| format!("{m:.0}")).collect();
                     println!("peak resident memory per rank (MiB): {}", rss.join(" "));
+                    let busy: Vec<String> = busy.iter().map(|u| format!("{u:.2}")).collect();
+                    println!("step time per local event per rank (us, before the all-reduce): {}", busy.join(" "));
                     let last = out.history.last();
                     println!(
                         "{:?} after {} epochs: train NLL {:.4}, validation NLL {:.4}; run directory {}",

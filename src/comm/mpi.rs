@@ -15,6 +15,9 @@ use mpi::traits::{Communicator as _, CommunicatorCollectives as _, Root as _};
 /// A world communicator over MPI. Dropping it finalises MPI.
 pub struct MpiComm {
     world: SimpleCommunicator,
+    // The send side of the per-step gradient all-reduce, reused so the hot
+    // loop does not allocate (MPI needs separate send and receive buffers here).
+    send_f32: std::cell::RefCell<Vec<f32>>,
     // Dropped last: finalises MPI.
     _universe: Universe,
 }
@@ -31,7 +34,7 @@ impl MpiComm {
         let (universe, _threading) = mpi::initialize_with_threading(mpi::Threading::Funneled)
             .ok_or_else(|| Error::Comm("MPI was already initialised in this process".into()))?;
         let world = universe.world();
-        Ok(MpiComm { world, _universe: universe })
+        Ok(MpiComm { world, send_f32: std::cell::RefCell::new(Vec::new()), _universe: universe })
     }
 
     /// Version string of the MPI library.
@@ -55,7 +58,9 @@ impl Communicator for MpiComm {
     }
 
     fn allreduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
-        let send = buf.to_vec();
+        let mut send = self.send_f32.borrow_mut();
+        send.clear();
+        send.extend_from_slice(buf);
         self.world.all_reduce_into(&send[..], buf, SystemOperation::sum());
         Ok(())
     }

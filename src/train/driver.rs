@@ -153,6 +153,10 @@ pub struct TrainOutcome {
     pub finish: Finish,
     /// Checkpoints written by this process, in order.
     pub checkpoints: Vec<PathBuf>,
+    /// This rank's busy time in training steps (loss and gradient, before the
+    /// all-reduce; host time) and the local events they processed: a slow rank
+    /// shows up as more seconds per event than the others.
+    pub busy: (f64, u64),
 }
 
 /// Optional parts of a run: where checkpoints go, requests, observer.
@@ -398,14 +402,20 @@ fn acceptance_samples(
 /// process at that global step, to test that a killed job fails cleanly and
 /// resumes exactly.
 fn fault_at_step(rank: usize, global_step: u64) {
-    if let Ok(f) = std::env::var("FEDHEX_FAULT") {
+    // Read once: the environment lookup takes a process-wide lock.
+    static FAULT: std::sync::OnceLock<Option<(usize, u64)>> = std::sync::OnceLock::new();
+    let fault = FAULT.get_or_init(|| {
+        let f = std::env::var("FEDHEX_FAULT").ok()?;
         let parts: Vec<&str> = f.split(':').collect();
-        if parts.len() == 3 && parts[0] == "kill" && parts[1].parse() == Ok(rank) && parts[2].parse() == Ok(global_step)
-        {
-            // SAFETY: raise() only delivers a signal to this process.
-            unsafe {
-                libc::raise(libc::SIGKILL);
-            }
+        match parts.as_slice() {
+            ["kill", r, s] => Some((r.parse().ok()?, s.parse().ok()?)),
+            _ => None,
+        }
+    });
+    if *fault == Some((rank, global_step)) {
+        // SAFETY: raise() only delivers a signal to this process.
+        unsafe {
+            libc::raise(libc::SIGKILL);
         }
     }
 }
@@ -458,6 +468,9 @@ pub fn train(
     let val_set = local.select(&val_rows);
 
     let mut opt_state = None;
+    // The world size whose batches the epoch in progress at a resume was drawn
+    // for (its strata, when `batch_strata` follows the world size).
+    let mut resumed_world = comm.size();
     let mut start = TrainState {
         epoch: 0,
         step_in_epoch: 0,
@@ -500,6 +513,7 @@ pub fn train(
             }
             opt_state = Some(loaded.optimizer);
             loaded_best = loaded.best;
+            resumed_world = loaded.state.world_size;
             start = TrainState { config: start.config, world_size: comm.size(), ..loaded.state };
             loaded.model
         }
@@ -629,6 +643,7 @@ pub fn train(
         Ok(())
     };
     let mut last_step_seconds = 0.0;
+    let mut busy = (0.0f64, 0u64);
 
     let save = |model: &Model,
                 opt: &Adam,
@@ -653,7 +668,10 @@ pub fn train(
 
     'epochs: for epoch in start.epoch..last_epoch {
         let started = Instant::now();
-        let steps = plan.epoch_steps(t.seed, epoch, t.batch_size);
+        // A mid-epoch resume finishes the epoch with the batches it started with.
+        let world = if epoch == start.epoch && start.step_in_epoch > 0 { resumed_world } else { comm.size() };
+        let strata = if t.batch_strata == 0 { world } else { t.batch_strata };
+        let steps = plan.epoch_steps(t.seed, epoch, t.batch_size, strata);
         let first = if epoch == start.epoch { start.step_in_epoch } else { 0 };
         let bar = show_bar.then(|| {
             let b = indicatif::ProgressBar::new(steps.len() as u64);
@@ -728,6 +746,8 @@ pub fn train(
                     (loss, flat)
                 }
             };
+            busy.0 += step_started.elapsed().as_secs_f64();
+            busy.1 += step.local.len() as u64;
             let stop_now;
             let step_loss: Option<f64>;
             if comm.size() > 1 {
@@ -999,7 +1019,7 @@ pub fn train(
         "best_val_nll": early.as_ref().and_then(|e| e.best).map(|b| b.val_nll),
         "stopped_early": finish == Finish::EarlyStopped,
     });
-    Ok(TrainOutcome { model, history, finish, checkpoints })
+    Ok(TrainOutcome { model, history, finish, checkpoints, busy })
 }
 
 /// Writes a finished run into `run_dir`: `model/`, `history.csv`, `config.toml`.

@@ -11,15 +11,21 @@
 //! - **Validation:** every event of a validation group (a whole label held
 //!   back, `data.validation_labels`) validates; inside each other group a
 //!   seeded permutation picks `round(f · n_g)` events for validation.
-//! - **Batches:** the training events are numbered globally (group by group);
-//!   epoch `e` shuffles these numbers with a generator seeded by `(seed, e)` and
-//!   cuts the result into global batches of `B` (the last one partial). A rank
-//!   processes the members of each global batch that it owns. The union over
-//!   ranks is exactly the single-process batch, so `N` ranks ≡ 1 rank with the
-//!   same global batch, up to summation order.
+//! - **Batches:** the training events are numbered globally (group by group)
+//!   and split into `S` strata, stratum `s` being what rank `s` of `S` owns
+//!   (`S` = `training.batch_strata`, by default the world size). Epoch `e`
+//!   shuffles each stratum with a generator seeded by `(seed, e)` (stream `s`),
+//!   merges the strata evenly (the `i`-th of `n_s` events sits at `(i + ½)/n_s`)
+//!   and cuts the result into global batches of `B` (the last one partial). So
+//!   every batch holds each stratum's share of `B` to within about one event:
+//!   with `S` = world size no rank waits at the all-reduce for a rank that drew
+//!   more of the batch. A rank processes the members of each global batch that it
+//!   owns; the union over ranks is exactly the batch, so `N` ranks ≡ 1 rank with
+//!   the same `S`, up to summation order. `S = 1` is a plain shuffle.
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use std::collections::BinaryHeap;
 
 /// Mixes two integers into a seed (splitmix64 finaliser).
 pub fn mix_seed(a: u64, b: u64) -> u64 {
@@ -52,6 +58,11 @@ pub struct ShardPlan {
     /// For every global training number: the local training index on this
     /// rank, or `u32::MAX` if another rank owns it.
     owner_local: Vec<u32>,
+    /// For every global training number: its position in its label group
+    /// (which fixes its stratum for any number of strata).
+    train_pos: Vec<u32>,
+    /// For every global training number: its label group.
+    train_group: Vec<u32>,
 }
 
 /// One step's share for this rank.
@@ -78,6 +89,8 @@ impl ShardPlan {
         let mut n_val = 0usize;
         let mut local_is_val = Vec::new();
         let mut owner_local = Vec::new();
+        let mut train_pos = Vec::new();
+        let mut train_group = Vec::new();
         let mut local_train = 0u32;
         for (g, &n) in group_sizes.iter().enumerate() {
             let n_v = if val_groups.contains(&g) {
@@ -99,6 +112,8 @@ impl ShardPlan {
                     local_is_val.push(v);
                 }
                 if !v {
+                    train_pos.push(p as u32);
+                    train_group.push(g as u32);
                     if mine {
                         owner_local.push(local_train);
                         local_train += 1;
@@ -110,7 +125,17 @@ impl ShardPlan {
             n_train += n - n_v;
             n_val += n_v;
         }
-        ShardPlan { world, rank, group_sizes: group_sizes.to_vec(), n_train, n_val, local_is_val, owner_local }
+        ShardPlan {
+            world,
+            rank,
+            group_sizes: group_sizes.to_vec(),
+            n_train,
+            n_val,
+            local_is_val,
+            owner_local,
+            train_pos,
+            train_group,
+        }
     }
 
     /// Row range of each group that this rank must load: `(group, lo, hi)`.
@@ -130,12 +155,12 @@ impl ShardPlan {
         self.n_train.div_ceil(batch.max(1))
     }
 
-    /// This rank's share of every step of `epoch`.
-    pub fn epoch_steps(&self, seed: u64, epoch: usize, batch: usize) -> Vec<Step> {
-        let mut perm: Vec<u32> = (0..self.n_train as u32).collect();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(seed, epoch as u64));
-        perm.shuffle(&mut rng);
-        perm.chunks(batch.max(1))
+    /// This rank's share of every step of `epoch`, with the training events
+    /// in `strata` strata (0 or 1: one; see the module doc).
+    pub fn epoch_steps(&self, seed: u64, epoch: usize, batch: usize, strata: usize) -> Vec<Step> {
+        let order = self.epoch_order(seed, epoch, strata.max(1));
+        order
+            .chunks(batch.max(1))
             .map(|ids| Step {
                 local: ids
                     .iter()
@@ -147,6 +172,72 @@ impl ShardPlan {
                 global_count: ids.len(),
             })
             .collect()
+    }
+
+    /// The stratum of global training number `t` among `strata`: the rank of
+    /// that many whose chunk of the event's label group holds it.
+    fn stratum(&self, t: usize, strata: usize) -> usize {
+        let n = self.group_sizes[self.train_group[t] as usize];
+        let p = self.train_pos[t] as usize;
+        // The largest s with chunk(n, strata, s).0 <= p.
+        ((p + 1) * strata).div_ceil(n) - 1
+    }
+
+    /// The epoch's order of all global training numbers: each stratum shuffled,
+    /// then the strata merged evenly.
+    fn epoch_order(&self, seed: u64, epoch: usize, strata: usize) -> Vec<u32> {
+        let mut lists = vec![Vec::new(); strata];
+        for t in 0..self.n_train {
+            lists[self.stratum(t, strata)].push(t as u32);
+        }
+        for (s, list) in lists.iter_mut().enumerate() {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(seed, epoch as u64));
+            rng.set_stream(s as u64);
+            list.shuffle(&mut rng);
+        }
+        if strata == 1 {
+            return lists.pop().unwrap_or_default();
+        }
+        // k-way merge on the exact key (2i + 1) / (2 n_s), ties to the lower stratum.
+        let mut heap: BinaryHeap<Head> =
+            lists.iter().enumerate().filter(|(_, l)| !l.is_empty()).map(|(s, l)| Head::new(s, 0, l.len())).collect();
+        let mut order = Vec::with_capacity(self.n_train);
+        while let Some(h) = heap.pop() {
+            order.push(lists[h.s][h.i]);
+            if h.i + 1 < h.n {
+                heap.push(Head::new(h.s, h.i + 1, h.n));
+            }
+        }
+        order
+    }
+}
+
+/// The next event of stratum `s` in the even merge: its `i` of `n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Head {
+    s: usize,
+    i: usize,
+    n: usize,
+}
+
+impl Head {
+    fn new(s: usize, i: usize, n: usize) -> Self {
+        Head { s, i, n }
+    }
+}
+
+impl Ord for Head {
+    /// Reversed (the heap pops its largest): the smallest key, then the lowest stratum, first.
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        let a = (2 * self.i as u128 + 1) * o.n as u128;
+        let b = (2 * o.i as u128 + 1) * self.n as u128;
+        b.cmp(&a).then(o.s.cmp(&self.s))
+    }
+}
+
+impl PartialOrd for Head {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
     }
 }
 
@@ -161,33 +252,83 @@ mod tests {
             let plans: Vec<ShardPlan> = (0..world).map(|r| ShardPlan::new(&sizes, world, r, 0.2, &[], 9)).collect();
             let single = ShardPlan::new(&sizes, 1, 0, 0.2, &[], 9);
             assert!(plans.iter().all(|p| p.n_train == single.n_train && p.n_val == single.n_val));
-            let steps: Vec<Vec<Step>> = plans.iter().map(|p| p.epoch_steps(9, 3, 7)).collect();
-            let one = single.epoch_steps(9, 3, 7);
-            assert!(steps.iter().all(|s| s.len() == one.len()), "same number of steps on every rank");
-            let local_train: Vec<usize> =
-                plans.iter().map(|p| p.local_is_val.iter().filter(|v| !**v).count()).collect();
-            assert_eq!(local_train.iter().sum::<usize>(), single.n_train);
-            for (k, s1) in one.iter().enumerate() {
-                let got: usize = steps.iter().map(|s| s[k].local.len()).sum();
-                assert_eq!(got, s1.global_count, "world {world} step {k}");
-                assert!(steps.iter().all(|s| s[k].global_count == s1.global_count));
-            }
-            // Every local training event exactly once per epoch.
-            for (p, s) in plans.iter().zip(&steps) {
-                let mut seen: Vec<i64> = s.iter().flat_map(|st| st.local.clone()).collect();
-                seen.sort_unstable();
-                let n = p.local_is_val.iter().filter(|v| !**v).count() as i64;
-                assert_eq!(seen, (0..n).collect::<Vec<_>>());
+            for strata in [1, world, 3, 7] {
+                let steps: Vec<Vec<Step>> = plans.iter().map(|p| p.epoch_steps(9, 3, 7, strata)).collect();
+                let one = single.epoch_steps(9, 3, 7, strata);
+                assert!(steps.iter().all(|s| s.len() == one.len()), "same number of steps on every rank");
+                let local_train: Vec<usize> =
+                    plans.iter().map(|p| p.local_is_val.iter().filter(|v| !**v).count()).collect();
+                assert_eq!(local_train.iter().sum::<usize>(), single.n_train);
+                for (k, s1) in one.iter().enumerate() {
+                    let got: usize = steps.iter().map(|s| s[k].local.len()).sum();
+                    assert_eq!(got, s1.global_count, "world {world} strata {strata} step {k}");
+                    assert!(steps.iter().all(|s| s[k].global_count == s1.global_count));
+                }
+                // Every local training event exactly once per epoch.
+                for (p, s) in plans.iter().zip(&steps) {
+                    let mut seen: Vec<i64> = s.iter().flat_map(|st| st.local.clone()).collect();
+                    seen.sort_unstable();
+                    let n = p.local_is_val.iter().filter(|v| !**v).count() as i64;
+                    assert_eq!(seen, (0..n).collect::<Vec<_>>());
+                }
             }
         }
+    }
+
+    /// The global training numbers of each batch, as the single-process plan sees them.
+    fn batches(p: &ShardPlan, strata: usize, batch: usize) -> Vec<Vec<u32>> {
+        p.epoch_order(5, 2, strata).chunks(batch).map(<[u32]>::to_vec).collect()
+    }
+
+    #[test]
+    fn strata_give_every_rank_an_even_share_of_every_batch() {
+        // Uneven groups, so the ranks' shards differ in size by a few events.
+        let sizes = [1000, 333, 2501, 77, 1289];
+        let batch = 256;
+        for world in [2, 3, 4] {
+            let plans: Vec<ShardPlan> = (0..world).map(|r| ShardPlan::new(&sizes, world, r, 0.1, &[], 5)).collect();
+            let n_train = plans[0].n_train as f64;
+            let worst = |strata: usize| {
+                let steps: Vec<Vec<Step>> = plans.iter().map(|p| p.epoch_steps(5, 2, batch, strata)).collect();
+                let mut worst = 0.0f64;
+                for (p, s) in plans.iter().zip(&steps) {
+                    let share = p.owner_local.iter().filter(|&&l| l != u32::MAX).count() as f64 / n_train;
+                    for st in s {
+                        worst = worst.max((st.local.len() as f64 - share * st.global_count as f64).abs());
+                    }
+                }
+                worst
+            };
+            // A plain shuffle leaves each rank's share binomial (sd ~ sqrt(256/world) ~ 8–11
+            // events); the strata hold it to about one event.
+            assert!(worst(world) <= 2.0, "world {world}: a rank's share is off by {}", worst(world));
+            assert!(worst(1) > 10.0, "world {world}: the plain shuffle should be uneven, worst {}", worst(1));
+        }
+    }
+
+    #[test]
+    fn one_stratum_is_the_plain_shuffle_and_strata_change_the_batches() {
+        let p = ShardPlan::new(&[300, 200], 1, 0, 0.1, &[], 5);
+        let mut plain: Vec<u32> = (0..p.n_train as u32).collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(5, 2));
+        plain.shuffle(&mut rng);
+        assert_eq!(p.epoch_order(5, 2, 1), plain);
+        let two = batches(&p, 2, 64);
+        assert_ne!(batches(&p, 1, 64), two);
+        // Still every event once.
+        let mut all: Vec<u32> = two.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..p.n_train as u32).collect::<Vec<_>>());
     }
 
     #[test]
     fn shuffle_depends_on_seed_and_epoch_only() {
         let p = ShardPlan::new(&[100, 50], 1, 0, 0.1, &[], 1);
-        assert_eq!(p.epoch_steps(1, 2, 32), p.epoch_steps(1, 2, 32));
-        assert_ne!(p.epoch_steps(1, 2, 32), p.epoch_steps(1, 3, 32));
-        assert_ne!(p.epoch_steps(1, 2, 32), p.epoch_steps(2, 2, 32));
+        for strata in [1, 2, 3] {
+            assert_eq!(p.epoch_steps(1, 2, 32, strata), p.epoch_steps(1, 2, 32, strata));
+            assert_ne!(p.epoch_steps(1, 2, 32, strata), p.epoch_steps(1, 3, 32, strata));
+            assert_ne!(p.epoch_steps(1, 2, 32, strata), p.epoch_steps(2, 2, 32, strata));
+        }
     }
 
     #[test]
