@@ -54,6 +54,12 @@ bargs=""; for b in $BATCHES; do bargs="$bargs --batch $b"; done
 fedhex_peak=$(sort -n "$mem_log" | tail -1)
 echo "peak GPU memory during FEDHEX benches: ${fedhex_peak:-?} MiB"
 
+echo "== FEDHEX on CUDA: default network (affine+spline blocks, learned LU mixing)"
+: >"$mem_log"
+"$BIN" bench --device "$DEV" --threads 4 --seconds "$SECONDS_PER" $bargs --transform affine_spline --permutation lu --json \
+  | tee "$OUTDIR/fedhex_cuda_default.jsonl" || status=1
+echo "peak GPU memory during the default network's benches: $(sort -n "$mem_log" | tail -1) MiB"
+
 if [ -n "${GPU_WHEELS:-}" ] && ls "$GPU_WHEELS"/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/gpu-site "$GPU_WHEELS"/*.whl \
     && export PYTHONPATH=/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}
@@ -68,7 +74,10 @@ fi
 kill "$mem_pid" 2>/dev/null
 
 echo "== summary"
-"$PY" - "$OUTDIR/fedhex_cuda.jsonl" "$OUTDIR/zuko_cuda.jsonl" <<'EOF'
+for net in reference default; do
+f="$OUTDIR/fedhex_cuda.jsonl"; [ "$net" = default ] && f="$OUTDIR/fedhex_cuda_default.jsonl"
+echo "-- $net network (zuko columns: zuko's reference-shaped flow)"
+"$PY" - "$f" "$OUTDIR/zuko_cuda.jsonl" <<'EOF'
 import json, sys, os
 def load(p):
     if not os.path.exists(p):
@@ -100,4 +109,5 @@ if f:
     bests = max(f.values(), key=lambda r: r["sample_events_per_s"])
     print(f"best sampling: {bests['sample_events_per_s']/1e6:.2f} M events/s at batch {bests['batch']} (goal >= 50)")
 EOF
+done
 exit $status
