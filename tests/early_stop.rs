@@ -254,6 +254,11 @@ fn bad_validation_and_early_stopping_settings_are_config_errors_before_any_outpu
             "[1.0, 0.0] lies outside the range",
         ),
         (
+            "more strata than events",
+            Box::new(|c| c.training.batch_strata = 1_000_000_000_000),
+            "training.batch_strata = 1000000000000 exceeds the",
+        ),
+        (
             "patience without validation",
             Box::new(|c| c.data.validation_labels.clear()),
             "training.early_stopping_patience = 3 needs validation events",
@@ -265,8 +270,11 @@ fn bad_validation_and_early_stopping_settings_are_config_errors_before_any_outpu
         let e = run(&cfg, &fedhex::comm::SingleProcess, RunOptions::default()).unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, fedhex::error::Error::Config(_)), "{what}: {msg}");
-        let key =
-            if what.starts_with("patience") { "training.early_stopping_patience" } else { "data.validation_labels" };
+        let key = match what {
+            w if w.starts_with("patience") => "training.early_stopping_patience",
+            w if w.starts_with("more strata") => "training.batch_strata",
+            _ => "data.validation_labels",
+        };
         assert!(msg.contains(key) && msg.contains(needle), "{what}: {msg}");
         assert!(!d.join("run").exists(), "{what}: a run directory was left behind");
         // The same check through the single-process entry point.

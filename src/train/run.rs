@@ -160,6 +160,13 @@ pub fn make_plan(
             cfg.data.validation_labels
         )));
     }
+    let strata = cfg.training.batch_strata;
+    if strata > plan.n_train {
+        return Err(Error::Config(format!(
+            "training.batch_strata = {strata} exceeds the {} training events: use 0 (the world size) or fewer strata",
+            plan.n_train
+        )));
+    }
     let patience = cfg.training.early_stopping_patience;
     if patience > 0 && plan.n_val == 0 {
         return Err(Error::Config(format!(
