@@ -8,7 +8,8 @@
 # and the median of the pairs' ratios is printed last).
 # Usage: bash scripts/bench_mpi.sh [events_per_label] [epochs]
 # (binaries from FEDHEX_BIN_DIR, default target/release; TRANSFORM=affine_spline
-# PERMUTATION=lu for the default network instead of the reference one)
+# PERMUTATION=lu for the default network instead of the reference one;
+# BATCH_STRATA=0 for batches with an even share of each rank's shard)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}
@@ -28,6 +29,7 @@ permutation = "${PERMUTATION:-reverse}"
 [training]
 epochs = $EPOCHS
 batch_size = 1024
+batch_strata = ${BATCH_STRATA:-1}
 threads = 1
 device = "cpu"
 [outputs]

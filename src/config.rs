@@ -205,10 +205,10 @@ pub struct TrainingConfig {
     pub epochs: usize,
     /// Global batch size (summed over ranks).
     pub batch_size: usize,
-    /// Strata of the shuffle (0: the world size). Every global batch holds an even
-    /// share of each stratum, a stratum being one rank's shard for that many ranks, so
-    /// by default every rank gets the same part of every batch (±1 event) and none
-    /// waits for another; a 1-rank run with `N` draws the batches of an `N`-rank run.
+    /// Strata of the shuffle (1: a plain shuffle; 0: the world size). Every global batch
+    /// holds an even share of each stratum, a stratum being one rank's shard for that
+    /// many ranks: with 0 every rank gets the same part of every batch (±1 event) and
+    /// none waits for another; a 1-rank run with `N` draws the batches of an `N`-rank run.
     pub batch_strata: usize,
     /// Learning rate at the start.
     pub lr_initial: f64,
@@ -267,7 +267,7 @@ impl Default for TrainingConfig {
         TrainingConfig {
             epochs: 20,
             batch_size: 1024,
-            batch_strata: 0,
+            batch_strata: 1,
             lr_initial: 1e-3,
             lr_final: 1e-4,
             lr_decay_epochs: 0.0,
@@ -370,7 +370,7 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("training.batch_size", "global batch size (all ranks together)"),
     (
         "training.batch_strata",
-        "every batch takes an even share of each of this many rank shards (0: the world size, so ranks get equal shares)",
+        "every batch takes an even share of each of this many rank shards (1: plain shuffle; 0: the world size, equal rank shares)",
     ),
     ("training.lr_initial", "learning rate at the start"),
     ("training.lr_final", "learning rate reached after lr_decay_epochs"),

@@ -13,13 +13,13 @@
 //!   seeded permutation picks `round(f · n_g)` events for validation.
 //! - **Batches:** the training events are numbered globally (group by group)
 //!   and split into `S` strata, stratum `s` being what rank `s` of `S` owns
-//!   (`S` = `training.batch_strata`, by default the world size). Epoch `e`
+//!   (`S` = `training.batch_strata`: 1 by default, 0 for the world size). Epoch `e`
 //!   shuffles each stratum with a generator seeded by `(seed, e)` (stream `s`),
 //!   merges the strata evenly (the `i`-th of `n_s` events sits at `(i + ½)/n_s`)
 //!   and cuts the result into global batches of `B` (the last one partial). So
 //!   every batch holds each stratum's share of `B` to within about one event:
 //!   with `S` = world size no rank waits at the all-reduce for a rank that drew
-//!   more of the batch. A rank processes the members of each global batch that it
+//!   more of the batch (a plain shuffle gives each rank a binomial share). A rank processes the members of each global batch that it
 //!   owns; the union over ranks is exactly the batch, so `N` ranks ≡ 1 rank with
 //!   the same `S`, up to summation order. `S = 1` is a plain shuffle.
 
