@@ -720,6 +720,113 @@ fn layer_rows_tile<const AVX: bool>(
     }
 }
 
+/// `row[c] += Σ_e coef[e] · src[e * stride + c]` for every `c < row.len()`,
+/// the events in order and each a product then a sum: the bits of one
+/// [`axpy`] per event, with the row kept in registers over the tile (the
+/// backward's weight-gradient update).
+#[inline(always)]
+fn axpy_tile<const AVX: bool>(row: &mut [f32], coef: &[f32; TILE], src: &[f32], stride: usize) {
+    let n = row.len();
+    assert!(src.len() >= (TILE - 1) * stride + n, "axpy_tile: source shorter than the tile");
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: AVX is only true in code reached after detecting AVX2; the
+        // assert above bounds every read of `src`.
+        return unsafe { axpy_tile_avx2(row, coef, src, stride) };
+    }
+    for (e, &ce) in coef.iter().enumerate() {
+        axpy(row, ce, &src[e * stride..e * stride + n]);
+    }
+}
+
+/// [`axpy_tile`] (AVX2).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn axpy_tile_avx2(row: &mut [f32], coef: &[f32; TILE], src: &[f32], stride: usize) {
+    use std::arch::x86_64::*;
+    let n = row.len();
+    let n8 = n / 8 * 8;
+    let cs: [__m256; TILE] = std::array::from_fn(|e| _mm256_set1_ps(coef[e]));
+    let (rp, sp) = (row.as_mut_ptr(), src.as_ptr());
+    for c in (0..n8).step_by(8) {
+        let mut acc = unsafe { _mm256_loadu_ps(rp.add(c)) };
+        for (e, ce) in cs.iter().enumerate() {
+            let x = unsafe { _mm256_loadu_ps(sp.add(e * stride + c)) };
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(*ce, x));
+        }
+        unsafe { _mm256_storeu_ps(rp.add(c), acc) };
+    }
+    for c in n8..n {
+        let mut v = row[c];
+        for (e, &ce) in coef.iter().enumerate() {
+            v += ce * src[e * stride + c];
+        }
+        row[c] = v;
+    }
+}
+
+/// dL/d(inputs) of an output-major layer for a tile: `dz[e * ds + c] =
+/// Σ_j dy[e * ds + j] · a[j * k_in + c]` over the live outputs `j` in order,
+/// from zero, for `c < n_in`: the bits of one [`axpy`] per output and event,
+/// with the eight events' sums kept in registers.
+#[inline(always)]
+fn dz_tile<const AVX: bool>(y: &Layer, a: &[f32], dy: &[f32], dz: &mut [f32], ds: usize) {
+    let (n_in, k_in) = (y.n_in, y.k_in);
+    assert!(
+        a.len() >= y.n_out * k_in && dy.len() >= (TILE - 1) * ds + y.n_out && dz.len() >= (TILE - 1) * ds + n_in,
+        "dz_tile: buffers shorter than the layer"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: AVX is only true in code reached after detecting AVX2; the
+        // assert above bounds every access.
+        return unsafe { dz_tile_avx2(y, a, dy, dz, ds) };
+    }
+    for e in 0..TILE {
+        dz[e * ds..e * ds + n_in].iter_mut().for_each(|v| *v = 0.0);
+    }
+    for j in (0..y.n_out).filter(|&j| y.live[j]) {
+        let arow = &a[j * k_in..j * k_in + n_in];
+        for e in 0..TILE {
+            axpy(&mut dz[e * ds..e * ds + n_in], dy[e * ds + j], arow);
+        }
+    }
+}
+
+/// [`dz_tile`] (AVX2).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dz_tile_avx2(y: &Layer, a: &[f32], dy: &[f32], dz: &mut [f32], ds: usize) {
+    use std::arch::x86_64::*;
+    let (n_in, k_in) = (y.n_in, y.k_in);
+    let n8 = n_in / 8 * 8;
+    let (ap, dyp, dzp) = (a.as_ptr(), dy.as_ptr(), dz.as_mut_ptr());
+    for c in (0..n8).step_by(8) {
+        let mut acc = [_mm256_setzero_ps(); TILE];
+        for j in (0..y.n_out).filter(|&j| y.live[j]) {
+            let av = unsafe { _mm256_loadu_ps(ap.add(j * k_in + c)) };
+            for (e, ae) in acc.iter_mut().enumerate() {
+                let g = unsafe { _mm256_broadcast_ss(&*dyp.add(e * ds + j)) };
+                *ae = _mm256_add_ps(*ae, _mm256_mul_ps(g, av));
+            }
+        }
+        for (e, ae) in acc.iter().enumerate() {
+            unsafe { _mm256_storeu_ps(dzp.add(e * ds + c), *ae) };
+        }
+    }
+    for e in 0..TILE {
+        for c in n8..n_in {
+            let mut v = 0f32;
+            for j in (0..y.n_out).filter(|&j| y.live[j]) {
+                v += dy[e * ds + j] * a[j * k_in + c];
+            }
+            dz[e * ds + c] = v;
+        }
+    }
+}
+
 /// [`layer_forward_tile`] of an input-major layer (AVX2).
 #[cfg(target_arch = "x86_64")]
 #[inline]
@@ -1450,6 +1557,47 @@ mod tests {
             log_prob_chunk(&fast.plan, &w, &x, &c, &mut got);
             assert_eq!(bits(&got), bits(&want), "config {i}, dispatched (AVX2 where available)");
             assert!(want.iter().all(|v| v.is_finite()), "config {i}");
+        }
+    }
+
+    /// The backward's tile kernels: AVX2 gives the bits of the portable loops
+    /// (one axpy per event / per output), for widths that are and are not
+    /// multiples of 8 and with dead outputs skipped.
+    #[test]
+    fn avx2_backward_tile_kernels_give_the_bits_of_the_portable_ones() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            let val = |i: usize, m: usize| ((i * m % 101) as f32 - 50.0) * 0.0137;
+            for (n_in, n_out, k_in) in [(128usize, 50usize, 130usize), (13, 9, 13), (8, 3, 10), (1, 1, 1)] {
+                let stride = k_in.max(n_out) + 3;
+                let src: Vec<f32> = (0..TILE * stride).map(|i| val(i, 37)).collect();
+                let coef: [f32; TILE] = std::array::from_fn(|e| val(e, 53) * 3.1);
+                let row0: Vec<f32> = (0..k_in).map(|i| val(i, 71)).collect();
+                let (mut want, mut got) = (row0.clone(), row0);
+                axpy_tile::<false>(&mut want, &coef, &src, stride);
+                axpy_tile::<true>(&mut got, &coef, &src, stride);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "axpy_tile {n_in} {n_out} {k_in}");
+                let y = Layer {
+                    n_in,
+                    cond: k_in > n_in,
+                    k_in,
+                    n_out,
+                    in_major: false,
+                    off: 0,
+                    mask: vec![],
+                    live: (0..n_out).map(|j| j % 3 != 1).collect(),
+                    rin: 0,
+                    rpre: 0,
+                    names: (String::new(), String::new(), None),
+                };
+                let a: Vec<f32> = (0..n_out * k_in).map(|i| val(i, 29)).collect();
+                let (mut want, mut got) = (vec![7f32; TILE * stride], vec![7f32; TILE * stride]);
+                dz_tile::<false>(&y, &a, &src, &mut want, stride);
+                dz_tile::<true>(&y, &a, &src, &mut got, stride);
+                assert_eq!(bits(&got), bits(&want), "dz_tile {n_in} {n_out} {k_in}");
+                assert!(want.iter().any(|v| *v != 7.0 && *v != 0.0), "dz_tile wrote nothing");
+            }
         }
     }
 

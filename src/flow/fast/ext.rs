@@ -10,7 +10,9 @@
 //! clamping and the identity outside `[-B, B]`); `tests/fast_grad.rs`
 //! checks it, log-prob and the inverse against autograd.
 
-use super::{activate, activate_backward, axpy, dot, layer_forward_tile, pass_tile, Layer, Plan, LOG_2PI, TILE};
+use super::{
+    activate, activate_backward, axpy_tile, dot, dz_tile, layer_forward_tile, pass_tile, Layer, Plan, LOG_2PI, TILE,
+};
 use crate::flow::spline::{MIN_BIN, MIN_DERIVATIVE};
 use crate::flow::vmath::{exp_in_place, exp_scalar, ln1p_in_place, tanh_in_place, tanh_scalar};
 
@@ -636,10 +638,8 @@ fn layer_backward_tile<const AVX: bool>(
     }
     if y.in_major {
         for k in 0..k_in {
-            let row = &mut ga[k * n_out..(k + 1) * n_out];
-            for e in 0..TILE {
-                axpy(row, z[e * zs + k], &dy[e * ds..e * ds + n_out]);
-            }
+            let coef: [f32; TILE] = std::array::from_fn(|e| z[e * zs + k]);
+            axpy_tile::<AVX>(&mut ga[k * n_out..(k + 1) * n_out], &coef, dy, ds);
         }
         for e in 0..TILE {
             for i in 0..n_in {
@@ -647,18 +647,11 @@ fn layer_backward_tile<const AVX: bool>(
             }
         }
     } else {
-        for e in 0..TILE {
-            dz[e * ds..e * ds + n_in].iter_mut().for_each(|v| *v = 0.0);
-        }
         for j in (0..n_out).filter(|&j| y.live[j]) {
-            let row = &mut ga[j * k_in..(j + 1) * k_in];
-            let arow = &a[j * k_in..j * k_in + n_in];
-            for e in 0..TILE {
-                let dyj = dy[e * ds + j];
-                axpy(row, dyj, &z[e * zs..e * zs + k_in]);
-                axpy(&mut dz[e * ds..e * ds + n_in], dyj, arow);
-            }
+            let coef: [f32; TILE] = std::array::from_fn(|e| dy[e * ds + j]);
+            axpy_tile::<AVX>(&mut ga[j * k_in..(j + 1) * k_in], &coef, z, zs);
         }
+        dz_tile::<AVX>(y, a, dy, dz, ds);
     }
 }
 
