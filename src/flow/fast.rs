@@ -799,30 +799,58 @@ fn dz_tile<const AVX: bool>(y: &Layer, a: &[f32], dy: &[f32], dz: &mut [f32], ds
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn dz_tile_avx2(y: &Layer, a: &[f32], dy: &[f32], dz: &mut [f32], ds: usize) {
+    let live = (0..y.n_out).filter(|&j| y.live[j]);
+    // SAFETY: the caller bounds every access ([`dz_tile`]'s assert).
+    unsafe { rows_tile_avx2(None, live, a, y.k_in, dy, ds, dz, ds, y.n_in) }
+}
+
+/// `out[e * os + c] = init[c] (or 0) + Σ_k coef[e * cs + k] · a[k * stride + c]`
+/// for `c < width` over the `rows` `k` in order, for a tile of events: 8
+/// outputs of the 8 events held in registers over all rows, the same additions
+/// in the same order as one [`axpy`] per row. The forward of an input-major
+/// layer and the backward's dL/d(inputs) of an output-major one.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_tile_avx2<I: Iterator<Item = usize> + Clone>(
+    init: Option<&[f32]>,
+    rows: I,
+    a: &[f32],
+    stride: usize,
+    coef: &[f32],
+    cs: usize,
+    out: &mut [f32],
+    os: usize,
+    width: usize,
+) {
     use std::arch::x86_64::*;
-    let (n_in, k_in) = (y.n_in, y.k_in);
-    let n8 = n_in / 8 * 8;
-    let (ap, dyp, dzp) = (a.as_ptr(), dy.as_ptr(), dz.as_mut_ptr());
+    let n8 = width / 8 * 8;
+    let (ap, cp, op) = (a.as_ptr(), coef.as_ptr(), out.as_mut_ptr());
     for c in (0..n8).step_by(8) {
-        let mut acc = [_mm256_setzero_ps(); TILE];
-        for j in (0..y.n_out).filter(|&j| y.live[j]) {
-            let av = unsafe { _mm256_loadu_ps(ap.add(j * k_in + c)) };
+        let start = match init {
+            Some(b) => unsafe { _mm256_loadu_ps(b.as_ptr().add(c)) },
+            None => _mm256_setzero_ps(),
+        };
+        let mut acc = [start; TILE];
+        for k in rows.clone() {
+            let av = unsafe { _mm256_loadu_ps(ap.add(k * stride + c)) };
             for (e, ae) in acc.iter_mut().enumerate() {
-                let g = unsafe { _mm256_broadcast_ss(&*dyp.add(e * ds + j)) };
+                let g = unsafe { _mm256_broadcast_ss(&*cp.add(e * cs + k)) };
                 *ae = _mm256_add_ps(*ae, _mm256_mul_ps(g, av));
             }
         }
         for (e, ae) in acc.iter().enumerate() {
-            unsafe { _mm256_storeu_ps(dzp.add(e * ds + c), *ae) };
+            unsafe { _mm256_storeu_ps(op.add(e * os + c), *ae) };
         }
     }
     for e in 0..TILE {
-        for c in n8..n_in {
-            let mut v = 0f32;
-            for j in (0..y.n_out).filter(|&j| y.live[j]) {
-                v += dy[e * ds + j] * a[j * k_in + c];
+        for c in n8..width {
+            let mut v = init.map_or(0.0, |b| b[c]);
+            for k in rows.clone() {
+                v += coef[e * cs + k] * a[k * stride + c];
             }
-            dz[e * ds + c] = v;
+            out[e * os + c] = v;
         }
     }
 }
@@ -832,34 +860,9 @@ unsafe fn dz_tile_avx2(y: &Layer, a: &[f32], dy: &[f32], dz: &mut [f32], ds: usi
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn in_major_tile_avx2(y: &Layer, w: &[f32], z: &[f32], zs: usize, out: &mut [f32], os: usize) {
-    use std::arch::x86_64::*;
     let (a, b) = w.split_at(y.a_len());
-    let (n, k_in) = (y.n_out, y.k_in);
-    let n8 = n / 8 * 8;
-    let (ap, zp, op) = (a.as_ptr(), z.as_ptr(), out.as_mut_ptr());
-    for jb in (0..n8).step_by(8) {
-        let bv = unsafe { _mm256_loadu_ps(b.as_ptr().add(jb)) };
-        let mut acc = [bv; TILE];
-        for k in 0..k_in {
-            let av = unsafe { _mm256_loadu_ps(ap.add(k * n + jb)) };
-            for (e, ae) in acc.iter_mut().enumerate() {
-                let zv = unsafe { _mm256_broadcast_ss(&*zp.add(e * zs + k)) };
-                *ae = _mm256_add_ps(*ae, _mm256_mul_ps(zv, av));
-            }
-        }
-        for (e, ae) in acc.iter().enumerate() {
-            unsafe { _mm256_storeu_ps(op.add(e * os + jb), *ae) };
-        }
-    }
-    for e in 0..TILE {
-        for j in n8..n {
-            let mut v = b[j];
-            for k in 0..k_in {
-                v += z[e * zs + k] * a[k * n + j];
-            }
-            out[e * os + j] = v;
-        }
-    }
+    // SAFETY: the caller passes a tile of `zs`-strided inputs and `os`-strided outputs.
+    unsafe { rows_tile_avx2(Some(b), 0..y.k_in, a, y.n_out, z, zs, out, os, y.n_out) }
 }
 
 /// [`layer_forward_tile`] of an output-major layer (AVX2): per output, the
