@@ -222,8 +222,9 @@ pub fn stream_samples(
             drawn += m;
             block += 1;
             outside += keep.iter().filter(|k| !**k).count();
-            for (row, &ok) in buf.chunks_exact(d.max(1)).zip(&keep) {
-                if ok && kept < n && opts.cuts.iter().all(|c| c.keeps(row)) && model.passes_acceptance(row) {
+            let accepted = model.acceptance_of_rows(&buf, d);
+            for ((row, &ok), &acc) in buf.chunks_exact(d.max(1)).zip(&keep).zip(&accepted) {
+                if ok && acc && kept < n && opts.cuts.iter().all(|c| c.keeps(row)) {
                     samples.extend_from_slice(row);
                     labs.extend_from_slice(lab);
                     kept += 1;

@@ -265,3 +265,67 @@ fn sample_on_a_grid_from_a_reference_and_with_range_cuts() {
     fails_with(&fedhex(&["sample", "--model", "run/model", "--out", "x.npz"], d), "no labels to generate at");
     assert!(!d.join("x.npz").exists());
 }
+
+/// Acceptance cuts as expressions over the features (training, sampling, the
+/// fit), a bad one refused before the run directory exists, and `fedhex fit`
+/// on observed `.npz` events that carry no labels (one pooled fit).
+#[test]
+fn acceptance_expressions_and_a_fit_of_unlabeled_events() {
+    let dir = tmpdir();
+    let d = dir.path();
+    let o = fedhex(&["gen", "--points", "3", "-n", "300", "--out", "grid.npz"], d);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Cut the data as the declared acceptance says: |x0 - x1| < 0.3.
+    let ev = fedhex::data::npy::read_npz(&d.join("grid.npz"), vec![], vec![]).unwrap();
+    let keep: Vec<usize> =
+        (0..ev.len()).filter(|&i| (ev.samples[[i, 0]] - ev.samples[[i, 1]]).abs() < 0.3).collect();
+    assert!(keep.len() < ev.len(), "the cut must remove events");
+    let cut = ev.select(&keep);
+    write_npz(&d.join("cut.npz"), &cut.samples, &cut.labels).unwrap();
+    std::fs::write(d.join("run.toml"), CFG.replace("grid.npz", "cut.npz")).unwrap();
+    let accept = "data.acceptance=[\"abs(x0 - x1) < 0.3\"]";
+    let o = fedhex(&["train", "--config", "run.toml", "--set", accept], d);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json = std::fs::read_to_string(d.join("run/model/model.json")).unwrap();
+    assert!(json.contains("abs(x0 - x1) < 0.3"), "the expression is not stored with the model");
+    // Generated events obey the expression.
+    let o = fedhex(&["sample", "--model", "run/model", "--label", "0.5,0.5", "-n", "800", "--out", "gen.npz"], d);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let g = fedhex::data::npy::read_npz(&d.join("gen.npz"), vec![], vec![]).unwrap();
+    assert_eq!(g.len(), 800);
+    assert!(g.samples.outer_iter().all(|r| (r[0] - r[1]).abs() < 0.3), "a generated event fails the acceptance");
+    // Data outside the declared expression are refused, naming the cut.
+    let o = fedhex(&["train", "--config", "run.toml", "--set", "data.acceptance=[\"abs(x0 - x1) < 0.1\"]", "--set", "outputs.run_dir=\"r2\""], d);
+    fails_with(&o, "abs(x0 - x1) < 0.1");
+    // Bad expressions: one error naming the cut, no run directory.
+    for (bad, needle) in [("abs(x9) < 1", "no feature 'x9'"), ("x0 < ", "data.acceptance 'x0 < '"), ("x0[0] > 1", "x0[0] > 1")] {
+        let set = format!("data.acceptance=[\"{bad}\"]");
+        let o = fedhex(&["train", "--config", "run.toml", "--set", &set, "--set", "outputs.run_dir=\"badrun\""], d);
+        fails_with(&o, needle);
+        assert!(!d.join("badrun").exists(), "{bad}: a run directory was written");
+    }
+    // Observed events without labels: one pooled fit.
+    let obs = Array2::from_shape_vec((g.len(), 2), g.samples.iter().copied().collect()).unwrap();
+    let file = std::fs::File::create(d.join("observed.npz")).unwrap();
+    let mut npz = ndarray_npy::NpzWriter::new(file);
+    npz.add_array("samples", &obs).unwrap();
+    npz.finish().unwrap();
+    for pool in [false, true] {
+        let mut args = vec!["fit", "--model", "run/model", "--events", "observed.npz", "--scan", "none", "--iterations", "30"];
+        args.extend(["--acceptance-samples", "2000"]);
+        if pool {
+            args.push("--pool");
+        }
+        args.extend(["--out", if pool { "fit_pool" } else { "fit" }]);
+        let o = fedhex(&args, d);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("800 events: best ("), "{out}");
+        let fit: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join(if pool { "fit_pool" } else { "fit" }).join("fit.json")).unwrap())
+                .unwrap();
+        assert_eq!(fit["n_events"], 800);
+        let best: Vec<f64> = fit["best"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!(best.iter().all(|v| (v - 0.5).abs() < 0.2), "{best:?}");
+    }
+}

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use fedhex::data::phiomega::{LabelGrid, PhiOmegaModel};
 mod common;
+mod root_common;
 use common::run_python;
 use fedhex::data::root::{Column, RootFile, Values};
 use fedhex::data::source::{load, write_phiomega_grid, write_root, LoadReport, RootInput, Variable};
@@ -17,10 +18,8 @@ use fedhex::Error;
 use ndarray::Array2;
 
 fn shared_data() -> PathBuf {
-    let base = std::env::var("FEDHEX_SHARED_DATA")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data").to_string());
-    let p = PathBuf::from(base).join("root");
-    assert!(p.is_dir(), "{} missing; set FEDHEX_SHARED_DATA to the shared data directory", p.display());
+    let p = root_common::data_dir();
+    assert!(p.is_dir(), "{} missing (tests/fixtures/root/files, or $FEDHEX_SHARED_DATA/root)", p.display());
     p
 }
 

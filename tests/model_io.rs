@@ -230,7 +230,7 @@ fn a_model_with_every_preprocessing_option_saves_and_loads_exactly() {
     for chain in chains {
         let ft = Transforms { chains: vec![chain.clone(), vec![]] };
         let lt = Transforms { chains: vec![vec![Step::Shift { by: -2.0 }, Step::Log], vec![]] };
-        let acc = vec![Acceptance { feature: 1, lo: -5.0, hi: f64::INFINITY }];
+        let acc = vec![Acceptance { feature: 1, lo: -5.0, hi: f64::INFINITY, expr: None }];
         let model = random_model(3, &[16], 7).with_preprocessing(ft, lt, acc).unwrap();
         let dir = tmpdir();
         let path = dir.path().join("m");

@@ -17,7 +17,7 @@ fn python() -> String {
         Ok(p) if !p.is_empty() => p,
         _ => panic!(
             "FEDHEX_PYTHON is not set: set it to a Python with uproot, awkward and numpy \
-             (e.g. FEDHEX_PYTHON=/root/.cache/fedhex/torch-venv/bin/python) to run the uproot round-trip tests"
+             (e.g. FEDHEX_PYTHON=~/.cache/fedhex/torch-venv/bin/python) to run the uproot round-trip tests"
         ),
     }
 }

@@ -32,7 +32,23 @@
 //!   point by Newton steps); the interval where `ΔNLL ≤ ½` is reported and the
 //!   curve is drawn with [`super::plots::likelihood_scan`].
 //!
-//! The fit is deterministic on the CPU: no random numbers are used.
+//! * **Acceptance.** When the model declares acceptance cuts (the training
+//!   data were truncated), the likelihood is the truncated one,
+//!   `NLL(θ) = −Σᵢ log p(xᵢ | θ) + N log Z(θ)` with `Z(θ) = P(accepted | θ)`
+//!   of the flow. `Z` is estimated by importance sampling from
+//!   [`FitOptions::acceptance_samples`] flow samples `x̃ⱼ` drawn at a
+//!   proposal label `θ₀`: `Ẑ(θ) = (1/M) Σⱼ 1[x̃ⱼ accepted] p(x̃ⱼ | θ)/p(x̃ⱼ | θ₀)`.
+//!   With the samples fixed, `Ẑ` is a smooth function of θ, so the gradient
+//!   and Hessian come by autograd as for the data term (its gradient is the
+//!   training's `E[∇ log p | accepted]`). The proposal is the start point for
+//!   Adam, then the Adam result for Newton, then the best fit for a final
+//!   Newton pass and the curvature, so the weights stay near 1. The estimate
+//!   adds a relative variance of about `N (1 − Z) / (Z M)` to the fitted
+//!   label; the default `M` keeps that below a few per cent for `N` up to a
+//!   few thousand events. The coarse start scan uses the untruncated density.
+//!
+//! The fit is deterministic: its only random numbers (the acceptance
+//! samples) come from [`FitOptions::seed`].
 
 use super::plots;
 use crate::data::gaussian::cholesky;
@@ -97,6 +113,11 @@ pub struct FitOptions {
     pub truth: Option<Vec<f64>>,
     /// Events per network call (default 65536).
     pub chunk: usize,
+    /// Flow samples `M` for the acceptance normaliser of a model with
+    /// acceptance cuts (default 20000; 0: fit the density before the cut).
+    pub acceptance_samples: usize,
+    /// Seed of the acceptance samples (default 0).
+    pub seed: u64,
 }
 
 impl Default for FitOptions {
@@ -115,6 +136,8 @@ impl Default for FitOptions {
             plot_prefix: "scan".into(),
             truth: None,
             chunk: 65536,
+            acceptance_samples: 20_000,
+            seed: 0,
         }
     }
 }
@@ -183,6 +206,57 @@ struct Objective<'a> {
     chunks: Vec<Tensor>,
     lo: Vec<f64>,
     range: Vec<f64>,
+    /// The truncated likelihood's `N log Ẑ(θ)` (models with acceptance cuts).
+    norm: Option<Normaliser>,
+}
+
+/// Importance samples for `Ẑ(θ)` (see the module docs): the accepted flow
+/// samples drawn at the proposal label, their log-density there, the number
+/// of samples drawn `M` and the number of fitted events `N`.
+struct Normaliser {
+    xs: Tensor,
+    log_q: Tensor,
+    m: f64,
+    n: f64,
+}
+
+impl Normaliser {
+    /// Draws `m` samples at the raw label `theta0` (seeded).
+    fn draw(model: &Model, theta0: &[f64], m: usize, n: usize, seed: u64) -> Result<Self> {
+        let l = theta0.len() as i64;
+        let dev = model.flow.device();
+        let c0: Vec<f32> = theta0.iter().map(|&v| v as f32).collect();
+        let cs = Tensor::from_slice(&c0).to_device(dev).view([1, l]).f_expand([m as i64, l], false)?;
+        let xs = {
+            let _rng = crate::rng::seeded(seed);
+            tch::no_grad(|| model.sample(&cs))
+        };
+        let pass = model
+            .acceptance
+            .iter()
+            .fold(xs.isfinite().all_dim(1, false), |p, a| p.logical_and(&a.mask(&xs).to_device(xs.device())));
+        let keep = pass.nonzero().squeeze_dim(1);
+        let k = keep.size()[0];
+        if k == 0 {
+            return Err(Error::Data(format!(
+                "fit: none of {m} flow samples at {theta0:?} passes the acceptance cuts: the acceptance is ~0 there"
+            )));
+        }
+        let xs = xs.index_select(0, &keep);
+        let log_q = tch::no_grad(|| {
+            let cs = Tensor::from_slice(&c0).to_device(dev).view([1, l]).expand([k, l], false);
+            model.log_prob(&xs, &cs).to_kind(Kind::Double)
+        });
+        Ok(Normaliser { xs, log_q, m: m as f64, n: n as f64 })
+    }
+
+    /// `N log Ẑ(θ)` for the raw label `theta` (`[1, L]`, differentiable).
+    fn term(&self, model: &Model, theta: &Tensor) -> Result<Tensor> {
+        let k = self.xs.size()[0];
+        let cs = theta.f_expand([k, theta.size()[1]], false)?;
+        let lw = model.log_prob(&self.xs, &cs).to_kind(Kind::Double) - &self.log_q;
+        Ok((lw.f_logsumexp([0], false)? - self.m.ln()) * self.n)
+    }
 }
 
 impl Objective<'_> {
@@ -216,8 +290,8 @@ impl Objective<'_> {
         tch::no_grad(|| {
             let tt = self.t_tensor(t, false);
             let mut total = 0.0;
-            for xs in &self.chunks {
-                total += self.nll_chunk(xs, &tt)?.f_double_value(&[])?;
+            for p in 0..self.chunks.len() + usize::from(self.norm.is_some()) {
+                total += self.part(p, &tt)?.f_double_value(&[])?;
             }
             Ok(total)
         })
@@ -226,9 +300,10 @@ impl Objective<'_> {
     fn value_grad(&self, t: &[f64]) -> Result<(f64, Vec<f64>)> {
         let mut total = 0.0;
         let mut grad = vec![0.0; self.l()];
-        for xs in &self.chunks {
+        let n_parts = self.chunks.len() + usize::from(self.norm.is_some());
+        for i in 0..n_parts {
             let tt = self.t_tensor(t, true);
-            let nll = self.nll_chunk(xs, &tt)?;
+            let nll = self.part(i, &tt)?;
             let g = Tensor::f_run_backward(&[&nll], &[&tt], false, false)?;
             total += nll.f_double_value(&[])?;
             for (k, gk) in grad.iter_mut().enumerate() {
@@ -238,13 +313,23 @@ impl Objective<'_> {
         Ok((total, grad))
     }
 
+    /// Part `i` of the objective: data chunk `i`, or the normaliser after the chunks.
+    fn part(&self, i: usize, t: &Tensor) -> Result<Tensor> {
+        match (self.chunks.get(i), &self.norm) {
+            (Some(xs), _) => self.nll_chunk(xs, t),
+            (None, Some(nm)) => nm.term(self.model, &self.theta(t)),
+            (None, None) => Err(Error::Data(format!("fit: no objective part {i}"))),
+        }
+    }
+
     /// Hessian in `t` by double backward.
     fn hessian_autograd(&self, t: &[f64]) -> Result<Vec<Vec<f64>>> {
         let l = self.l();
         let mut h = vec![vec![0.0; l]; l];
-        for xs in &self.chunks {
+        let n_parts = self.chunks.len() + usize::from(self.norm.is_some());
+        for p in 0..n_parts {
             let tt = self.t_tensor(t, true);
-            let nll = self.nll_chunk(xs, &tt)?;
+            let nll = self.part(p, &tt)?;
             let g = Tensor::f_run_backward(&[&nll], &[&tt], true, true)?;
             for (i, row) in h.iter_mut().enumerate() {
                 let gi = g[0].f_get(i as i64)?;
@@ -433,20 +518,31 @@ pub fn fit_label(model: &Model, events: ArrayView2<'_, f32>, opts: &FitOptions) 
     let ranges = model.label_ranges();
     let lo: Vec<f64> = ranges.iter().map(|r| r[0]).collect();
     let range: Vec<f64> = ranges.iter().map(|r| r[1] - r[0]).collect();
-    let obj = Objective { model, chunks, lo: lo.clone(), range: range.clone() };
+    let mut obj = Objective { model, chunks, lo: lo.clone(), range: range.clone(), norm: None };
     let ext = opts.extrapolation.max(0.0);
     let t_lo: Vec<f64> = model.labels.dims.iter().map(|x| if x.logit { 0.0 } else { -ext }).collect();
     let t_hi: Vec<f64> = model.labels.dims.iter().map(|x| if x.logit { 1.0 } else { 1.0 + ext }).collect();
     let to_t =
         |theta: &[f64]| -> Vec<f64> { theta.iter().zip(&lo).zip(&range).map(|((v, lo), r)| (v - lo) / r).collect() };
     let mut warnings = Vec::new();
-    if !model.acceptance.is_empty() {
+    let truncated = !model.acceptance.is_empty() && opts.acceptance_samples > 0;
+    if !model.acceptance.is_empty() && !truncated {
         warnings.push(
-            "the model has acceptance cuts: the fitted likelihood is the flow's density before the cut, \
-             not normalised to the acceptance at each label (biased where the acceptance changes with the label)"
+            "the model has acceptance cuts but acceptance_samples = 0: the fitted likelihood is the flow's density \
+             before the cut, not normalised to the acceptance at each label (biased where the acceptance changes \
+             with the label)"
                 .into(),
         );
     }
+    // The truncated likelihood's normaliser, drawn at a proposal label.
+    let normaliser = |t: &[f64], round: u64| -> Result<Option<Normaliser>> {
+        if !truncated {
+            return Ok(None);
+        }
+        let theta: Vec<f64> = t.iter().zip(&lo).zip(&range).map(|((t, lo), r)| lo + t * r).collect();
+        let seed = opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(round);
+        Normaliser::draw(model, &theta, opts.acceptance_samples, n, seed).map(Some)
+    };
 
     // Start.
     let mut t = match &opts.start {
@@ -464,7 +560,7 @@ pub fn fit_label(model: &Model, events: ArrayView2<'_, f32>, opts: &FitOptions) 
             let sub: Vec<f32> = events.outer_iter().step_by(stride).flat_map(|r| r.to_vec()).collect();
             let m = sub.len() / d;
             let subt = Tensor::from_slice(&sub).view([m as i64, d as i64]).to_device(dev);
-            let coarse = Objective { model, chunks: vec![subt], lo: lo.clone(), range: range.clone() };
+            let coarse = Objective { model, chunks: vec![subt], lo: lo.clone(), range: range.clone(), norm: None };
             let axis: Vec<f64> = if g == 1 { vec![0.5] } else { (0..g).map(|i| i as f64 / (g - 1) as f64).collect() };
             let mut best = (f64::INFINITY, vec![0.5; l]);
             for k in 0..g.pow(l as u32) {
@@ -486,6 +582,7 @@ pub fn fit_label(model: &Model, events: ArrayView2<'_, f32>, opts: &FitOptions) 
         None => vec![0.5; l],
     };
     let start = obj.theta_of(&t);
+    obj.norm = normaliser(&t, 0)?;
 
     // Adam.
     let (b1, b2, eps) = (0.9, 0.999, 1e-8);
@@ -517,7 +614,16 @@ pub fn fit_label(model: &Model, events: ArrayView2<'_, f32>, opts: &FitOptions) 
         t = best.1.clone();
     }
     let free = vec![true; l];
-    let (t_best, nll, nsteps) = newton(&obj, t, &free, (&t_lo, &t_hi), opts.newton_steps, None)?;
+    if truncated {
+        // Proposal at the Adam result, then once more at the best fit.
+        obj.norm = normaliser(&t, 1)?;
+    }
+    let (mut t_best, mut nll, mut nsteps) = newton(&obj, t, &free, (&t_lo, &t_hi), opts.newton_steps, None)?;
+    if truncated {
+        obj.norm = normaliser(&t_best, 2)?;
+        let (t2, f2, s2) = newton(&obj, t_best, &free, (&t_lo, &t_hi), opts.newton_steps, None)?;
+        (t_best, nll, nsteps) = (t2, f2, nsteps + s2);
+    }
     if !nll.is_finite() {
         return Err(Error::Data(format!("fit: the NLL is not finite at the best point {:?}", obj.theta_of(&t_best))));
     }

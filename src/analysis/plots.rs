@@ -196,6 +196,53 @@ fn fmt_num(v: f64) -> String {
     format!("{v:.decimals$}")
 }
 
+/// Tick labels of an axis spanning `lo..hi`: enough decimals that ticks about
+/// a tenth of the range apart print differently (5.115, 5.120, 5.125 rather
+/// than 5.12, 5.12, 5.13); scientific notation for very large or small values.
+fn tick_formatter(lo: f64, hi: f64) -> impl Fn(&f64) -> String {
+    let span = (hi - lo).abs();
+    let big = lo.abs().max(hi.abs());
+    let decimals = if span > 0.0 && span.is_finite() {
+        (1 - (span / 10.0).log10().floor() as i32).clamp(0, 9) as usize
+    } else {
+        3
+    };
+    move |v: &f64| {
+        if !v.is_finite() {
+            "n/a".into()
+        } else if big >= 1e5 || (big > 0.0 && big < 1e-3) {
+            format!("{v:.2e}")
+        } else {
+            let s = format!("{v:.decimals$}");
+            // Ticks differ in their last kept digit; drop zeros only when every tick could.
+            if s.parse::<f64>().is_ok_and(|x| x == 0.0) {
+                "0".into()
+            } else {
+                s
+            }
+        }
+    }
+}
+
+/// A single value in full (six significant digits, trailing zeros dropped):
+/// legends such as "true value 5.125".
+fn fmt_precise(v: f64) -> String {
+    if !v.is_finite() {
+        return "n/a".into();
+    }
+    let a = v.abs();
+    if a != 0.0 && !(1e-4..1e6).contains(&a) {
+        return format!("{v:.5e}");
+    }
+    let decimals = if a == 0.0 { 0 } else { (5 - a.log10().floor() as i32).max(0) as usize };
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
 /// Viridis colour map (piecewise-linear through 6 anchors), `t ∈ [0, 1]`.
 fn viridis(t: f64) -> RGBColor {
     const A: [(f64, f64, f64); 6] = [
@@ -348,6 +395,21 @@ pub fn grid_overview_named(
     generated: &[LabelledEvents],
     names: [&str; 2],
 ) -> Result<(), PlotError> {
+    grid_overview_split(path, training, &[], generated, names, "training")
+}
+
+/// Like [`grid_overview_named`] for a report: reference events at the
+/// training labels (blue, black ×) and at held-out labels (green, green ◆)
+/// are told apart, and `what` names the reference sample in the legend
+/// (`"reference"`: "reference events, training labels").
+pub fn grid_overview_split(
+    path: impl AsRef<Path>,
+    training: &[LabelledEvents],
+    held_out: &[LabelledEvents],
+    generated: &[LabelledEvents],
+    names: [&str; 2],
+    what: &str,
+) -> Result<(), PlotError> {
     let path = path.as_ref();
     let finite = |p: &[f64; 2]| p[0].is_finite() && p[1].is_finite();
     let thin = |ev: &[[f64; 2]]| -> Vec<(f64, f64)> {
@@ -355,17 +417,21 @@ pub fn grid_overview_named(
         ev.iter().step_by(step).filter(|p| finite(p)).map(|p| (p[0], p[1])).collect()
     };
     let tr: Vec<(f64, f64)> = training.iter().flat_map(|(_, e)| thin(e)).collect();
+    let ho: Vec<(f64, f64)> = held_out.iter().flat_map(|(_, e)| thin(e)).collect();
     let ge: Vec<(f64, f64)> = generated.iter().flat_map(|(_, e)| thin(e)).collect();
-    if tr.is_empty() && ge.is_empty() {
+    if tr.is_empty() && ho.is_empty() && ge.is_empty() {
         return Err(invalid(path, "no finite events to plot"));
     }
-    let labels_tr: Vec<(f64, f64)> = training.iter().filter(|(l, _)| finite(l)).map(|(l, _)| (l[0], l[1])).collect();
-    let labels_ge: Vec<(f64, f64)> = generated.iter().filter(|(l, _)| finite(l)).map(|(l, _)| (l[0], l[1])).collect();
+    let label_points =
+        |g: &[LabelledEvents]| -> Vec<(f64, f64)> { g.iter().filter(|(l, _)| finite(l)).map(|(l, _)| (l[0], l[1])).collect() };
+    let labels_tr = label_points(training);
+    let labels_ho = label_points(held_out);
+    let labels_ge = label_points(generated);
     let axis_range = |sel: fn(&(f64, f64)) -> f64| {
-        let s = sorted_finite(tr.iter().chain(&ge).map(sel));
+        let s = sorted_finite(tr.iter().chain(&ho).chain(&ge).map(sel));
         let mut lo = quantile(&s, 0.001);
         let mut hi = quantile(&s, 0.999);
-        for l in labels_tr.iter().chain(&labels_ge) {
+        for l in labels_tr.iter().chain(&labels_ho).chain(&labels_ge) {
             lo = lo.min(sel(l));
             hi = hi.max(sel(l));
         }
@@ -374,16 +440,22 @@ pub fn grid_overview_named(
     let (x0, x1) = axis_range(|p| p.0);
     let (y0, y1) = axis_range(|p| p.1);
     let inside = move |p: &&(f64, f64)| p.0 >= x0 && p.0 <= x1 && p.1 >= y0 && p.1 <= y1;
-    let n_tr: usize = training.iter().map(|(_, e)| e.len()).sum();
+    let n_tr: usize = training.iter().chain(held_out).map(|(_, e)| e.len()).sum();
     let n_ge: usize = generated.iter().map(|(_, e)| e.len()).sum();
+    let mut title = what.to_string();
+    if let Some(c) = title.get(..1) {
+        title = c.to_uppercase() + &title[1..];
+    }
+    let counts = if held_out.is_empty() {
+        format!("{} labels", training.len())
+    } else {
+        format!("{} training + {} held-out labels", training.len(), held_out.len())
+    };
+    let held_colour = RGBColor(44, 160, 44);
     render(path, (1400, 1100), |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(
-                format!(
-                    "Training ({} labels, {n_tr} events) vs generated ({} labels, {n_ge} events)",
-                    training.len(),
-                    generated.len()
-                ),
+                format!("{title} ({counts}, {n_tr} events) vs generated ({} labels, {n_ge} events)", generated.len()),
                 font(TITLE_SIZE),
             )
             .margin(20)
@@ -399,10 +471,21 @@ pub fn grid_overview_named(
             .x_label_formatter(&|v| fmt_num(*v))
             .y_label_formatter(&|v| fmt_num(*v))
             .draw()?;
+        let tr_legend = if what == "training" {
+            "training events".to_string()
+        } else {
+            format!("{what} events, training labels")
+        };
         chart
             .draw_series(tr.iter().filter(inside).map(|&p| Circle::new(p, 2, REF_COLOR.mix(0.35).filled())))?
-            .label("training events")
+            .label(tr_legend)
             .legend(|(x, y)| Circle::new((x + 15, y), 6, REF_COLOR.filled()));
+        if !ho.is_empty() {
+            chart
+                .draw_series(ho.iter().filter(inside).map(|&p| Circle::new(p, 2, held_colour.mix(0.45).filled())))?
+                .label(format!("{what} events, held-out labels"))
+                .legend(move |(x, y)| Circle::new((x + 15, y), 6, held_colour.filled()));
+        }
         chart
             .draw_series(ge.iter().filter(inside).map(|&p| Circle::new(p, 2, GEN_COLOR.mix(0.35).filled())))?
             .label("generated events")
@@ -411,6 +494,12 @@ pub fn grid_overview_named(
             .draw_series(labels_tr.iter().map(|&p| Cross::new(p, 8, BLACK.stroke_width(3))))?
             .label("training labels")
             .legend(|(x, y)| Cross::new((x + 15, y), 8, BLACK.stroke_width(3)));
+        if !labels_ho.is_empty() {
+            chart
+                .draw_series(labels_ho.iter().map(|&p| Cross::new(p, 10, held_colour.stroke_width(4))))?
+                .label("held-out labels")
+                .legend(move |(x, y)| Cross::new((x + 15, y), 10, held_colour.stroke_width(4)));
+        }
         if !labels_ge.is_empty() {
             chart
                 .draw_series(labels_ge.iter().map(|&p| TriangleMarker::new(p, 9, MARK_COLOR.filled())))?
@@ -699,6 +788,31 @@ pub fn heat_map_named(
     marked: &[bool],
     names: [&str; 2],
 ) -> Result<(), PlotError> {
+    heat_map_scaled(path, labels, values, metric_name, marked, names, &HeatScale::default())
+}
+
+/// The colour scale of a heat map: fixed ends (so two reports compare at a
+/// glance; values beyond them take the end colours and still print exactly in
+/// their cells) and, optionally, a reference level marked on the colour bar
+/// (the statistical floor).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeatScale {
+    /// Colour-scale ends; `None`: the range of the values.
+    pub range: Option<(f64, f64)>,
+    /// A level drawn as a line across the colour bar, with its name.
+    pub mark: Option<(f64, String)>,
+}
+
+/// [`heat_map_named`] with a given colour scale.
+pub fn heat_map_scaled(
+    path: impl AsRef<Path>,
+    labels: &[[f64; 2]],
+    values: &[f64],
+    metric_name: &str,
+    marked: &[bool],
+    names: [&str; 2],
+    scale: &HeatScale,
+) -> Result<(), PlotError> {
     let path = path.as_ref();
     if labels.len() != values.len() || !(marked.is_empty() || marked.len() == labels.len()) {
         return Err(invalid(
@@ -723,9 +837,10 @@ pub fn heat_map_named(
         best
     };
     let vs = sorted_finite(ok.iter().map(|&i| values[i]));
-    let (vmin, vmax) = match (vs.first(), vs.last()) {
-        (Some(&a), Some(&b)) if b > a => (a, b),
-        (Some(&a), Some(_)) => pad(a, a, 0.0),
+    let (vmin, vmax) = match (scale.range, vs.first(), vs.last()) {
+        (Some((a, b)), _, _) if b > a => (a, b),
+        (_, Some(&a), Some(&b)) if b > a => (a, b),
+        (_, Some(&a), Some(_)) => pad(a, a, 0.0),
         _ => (0.0, 1.0),
     };
     let any_marked = marked.iter().any(|&b| b);
@@ -756,7 +871,11 @@ pub fn heat_map_named(
             let (ix, iy) = (locate(&xs, labels[i][0]), locate(&ys, labels[i][1]));
             let rect = [(ex[ix], ey[iy]), (ex[ix + 1], ey[iy + 1])];
             let v = values[i];
-            let color = if v.is_finite() { viridis((v - vmin) / (vmax - vmin)) } else { RGBColor(200, 200, 200) };
+            let color = if v.is_finite() {
+                viridis(((v - vmin) / (vmax - vmin)).clamp(0.0, 1.0))
+            } else {
+                RGBColor(200, 200, 200)
+            };
             c.draw_series(std::iter::once(Rectangle::new(rect, color.filled())))?;
             c.draw_series(std::iter::once(Rectangle::new(rect, WHITE.stroke_width(1))))?;
             let text_color = if is_dark(color) { WHITE } else { BLACK };
@@ -787,6 +906,11 @@ pub fn heat_map_named(
             let b = vmin + (vmax - vmin) * (k + 1) as f64 / steps as f64;
             Rectangle::new([(0.0, a), (1.0, b)], viridis((k as f64 + 0.5) / steps as f64).filled())
         }))?;
+        if let Some((level, name)) = scale.mark.as_ref().filter(|(l, _)| l.is_finite() && *l >= vmin && *l <= vmax) {
+            cb.draw_series(std::iter::once(PathElement::new(vec![(0.0, *level), (1.0, *level)], MARK_COLOR.stroke_width(4))))?;
+            let style = font(TICK_SIZE).color(&WHITE).pos(Pos::new(HPos::Center, VPos::Bottom));
+            cb.draw_series(std::iter::once(Text::new(name.clone(), (0.5, *level), style)))?;
+        }
         Ok(())
     })
 }
@@ -835,8 +959,8 @@ pub fn likelihood_scan(
             .y_desc(y_name)
             .axis_desc_style(font(LABEL_SIZE))
             .label_style(font(TICK_SIZE))
-            .x_label_formatter(&|v| fmt_num(*v))
-            .y_label_formatter(&|v| fmt_num(*v))
+            .x_label_formatter(&tick_formatter(x0, x1))
+            .y_label_formatter(&tick_formatter(y0, y1))
             .draw()?;
         let line = REF_COLOR.stroke_width(3);
         c.draw_series(LineSeries::new(pts.iter().copied(), line))?
@@ -848,12 +972,12 @@ pub fn likelihood_scan(
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], GREY.stroke_width(2)));
         c.draw_series(DashedLineSeries::new([(best.0, y0), (best.0, y1)], 10, 6, MARK_COLOR.stroke_width(2)))?;
         c.draw_series(std::iter::once(Circle::new(best, 9, MARK_COLOR.filled())))?
-            .label(format!("minimum at {} = {}", x_name, fmt_num(best.0)))
+            .label(format!("minimum at {} = {}", x_name, fmt_precise(best.0)))
             .legend(|(x, y)| Circle::new((x + 15, y), 8, MARK_COLOR.filled()));
         if let Some(t) = truth {
             let green = RGBColor(44, 160, 44).stroke_width(3);
             c.draw_series(LineSeries::new([(t, y0), (t, y1)], green))?
-                .label(format!("true value {}", fmt_num(t)))
+                .label(format!("true value {}", fmt_precise(t)))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], green));
         }
         c.configure_series_labels()

@@ -154,9 +154,30 @@ impl HeatMetric {
         })
     }
 
+    /// The fixed colour scale of the heat map, so that two reports compare at
+    /// a glance: AUC 0.5–0.6 (0.5: indistinguishable), |Δμ|/|μ| 0–2 %,
+    /// |Δσ|/σ 0–10 %, KS D 0–0.05, χ²/ndf 0–5, W₁/σ 0–0.1, energy distance
+    /// 0–0.01. Values beyond the ends take the end colours.
+    pub fn colour_range(self) -> (f64, f64) {
+        match self {
+            HeatMetric::Auc => (0.5, 0.6),
+            HeatMetric::MeanRelError => (0.0, 2.0),
+            HeatMetric::StdRelError => (0.0, 10.0),
+            HeatMetric::Ks => (0.0, 0.05),
+            HeatMetric::Chi2Ndf => (0.0, 5.0),
+            HeatMetric::Wasserstein => (0.0, 0.1),
+            HeatMetric::Energy => (0.0, 0.01),
+        }
+    }
+
     fn value(self, l: &LabelReport) -> f64 {
+        self.of(&l.metrics)
+    }
+
+    /// The metric of one comparison (generated or second reference versus reference).
+    fn of(self, m: &SampleMetrics) -> f64 {
         let worst = |f: &dyn Fn(&Comparison) -> Option<f64>| -> f64 {
-            let v: Vec<f64> = l.metrics.features.iter().filter_map(f).collect();
+            let v: Vec<f64> = m.features.iter().filter_map(f).collect();
             if v.is_empty() {
                 f64::NAN
             } else {
@@ -164,13 +185,13 @@ impl HeatMetric {
             }
         };
         match self {
-            HeatMetric::Auc => l.metrics.classifier.map_or(f64::NAN, |c| c.auc),
+            HeatMetric::Auc => m.classifier.map_or(f64::NAN, |c| c.auc),
             HeatMetric::MeanRelError => worst(&|c| c.relative.mean_rel_error.map(|e| 100.0 * e.value.abs())),
             HeatMetric::StdRelError => worst(&|c| c.relative.std_rel_error.map(|e| 100.0 * e.value.abs())),
             HeatMetric::Ks => worst(&|c| Some(c.ks.statistic)),
             HeatMetric::Chi2Ndf => worst(&|c| Some(c.chi2.chi2_per_ndf)),
             HeatMetric::Wasserstein => worst(&|c| Some(c.wasserstein1_in_std)),
-            HeatMetric::Energy => l.metrics.energy.map_or(f64::NAN, |e| e.statistic),
+            HeatMetric::Energy => m.energy.map_or(f64::NAN, |e| e.statistic),
         }
     }
 }
@@ -1002,21 +1023,32 @@ fn build(
     let l_dim = label_names.len();
     let pair = |r: &Vec<f64>| [r[0], r[1]];
     if d >= 2 && l_dim == 2 {
-        let refs: Vec<plots::LabelledEvents> = work
-            .iter()
-            .map(|w| ([f64::from(w.label[0]), f64::from(w.label[1])], w.reference.iter().map(pair).collect()))
-            .collect();
+        let refs_of = |held: bool| -> Vec<plots::LabelledEvents> {
+            work.iter()
+                .filter(|w| (w.kind == LabelKind::Interpolation) == held)
+                .map(|w| ([f64::from(w.label[0]), f64::from(w.label[1])], w.reference.iter().map(pair).collect()))
+                .collect()
+        };
         let gens: Vec<plots::LabelledEvents> = work
             .iter()
             .map(|w| ([f64::from(w.label[0]), f64::from(w.label[1])], w.generated.iter().map(pair).collect()))
             .collect();
         if plot_result(
-            plots::grid_overview_named(pdir.join("grid_overview.png"), &refs, &gens, [&names[0], &names[1]]),
+            plots::grid_overview_split(
+                pdir.join("grid_overview.png"),
+                &refs_of(false),
+                &refs_of(true),
+                &gens,
+                [&names[0], &names[1]],
+                "reference",
+            ),
             &mut warnings,
         )? {
             plots_list.push(PlotEntry {
                 file: rel("grid_overview.png"),
-                title: "All labels: reference (blue) and generated (orange) events".into(),
+                title: "All labels: reference events at training labels (blue) and held-out labels (green), \
+                        generated events (orange)"
+                    .into(),
             });
         }
     } else {
@@ -1033,20 +1065,34 @@ fn build(
             warnings.push(format!("heat map shows the first two of {l_dim} label dimensions"));
         }
         let file = format!("heat_map_{}.png", opts.heat_metric.name());
+        // The statistical floor: the median of the metric between the two reference samples.
+        let floors = sorted_values(labels.iter().filter_map(|l| l.floor.as_ref()).map(|f| opts.heat_metric.of(f)));
+        let (lo, hi) = opts.heat_metric.colour_range();
+        let scale = plots::HeatScale {
+            range: Some((lo, hi)),
+            mark: (!floors.is_empty()).then(|| (floors[floors.len() / 2], "floor".to_string())),
+        };
         if plot_result(
-            plots::heat_map_named(
+            plots::heat_map_scaled(
                 pdir.join(&file),
                 &pts,
                 &values,
                 opts.heat_metric.title(),
                 &marked,
                 [&label_names[0], &axis1],
+                &scale,
             ),
             &mut warnings,
         )? {
             plots_list.push(PlotEntry {
                 file: rel(&file),
-                title: format!("{} over the label grid (held-out labels framed in red)", opts.heat_metric.title()),
+                title: format!(
+                    "{} over the label grid (held-out labels framed in red; fixed colour scale {}–{}{})",
+                    opts.heat_metric.title(),
+                    lo,
+                    hi,
+                    if floors.is_empty() { "" } else { ", red line on the bar: the statistical floor" }
+                ),
             });
         }
     }
@@ -1355,7 +1401,11 @@ pub fn read_events(paths: &[PathBuf], model: &Model, tree: &str, with_labels: bo
             };
             crate::data::source::load(&input)?.0
         } else {
-            let mut es = crate::data::npy::read_npz(p, vec![], vec![])?;
+            let mut es = if with_labels {
+                crate::data::npy::read_npz(p, vec![], vec![])?
+            } else {
+                crate::data::npy::read_npz_maybe_labeled(p, vec![], vec![])?
+            };
             if es.n_features() == fnames.len() {
                 es.feature_names = fnames.clone();
             }
@@ -1367,6 +1417,13 @@ pub fn read_events(paths: &[PathBuf], model: &Model, tree: &str, with_labels: bo
         parts.push(es);
     }
     concat(parts)
+}
+
+/// The finite values, sorted.
+fn sorted_values(v: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut s: Vec<f64> = v.filter(|x| x.is_finite()).collect();
+    s.sort_by(f64::total_cmp);
+    s
 }
 
 /// Concatenates event sets with equal dimensions (names from the first).

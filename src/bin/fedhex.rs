@@ -645,7 +645,7 @@ struct FitArgs {
     /// Model directory (or its model.json).
     #[arg(long)]
     model: PathBuf,
-    /// Observed events: .npz (samples[, labels]) or .root (flat branches named as the model's features).
+    /// Observed events: .npz (samples[, labels]; without labels: one pooled fit) or .root (flat branches named as the model's features).
     #[arg(long = "events", required = true, num_args = 1..)]
     events: Vec<PathBuf>,
     /// Output directory for fit.json and the likelihood scans (default: print only).
@@ -663,6 +663,12 @@ struct FitArgs {
     /// Adam iterations.
     #[arg(long, default_value_t = 300)]
     iterations: usize,
+    /// Models with acceptance cuts: flow samples that estimate the acceptance at each label (0: fit the density before the cut).
+    #[arg(long, default_value_t = 20_000)]
+    acceptance_samples: usize,
+    /// Seed of those samples.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Tree name in ROOT files.
     #[arg(long, default_value = "Events")]
     tree: String,
@@ -700,6 +706,8 @@ fn fit(a: &FitArgs) -> Result<()> {
             truth: truth.clone().or_else(|| label.as_ref().map(|l| l.iter().map(|v| f64::from(*v)).collect())),
             scan: ScanKind::parse(&a.scan)?,
             iterations: a.iterations,
+            acceptance_samples: a.acceptance_samples,
+            seed: a.seed,
             ..Default::default()
         };
         let r = fit_label(&model, sel.samples.view(), &opts)?;

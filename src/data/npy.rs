@@ -39,11 +39,37 @@ fn column(a: Array1<f32>) -> Array2<f32> {
 
 /// Reads an `.npz` with `samples` and `labels` arrays.
 pub fn read_npz(path: &Path, feature_names: Vec<String>, label_names: Vec<String>) -> Result<EventSet> {
+    read_npz_with(path, feature_names, label_names, true)
+}
+
+/// Reads an `.npz` with a `samples` array and, where the archive has one, a
+/// `labels` array (observed data have none: their events get zero label
+/// columns). `label_names` apply only when labels are present.
+pub fn read_npz_maybe_labeled(path: &Path, feature_names: Vec<String>, label_names: Vec<String>) -> Result<EventSet> {
+    read_npz_with(path, feature_names, label_names, false)
+}
+
+fn read_npz_with(
+    path: &Path,
+    feature_names: Vec<String>,
+    label_names: Vec<String>,
+    labels_required: bool,
+) -> Result<EventSet> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut npz = NpzReader::new(file)
         .map_err(|e| Error::Data(format!("{}: not a readable .npz archive: {e}", path.display())))?;
     let samples = read_array(&mut npz, path, "samples")?;
-    let labels = read_array(&mut npz, path, "labels")?;
+    let has_labels = labels_required
+        || npz
+            .names()
+            .map_err(|e| Error::Data(format!("{}: not a readable .npz archive: {e}", path.display())))?
+            .iter()
+            .any(|n| n == "labels" || n == "labels.npy");
+    let (labels, label_names) = if has_labels {
+        (read_array(&mut npz, path, "labels")?, label_names)
+    } else {
+        (Array2::zeros((samples.nrows(), 0)), Vec::new())
+    };
     EventSet::new(samples, labels, feature_names, label_names, &path.display().to_string())
 }
 

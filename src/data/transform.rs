@@ -393,13 +393,16 @@ impl Transforms {
     }
 }
 
-/// A known acceptance cut on a raw feature (`lo < x < hi`) that truncated the
-/// training data: training uses the truncated likelihood
+/// A known acceptance cut that truncated the training data: either an
+/// interval on one raw feature (`lo < x < hi`, the forms `x > v`, `x < v`,
+/// `lo < x < hi`) or any boolean expression over the raw features in the
+/// language of `data.root.cut` ([`crate::data::expr`]), e.g.
+/// `abs(eta_g) < 2.5` or `pt_1 > pt_2`. Training uses the truncated likelihood
 /// `p(x | c) / P(accepted | c)` and generated events are cut the same way.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Acceptance {
-    /// Feature index.
+    /// Feature index (interval cuts).
     pub feature: usize,
     /// Lower bound (`-inf`: none).
     #[serde(with = "bound")]
@@ -407,6 +410,87 @@ pub struct Acceptance {
     /// Upper bound (`+inf`: none).
     #[serde(with = "bound")]
     pub hi: f64,
+    /// An expression cut (then `feature`, `lo` and `hi` are unused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expr: Option<ExprCut>,
+}
+
+/// A boolean expression over raw features, bound to their column indices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "ExprCutRepr", into = "ExprCutRepr")]
+pub struct ExprCut {
+    expr: crate::data::expr::Expr,
+    /// The features the expression reads, with their column index.
+    vars: Vec<(String, usize)>,
+}
+
+/// How an [`ExprCut`] is stored in `model.json`: its text and the feature
+/// names in column order.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExprCutRepr {
+    expr: String,
+    features: Vec<String>,
+}
+
+impl TryFrom<ExprCutRepr> for ExprCut {
+    type Error = Error;
+    fn try_from(r: ExprCutRepr) -> Result<Self> {
+        ExprCut::new(&r.expr, &r.features)
+    }
+}
+
+impl From<ExprCut> for ExprCutRepr {
+    fn from(c: ExprCut) -> Self {
+        let n = c.vars.iter().map(|v| v.1 + 1).max().unwrap_or(0);
+        let mut features = vec![String::new(); n];
+        for (name, i) in c.vars {
+            features[i] = name;
+        }
+        ExprCutRepr { expr: c.expr.source().to_string(), features }
+    }
+}
+
+impl ExprCut {
+    /// Parses `src` and binds its names to the feature columns `names`.
+    fn new(src: &str, names: &[String]) -> Result<Self> {
+        let bad = |why: String| Error::Config(format!("data.acceptance '{src}': {why}"));
+        let expr = crate::data::expr::Expr::parse(src).map_err(|e| bad(e.to_string()))?;
+        let vars = expr
+            .branches()
+            .into_iter()
+            .map(|b| match names.iter().position(|n| *n == b) {
+                Some(i) => Ok((b, i)),
+                None => Err(bad(format!("no feature '{b}' (features: {})", names.join(", ")))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let cut = ExprCut { expr, vars };
+        // Check the expression's use of its names (e.g. `x[0]` on a scalar) on one event.
+        cut.eval(&[vec![0.0; names.len()]]).map_err(|e| bad(e.to_string()))?;
+        Ok(cut)
+    }
+
+    /// Pass/fail of each row of `rows` (each row all features, raw).
+    fn eval(&self, rows: &[Vec<f64>]) -> Result<Vec<bool>> {
+        use crate::data::expr::ColumnRef;
+        let cols: Vec<(String, Vec<f64>)> = self
+            .vars
+            .iter()
+            .map(|(name, i)| (name.clone(), rows.iter().map(|r| r.get(*i).copied().unwrap_or(f64::NAN)).collect()))
+            .collect();
+        let map: std::collections::BTreeMap<String, ColumnRef<'_>> =
+            cols.iter().map(|(n, v)| (n.clone(), ColumnRef::Scalar(v.as_slice()))).collect();
+        let res = self
+            .expr
+            .eval_cut(&map, rows.len())
+            .map_err(|e| Error::Data(format!("data.acceptance '{}': {e}", self.expr.source())))?;
+        Ok(res.pass)
+    }
+
+    /// The expression's text.
+    pub fn source(&self) -> &str {
+        self.expr.source()
+    }
 }
 
 /// JSON has no infinities: an absent bound is written as the string `"inf"` or `"-inf"`.
@@ -440,22 +524,30 @@ mod bound {
 }
 
 impl Acceptance {
-    /// Parses `name > v`, `name < v` or `lo < name < hi` against the feature names.
+    /// Parses `name > v`, `name < v` or `lo < name < hi` against the feature
+    /// names as an interval cut, and anything else as a boolean expression
+    /// over the features.
     pub fn parse(spec: &str, names: &[String]) -> Result<Self> {
         let bad = |why: String| Error::Config(format!("data.acceptance '{spec}': {why}"));
         let parts: Vec<&str> = spec.split(['<', '>']).map(str::trim).collect();
-        let num = |t: &str| t.parse::<f64>().map_err(|_| bad(format!("'{t}' is not a number")));
-        let feat = |t: &str| {
-            names
-                .iter()
-                .position(|n| n == t)
-                .ok_or_else(|| bad(format!("no feature '{t}' (features: {})", names.join(", "))))
+        let num = |t: &str| t.parse::<f64>().ok();
+        let feat = |t: &str| names.iter().position(|n| n == t);
+        let interval = match parts.as_slice() {
+            _ if spec.contains("<=") || spec.contains(">=") => None,
+            [a, b] if spec.contains('>') => feat(a).zip(num(b)).map(|(f, v)| (f, v, f64::INFINITY)),
+            [a, b] => feat(a).zip(num(b)).map(|(f, v)| (f, f64::NEG_INFINITY, v)),
+            [a, b, c] if !spec.contains('>') => feat(b).zip(num(a)).zip(num(c)).map(|((f, lo), hi)| (f, lo, hi)),
+            _ => None,
         };
-        let cut = match parts.as_slice() {
-            [a, b] if spec.contains('>') => Acceptance { feature: feat(a)?, lo: num(b)?, hi: f64::INFINITY },
-            [a, b] => Acceptance { feature: feat(a)?, lo: f64::NEG_INFINITY, hi: num(b)? },
-            [a, b, c] if !spec.contains('>') => Acceptance { feature: feat(b)?, lo: num(a)?, hi: num(c)? },
-            _ => return Err(bad("expected 'name > value', 'name < value' or 'lo < name < hi'".into())),
+        let cut = match interval {
+            Some((feature, lo, hi)) => Acceptance { feature, lo, hi, expr: None },
+            None => {
+                if spec.trim().is_empty() {
+                    return Err(bad("empty".into()));
+                }
+                let expr = ExprCut::new(spec, names)?;
+                return Ok(Acceptance { feature: 0, lo: f64::NEG_INFINITY, hi: f64::INFINITY, expr: Some(expr) });
+            }
         };
         if cut.lo.partial_cmp(&cut.hi) != Some(std::cmp::Ordering::Less) {
             return Err(bad("empty interval".into()));
@@ -465,11 +557,51 @@ impl Acceptance {
 
     /// Whether a raw event passes.
     pub fn keeps(&self, row: &[f32]) -> bool {
-        row.get(self.feature).is_some_and(|&v| f64::from(v) > self.lo && f64::from(v) < self.hi)
+        match &self.expr {
+            Some(e) => e
+                .eval(&[row.iter().map(|&v| f64::from(v)).collect()])
+                .is_ok_and(|p| p.first().copied().unwrap_or(false)),
+            None => row.get(self.feature).is_some_and(|&v| f64::from(v) > self.lo && f64::from(v) < self.hi),
+        }
+    }
+
+    /// Pass/fail of every row of raw events `xs: [N, D]`.
+    pub fn keeps_rows(&self, xs: ndarray::ArrayView2<'_, f32>) -> Vec<bool> {
+        match &self.expr {
+            Some(e) => {
+                let rows: Vec<Vec<f64>> = xs.outer_iter().map(|r| r.iter().map(|&v| f64::from(v)).collect()).collect();
+                e.eval(&rows).unwrap_or_else(|_| vec![false; rows.len()])
+            }
+            None => xs.outer_iter().map(|r| r.get(self.feature).is_some_and(|&v| f64::from(v) > self.lo && f64::from(v) < self.hi)).collect(),
+        }
+    }
+
+    /// The largest feature index the cut reads.
+    pub fn max_feature(&self) -> usize {
+        match &self.expr {
+            Some(e) => e.vars.iter().map(|v| v.1).max().unwrap_or(0),
+            None => self.feature,
+        }
+    }
+
+    /// How the cut reads in messages: `lo < name < hi` or the expression.
+    pub fn describe(&self, names: &[String]) -> String {
+        match &self.expr {
+            Some(e) => e.source().to_string(),
+            None => format!("{} < {} < {}", self.lo, names.get(self.feature).map_or("?", String::as_str), self.hi),
+        }
     }
 
     /// Boolean mask `[N]` of raw events `xs: [N, D]` that pass.
     pub fn mask(&self, xs: &Tensor) -> Tensor {
+        if let Some(e) = &self.expr {
+            let (n, d) = (xs.size()[0], xs.size()[1]);
+            let host: Vec<f64> = Vec::try_from(xs.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).flatten(0, -1))
+                .unwrap_or_default();
+            let rows: Vec<Vec<f64>> = host.chunks(d.max(1) as usize).map(<[f64]>::to_vec).collect();
+            let pass = e.eval(&rows).unwrap_or_else(|_| vec![false; n as usize]);
+            return Tensor::from_slice(&pass).to_device(xs.device());
+        }
         let v = xs.select(1, self.feature as i64);
         let mut m = v.gt(self.lo);
         if self.hi.is_finite() {
@@ -592,7 +724,15 @@ mod tests {
         assert!(a.keeps(&[10.0, 0.0]) && !a.keeps(&[0.0, 0.0]) && !a.keeps(&[3000.0, 0.0]));
         let m = a.mask(&Tensor::from_slice(&[10.0f32, 0.0, -1.0, 0.0]).view([2, 2]));
         assert_eq!(Vec::<bool>::try_from(m).unwrap(), vec![true, false]);
-        for bad in ["mass > 1", "omega > x", "3 < omega < 1", "omega"] {
+        // Expressions over the features.
+        let e = Acceptance::parse("abs(phi - omega) < 2 and omega > 0.5", &f).unwrap();
+        assert!(e.expr.is_some());
+        assert!(e.keeps(&[1.0, 0.6]) && !e.keeps(&[3.0, 0.6]) && !e.keeps(&[0.4, 0.45]));
+        let m = e.mask(&Tensor::from_slice(&[1.0f32, 0.6, 3.0, 0.6, 0.4, 0.45]).view([3, 2]));
+        assert_eq!(Vec::<bool>::try_from(m).unwrap(), vec![true, false, false]);
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<Acceptance>(&json).unwrap(), e, "{json}");
+        for bad in ["mass > 1", "omega > x", "3 < omega < 1", "omega >", "abs(eta) < 2", "omega[0] > 1", ""] {
             let e = Acceptance::parse(bad, &f).unwrap_err().to_string();
             assert!(e.contains(bad), "{bad}: {e}");
         }

@@ -143,8 +143,8 @@ impl Model {
         let (d, l) = (self.n_features(), self.n_labels());
         feature_transforms.validate(d, l, "feature")?;
         label_transforms.validate(l, 0, "label")?;
-        if let Some(a) = acceptance.iter().find(|a| a.feature >= d) {
-            return Err(Error::Data(format!("acceptance cut on feature {} of {d}", a.feature)));
+        if let Some(a) = acceptance.iter().find(|a| a.max_feature() >= d) {
+            return Err(Error::Data(format!("acceptance cut on feature {} of {d}", a.max_feature())));
         }
         self.feature_transforms = feature_transforms;
         self.label_transforms = label_transforms;
@@ -258,6 +258,20 @@ impl Model {
     /// Whether a raw event passes every acceptance cut of the training data.
     pub fn passes_acceptance(&self, row: &[f32]) -> bool {
         self.acceptance.iter().all(|a| a.keeps(row))
+    }
+
+    /// Whether each raw event of `flat` (row-major, `d` features per event)
+    /// passes every acceptance cut; expression cuts are evaluated column-wise.
+    pub fn acceptance_of_rows(&self, flat: &[f32], d: usize) -> Vec<bool> {
+        let n = flat.len() / d.max(1);
+        let mut pass = vec![true; n];
+        let Ok(view) = ndarray::ArrayView2::from_shape((n, d), &flat[..n * d]) else { return vec![false; n] };
+        for a in &self.acceptance {
+            for (p, k) in pass.iter_mut().zip(a.keeps_rows(view)) {
+                *p &= k;
+            }
+        }
+        pass
     }
 
     /// Writes the model directory atomically: into a temporary sibling first,

@@ -63,6 +63,22 @@ pub struct TrainState {
     /// ([`super::clip::GradClip`]; JSON keeps the f64 exact).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_norm_avg: Option<f64>,
+    /// Mid-epoch checkpoints of runs with acceptance cuts: the weight of each
+    /// training label's flow samples in the acceptance term, as estimated at
+    /// the start of the epoch in progress. A resume uses these instead of
+    /// estimating them again from the mid-epoch weights, so it is exact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptance_weights: Option<Vec<LabelWeight>>,
+}
+
+/// One training label and a weight that belongs to it (JSON keeps both `f32` exact).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelWeight {
+    /// The label point (raw label values).
+    pub label: Vec<f32>,
+    /// Its weight.
+    pub weight: f32,
 }
 
 impl TrainState {

@@ -7,7 +7,7 @@
 //! every rank the global loss and whether anyone asked to stop — every rank
 //! acts on the same step, and nothing else is exchanged in the hot loop.
 
-use super::checkpoint::{self, TrainState};
+use super::checkpoint::{self, LabelWeight, TrainState};
 use super::clip::GradClip;
 use super::optim::{Adam, AdamConfig};
 use super::schedule::learning_rate;
@@ -232,18 +232,26 @@ fn transformed_labels(lt: &Transforms, set: &EventSet, what: &str) -> Result<Arr
 /// Every event must pass the declared acceptance: it describes how the data were cut.
 fn check_acceptance(acceptance: &[Acceptance], set: &EventSet, what: &str) -> Result<()> {
     for a in acceptance {
-        if let Some((i, row)) = set
-            .samples
-            .rows()
-            .into_iter()
-            .enumerate()
-            .find(|(_, r)| r.as_slice().map_or_else(|| !a.keeps(&r.to_vec()), |v| !a.keeps(v)))
-        {
-            let name = set.feature_names.get(a.feature).map_or("?", String::as_str);
+        if let Some(i) = a.keeps_rows(set.samples.view()).iter().position(|&p| !p) {
+            let row = set.samples.row(i);
+            let values = match &a.expr {
+                Some(_) => set
+                    .feature_names
+                    .iter()
+                    .zip(row.iter())
+                    .map(|(n, v)| format!("{n} = {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                None => format!(
+                    "{} = {}",
+                    set.feature_names.get(a.feature).map_or("?", String::as_str),
+                    row.get(a.feature).copied().unwrap_or(f32::NAN)
+                ),
+            };
             return Err(Error::Data(format!(
-                "{what}: event {i} has {name} = {} outside the declared acceptance ({} < {name} < {}): \
+                "{what}: event {i} has {values} outside the declared acceptance ({}): \
                  data.acceptance must describe how the data were cut",
-                row[a.feature], a.lo, a.hi
+                a.describe(&set.feature_names)
             )));
         }
     }
@@ -267,57 +275,84 @@ const ACCEPTANCE_PROBE: i64 = 2000;
 /// Labels whose estimated acceptance is at least this get no normaliser term (it would only add noise).
 const ACCEPTANCE_ACTIVE_BELOW: f64 = 0.995;
 
-/// Per training event, the weight of its flow samples in the acceptance
-/// terms ([`acceptance_term`]):
+/// Per training label group, the weight of its events' flow samples in the
+/// acceptance terms ([`acceptance_term`]):
 ///
 /// * truncated likelihood (no efficiencies): `1 / Ẑ(c)`, from the flow's
-///   probability `Ẑ` to pass the acceptance at the event's label, estimated
-///   at each epoch start; 0 where the flow already puts (almost) everything
-///   inside the acceptance;
+///   probability `Ẑ` to pass the acceptance at the label, estimated at each
+///   epoch start; 0 where the flow already puts (almost) everything inside
+///   the acceptance;
 /// * censored likelihood (efficiency `ε` of the label known):
 ///   `-r = -(1 - ε) / ε`, the rejected events per kept event; 0 where `ε = 1`.
-fn acceptance_weights(
+fn acceptance_group_weights(
     model: &Model,
     groups: &crate::data::LabelGroups,
     efficiency: Option<&[f64]>,
-    n_events: i64,
     seed: u64,
-) -> Result<Tensor> {
+) -> Vec<f32> {
     let l = model.n_labels() as i64;
-    let mut w = vec![0f32; n_events as usize];
     let _rng = crate::rng::seeded(seed);
-    tch::no_grad(|| -> Result<()> {
-        for (g, (lab, members)) in groups.labels.iter().zip(&groups.members).enumerate() {
-            let v = match efficiency.and_then(|e| e.get(g)) {
-                Some(&eps) => -(1.0 - eps) / eps,
-                None => {
-                    let raw = Tensor::from_slice(lab).view([1, l]).expand([ACCEPTANCE_PROBE, l], false);
-                    let x = model.sample(&raw).to_device(Device::Cpu);
-                    let pass = model
-                        .acceptance
-                        .iter()
-                        .fold(Tensor::ones([ACCEPTANCE_PROBE], (Kind::Bool, Device::Cpu)), |m, a| {
-                            m.logical_and(&a.mask(&x))
-                        });
-                    let z = pass.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
-                    if z < ACCEPTANCE_ACTIVE_BELOW {
-                        1.0 / z.max(0.05)
-                    } else {
-                        0.0
+    tch::no_grad(|| {
+        groups
+            .labels
+            .iter()
+            .enumerate()
+            .map(|(g, lab)| {
+                (match efficiency.and_then(|e| e.get(g)) {
+                    Some(&eps) => -(1.0 - eps) / eps,
+                    None => {
+                        let raw = Tensor::from_slice(lab).view([1, l]).expand([ACCEPTANCE_PROBE, l], false);
+                        let x = model.sample(&raw).to_device(Device::Cpu);
+                        let pass = model
+                            .acceptance
+                            .iter()
+                            .fold(Tensor::ones([ACCEPTANCE_PROBE], (Kind::Bool, Device::Cpu)), |m, a| {
+                                m.logical_and(&a.mask(&x))
+                            });
+                        let z = pass.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+                        if z < ACCEPTANCE_ACTIVE_BELOW {
+                            1.0 / z.max(0.05)
+                        } else {
+                            0.0
+                        }
                     }
-                }
-            } as f32;
-            if v != 0.0 {
-                for &i in members {
-                    if let Some(slot) = w.get_mut(i) {
-                        *slot = v;
-                    }
+                }) as f32
+            })
+            .collect()
+    })
+}
+
+/// The group weights of a mid-epoch checkpoint, in the order of `groups`;
+/// `None` (estimate them again) when the checkpoint lacks any of the labels.
+fn restored_group_weights(stored: &[LabelWeight], groups: &crate::data::LabelGroups) -> Option<Vec<f32>> {
+    groups
+        .labels
+        .iter()
+        .map(|lab| {
+            let same = |w: &&LabelWeight| w.label.len() == lab.len() && w.label.iter().zip(lab).all(|(a, b)| a.to_bits() == b.to_bits());
+            stored.iter().find(same).map(|w| w.weight)
+        })
+        .collect()
+}
+
+/// Per training event, its label group's weight (`group_weights`).
+fn acceptance_event_weights(
+    groups: &crate::data::LabelGroups,
+    group_weights: &[f32],
+    n_events: usize,
+    device: Device,
+) -> Tensor {
+    let mut w = vec![0f32; n_events];
+    for (members, &v) in groups.members.iter().zip(group_weights) {
+        if v != 0.0 {
+            for &i in members {
+                if let Some(slot) = w.get_mut(i) {
+                    *slot = v;
                 }
             }
         }
-        Ok(())
-    })?;
-    Ok(Tensor::from_slice(&w).to_device(model.flow.device()))
+    }
+    Tensor::from_slice(&w).to_device(device)
 }
 
 /// The acceptance terms of the likelihood for one step's events (`c`, `raw_c`,
@@ -398,29 +433,46 @@ fn acceptance_samples(
     Some((z.index_select(0, &keep), c_sel.index_select(0, &keep), wk))
 }
 
-/// Test-only fault injection (`FEDHEX_FAULT=kill:RANK:STEP`): SIGKILL this
-/// process at that global step, to test that a killed job fails cleanly and
-/// resumes exactly.
-fn fault_at_step(rank: usize, global_step: u64) {
+/// Test-only fault injection, read from `FEDHEX_FAULT` before global step `STEP`:
+/// * `kill:RANK:STEP`: SIGKILL this process (rank `RANK`), to test that a
+///   killed job fails cleanly and resumes exactly;
+/// * `stop:STEP`: rank 0 asks for a stop now, as `fedhex-ctl stop --now` does
+///   (a mid-epoch checkpoint after that step);
+/// * `stop-after-epoch:STEP`: rank 0 asks for a stop at the end of the epoch.
+fn fault_at_step(rank: usize, global_step: u64, controls: &Controls) {
+    #[derive(PartialEq)]
+    enum Fault {
+        Kill(usize),
+        Stop,
+        StopAfterEpoch,
+    }
     // Read once: the environment lookup takes a process-wide lock.
-    static FAULT: std::sync::OnceLock<Option<(usize, u64)>> = std::sync::OnceLock::new();
+    static FAULT: std::sync::OnceLock<Option<(Fault, u64)>> = std::sync::OnceLock::new();
     let fault = FAULT.get_or_init(|| {
         let f = std::env::var("FEDHEX_FAULT").ok()?;
         let parts: Vec<&str> = f.split(':').collect();
         match parts.as_slice() {
-            ["kill", r, s] => Some((r.parse().ok()?, s.parse().ok()?)),
+            ["kill", r, s] => Some((Fault::Kill(r.parse().ok()?), s.parse().ok()?)),
+            ["stop", s] => Some((Fault::Stop, s.parse().ok()?)),
+            ["stop-after-epoch", s] => Some((Fault::StopAfterEpoch, s.parse().ok()?)),
             _ => None,
         }
     });
-    if *fault == Some((rank, global_step)) {
-        // SAFETY: raise() only delivers a signal to this process.
-        unsafe {
-            libc::raise(libc::SIGKILL);
+    match fault {
+        Some((Fault::Kill(r), s)) if (*r, *s) == (rank, global_step) => {
+            // SAFETY: raise() only delivers a signal to this process.
+            unsafe {
+                libc::raise(libc::SIGKILL);
+            }
         }
+        Some((Fault::Stop, s)) if *s == global_step && rank == 0 => controls.stop_now.store(true, Ordering::Relaxed),
+        Some((Fault::StopAfterEpoch, s)) if *s == global_step && rank == 0 => {
+            controls.stop_after_epoch.store(true, Ordering::Relaxed)
+        }
+        _ => {}
     }
 }
 
-/// Sum of squares of a summed gradient, in f64 (the same on every rank after the all-reduce).
 fn sum_of_squares(g: &[f32]) -> f64 {
     g.iter().map(|&v| f64::from(v) * f64::from(v)).sum()
 }
@@ -483,6 +535,7 @@ pub fn train(
         fedhex_version: env!("CARGO_PKG_VERSION").into(),
         early_stopping: None,
         grad_norm_avg: None,
+        acceptance_weights: None,
     };
     let mut loaded_best = None;
     let mut model = match hooks.resume {
@@ -569,6 +622,8 @@ pub fn train(
         _ => None,
     };
     let mut acceptance_weight: Option<Tensor> = None;
+    // The same weights per label group, for a mid-epoch checkpoint.
+    let mut group_weights: Option<Vec<LabelWeight>> = None;
     // The label group of each training event (for the censored term's per-label estimate).
     let train_gid = train_groups.as_ref().map(|groups| {
         let mut gid = vec![0i64; train_set.len()];
@@ -688,14 +743,33 @@ pub fn train(
         let mut lr = learning_rate(t, epoch as f64);
         let mut loss_acc = Tensor::zeros([], (Kind::Double, model_device));
         if let Some(groups) = &train_groups {
-            let seed = mix_seed(t.seed, &[epoch as u64, 0xacc]);
-            acceptance_weight =
-                Some(acceptance_weights(&model, groups, efficiency.as_deref(), train_x.size()[0], seed)?);
+            // A mid-epoch resume keeps the weights estimated at the start of its epoch.
+            let restored = match &start.acceptance_weights {
+                Some(stored) if epoch == start.epoch && start.mid_epoch() => {
+                    let r = restored_group_weights(stored, groups);
+                    if r.is_none() {
+                        tracing::warn!(
+                            "the checkpoint lacks acceptance weights of some training labels: \
+                             estimated again, so the resumed epoch is no longer bit-identical"
+                        );
+                    }
+                    r
+                }
+                _ => None,
+            };
+            let gw = restored.unwrap_or_else(|| {
+                let seed = mix_seed(t.seed, &[epoch as u64, 0xacc]);
+                acceptance_group_weights(&model, groups, efficiency.as_deref(), seed)
+            });
+            acceptance_weight = Some(acceptance_event_weights(groups, &gw, train_set.len(), model_device));
+            group_weights = Some(
+                groups.labels.iter().zip(&gw).map(|(l, &w)| LabelWeight { label: l.clone(), weight: w }).collect(),
+            );
         }
         for (k, step) in steps.iter().enumerate().skip(first) {
             let step_started = Instant::now();
             lr = learning_rate(t, epoch as f64 + k as f64 / steps_per_epoch as f64);
-            fault_at_step(comm.rank(), global_step);
+            fault_at_step(comm.rank(), global_step, &controls);
             // The summed loss and gradient: by the hand-written CPU pass straight
             // into `host`, or by autograd. With acceptance cuts the truncated
             // likelihood's normaliser is a weighted sum of log-densities of flow
@@ -855,6 +929,7 @@ pub fn train(
                     history: history.clone(),
                     early_stopping: early.clone(),
                     grad_norm_avg: clip.avg,
+                    acceptance_weights: group_weights.clone(),
                     ..start.clone()
                 };
                 save(&model, &opt, state, best_weights.as_ref(), &mut checkpoints)?;
@@ -958,6 +1033,7 @@ pub fn train(
                 history: history.clone(),
                 early_stopping: early.clone(),
                 grad_norm_avg: clip.avg,
+                acceptance_weights: None,
                 ..start.clone()
             };
             save(&model, &opt, state, best_weights.as_ref(), &mut checkpoints)?;

@@ -255,6 +255,13 @@ pub fn run(cfg: &RunConfig, comm: &dyn Communicator, opts: RunOptions) -> Result
         None => Ok(()),
     };
     agree(comm, efficiency_ok)?;
+    // Acceptance cuts name features and may be expressions: refuse bad ones before writing anything.
+    let acceptance_ok = cfg
+        .data
+        .acceptance
+        .iter()
+        .try_for_each(|a| crate::data::transform::Acceptance::parse(a, &local.feature_names).map(|_| ()));
+    agree(comm, acceptance_ok)?;
     let made_dir = if comm.is_root() {
         (|| -> Result<()> {
             std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;

@@ -155,7 +155,7 @@ pub fn python() -> String {
         Ok(p) if !p.is_empty() => p,
         _ => panic!(
             "FEDHEX_PYTHON is not set: set it to a Python with uproot, awkward and numpy \
-             (e.g. FEDHEX_PYTHON=/root/.cache/fedhex/torch-venv/bin/python) to run the ROOT/numpy comparison tests"
+             (e.g. FEDHEX_PYTHON=~/.cache/fedhex/torch-venv/bin/python) to run the ROOT/numpy comparison tests"
         ),
     }
 }

@@ -9,17 +9,19 @@ use std::path::PathBuf;
 use fedhex::data::root as rr;
 use rr::{Column, Values};
 
-/// Directory with the reference ROOT files (`$FEDHEX_SHARED_DATA/root`).
+/// Directory with the reference ROOT files: `tests/fixtures/root/files` in the
+/// repository, or `$FEDHEX_SHARED_DATA/root` when that variable is set.
 pub fn data_dir() -> PathBuf {
-    let base = std::env::var("FEDHEX_SHARED_DATA")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data").to_string());
-    PathBuf::from(base).join("root")
+    match std::env::var_os("FEDHEX_SHARED_DATA") {
+        Some(base) => PathBuf::from(base).join("root"),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/root/files")),
+    }
 }
 
 /// Path of one reference file; panics with a clear message if missing.
 pub fn data_file(name: &str) -> PathBuf {
     let p = data_dir().join(name);
-    assert!(p.exists(), "reference file {} missing; set FEDHEX_SHARED_DATA to the shared data directory", p.display());
+    assert!(p.exists(), "reference file {} missing (tests/fixtures/root/files, or $FEDHEX_SHARED_DATA/root when set)", p.display());
     p
 }
 
