@@ -10,8 +10,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use fedhex::data::phiomega::write_phiomega_grid;
 use fedhex::data::phiomega::{LabelGrid, PhiOmegaModel};
-use fedhex::data::source::{load, write_phiomega_grid, RootInput, Variable};
+use fedhex::data::source::{load, RootInput, Variable};
 
 fn main() -> anyhow::Result<()> {
     let base = std::env::args()

@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use fedhex::bench::peak_rss_mib;
 use fedhex::comm::SingleProcess;
 use fedhex::config::NetworkConfig;
-use fedhex::data::source::EventFileWriter;
+use fedhex::data::files::EventFileWriter;
 use fedhex::data::whiten::{WhitenSpec, Whitening};
 use fedhex::flow::{Activation, Maf, Model};
 use fedhex::generate::{stream_samples, StreamOptions, DEFAULT_BATCH, DEFAULT_CHUNK, DEFAULT_SUPPORT_MARGIN};

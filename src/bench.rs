@@ -29,17 +29,7 @@ pub struct Throughput {
     pub peak_rss_mib: f64,
 }
 
-/// Peak resident set size of this process in MiB (`VmHWM`), 0 if unknown.
-pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
+pub use crate::resources::peak_rss_mib;
 
 /// Waits for queued device work (no-op on CPU).
 pub fn sync(device: Device) {

@@ -580,3 +580,27 @@ impl RunConfig {
         Ok(())
     }
 }
+
+/// The arguments of `fedhex train` and `fedhex-worker train`, declared once.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainArgs {
+    /// The run configuration (TOML).
+    #[arg(long, env = "FEDHEX_CONFIG")]
+    pub config: PathBuf,
+    /// Override a key: section.key=value (TOML value), repeatable.
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// Continue from the newest complete checkpoint in the run directory.
+    #[arg(long)]
+    pub resume: bool,
+    /// Control-plane listen address (as control.listen), e.g. 0.0.0.0:0 for cluster use.
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+impl TrainArgs {
+    /// The configuration file with the overrides applied.
+    pub fn load(&self) -> Result<RunConfig> {
+        RunConfig::load(&self.config, &overrides(&self.set, self.listen.as_deref()))
+    }
+}

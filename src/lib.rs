@@ -3,13 +3,15 @@
 //! parameters, generating events at any parameter point in between.
 //!
 //! Components and what each owns:
+//! - [`atomic`]: atomic file and directory writes (the bottom layer).
 //! - [`config`]: the run configuration (TOML), defaults and `--set` overrides.
 //! - [`data`]: [`data::EventSet`], readers/writers, generators, whitening.
 //! - [`flow`]: the conditional MAF in tch and the self-describing model file.
 //! - [`comm`]: the [`comm::Communicator`] trait between training ranks.
 //! - [`train`]: shard plan, schedule, Adam with saveable state, the driver.
-//! - [`device`]: device and thread selection.
+//! - [`device`]: device and thread selection; [`resources`]: memory and CPU use of this process.
 //! - [`analysis`]: metrics between sample sets and plots.
+//! - [`logging`]: the binaries' log output (rank on every line, colour only on a terminal).
 //! - [`generate`]: sampling at requested labels; [`bench`]: throughput measurement.
 //!
 //! Model code knows nothing of MPI or gRPC; the training driver sees other
@@ -17,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod analysis;
+pub mod atomic;
 pub mod bench;
 pub mod comm;
 pub mod config;
@@ -26,6 +29,8 @@ pub mod device;
 pub mod error;
 pub mod flow;
 pub mod generate;
+pub mod logging;
+pub mod resources;
 pub mod rng;
 pub mod train;
 

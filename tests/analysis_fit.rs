@@ -177,7 +177,12 @@ fn truncated_fit_pulls_are_unbiased_next_to_the_acceptance_cut() {
         let x = model.sample(&cs);
         let flat: Vec<f32> = Vec::try_from(x.flatten(0, -1)).unwrap();
         let pass = model.acceptance_of_rows(&flat, 2);
-        let kept: Vec<f32> = flat.chunks(2).zip(&pass).filter(|(r, &p)| p && r.iter().all(|v| v.is_finite())).flat_map(|(r, _)| r.to_vec()).collect();
+        let kept: Vec<f32> = flat
+            .chunks(2)
+            .zip(&pass)
+            .filter(|(r, &p)| p && r.iter().all(|v| v.is_finite()))
+            .flat_map(|(r, _)| r.to_vec())
+            .collect();
         eprintln!("acceptance at the truth: {:.3}", kept.len() as f64 / 2.0 / m as f64);
         kept
     };
@@ -225,5 +230,8 @@ fn truncated_fit_pulls_are_unbiased_next_to_the_acceptance_cut() {
     }
     // The normaliser matters here: without it the M_ω pulls are biased.
     let (m_naive, _) = stats(&naive, 1);
-    assert!(m_naive.abs() > 0.3, "the density before the cut gives unbiased M_ω pulls ({m_naive:.3}): the test proves nothing");
+    assert!(
+        m_naive.abs() > 0.3,
+        "the density before the cut gives unbiased M_ω pulls ({m_naive:.3}): the test proves nothing"
+    );
 }

@@ -277,8 +277,7 @@ fn acceptance_expressions_and_a_fit_of_unlabeled_events() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Cut the data as the declared acceptance says: |x0 - x1| < 0.3.
     let ev = fedhex::data::npy::read_npz(&d.join("grid.npz"), vec![], vec![]).unwrap();
-    let keep: Vec<usize> =
-        (0..ev.len()).filter(|&i| (ev.samples[[i, 0]] - ev.samples[[i, 1]]).abs() < 0.3).collect();
+    let keep: Vec<usize> = (0..ev.len()).filter(|&i| (ev.samples[[i, 0]] - ev.samples[[i, 1]]).abs() < 0.3).collect();
     assert!(keep.len() < ev.len(), "the cut must remove events");
     let cut = ev.select(&keep);
     write_npz(&d.join("cut.npz"), &cut.samples, &cut.labels).unwrap();
@@ -295,10 +294,23 @@ fn acceptance_expressions_and_a_fit_of_unlabeled_events() {
     assert_eq!(g.len(), 800);
     assert!(g.samples.outer_iter().all(|r| (r[0] - r[1]).abs() < 0.3), "a generated event fails the acceptance");
     // Data outside the declared expression are refused, naming the cut.
-    let o = fedhex(&["train", "--config", "run.toml", "--set", "data.acceptance=[\"abs(x0 - x1) < 0.1\"]", "--set", "outputs.run_dir=\"r2\""], d);
+    let o = fedhex(
+        &[
+            "train",
+            "--config",
+            "run.toml",
+            "--set",
+            "data.acceptance=[\"abs(x0 - x1) < 0.1\"]",
+            "--set",
+            "outputs.run_dir=\"r2\"",
+        ],
+        d,
+    );
     fails_with(&o, "abs(x0 - x1) < 0.1");
     // Bad expressions: one error naming the cut, no run directory.
-    for (bad, needle) in [("abs(x9) < 1", "no feature 'x9'"), ("x0 < ", "data.acceptance 'x0 < '"), ("x0[0] > 1", "x0[0] > 1")] {
+    for (bad, needle) in
+        [("abs(x9) < 1", "no feature 'x9'"), ("x0 < ", "data.acceptance 'x0 < '"), ("x0[0] > 1", "x0[0] > 1")]
+    {
         let set = format!("data.acceptance=[\"{bad}\"]");
         let o = fedhex(&["train", "--config", "run.toml", "--set", &set, "--set", "outputs.run_dir=\"badrun\""], d);
         fails_with(&o, needle);
@@ -312,7 +324,8 @@ fn acceptance_expressions_and_a_fit_of_unlabeled_events() {
     npz.finish().unwrap();
     let mut fits = Vec::new();
     for pool in [false, true] {
-        let mut args = vec!["fit", "--model", "run/model", "--events", "observed.npz", "--scan", "none", "--iterations", "30"];
+        let mut args =
+            vec!["fit", "--model", "run/model", "--events", "observed.npz", "--scan", "none", "--iterations", "30"];
         args.extend(["--acceptance-samples", "2000"]);
         if pool {
             args.push("--pool");
@@ -322,9 +335,10 @@ fn acceptance_expressions_and_a_fit_of_unlabeled_events() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(out.contains("800 events: best ("), "{out}");
-        let fit: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(d.join(if pool { "fit_pool" } else { "fit" }).join("fit.json")).unwrap())
-                .unwrap();
+        let fit: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(d.join(if pool { "fit_pool" } else { "fit" }).join("fit.json")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(fit["n_events"], 800);
         let best: Vec<f64> = fit["best"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         assert!(best.len() == 2 && best.iter().all(|v| v.is_finite()), "{best:?}");

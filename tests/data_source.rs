@@ -11,8 +11,10 @@ use fedhex::data::phiomega::{LabelGrid, PhiOmegaModel};
 mod common;
 mod root_common;
 use common::run_python;
+use fedhex::data::files::write_root;
+use fedhex::data::phiomega::write_phiomega_grid;
 use fedhex::data::root::{Column, RootFile, Values};
-use fedhex::data::source::{load, write_phiomega_grid, write_root, LoadReport, RootInput, Variable};
+use fedhex::data::source::{load, LoadReport, RootInput, Variable};
 use fedhex::data::EventSet;
 use fedhex::Error;
 use ndarray::Array2;
@@ -494,7 +496,7 @@ fn bad_paths_name_the_path() {
     let glob = format!("{}/*.root", s(&empty));
     assert_mentions(&err_text(load(&phiomega_input(vec![glob.clone()], ""))), &[&glob, "matches no file"]);
     let bad_glob = format!("{}/[a.root", s(&empty));
-    assert_mentions(&err_text(load(&phiomega_input(vec![bad_glob.clone()], ""))), &[&bad_glob, "unterminated"]);
+    assert_mentions(&err_text(load(&phiomega_input(vec![bad_glob.clone()], ""))), &[&bad_glob, "bad pattern"]);
     assert_mentions(&err_text(load(&phiomega_input(vec![], ""))), &["no input files"]);
 }
 

@@ -28,11 +28,8 @@ fn record_path() -> PathBuf {
 /// The CPU features libtorch's kernel choice depends on.
 fn cpu_features() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags: Vec<&str> = info
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .map(|l| l.split_whitespace().collect())
-        .unwrap_or_default();
+    let flags: Vec<&str> =
+        info.lines().find(|l| l.starts_with("flags")).map(|l| l.split_whitespace().collect()).unwrap_or_default();
     let want = ["avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile"];
     want.iter().filter(|w| flags.contains(w)).copied().collect::<Vec<_>>().join(",")
 }
@@ -84,10 +81,9 @@ fn train_all(d: &Path) -> Vec<(String, String)> {
         "outputs.progress=false",
     ];
     let mut out = Vec::new();
-    for (case, example, extra) in [
-        ("reference", "reference.toml", vec!["data.path=\"data/grid.npz\""]),
-        ("default", "phiomega.toml", vec![]),
-    ] {
+    for (case, example, extra) in
+        [("reference", "reference.toml", vec!["data.path=\"data/grid.npz\""]), ("default", "phiomega.toml", vec![])]
+    {
         std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(example), d.join(example)).unwrap();
         for n in [1, 2] {
             let name = format!("{case}-{n}rank");

@@ -168,9 +168,10 @@ fn check(case: &Case, dir: &Path, config: &str, n: usize) {
     let steps = steps_per_epoch(&dir.join(&whole));
     assert!(steps >= 3, "{}: {steps} steps per epoch are too few for a mid-epoch stop", case.name);
     // Stop in the second epoch: at its end, or after `steps / 2` of its steps.
-    for (kind, fault, mid) in
-        [("boundary", format!("stop-after-epoch:{}", steps + 1), false), ("mid", format!("stop:{}", steps + steps / 2), true)]
-    {
+    for (kind, fault, mid) in [
+        ("boundary", format!("stop-after-epoch:{}", steps + 1), false),
+        ("mid", format!("stop:{}", steps + steps / 2), true),
+    ] {
         let run = format!("{}-{n}-{kind}", case.name);
         mpirun(n, dir, config, &sets(&run), false, Some(fault));
         let stopped = dir.join(&run);

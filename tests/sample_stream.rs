@@ -1,5 +1,5 @@
 //! Streamed generation (`generate::stream_samples`) to `.root` and `.npz`
-//! (`source::EventFileWriter`): several baskets / chunks read back by our
+//! (`files::EventFileWriter`): several baskets / chunks read back by our
 //! reader, uproot and numpy give exactly the in-memory events, for any chunk
 //! size; range cuts keep exactly n per label; failures leave no file.
 //!
@@ -7,8 +7,8 @@
 
 mod common;
 use common::{random_model, run_python, tmpdir};
+use fedhex::data::files::EventFileWriter;
 use fedhex::data::root::{Column, RootFile};
-use fedhex::data::source::EventFileWriter;
 use fedhex::data::EventSet;
 use fedhex::flow::Model;
 use fedhex::generate::{sample_with_cuts, stream_samples, RangeCut, StreamOptions, DEFAULT_SUPPORT_MARGIN};

@@ -144,7 +144,7 @@ fn run_directory_holds_model_history_and_config() {
     fedhex::train::driver::write_run(&cfg.outputs.run_dir, &cfg, &out).unwrap();
     let hist = std::fs::read_to_string(dir.path().join("run/history.csv")).unwrap();
     let lines: Vec<&str> = hist.lines().collect();
-    assert_eq!(lines[0], fedhex::train::driver::HISTORY_HEADER);
+    assert_eq!(lines[0], fedhex::train::history::HISTORY_HEADER);
     assert_eq!(lines.len(), 1 + 3, "one line per epoch");
     for (i, l) in lines[1..].iter().enumerate() {
         let cols: Vec<&str> = l.split(',').collect();

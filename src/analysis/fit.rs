@@ -63,7 +63,7 @@ use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
 /// Kind of 1-D likelihood scan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ScanKind {
     /// Other label dimensions fixed at the best fit.
@@ -238,7 +238,10 @@ impl Normaliser {
             tch::no_grad(|| model.sample(&cs))
         };
         let finite = xs.isfinite().all_dim(1, false);
-        let pass = model.acceptance.iter().fold(finite.shallow_clone(), |p, a| p.logical_and(&a.mask(&xs).to_device(xs.device())));
+        let pass = model
+            .acceptance
+            .iter()
+            .fold(finite.shallow_clone(), |p, a| p.logical_and(&a.mask(&xs).to_device(xs.device())));
         let n_pass = pass.sum(Kind::Int64).int64_value(&[]);
         if n_pass == 0 {
             return Err(Error::Data(format!(

@@ -422,8 +422,9 @@ pub fn grid_overview_split(
     if tr.is_empty() && ho.is_empty() && ge.is_empty() {
         return Err(invalid(path, "no finite events to plot"));
     }
-    let label_points =
-        |g: &[LabelledEvents]| -> Vec<(f64, f64)> { g.iter().filter(|(l, _)| finite(l)).map(|(l, _)| (l[0], l[1])).collect() };
+    let label_points = |g: &[LabelledEvents]| -> Vec<(f64, f64)> {
+        g.iter().filter(|(l, _)| finite(l)).map(|(l, _)| (l[0], l[1])).collect()
+    };
     let labels_tr = label_points(training);
     let labels_ho = label_points(held_out);
     let labels_ge = label_points(generated);
@@ -471,11 +472,8 @@ pub fn grid_overview_split(
             .x_label_formatter(&|v| fmt_num(*v))
             .y_label_formatter(&|v| fmt_num(*v))
             .draw()?;
-        let tr_legend = if what == "training" {
-            "training events".to_string()
-        } else {
-            format!("{what} events, training labels")
-        };
+        let tr_legend =
+            if what == "training" { "training events".to_string() } else { format!("{what} events, training labels") };
         chart
             .draw_series(tr.iter().filter(inside).map(|&p| Circle::new(p, 2, REF_COLOR.mix(0.35).filled())))?
             .label(tr_legend)
@@ -907,7 +905,10 @@ pub fn heat_map_scaled(
             Rectangle::new([(0.0, a), (1.0, b)], viridis((k as f64 + 0.5) / steps as f64).filled())
         }))?;
         if let Some((level, name)) = scale.mark.as_ref().filter(|(l, _)| l.is_finite() && *l >= vmin && *l <= vmax) {
-            cb.draw_series(std::iter::once(PathElement::new(vec![(0.0, *level), (1.0, *level)], MARK_COLOR.stroke_width(4))))?;
+            cb.draw_series(std::iter::once(PathElement::new(
+                vec![(0.0, *level), (1.0, *level)],
+                MARK_COLOR.stroke_width(4),
+            )))?;
             let style = font(TICK_SIZE).color(&WHITE).pos(Pos::new(HPos::Center, VPos::Bottom));
             cb.draw_series(std::iter::once(Text::new(name.clone(), (0.5, *level), style)))?;
         }

@@ -46,9 +46,9 @@
 
 use super::metrics::{self, ClassifierTestResult, CompareConfig, Comparison, EnergyTestResult};
 use super::plots::{self, PlotError};
+use crate::atomic::{replace_dir, sibling};
 use crate::data::EventSet;
 use crate::error::{Error, Result};
-use crate::flow::model::{replace_dir, sibling};
 use crate::flow::Model;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -88,21 +88,25 @@ impl Default for Goals {
 }
 
 /// The metric drawn over the label grid in the heat map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum HeatMetric {
     /// Classifier AUC.
     #[default]
     Auc,
     /// Worst `|Δμ|/|μ|` over the features (in %).
+    #[value(name = "mean")]
     MeanRelError,
     /// Worst `|Δσ|/σ` over the features (in %).
+    #[value(name = "std")]
     StdRelError,
     /// Worst KS statistic over the features.
     Ks,
     /// Worst χ²/ndf over the features.
+    #[value(name = "chi2")]
     Chi2Ndf,
     /// Worst Wasserstein-1 distance in reference widths over the features.
+    #[value(name = "w1")]
     Wasserstein,
     /// Energy distance.
     Energy,
@@ -743,32 +747,11 @@ fn model_dir_of(model: &Path) -> PathBuf {
     }
 }
 
-/// Reads `train_nll` and `val_nll` columns of a `history.csv`.
-fn read_history(path: &Path) -> std::result::Result<(Vec<f64>, Vec<f64>), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().ok_or("empty file")?.split(',').map(str::trim).collect();
-    let col = |n: &str| header.iter().position(|h| *h == n);
-    let ti = col("train_nll").ok_or("no train_nll column")?;
-    let vi = col("val_nll");
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    for (k, l) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let cells: Vec<&str> = l.split(',').collect();
-        let get = |i: usize| -> std::result::Result<f64, String> {
-            cells.get(i).and_then(|c| c.trim().parse::<f64>().ok()).ok_or(format!("line {}: bad value", k + 2))
-        };
-        train.push(get(ti)?);
-        if let Some(vi) = vi {
-            val.push(get(vi).unwrap_or(f64::NAN));
-        }
-    }
-    if train.is_empty() {
-        return Err("no epochs".into());
-    }
-    if val.iter().all(|v| !v.is_finite()) {
-        val.clear();
-    }
-    Ok((train, val))
+/// The finite values, sorted.
+fn sorted_values(v: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut s: Vec<f64> = v.filter(|x| x.is_finite()).collect();
+    s.sort_by(f64::total_cmp);
+    s
 }
 
 fn safe_name(s: &str) -> String {
@@ -949,7 +932,7 @@ fn build(
             }
             _ => {
                 let n = opts.n_generate.unwrap_or(members.len());
-                let seed = crate::train::shard::mix_seed(opts.seed, i as u64);
+                let seed = crate::rng::mix_seed(opts.seed, i as u64);
                 let g = crate::generate::sample_at_labels(model, std::slice::from_ref(label), n, seed, opts.chunk)?;
                 let all: Vec<usize> = (0..g.len()).collect();
                 (rows_f64(&g, &all), true)
@@ -1003,7 +986,7 @@ fn build(
     let model_dir = model_dir_of(&opts.model);
     let history = model_dir.parent().map(|p| p.join("history.csv"));
     match history.as_ref().filter(|h| h.is_file()) {
-        Some(h) => match read_history(h) {
+        Some(h) => match crate::train::history::read_loss_curves(h) {
             Ok((train, val)) => {
                 if plot_result(plots::loss_curves(pdir.join("loss_curves.png"), &train, &val), &mut warnings)? {
                     plots_list.push(PlotEntry {
@@ -1149,9 +1132,9 @@ fn build(
         out: opts.out.display().to_string(),
     };
     let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Data(format!("report.json: {e}")))?;
-    crate::flow::model::write_synced(&dir.join(REPORT_JSON), &json)?;
-    crate::flow::model::write_synced(&dir.join(REPORT_TXT), render_text(&report).as_bytes())?;
-    crate::flow::model::write_synced(&dir.join(REPORT_HTML), render_html(&report).as_bytes())?;
+    crate::atomic::write_synced(&dir.join(REPORT_JSON), &json)?;
+    crate::atomic::write_synced(&dir.join(REPORT_TXT), render_text(&report).as_bytes())?;
+    crate::atomic::write_synced(&dir.join(REPORT_HTML), render_html(&report).as_bytes())?;
     Ok(report)
 }
 
@@ -1375,81 +1358,3 @@ fn render_html(r: &Report) -> String {
 // ---------------------------------------------------------------------------
 // Reading events for the CLI
 // ---------------------------------------------------------------------------
-
-/// Reads events from `.npz` or `.root` files and concatenates them. ROOT
-/// files are read through [`crate::data::source::load`] from tree `tree`,
-/// one flat branch per model feature and label name; `.npz` files get the
-/// model's names when their column counts match (otherwise default names, and
-/// [`analyze`] reports the dimension mismatch). With `with_labels == false`
-/// ROOT files are read without label branches (labels of zero columns).
-pub fn read_events(paths: &[PathBuf], model: &Model, tree: &str, with_labels: bool) -> Result<EventSet> {
-    if paths.is_empty() {
-        return Err(Error::Config("no event files given".into()));
-    }
-    let fnames = model.features.names();
-    let lnames = model.labels.names();
-    let mut parts = Vec::with_capacity(paths.len());
-    for p in paths {
-        let es = if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("root")) {
-            let var = |n: &String| crate::data::source::Variable::new(n, n);
-            let input = crate::data::source::RootInput {
-                files: vec![p.display().to_string()],
-                tree: tree.to_string(),
-                features: fnames.iter().map(var).collect(),
-                labels: if with_labels { lnames.iter().map(var).collect() } else { Vec::new() },
-                ..Default::default()
-            };
-            crate::data::source::load(&input)?.0
-        } else {
-            let mut es = if with_labels {
-                crate::data::npy::read_npz(p, vec![], vec![])?
-            } else {
-                crate::data::npy::read_npz_maybe_labeled(p, vec![], vec![])?
-            };
-            if es.n_features() == fnames.len() {
-                es.feature_names = fnames.clone();
-            }
-            if es.n_labels() == lnames.len() {
-                es.label_names = lnames.clone();
-            }
-            es
-        };
-        parts.push(es);
-    }
-    concat(parts)
-}
-
-/// The finite values, sorted.
-fn sorted_values(v: impl Iterator<Item = f64>) -> Vec<f64> {
-    let mut s: Vec<f64> = v.filter(|x| x.is_finite()).collect();
-    s.sort_by(f64::total_cmp);
-    s
-}
-
-/// Concatenates event sets with equal dimensions (names from the first).
-pub fn concat(parts: Vec<EventSet>) -> Result<EventSet> {
-    let mut it = parts.into_iter();
-    let first = it.next().ok_or_else(|| Error::Data("no event sets to concatenate".into()))?;
-    let rest: Vec<EventSet> = it.collect();
-    if rest.is_empty() {
-        return Ok(first);
-    }
-    for r in &rest {
-        if r.n_features() != first.n_features() || r.n_labels() != first.n_labels() {
-            return Err(Error::Data(format!(
-                "event files differ in dimensions: {} features / {} labels versus {} / {}",
-                first.n_features(),
-                first.n_labels(),
-                r.n_features(),
-                r.n_labels()
-            )));
-        }
-    }
-    let mut s = vec![first.samples.view()];
-    s.extend(rest.iter().map(|r| r.samples.view()));
-    let mut l = vec![first.labels.view()];
-    l.extend(rest.iter().map(|r| r.labels.view()));
-    let samples = ndarray::concatenate(ndarray::Axis(0), &s).map_err(|e| Error::Data(format!("concatenate: {e}")))?;
-    let labels = ndarray::concatenate(ndarray::Axis(0), &l).map_err(|e| Error::Data(format!("concatenate: {e}")))?;
-    EventSet::new(samples, labels, first.feature_names.clone(), first.label_names.clone(), "event files")
-}

@@ -13,10 +13,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use fedhex::comm::mpi::MpiComm;
 use fedhex::comm::Communicator;
-use fedhex::config::RunConfig;
 use fedhex::train::run::{run, stop_on_signals, RunOptions};
 use fedhex::train::{Controls, Finish};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -29,26 +27,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Train (all ranks run the same command).
-    Train {
-        /// The run configuration (TOML).
-        #[arg(long)]
-        config: PathBuf,
-        /// Override a key: section.key=value (TOML value), repeatable.
-        #[arg(long = "set")]
-        set: Vec<String>,
-        /// Continue from the newest complete checkpoint in the run directory.
-        #[arg(long)]
-        resume: bool,
-        /// Control-plane listen address (as control.listen), e.g. 0.0.0.0:0 for cluster use.
-        #[arg(long)]
-        listen: Option<String>,
-    },
+    Train(fedhex::config::TrainArgs),
 }
 
 fn init_tracing(rank: usize) {
-    let default = if rank == 0 { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    fedhex::logging::init(if rank == 0 { "info" } else { "warn" }, Some(rank));
 }
 
 fn main() {
@@ -63,32 +46,13 @@ fn main() {
     init_tracing(comm.rank());
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<Finish> {
         match &cli.cmd {
-            Cmd::Train { config, set, resume, listen } => {
-                let cfg = RunConfig::load(config, &fedhex::config::overrides(set, listen.as_deref()));
-                let cfg = fedhex::comm::agree(&comm, cfg)?;
+            Cmd::Train(args) => {
+                let cfg = fedhex::comm::agree(&comm, args.load())?;
                 let controls = Arc::new(Controls::default());
                 stop_on_signals(controls.clone())?;
-                let out = run(&cfg, &comm, RunOptions { resume: *resume, controls, observer: None })?;
-                let mut rss = vec![0.0; comm.size()];
-                rss[comm.rank()] = fedhex::bench::peak_rss_mib();
-                comm.allreduce_sum_f64(&mut rss)?;
-                let mut busy = vec![0.0; comm.size()];
-                busy[comm.rank()] = 1e6 * out.busy.0 / (out.busy.1.max(1) as f64);
-                comm.allreduce_sum_f64(&mut busy)?;
-                if comm.is_root() {
-                    let rss: Vec<String> = rss.iter().map(|m| format!("{m:.0}")).collect();
-                    println!("peak resident memory per rank (MiB): {}", rss.join(" "));
-                    let busy: Vec<String> = busy.iter().map(|u| format!("{u:.2}")).collect();
-                    println!("step time per local event per rank (us, before the all-reduce): {}", busy.join(" "));
-                    let last = out.history.last();
-                    println!(
-                        "{:?} after {} epochs: train NLL {:.4}, validation NLL {:.4}; run directory {}",
-                        out.finish,
-                        out.history.len(),
-                        last.map_or(f64::NAN, |r| r.train_nll),
-                        last.map_or(f64::NAN, |r| r.val_nll),
-                        cfg.outputs.run_dir.display()
-                    );
+                let out = run(&cfg, &comm, RunOptions { resume: args.resume, controls, observer: None })?;
+                if let Some(summary) = fedhex::train::run::summary(&comm, &cfg, &out)? {
+                    println!("{summary}");
                 }
                 Ok(out.finish)
             }

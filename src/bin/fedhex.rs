@@ -32,20 +32,7 @@ enum Cmd {
     /// Generate a synthetic Gaussian data set (.npz plus a .gen.json truth file).
     Gen(GenArgs),
     /// Train a flow in this process.
-    Train {
-        /// The run configuration (TOML).
-        #[arg(long)]
-        config: PathBuf,
-        /// Override a key: section.key=value (TOML value), repeatable.
-        #[arg(long = "set")]
-        set: Vec<String>,
-        /// Continue from the newest complete checkpoint in the run directory.
-        #[arg(long)]
-        resume: bool,
-        /// Control-plane listen address (as control.listen).
-        #[arg(long)]
-        listen: Option<String>,
-    },
+    Train(fedhex::config::TrainArgs),
     /// Generate events from a trained model at given labels.
     Sample {
         /// Model directory (or its model.json).
@@ -125,11 +112,11 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         dim: usize,
         /// Block transform: affine (the reference network), spline, affine_spline (the default network's).
-        #[arg(long, default_value = "affine")]
-        transform: String,
+        #[arg(long, value_enum, default_value = "affine")]
+        transform: fedhex::flow::Transform,
         /// Order between blocks: reverse (the reference network), random, lu (the default network's).
-        #[arg(long, default_value = "reverse")]
-        permutation: String,
+        #[arg(long, value_enum, default_value = "reverse")]
+        permutation: fedhex::flow::Permutation,
         /// Print one JSON line per batch size instead of a table.
         #[arg(long)]
         json: bool,
@@ -249,7 +236,7 @@ fn gen_phiomega(a: &GenArgs) -> Result<()> {
             vec!["labelphi".into(), "labelomega".into()],
             "phi-omega generator",
         )?;
-        write_events(&a.out, &events)?;
+        fedhex::data::files::write_events(&a.out, &events, "Events")?;
         println!("wrote {n} events at {} point(s) to {}", a.at.len(), a.out.display());
         return Ok(());
     }
@@ -260,23 +247,13 @@ fn gen_phiomega(a: &GenArgs) -> Result<()> {
         .with_context(|| format!("--grid '{}': expected NxM, e.g. 10x10", a.grid))?;
     let points = LabelGrid { n_phi: np, n_omega: no, ..Default::default() }.points()?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let files = fedhex::data::source::write_phiomega_grid(&a.out, &model, &points, a.n, a.seed)?;
+    let files = fedhex::data::phiomega::write_phiomega_grid(&a.out, &model, &points, a.n, a.seed)?;
     println!(
         "wrote {} ROOT files ({} events each, tree Events) and acceptance.csv (efficiency per point) to {}",
         files.len(),
         a.n,
         a.out.display()
     );
-    Ok(())
-}
-
-/// Writes events as ROOT (`.root`) or NumPy (anything else).
-fn write_events(out: &Path, events: &fedhex::data::EventSet) -> Result<()> {
-    if out.extension().is_some_and(|e| e == "root") {
-        fedhex::data::source::write_root(out, events, "Events")?;
-    } else {
-        write_npz(out, &events.samples, &events.labels)?;
-    }
     Ok(())
 }
 
@@ -314,8 +291,9 @@ fn gen(a: &GenArgs) -> Result<()> {
     Ok(())
 }
 
-fn train(config: &Path, set: &[String], resume: bool) -> Result<()> {
-    let cfg = RunConfig::load(config, set)?;
+fn train(args: &fedhex::config::TrainArgs) -> Result<()> {
+    let cfg = args.load()?;
+    let resume = args.resume;
     let controls = std::sync::Arc::new(fedhex::train::Controls::default());
     fedhex::train::run::stop_on_signals(controls.clone())?;
     let opts = fedhex::train::run::RunOptions { resume, controls, observer: None };
@@ -367,7 +345,13 @@ fn sample(model: &Path, at: &SampleAt<'_>, run: &SampleRun<'_>) -> Result<()> {
         labels.extend(fedhex::generate::label_grid(at.grid)?);
     }
     if let Some(p) = at.labels_from {
-        let reference = fedhex::analysis::report::read_events(&[p.to_path_buf()], &model, "Events", true)?;
+        let reference = fedhex::data::files::read_events(
+            &[p.to_path_buf()],
+            &model.features.names(),
+            &model.labels.names(),
+            "Events",
+            true,
+        )?;
         labels.extend(reference.label_groups().labels);
     }
     if labels.is_empty() {
@@ -387,7 +371,7 @@ fn sample(model: &Path, at: &SampleAt<'_>, run: &SampleRun<'_>) -> Result<()> {
     let total = (labels.len() as u64).checked_mul(n as u64).context("too many events")?;
     let (features, label_names) = (model.features.names(), model.labels.names());
     let mut writer =
-        fedhex::data::source::EventFileWriter::create(out, "Events", &features, &label_names, total, run.chunk)?;
+        fedhex::data::files::EventFileWriter::create(out, "Events", &features, &label_names, total, run.chunk)?;
     let opts = fedhex::generate::StreamOptions {
         n_per_label: n,
         cuts: &cuts,
@@ -475,10 +459,7 @@ fn doctor() -> Result<()> {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    fedhex::logging::init("info", None);
     let cli = Cli::parse();
     let result = match &cli.cmd {
         Cmd::Config { default, config, set } => (|| -> Result<()> {
@@ -494,9 +475,7 @@ fn main() {
             Ok(())
         })(),
         Cmd::Gen(a) => gen(a),
-        Cmd::Train { config, set, resume, listen } => {
-            train(config, &fedhex::config::overrides(set, listen.as_deref()), *resume)
-        }
+        Cmd::Train(args) => train(args),
         Cmd::Sample {
             model,
             labels,
@@ -533,10 +512,8 @@ fn main() {
                     n_blocks: *blocks,
                     hidden: hidden.split(',').map(|w| w.trim().parse()).collect::<Result<_, _>>()?,
                     // By default the reference network of the prototype and of zuko's MAF: affine blocks.
-                    transform: serde_json::from_value(serde_json::Value::String(transform.clone()))
-                        .with_context(|| format!("--transform: unknown block transform '{transform}'"))?,
-                    permutation: serde_json::from_value(serde_json::Value::String(permutation.clone()))
-                        .with_context(|| format!("--permutation: unknown order between blocks '{permutation}'"))?,
+                    transform: *transform,
+                    permutation: *permutation,
                     ..Default::default()
                 };
                 if !json {
@@ -597,9 +574,9 @@ struct AnalyzeArgs {
     /// Tree name in ROOT files.
     #[arg(long, default_value = "Events")]
     tree: String,
-    /// Metric of the heat map over the label grid: auc, mean, std, ks, chi2, w1, energy.
-    #[arg(long, default_value = "auc")]
-    heat_metric: String,
+    /// Metric of the heat map over the label grid.
+    #[arg(long, value_enum, default_value = "auc")]
+    heat_metric: fedhex::analysis::report::HeatMetric,
     /// Labels with per-label plots, at most (held-out first).
     #[arg(long, default_value_t = 16)]
     max_plot_labels: usize,
@@ -612,19 +589,32 @@ fn analyze(a: &AnalyzeArgs) -> Result<()> {
     use fedhex::analysis::report;
     let dev = fedhex::device::resolve(fedhex::device::parse_device(&a.device)?, 0)?;
     let model = Model::load(&a.model, dev)?;
-    let reference = report::read_events(&a.reference, &model, &a.tree, true)?;
+    let reference =
+        fedhex::data::files::read_events(&a.reference, &model.features.names(), &model.labels.names(), &a.tree, true)?;
     let mut opts = report::AnalyzeOptions::new(&a.model, reference, &a.out);
     if !a.generated.is_empty() {
-        opts.generated = Some(report::read_events(&a.generated, &model, &a.tree, true)?);
+        opts.generated = Some(fedhex::data::files::read_events(
+            &a.generated,
+            &model.features.names(),
+            &model.labels.names(),
+            &a.tree,
+            true,
+        )?);
     }
     if !a.reference2.is_empty() {
-        opts.reference2 = Some(report::read_events(&a.reference2, &model, &a.tree, true)?);
+        opts.reference2 = Some(fedhex::data::files::read_events(
+            &a.reference2,
+            &model.features.names(),
+            &model.labels.names(),
+            &a.tree,
+            true,
+        )?);
     }
     opts.holdout = a.holdout.iter().map(|s| fedhex::generate::parse_label(s)).collect::<Result<_, _>>()?;
     opts.n_generate = a.n;
     opts.seed = a.seed;
     opts.device = dev;
-    opts.heat_metric = report::HeatMetric::parse(&a.heat_metric)?;
+    opts.heat_metric = a.heat_metric;
     opts.max_plot_labels = a.max_plot_labels;
     drop(model);
     let r = report::analyze(&opts)?;
@@ -657,9 +647,9 @@ struct FitArgs {
     /// The true label, if known (comma separated); used for pulls and drawn in the scans.
     #[arg(long)]
     truth: Option<String>,
-    /// Scan: slice, profile or none.
-    #[arg(long, default_value = "slice")]
-    scan: String,
+    /// Likelihood scan per label dimension.
+    #[arg(long, value_enum, default_value = "slice")]
+    scan: fedhex::analysis::fit::ScanKind,
     /// Adam iterations.
     #[arg(long, default_value_t = 300)]
     iterations: usize,
@@ -678,13 +668,15 @@ struct FitArgs {
 }
 
 fn fit(a: &FitArgs) -> Result<()> {
-    use fedhex::analysis::fit::{fit_label, FitOptions, ScanKind};
+    use fedhex::analysis::fit::{fit_label, FitOptions};
     let dev = fedhex::device::resolve(fedhex::device::parse_device(&a.device)?, 0)?;
     let model = Model::load(&a.model, dev)?;
     // ROOT: label branches are optional in observed data; read them only when grouping.
-    let events = match fedhex::analysis::report::read_events(&a.events, &model, &a.tree, !a.pool) {
+    let (features, label_names) = (model.features.names(), model.labels.names());
+    let read = |with_labels| fedhex::data::files::read_events(&a.events, &features, &label_names, &a.tree, with_labels);
+    let events = match read(!a.pool) {
         Ok(e) => e,
-        Err(_) if !a.pool => fedhex::analysis::report::read_events(&a.events, &model, &a.tree, false)?,
+        Err(_) if !a.pool => read(false)?,
         Err(e) => return Err(e.into()),
     };
     let truth: Option<Vec<f64>> = match &a.truth {
@@ -704,7 +696,7 @@ fn fit(a: &FitArgs) -> Result<()> {
             out: a.out.clone(),
             plot_prefix: if groups.len() > 1 { format!("scan_group{i}") } else { "scan".into() },
             truth: truth.clone().or_else(|| label.as_ref().map(|l| l.iter().map(|v| f64::from(*v)).collect())),
-            scan: ScanKind::parse(&a.scan)?,
+            scan: a.scan,
             iterations: a.iterations,
             acceptance_samples: a.acceptance_samples,
             seed: a.seed,
@@ -734,9 +726,7 @@ fn fit(a: &FitArgs) -> Result<()> {
         } else {
             serde_json::to_vec_pretty(&results)?
         };
-        let tmp = fedhex::flow::model::sibling(&path, "tmp");
-        fedhex::flow::model::write_synced(&tmp, &json)?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        fedhex::atomic::write_atomic(&path, &json)?;
         println!("fit: {}", path.display());
     }
     Ok(())

@@ -173,7 +173,7 @@ pub struct ControlServer {
 fn write_control_file(path: &Path, cf: &ControlFile) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = crate::flow::model::sibling(path, "tmp");
+    let tmp = crate::atomic::sibling(path, "tmp");
     let json = serde_json::to_vec_pretty(cf).map_err(|e| Error::Comm(e.to_string()))?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -4,6 +4,7 @@
 
 pub mod efficiency;
 pub mod expr;
+pub mod files;
 pub mod gaussian;
 pub mod npy;
 pub mod phiomega;

@@ -76,7 +76,7 @@ fn read_npz_with(
 /// Writes `samples` and `labels` as float32 arrays to an `.npz`, through a
 /// temporary file renamed into place when complete.
 pub fn write_npz(path: &Path, samples: &Array2<f32>, labels: &Array2<f32>) -> Result<()> {
-    let tmp = crate::flow::model::sibling(path, "tmp");
+    let tmp = crate::atomic::sibling(path, "tmp");
     let result = (|| {
         let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut npz = NpzWriter::new(file);
@@ -182,7 +182,7 @@ impl NpzStreamWriter {
             at = slot.data_at + data;
             slots.push(slot);
         }
-        let tmp = crate::flow::model::sibling(path, "tmp");
+        let tmp = crate::atomic::sibling(path, "tmp");
         let file = std::fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
         let mut w =
             NpzStreamWriter { path: path.to_path_buf(), tmp, file: Some(file), slots, end: at, bytes: Vec::new() };

@@ -1,7 +1,7 @@
-//! Real event data in and out: ROOT files → [`EventSet`] through branch
-//! expressions ([`load`]), [`EventSet`] → ROOT ([`write_root`]), and a
-//! physics-like Monte Carlo "production" of the Φ → γω pseudo-detector written
-//! as one ROOT file per grid point ([`write_phiomega_grid`]).
+//! ROOT files → [`EventSet`] through branch expressions ([`load`]): the
+//! `[data.root]` input of a run. Writing events, and the choice between ROOT
+//! and NumPy, live in [`super::files`]; the phi-omega production that writes
+//! a grid of ROOT files lives with its generator ([`super::phiomega`]).
 //!
 //! # Reading
 //!
@@ -102,13 +102,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use ndarray::Array2;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::expr::{self, Expr};
-use super::phiomega::PhiOmegaModel;
-use super::root::{Column, ElemType, RootFile, StreamingTreeWriter, TreeWriter, Values, WHOLE_FILE_LIMIT};
+use super::root::{Column, RootFile, WHOLE_FILE_LIMIT};
 use super::EventSet;
 use crate::error::{Error, Result};
 
@@ -255,107 +252,6 @@ fn has_wildcard(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-/// One element of a wildcard pattern.
-#[derive(Debug, Clone, PartialEq)]
-enum Pat {
-    Lit(char),
-    Any,
-    Star,
-    /// `[...]`: negated?, ranges (single characters are `(c, c)`).
-    Class(bool, Vec<(char, char)>),
-}
-
-/// Compiles one path component of a glob.
-fn compile_pattern(p: &str) -> std::result::Result<Vec<Pat>, String> {
-    let chars: Vec<char> = p.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        match chars[i] {
-            '*' => {
-                if out.last() != Some(&Pat::Star) {
-                    out.push(Pat::Star);
-                }
-                i += 1;
-            }
-            '?' => {
-                out.push(Pat::Any);
-                i += 1;
-            }
-            '[' => {
-                let mut j = i + 1;
-                let negated = matches!(chars.get(j), Some('!' | '^'));
-                if negated {
-                    j += 1;
-                }
-                let mut ranges = Vec::new();
-                let mut first = true;
-                loop {
-                    let Some(&c) = chars.get(j) else {
-                        return Err(format!("unterminated '[' at character {i}"));
-                    };
-                    if c == ']' && !first {
-                        break;
-                    }
-                    first = false;
-                    if chars.get(j + 1) == Some(&'-') && chars.get(j + 2).is_some_and(|&e| e != ']') {
-                        let e = chars[j + 2];
-                        ranges.push((c, e));
-                        j += 3;
-                    } else {
-                        ranges.push((c, c));
-                        j += 1;
-                    }
-                }
-                out.push(Pat::Class(negated, ranges));
-                i = j + 1;
-            }
-            c => {
-                out.push(Pat::Lit(c));
-                i += 1;
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn pat_matches_char(p: &Pat, c: char) -> bool {
-    match p {
-        Pat::Lit(l) => *l == c,
-        Pat::Any => true,
-        Pat::Star => true,
-        Pat::Class(neg, ranges) => ranges.iter().any(|&(a, b)| a <= c && c <= b) != *neg,
-    }
-}
-
-/// Whether `name` matches the compiled pattern (iterative, linear backtracking on the last `*`).
-fn wildcard_match(pat: &[Pat], name: &str) -> bool {
-    let s: Vec<char> = name.chars().collect();
-    let (mut p, mut i) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while i < s.len() {
-        match pat.get(p) {
-            Some(Pat::Star) => {
-                star = Some((p, i));
-                p += 1;
-            }
-            Some(q) if pat_matches_char(q, s[i]) => {
-                p += 1;
-                i += 1;
-            }
-            _ => match star {
-                Some((sp, si)) => {
-                    p = sp + 1;
-                    i = si + 1;
-                    star = Some((sp, si + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pat[p..].iter().all(|q| *q == Pat::Star)
-}
-
 fn is_hidden(name: &str) -> bool {
     name.starts_with('.')
 }
@@ -391,40 +287,19 @@ fn search_dir(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Expands a glob pattern into the paths it matches (files and directories).
+/// Expands a glob pattern into the paths it matches (files and directories),
+/// with the `glob` crate: `*`, `?`, `[...]`, `[!...]` within one path
+/// component; names starting with a dot match only a pattern that starts
+/// with a dot.
 fn expand_glob(pattern: &str) -> Result<Vec<PathBuf>> {
-    let absolute = pattern.starts_with('/');
-    let mut current: Vec<PathBuf> = vec![if absolute { PathBuf::from("/") } else { PathBuf::new() }];
-    for comp in pattern.split('/').filter(|c| !c.is_empty()) {
-        let mut next = Vec::new();
-        if has_wildcard(comp) {
-            let pat = compile_pattern(comp)
-                .map_err(|e| Error::Config(format!("data.root.files: glob \"{pattern}\": {e}")))?;
-            let explicit_dot = comp.starts_with('.');
-            for base in &current {
-                if !(base.as_os_str().is_empty() || base.is_dir()) {
-                    continue;
-                }
-                for (name, path) in list_dir(base)? {
-                    if (explicit_dot || !is_hidden(&name)) && wildcard_match(&pat, &name) {
-                        next.push(path);
-                    }
-                }
-            }
-        } else {
-            for base in &current {
-                let p = base.join(comp);
-                if p.exists() {
-                    next.push(p);
-                }
-            }
-        }
-        current = next;
-        if current.is_empty() {
-            break;
-        }
-    }
-    Ok(current)
+    let opts =
+        glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: true };
+    let paths = glob::glob_with(pattern, opts).map_err(|e| {
+        Error::Config(format!("data.root.files: glob \"{pattern}\": bad pattern ({} at character {})", e.msg, e.pos))
+    })?;
+    paths
+        .map(|p| p.map_err(|e| Error::io(e.path(), std::io::Error::new(e.error().kind(), e.error().to_string()))))
+        .collect()
 }
 
 /// Resolves the `files` entries into the sorted, de-duplicated list of ROOT
@@ -676,7 +551,7 @@ fn load_file(path: &Path, plan: &Plan) -> Result<Part> {
 /// index is started; since indices are handed out in increasing order, every
 /// index below a failed one has run, so the first error in index order is
 /// the one returned, whatever the thread timing.
-fn parallel_map<T: Send>(n: usize, f: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
+pub(crate) fn parallel_map<T: Send>(n: usize, f: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
     let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1).clamp(1, 16).min(n.max(1));
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
@@ -794,251 +669,8 @@ pub fn load(input: &RootInput) -> Result<(EventSet, LoadReport)> {
 // Writing
 // ---------------------------------------------------------------------------
 
-fn root_err(path: &Path, e: impl fmt::Display) -> Error {
+pub(crate) fn root_err(path: &Path, e: impl fmt::Display) -> Error {
     let s = e.to_string();
     let p = path.display().to_string();
     Error::Data(if s.starts_with(&p) { s } else { format!("{p}: {s}") })
-}
-
-/// Writes `events` as a ROOT file with one tree `tree` holding one `float`
-/// branch per feature and per label, named as in the [`EventSet`]. The file
-/// is written under a temporary name and renamed, so `path` never holds a
-/// partial file.
-///
-/// # Errors
-/// A name that is not a valid branch name (empty, or containing `/ : [ ] ;`
-/// or a space), a feature and a label with the same name, or an I/O failure.
-pub fn write_root(path: &Path, events: &EventSet, tree: &str) -> Result<()> {
-    let mut w = TreeWriter::new(tree);
-    let columns = events
-        .feature_names
-        .iter()
-        .zip(events.samples.columns())
-        .chain(events.label_names.iter().zip(events.labels.columns()));
-    for (name, col) in columns {
-        w.add_branch(name, Values::F32(col.to_vec())).map_err(|e| root_err(path, e))?;
-    }
-    w.write(path).map_err(|e| root_err(path, e))
-}
-
-/// Writes generated events to a file chunk by chunk, holding one chunk in
-/// memory: a `.root` file (tree with one float branch per feature and per
-/// label, one basket per branch per chunk) or, for any other extension, an
-/// `.npz` with float32 arrays `samples [N, D]` and `labels [N, L]` (the
-/// layouts of [`write_root`] and [`write_npz`](super::npy::write_npz)).
-///
-/// The output appears under its name only when [`finish`](Self::finish)
-/// succeeds; an error or a drop before that leaves no file behind.
-pub enum EventFileWriter {
-    /// ROOT output.
-    Root {
-        /// The tree writer.
-        writer: StreamingTreeWriter,
-        /// Output path (for error messages).
-        path: PathBuf,
-        /// Feature count.
-        d: usize,
-        /// Label count.
-        l: usize,
-    },
-    /// NumPy output.
-    Npz(super::npy::NpzStreamWriter),
-}
-
-impl EventFileWriter {
-    /// Starts `path` for `total` events of the named features and labels,
-    /// written in chunks of about `chunk` events; `tree` names the ROOT tree.
-    ///
-    /// # Errors
-    /// Invalid branch names (ROOT), or the file cannot be created.
-    pub fn create(
-        path: &Path,
-        tree: &str,
-        feature_names: &[String],
-        label_names: &[String],
-        total: u64,
-        chunk: usize,
-    ) -> Result<Self> {
-        let (d, l) = (feature_names.len(), label_names.len());
-        let rows = usize::try_from(total).map_err(|_| Error::Data(format!("{}: too many events", path.display())))?;
-        if path.extension().is_some_and(|e| e == "root") {
-            let branches: Vec<(&str, ElemType)> =
-                feature_names.iter().chain(label_names).map(|n| (n.as_str(), ElemType::F32)).collect();
-            let writer = StreamingTreeWriter::create(path, tree, &branches, Default::default(), chunk)
-                .map_err(|e| root_err(path, e))?;
-            Ok(EventFileWriter::Root { writer, path: path.to_path_buf(), d, l })
-        } else {
-            let w = super::npy::NpzStreamWriter::create(path, &[("samples", rows, d), ("labels", rows, l)])?;
-            Ok(EventFileWriter::Npz(w))
-        }
-    }
-
-    /// Appends `rows` events: `samples` row-major `[rows, D]`, `labels` `[rows, L]`.
-    ///
-    /// # Errors
-    /// Lengths that do not match, more events than announced, or I/O.
-    pub fn write(&mut self, samples: &[f32], labels: &[f32], rows: usize) -> Result<()> {
-        match self {
-            EventFileWriter::Root { writer, path, d, l } => {
-                if samples.len() != rows * *d || labels.len() != rows * *l {
-                    return Err(Error::Data(format!("{}: chunk of {rows} events has the wrong size", path.display())));
-                }
-                let mut cols: Vec<Values> = Vec::with_capacity(*d + *l);
-                for j in 0..*d {
-                    cols.push(Values::F32(samples.iter().skip(j).step_by(*d).copied().collect()));
-                }
-                for j in 0..*l {
-                    cols.push(Values::F32(labels.iter().skip(j).step_by(*l).copied().collect()));
-                }
-                writer.write_chunk(&cols).map_err(|e| root_err(path, e))
-            }
-            EventFileWriter::Npz(w) => {
-                w.append(0, samples)?;
-                w.append(1, labels)
-            }
-        }
-    }
-
-    /// Completes the file and moves it into place.
-    ///
-    /// # Errors
-    /// Fewer events than announced (.npz), or I/O.
-    pub fn finish(self) -> Result<()> {
-        match self {
-            EventFileWriter::Root { writer, path, .. } => writer.finish().map_err(|e| root_err(&path, e)),
-            EventFileWriter::Npz(w) => w.finish(),
-        }
-    }
-}
-
-/// Writes a phi-omega Monte Carlo "production": one ROOT file per label point
-/// `[M_Φ, M_ω]` of `points`, `phiomega_<index>.root` in `dir` (created if
-/// needed), each with `n_per_point` events in a tree `Events` (branches in
-/// the [module documentation](self)). Point `i` uses
-/// `model.sample_seeded(M_Φ, M_ω, n_per_point, seed + i)` for the
-/// reconstructed masses and an independent seeded stream for the rest, so
-/// the files are a pure function of the arguments. Returns the paths in
-/// point order (which is also their sorted order).
-///
-/// Beside them, `acceptance.csv` records the production's bookkeeping per
-/// point (`M_phi,M_omega,generated,accepted,efficiency`: candidates drawn and
-/// kept by the acceptance cut), the table `data.acceptance_efficiency` reads
-/// ([`crate::data::efficiency`]).
-///
-/// # Errors
-/// Invalid masses or model parameters, too low an acceptance, or I/O.
-pub fn write_phiomega_grid(
-    dir: &Path,
-    model: &PhiOmegaModel,
-    points: &[[f64; 2]],
-    n_per_point: usize,
-    seed: u64,
-) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let width = points.len().saturating_sub(1).to_string().len().max(5);
-    let written = parallel_map(points.len(), |i| {
-        let [m_phi, m_omega] = points[i];
-        let path = dir.join(format!("phiomega_{i:0width$}.root"));
-        let sample = model
-            .sample_seeded(m_phi, m_omega, n_per_point, seed.wrapping_add(i as u64))
-            .map_err(|e| Error::Data(format!("{}: point {i} (M_Φ = {m_phi}, M_ω = {m_omega}): {e}", path.display())))?;
-        let tw = phiomega_tree(&sample.events, m_phi, m_omega, seed, i).map_err(|e| root_err(&path, e))?;
-        tw.write(&path).map_err(|e| root_err(&path, e))?;
-        Ok((path, sample.trials, sample.events.len()))
-    })?;
-    let mut csv = String::from("M_phi,M_omega,generated,accepted,efficiency\n");
-    for ([m_phi, m_omega], (_, trials, kept)) in points.iter().zip(&written) {
-        let eff = if *trials == 0 { 1.0 } else { *kept as f64 / *trials as f64 };
-        csv.push_str(&format!("{m_phi},{m_omega},{trials},{kept},{eff:.8}\n"));
-    }
-    let table = dir.join("acceptance.csv");
-    crate::flow::model::write_synced(&table, csv.as_bytes())?;
-    Ok(written.into_iter().map(|(p, _, _)| p).collect())
-}
-
-/// Builds the tree of one grid point (see the module documentation).
-fn phiomega_tree(
-    events: &[[f64; 2]],
-    m_phi: f64,
-    m_omega: f64,
-    seed: u64,
-    index: usize,
-) -> std::result::Result<TreeWriter, super::root::RootError> {
-    // An independent stream per point for everything but the masses.
-    let mut rng =
-        ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_F00D_CAFE_0001 ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let n = events.len();
-    let mut region = Vec::with_capacity(n);
-    let mut phi = Vec::with_capacity(n);
-    let (mut tp_off, mut tp_val, mut tp_idx) = (vec![0u64], Vec::new(), Vec::with_capacity(n));
-    let (mut ph_off, mut ph_val, mut ph_idx) = (vec![0u64], Vec::new(), Vec::with_capacity(n));
-    for &[reco_phi, reco_omega] in events {
-        region.push(if rng.random::<f64>() < 0.9 { 1i32 } else { 2 });
-        phi.push(reco_phi as f32);
-        let u: f64 = rng.random();
-        let n_tp: i32 = if u < 0.6 {
-            1
-        } else if u < 0.9 {
-            2
-        } else {
-            3
-        };
-        let which = rng.random_range(0..n_tp);
-        for k in 0..n_tp {
-            tp_val.push(if k == which { reco_omega as f32 } else { rng.random_range(0.2f32..10.0) });
-        }
-        tp_off.push(tp_val.len() as u64);
-        tp_idx.push(which);
-        let n_ph: i32 = if rng.random::<f64>() < 0.7 { 1 } else { 2 };
-        let which = rng.random_range(0..n_ph);
-        for k in 0..n_ph {
-            ph_val.push(if k == which {
-                (reco_phi / 2.0 * rng.random_range(0.3..1.0)) as f32
-            } else {
-                rng.random_range(20.0f32..100.0)
-            });
-        }
-        ph_off.push(ph_val.len() as u64);
-        ph_idx.push(which);
-    }
-    // One generator particle per event.
-    let one_each: Vec<u64> = (0..=n as u64).collect();
-    let mut tw = TreeWriter::new("Events");
-    tw.title(&format!("phi-omega pseudo-detector, M_phi = {m_phi} GeV, M_omega = {m_omega} GeV"));
-    tw.add_branch("event", Values::U64((0..n as u64).collect()))?;
-    tw.add_branch("CBL_Region", Values::I32(region))?;
-    tw.add_branch("CBL_RecoPhi_mass", Values::F32(phi))?;
-    tw.add_jagged("TwoProng_massPi0", "nTwoProng", tp_off, Values::F32(tp_val))?;
-    tw.add_branch("CBL_RecoPhi_twoprongindex", Values::I32(tp_idx))?;
-    tw.add_jagged("Photon_pt", "nPhoton", ph_off, Values::F32(ph_val))?;
-    tw.add_branch("CBL_RecoPhi_photonindex", Values::I32(ph_idx))?;
-    tw.add_jagged("GenPhi_mass", "nGenPhi", one_each.clone(), Values::F32(vec![m_phi as f32; n]))?;
-    tw.add_jagged("GenOmega_mass", "nGenOmega", one_each, Values::F32(vec![m_omega as f32; n]))?;
-    Ok(tw)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn m(p: &str, s: &str) -> bool {
-        wildcard_match(&compile_pattern(p).unwrap_or_default(), s)
-    }
-
-    #[test]
-    fn wildcards() {
-        assert!(m("*.root", "a.root"));
-        assert!(m("*.root", ".root"));
-        assert!(!m("*.root", "a.root.tmp"));
-        assert!(m("grid_??.root", "grid_01.root"));
-        assert!(!m("grid_??.root", "grid_1.root"));
-        assert!(m("grid_[0-3]*", "grid_2x"));
-        assert!(!m("grid_[0-3]*", "grid_5x"));
-        assert!(m("grid_[!0-3]*", "grid_5x"));
-        assert!(m("[]a]", "]"));
-        assert!(m("a*b*c", "aXXbYYc"));
-        assert!(!m("a*b*c", "aXXbYY"));
-        assert!(m("*", ""));
-        assert!(compile_pattern("a[b").is_err());
-    }
 }

@@ -572,7 +572,10 @@ impl Acceptance {
                 let rows: Vec<Vec<f64>> = xs.outer_iter().map(|r| r.iter().map(|&v| f64::from(v)).collect()).collect();
                 e.eval(&rows).unwrap_or_else(|_| vec![false; rows.len()])
             }
-            None => xs.outer_iter().map(|r| r.get(self.feature).is_some_and(|&v| f64::from(v) > self.lo && f64::from(v) < self.hi)).collect(),
+            None => xs
+                .outer_iter()
+                .map(|r| r.get(self.feature).is_some_and(|&v| f64::from(v) > self.lo && f64::from(v) < self.hi))
+                .collect(),
         }
     }
 
@@ -596,8 +599,9 @@ impl Acceptance {
     pub fn mask(&self, xs: &Tensor) -> Tensor {
         if let Some(e) = &self.expr {
             let (n, d) = (xs.size()[0], xs.size()[1]);
-            let host: Vec<f64> = Vec::try_from(xs.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).flatten(0, -1))
-                .unwrap_or_default();
+            let host: Vec<f64> =
+                Vec::try_from(xs.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).flatten(0, -1))
+                    .unwrap_or_default();
             let rows: Vec<Vec<f64>> = host.chunks(d.max(1) as usize).map(<[f64]>::to_vec).collect();
             let pass = e.eval(&rows).unwrap_or_else(|_| vec![false; n as usize]);
             return Tensor::from_slice(&pass).to_device(xs.device());

@@ -40,7 +40,7 @@ pub const CHUNK: usize = 256;
 /// `tanh` and `exp` of the block outputs are computed eight lanes at a time.
 const TILE: usize = 8;
 
-const LOG_2PI: f64 = 1.837_877_066_409_345_3;
+use super::LOG_2PI;
 
 /// One layer: `out = b + A [input, labels]`.
 #[derive(Debug, Clone)]

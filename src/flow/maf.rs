@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 /// How the feature order changes from one block to the next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Permutation {
     /// Alternate natural and reversed order.
@@ -43,7 +43,7 @@ pub enum Permutation {
 }
 
 /// The element-wise map of each block, conditioned on earlier features and labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Transform {
     /// Shift and scale, `u = (x - mu) exp(-s)` (the MAF paper's block).
@@ -56,6 +56,7 @@ pub enum Transform {
     /// Shift and scale, then a spline (`u = f((x - mu) exp(-s))`): the affine
     /// part moves tails into the spline's interval.
     #[serde(rename = "affine_spline")]
+    #[value(name = "affine_spline")]
     AffineSpline,
 }
 
@@ -188,7 +189,7 @@ impl std::fmt::Debug for Maf {
     }
 }
 
-const LOG_2PI: f64 = 1.837_877_066_409_345_3;
+use super::LOG_2PI;
 
 impl Maf {
     /// A freshly initialised flow (initialisation uses libtorch's global RNG:

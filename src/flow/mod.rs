@@ -10,6 +10,9 @@ pub mod model;
 pub mod spline;
 pub mod vmath;
 
+/// `ln 2π`, of the standard normal base density `−½ (|u|² + D ln 2π)`.
+pub(crate) const LOG_2PI: f64 = 1.837_877_066_409_345_3;
+
 pub use made::Activation;
 pub use maf::{Maf, MafConfig, Permutation, Transform};
 pub use model::Model;

@@ -12,13 +12,13 @@
 //! weights file from another model is refused rather than silently used.
 
 use super::maf::{Maf, MafConfig};
+use crate::atomic::{replace_dir, sibling, write_synced};
 use crate::data::transform::{Acceptance, Transforms};
 use crate::data::whiten::Whitening;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Name of the description file inside a model directory.
@@ -421,39 +421,4 @@ pub fn read_named_tensors(bytes: &[u8]) -> std::result::Result<HashMap<String, T
         out.insert(name, t);
     }
     Ok(out)
-}
-
-/// `path` with a suffix like `.tmp.<pid>`, in the same directory (so a rename is atomic).
-pub fn sibling(path: &Path, tag: &str) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    path.with_file_name(format!(".{name}.{tag}.{}", std::process::id()))
-}
-
-/// Writes a file and fsyncs it.
-pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))
-}
-
-/// Replaces directory `dst` by `src` (both on one filesystem): a reader sees
-/// either the old complete directory or the new one, never a half-written one.
-pub fn replace_dir(src: &Path, dst: &Path) -> Result<()> {
-    if let Ok(d) = std::fs::File::open(src) {
-        let _ = d.sync_all();
-    }
-    let old = sibling(dst, "old");
-    if dst.exists() {
-        std::fs::rename(dst, &old).map_err(|e| Error::io(dst, e))?;
-    }
-    std::fs::rename(src, dst).map_err(|e| Error::io(dst, e))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
-    if let Some(parent) = dst.parent() {
-        if let Ok(d) = std::fs::File::open(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
 }

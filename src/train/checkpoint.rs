@@ -16,11 +16,12 @@
 //! real epochs, whatever the dataset or batch size. Pruning keeps the last
 //! `keep_last` plus the one with the best validation loss.
 
-use super::driver::EpochRecord;
 use super::early_stop::EarlyStopping;
+use super::history::EpochRecord;
 use super::optim::Adam;
+use crate::atomic::{replace_dir, sibling, write_synced};
 use crate::error::{Error, Result};
-use crate::flow::model::{named_tensors_bytes, read_named_tensors, replace_dir, sibling, write_synced};
+use crate::flow::model::{named_tensors_bytes, read_named_tensors};
 use crate::flow::Model;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

@@ -4,7 +4,9 @@
 //! with checkpoints, write the final model (rank 0).
 
 use super::checkpoint;
-use super::driver::{train, write_history, Controls, Hooks, Observer, TrainOutcome};
+use super::driver::train;
+use super::history::write_history;
+use super::observe::{Controls, Hooks, Observer, TrainOutcome};
 use super::shard::ShardPlan;
 use crate::comm::{agree, check_same, local_rank, local_size, Communicator};
 use crate::config::{Resume, RunConfig};
@@ -377,8 +379,40 @@ fn run_with(
     Ok(outcome)
 }
 
-/// Installs SIGTERM/SIGUSR1 handlers (Slurm's warning before a time limit or
-/// preemption) that ask the trainer to stop at the next step boundary.
+/// The end-of-run summary printed on rank 0 (`None` on the other ranks): every
+/// rank's peak resident memory and step time per local event (a slow rank or
+/// node stands out), how training ended and its last losses. A collective:
+/// every rank calls it.
+pub fn summary(comm: &dyn Communicator, cfg: &RunConfig, out: &TrainOutcome) -> Result<Option<String>> {
+    let mut rss = vec![0.0; comm.size()];
+    rss[comm.rank()] = crate::resources::peak_rss_mib();
+    comm.allreduce_sum_f64(&mut rss)?;
+    let mut busy = vec![0.0; comm.size()];
+    busy[comm.rank()] = 1e6 * out.busy.0 / (out.busy.1.max(1) as f64);
+    comm.allreduce_sum_f64(&mut busy)?;
+    if !comm.is_root() {
+        return Ok(None);
+    }
+    let rss: Vec<String> = rss.iter().map(|m| format!("{m:.0}")).collect();
+    let busy: Vec<String> = busy.iter().map(|u| format!("{u:.2}")).collect();
+    let last = out.history.last();
+    Ok(Some(format!(
+        "peak resident memory per rank (MiB): {}\n\
+         step time per local event per rank (us, before the all-reduce): {}\n\
+         {:?} after {} epochs: train NLL {:.4}, validation NLL {:.4}; run directory {}",
+        rss.join(" "),
+        busy.join(" "),
+        out.finish,
+        out.history.len(),
+        last.map_or(f64::NAN, |r| r.train_nll),
+        last.map_or(f64::NAN, |r| r.val_nll),
+        cfg.outputs.run_dir.display()
+    )))
+}
+
+/// Installs SIGTERM/SIGUSR1/SIGINT handlers (Slurm's warning before a time
+/// limit or preemption, Ctrl-C) that ask the trainer to stop at the next step
+/// boundary; a second SIGINT exits at once.
 pub fn stop_on_signals(controls: Arc<Controls>) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGUSR1, SIGINT])
@@ -386,8 +420,20 @@ pub fn stop_on_signals(controls: Arc<Controls>) -> Result<()> {
     std::thread::Builder::new()
         .name("fedhex-signals".into())
         .spawn(move || {
+            let mut interrupts = 0;
             for sig in signals.forever() {
-                tracing::warn!(signal = sig, "stop requested: saving a resumable checkpoint at the next step");
+                if sig == SIGINT {
+                    interrupts += 1;
+                    if interrupts > 1 {
+                        // A second Ctrl-C: the user does not want to wait for the checkpoint.
+                        eprintln!("second interrupt: exiting now, without a checkpoint");
+                        std::process::exit(130);
+                    }
+                }
+                tracing::warn!(
+                    signal = sig,
+                    "stop requested: saving a resumable checkpoint at the next step (Ctrl-C again exits at once)"
+                );
                 controls.stop_now.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         })

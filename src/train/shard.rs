@@ -27,13 +27,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::collections::BinaryHeap;
 
-/// Mixes two integers into a seed (splitmix64 finaliser).
-pub fn mix_seed(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x632B_E59B_D9B4_E019);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use crate::rng::mix_seed;
 
 /// Rows `[lo, hi)` of a group of `n` events that rank `r` of `w` owns.
 pub fn chunk(n: usize, w: usize, r: usize) -> (usize, usize) {

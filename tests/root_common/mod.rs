@@ -21,7 +21,11 @@ pub fn data_dir() -> PathBuf {
 /// Path of one reference file; panics with a clear message if missing.
 pub fn data_file(name: &str) -> PathBuf {
     let p = data_dir().join(name);
-    assert!(p.exists(), "reference file {} missing (tests/fixtures/root/files, or $FEDHEX_SHARED_DATA/root when set)", p.display());
+    assert!(
+        p.exists(),
+        "reference file {} missing (tests/fixtures/root/files, or $FEDHEX_SHARED_DATA/root when set)",
+        p.display()
+    );
     p
 }
 

@@ -1,0 +1,310 @@
+//! The acceptance terms of the likelihood, for data cut by known acceptance
+//! cuts (`data.acceptance`): the truncated likelihood `p(x | c) / Z(c)`
+//! (each event's flow samples weighted `1 / Ẑ(c)`, `Ẑ` estimated at each
+//! epoch start) or, with the production's efficiencies, the censored one
+//! (rejected samples weighted `−(1 − ε)/ε`). Both enter a step as a weighted
+//! sum of log-densities of flow samples drawn at the step's labels.
+
+use super::checkpoint::{LabelWeight, TrainState};
+use crate::config::RunConfig;
+use crate::data::efficiency::EfficiencyTable;
+use crate::data::transform::Acceptance;
+use crate::data::{EventSet, LabelGroups};
+use crate::error::{Error, Result};
+use crate::flow::Model;
+use tch::{Device, Kind, Tensor};
+
+/// Every event must pass the declared acceptance: it describes how the data were cut.
+pub(super) fn check_acceptance(acceptance: &[Acceptance], set: &EventSet, what: &str) -> Result<()> {
+    for a in acceptance {
+        if let Some(i) = a.keeps_rows(set.samples.view()).iter().position(|&p| !p) {
+            let row = set.samples.row(i);
+            let values = match &a.expr {
+                Some(_) => set
+                    .feature_names
+                    .iter()
+                    .zip(row.iter())
+                    .map(|(n, v)| format!("{n} = {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                None => format!(
+                    "{} = {}",
+                    set.feature_names.get(a.feature).map_or("?", String::as_str),
+                    row.get(a.feature).copied().unwrap_or(f32::NAN)
+                ),
+            };
+            return Err(Error::Data(format!(
+                "{what}: event {i} has {values} outside the declared acceptance ({}): \
+                 data.acceptance must describe how the data were cut",
+                a.describe(&set.feature_names)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Flow samples per training label used to estimate its acceptance at each epoch start.
+const ACCEPTANCE_PROBE: i64 = 2000;
+/// Labels whose estimated acceptance is at least this get no normaliser term (it would only add noise).
+const ACCEPTANCE_ACTIVE_BELOW: f64 = 0.995;
+
+/// Per training label group, the weight of its events' flow samples in the
+/// acceptance terms ([`acceptance_term`]):
+///
+/// * truncated likelihood (no efficiencies): `1 / Ẑ(c)`, from the flow's
+///   probability `Ẑ` to pass the acceptance at the label, estimated at each
+///   epoch start; 0 where the flow already puts (almost) everything inside
+///   the acceptance;
+/// * censored likelihood (efficiency `ε` of the label known):
+///   `-r = -(1 - ε) / ε`, the rejected events per kept event; 0 where `ε = 1`.
+fn acceptance_group_weights(model: &Model, groups: &LabelGroups, efficiency: Option<&[f64]>, seed: u64) -> Vec<f32> {
+    let l = model.n_labels() as i64;
+    let _rng = crate::rng::seeded(seed);
+    tch::no_grad(|| {
+        groups
+            .labels
+            .iter()
+            .enumerate()
+            .map(|(g, lab)| {
+                (match efficiency.and_then(|e| e.get(g)) {
+                    Some(&eps) => -(1.0 - eps) / eps,
+                    None => {
+                        let raw = Tensor::from_slice(lab).view([1, l]).expand([ACCEPTANCE_PROBE, l], false);
+                        let x = model.sample(&raw).to_device(Device::Cpu);
+                        let pass = model
+                            .acceptance
+                            .iter()
+                            .fold(Tensor::ones([ACCEPTANCE_PROBE], (Kind::Bool, Device::Cpu)), |m, a| {
+                                m.logical_and(&a.mask(&x))
+                            });
+                        let z = pass.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+                        if z < ACCEPTANCE_ACTIVE_BELOW {
+                            1.0 / z.max(0.05)
+                        } else {
+                            0.0
+                        }
+                    }
+                }) as f32
+            })
+            .collect()
+    })
+}
+
+/// The group weights of a mid-epoch checkpoint, in the order of `groups`;
+/// `None` (estimate them again) when the checkpoint lacks any of the labels.
+fn restored_group_weights(stored: &[LabelWeight], groups: &LabelGroups) -> Option<Vec<f32>> {
+    groups
+        .labels
+        .iter()
+        .map(|lab| {
+            let same = |w: &&LabelWeight| {
+                w.label.len() == lab.len() && w.label.iter().zip(lab).all(|(a, b)| a.to_bits() == b.to_bits())
+            };
+            stored.iter().find(same).map(|w| w.weight)
+        })
+        .collect()
+}
+
+/// Per training event, its label group's weight (`group_weights`).
+fn acceptance_event_weights(groups: &LabelGroups, group_weights: &[f32], n_events: usize, device: Device) -> Tensor {
+    let mut w = vec![0f32; n_events];
+    for (members, &v) in groups.members.iter().zip(group_weights) {
+        if v != 0.0 {
+            for &i in members {
+                if let Some(slot) = w.get_mut(i) {
+                    *slot = v;
+                }
+            }
+        }
+    }
+    Tensor::from_slice(&w).to_device(device)
+}
+
+/// The acceptance terms of the likelihood for one step's events (`c`, `raw_c`,
+/// weights `w` from [`acceptance_weights`], label group `gid` of each event),
+/// estimated with `reps` flow samples per event at its label (no gradient
+/// through the sampling). Returns a scalar to add to the summed NLL.
+///
+/// * Truncated (`w_i > 0`): `log Z(c_i)` has the gradient
+///   `E[∇ log p(x̃ | c_i) | x̃ accepted]`: each *accepted* sample weighted `w_i / reps`.
+/// * Censored (`w_i = -r < 0`): the `r` rejected events per kept event add
+///   `-r log(1 - Z(c_i))`, gradient `-r E[∇ log p | x̃ rejected]`, estimated per
+///   label group from this step's *rejected* samples (a ratio estimator: weight
+///   `w_i · S_g / (R_g · reps)` with `S_g` samples and `R_g` rejected ones in the
+///   group). Unlike a weight fixed per epoch this cannot run away when the
+///   flow's rejected fraction changes within an epoch, and it needs no
+///   estimate of `Z`; a group without rejected samples in a step gets no push.
+///
+/// Events with `w_i = 0` are skipped.
+fn acceptance_term(
+    model: &Model,
+    (c, raw_c, gid): (&Tensor, &Tensor, &Tensor),
+    w: &Tensor,
+    reps: usize,
+    seed: u64,
+) -> Tensor {
+    match acceptance_samples(model, (c, raw_c, gid), w, reps, seed) {
+        Some((z, cz, wk)) => (model.flow.log_prob(&z, &cz) * wk).sum(Kind::Float),
+        None => Tensor::zeros([], (Kind::Float, c.device())),
+    }
+}
+
+/// The samples of [`acceptance_term`] (flow space), their labels and their
+/// weights: the term is `Σ wk log p(z | cz)`. `None` where no sample is used.
+fn acceptance_samples(
+    model: &Model,
+    (c, raw_c, gid): (&Tensor, &Tensor, &Tensor),
+    w: &Tensor,
+    reps: usize,
+    seed: u64,
+) -> Option<(Tensor, Tensor, Tensor)> {
+    let active = w.ne(0.0).nonzero().squeeze_dim(1);
+    if active.size()[0] == 0 {
+        return None;
+    }
+    let sel = active.repeat([reps as i64]);
+    let c_sel = c.index_select(0, &sel);
+    let w_sel = w.index_select(0, &sel);
+    let (z, keep, wk) = {
+        let _rng = crate::rng::seeded(seed);
+        tch::no_grad(|| {
+            let z = model.flow.sample(&c_sel);
+            let x = model.from_flow_space(&z, &raw_c.index_select(0, &sel));
+            let pass = model.acceptance.iter().fold(x.select(1, 0).isfinite(), |m, a| m.logical_and(&a.mask(&x)));
+            // Truncated events use their accepted samples, censored ones their rejected samples.
+            let truncated = w_sel.gt(0.0);
+            let use_sample = pass.eq_tensor(&truncated);
+            let mut wk = &w_sel * use_sample.to_kind(Kind::Float) / reps as f64;
+            let censored = truncated.logical_not();
+            if censored.any().int64_value(&[]) != 0 {
+                let g_sel = gid.index_select(0, &sel);
+                let n = g_sel.max().int64_value(&[]) + 1;
+                let count = |m: &Tensor| {
+                    Tensor::zeros([n], (Kind::Float, c.device())).index_add(0, &g_sel, &m.to_kind(Kind::Float))
+                };
+                let samples = count(&censored);
+                let rejected = count(&censored.logical_and(&pass.logical_not()));
+                let ratio = (samples / rejected.clamp_min(1.0)).index_select(0, &g_sel);
+                wk = wk.where_self(&truncated, &(&wk * ratio));
+            }
+            let keep = use_sample.nonzero().squeeze_dim(1);
+            let wk = wk.index_select(0, &keep);
+            (z, keep, wk)
+        })
+    };
+    if keep.size()[0] == 0 {
+        return None;
+    }
+    Some((z.index_select(0, &keep), c_sel.index_select(0, &keep), wk))
+}
+
+/// The acceptance terms of a run: the training events' label groups, the
+/// efficiencies (censored likelihood), and the sample weights of the epoch in
+/// progress.
+pub(super) struct AcceptanceTerms {
+    groups: LabelGroups,
+    /// Efficiency of each group (censored likelihood), same order as `groups`.
+    efficiency: Option<Vec<f64>>,
+    /// The label group of each training event (the censored term's per-label estimate).
+    gid: Tensor,
+    /// Per training event, the weight of its flow samples in this epoch.
+    weights: Tensor,
+    /// The same weights per label group, for a mid-epoch checkpoint.
+    by_label: Vec<LabelWeight>,
+    /// Flow samples per event and step (`training.acceptance_samples`).
+    reps: usize,
+}
+
+impl AcceptanceTerms {
+    /// The terms of a run with acceptance cuts and `training.acceptance_samples > 0`; `None` otherwise.
+    pub(super) fn new(cfg: &RunConfig, model: &Model, train_set: &EventSet) -> Result<Option<Self>> {
+        if model.acceptance.is_empty() || cfg.training.acceptance_samples == 0 {
+            return Ok(None);
+        }
+        let groups = train_set.label_groups();
+        let efficiency = match &cfg.data.acceptance_efficiency {
+            Some(path) => Some(EfficiencyTable::read(path, model.n_labels())?.for_labels(&groups.labels)?),
+            None => None,
+        };
+        let mut gid = vec![0i64; train_set.len()];
+        for (g, members) in groups.members.iter().enumerate() {
+            for &i in members {
+                if let Some(slot) = gid.get_mut(i) {
+                    *slot = g as i64;
+                }
+            }
+        }
+        let device = model.flow.device();
+        Ok(Some(AcceptanceTerms {
+            groups,
+            efficiency,
+            gid: Tensor::from_slice(&gid).to_device(device),
+            weights: Tensor::new(),
+            by_label: Vec::new(),
+            reps: cfg.training.acceptance_samples,
+        }))
+    }
+
+    /// Sets the sample weights of `epoch`: estimated from the model now, or,
+    /// on a mid-epoch resume into that epoch, the ones its checkpoint kept.
+    pub(super) fn start_epoch(&mut self, model: &Model, seed: u64, epoch: usize, start: &TrainState) {
+        let restored = match &start.acceptance_weights {
+            Some(stored) if epoch == start.epoch && start.mid_epoch() => {
+                let r = restored_group_weights(stored, &self.groups);
+                if r.is_none() {
+                    tracing::warn!(
+                        "the checkpoint lacks acceptance weights of some training labels: \
+                         estimated again, so the resumed epoch is no longer bit-identical"
+                    );
+                }
+                r
+            }
+            _ => None,
+        };
+        let gw = restored.unwrap_or_else(|| {
+            let seed = crate::rng::mix_seed_parts(seed, &[epoch as u64, 0xacc]);
+            acceptance_group_weights(model, &self.groups, self.efficiency.as_deref(), seed)
+        });
+        let n = self.gid.size()[0] as usize;
+        self.weights = acceptance_event_weights(&self.groups, &gw, n, model.flow.device());
+        self.by_label =
+            self.groups.labels.iter().zip(&gw).map(|(l, &w)| LabelWeight { label: l.clone(), weight: w }).collect();
+    }
+
+    /// The weights of the epoch in progress per label, for a mid-epoch checkpoint.
+    pub(super) fn by_label(&self) -> Vec<LabelWeight> {
+        self.by_label.clone()
+    }
+
+    /// A step's inputs: `(c, raw_c, gid)` of its events and their weights.
+    fn step_inputs(&self, c: &Tensor, raw_c: &Tensor, local: &[i64]) -> ((Tensor, Tensor, Tensor), Tensor) {
+        let idx = Tensor::from_slice(local).to_device(c.device());
+        let data = (c.index_select(0, &idx), raw_c.index_select(0, &idx), self.gid.index_select(0, &idx));
+        (data, self.weights.index_select(0, &idx))
+    }
+
+    /// The step's flow samples, their labels and weights ([`acceptance_samples`]).
+    pub(super) fn step_samples(
+        &self,
+        model: &Model,
+        (c, raw_c): (&Tensor, &Tensor),
+        local: &[i64],
+        seed: u64,
+    ) -> Option<(Tensor, Tensor, Tensor)> {
+        let ((c, raw_c, gid), w) = self.step_inputs(c, raw_c, local);
+        acceptance_samples(model, (&c, &raw_c, &gid), &w, self.reps, seed)
+    }
+
+    /// The step's term by autograd ([`acceptance_term`]); `None` when it carries no gradient.
+    pub(super) fn step_term(
+        &self,
+        model: &Model,
+        (c, raw_c): (&Tensor, &Tensor),
+        local: &[i64],
+        seed: u64,
+    ) -> Option<Tensor> {
+        let ((c, raw_c, gid), w) = self.step_inputs(c, raw_c, local);
+        let norm = acceptance_term(model, (&c, &raw_c, &gid), &w, self.reps, seed);
+        norm.requires_grad().then_some(norm)
+    }
+}

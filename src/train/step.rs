@@ -1,0 +1,133 @@
+//! One training step's arithmetic: the one all-reduce per step, whose packet
+//! carries `[gradients | loss | stop_now | stop_after_epoch | checkpoint]`,
+//! so every rank learns the global gradient, the global loss and whether
+//! anyone asked to stop, and acts on the same step; then clipping and the
+//! Adam update.
+
+use super::clip::GradClip;
+use super::observe::Controls;
+use super::optim::Adam;
+use crate::comm::Communicator;
+use crate::error::Result;
+use std::sync::atomic::Ordering;
+use tch::{Device, Kind, Tensor};
+
+/// This rank's summed loss and gradient of its part of a global batch.
+pub(super) enum Gradient {
+    /// By the hand-written CPU pass: the gradient is already in the packet.
+    Host {
+        /// The summed loss.
+        loss: f64,
+    },
+    /// By autograd, on the model's device.
+    Device {
+        /// The summed loss (a scalar tensor).
+        loss: Tensor,
+        /// The flat gradient.
+        flat: Tensor,
+    },
+}
+
+/// The requests every rank acts on after a step.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Flags {
+    /// Some rank was asked to stop now.
+    pub stop_now: bool,
+    /// Some rank was asked for a checkpoint.
+    pub checkpoint: bool,
+}
+
+/// The all-reduce packet `[gradients | loss | stop_now | stop_after_epoch | checkpoint]`,
+/// kept between steps (no allocation per step).
+pub(super) struct Packet {
+    buf: Vec<f32>,
+    n_params: usize,
+}
+
+/// Slots after the gradients: loss and three request flags.
+const EXTRA: usize = 4;
+
+impl Packet {
+    /// An empty packet for `n_params` gradient entries.
+    pub fn new(n_params: usize) -> Self {
+        Packet { buf: Vec::new(), n_params }
+    }
+
+    /// The gradient part, for the CPU pass to write into.
+    pub fn gradients_mut(&mut self) -> &mut [f32] {
+        self.buf.resize(self.n_params + EXTRA, 0.0);
+        &mut self.buf[..self.n_params]
+    }
+
+    /// The gradient part (summed over ranks after [`Packet::exchange`]).
+    pub fn gradients(&self) -> &[f32] {
+        &self.buf[..self.n_params.min(self.buf.len())]
+    }
+
+    /// Fills the packet with `grad`'s loss (and its gradient, when it is on
+    /// the device) and this rank's requests, and sums it over the ranks.
+    /// Returns the global loss and the requests; a stop at the epoch's end
+    /// asked on any rank is recorded in `controls` on every rank.
+    pub fn exchange(&mut self, comm: &dyn Communicator, grad: &Gradient, controls: &Controls) -> Result<(f64, Flags)> {
+        let n = self.n_params;
+        self.buf.resize(n + EXTRA, 0.0);
+        self.buf[n] = match grad {
+            Gradient::Host { loss } => *loss as f32,
+            Gradient::Device { loss, flat } => {
+                flat.to_device(Device::Cpu).copy_data(&mut self.buf[..n], n);
+                loss.double_value(&[]) as f32
+            }
+        };
+        self.buf[n + 1] = f32::from(u8::from(controls.stop_now.load(Ordering::Relaxed)));
+        self.buf[n + 2] = f32::from(u8::from(controls.stop_after_epoch.load(Ordering::Relaxed)));
+        self.buf[n + 3] = f32::from(u8::from(controls.checkpoint.swap(false, Ordering::Relaxed)));
+        comm.allreduce_sum_f32(&mut self.buf)?;
+        if self.buf[n + 2] > 0.0 {
+            controls.stop_after_epoch.store(true, Ordering::Relaxed);
+        }
+        let flags = Flags { stop_now: self.buf[n + 1] > 0.0, checkpoint: self.buf[n + 3] > 0.0 };
+        Ok((f64::from(self.buf[n]), flags))
+    }
+}
+
+/// The requests of a single process (nothing to exchange).
+pub(super) fn local_flags(controls: &Controls) -> Flags {
+    Flags {
+        stop_now: controls.stop_now.load(Ordering::Relaxed),
+        checkpoint: controls.checkpoint.swap(false, Ordering::Relaxed),
+    }
+}
+
+fn sum_of_squares(g: &[f32]) -> f64 {
+    g.iter().map(|&v| f64::from(v) * f64::from(v)).sum()
+}
+
+/// Clips and applies the summed gradient of `global_count` events: from the
+/// packet (after an all-reduce or the CPU pass) or from the device. The mean
+/// gradient's norm is computed where clipping needs it or debug logging shows it.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn update(
+    opt: &mut Adam,
+    clip: &mut GradClip,
+    packet: &Packet,
+    device_grad: Option<&Tensor>,
+    global_count: usize,
+    lr: f64,
+    global_step: u64,
+) {
+    let mean = 1.0 / global_count as f64;
+    let need_norm = clip.active() || tracing::enabled!(tracing::Level::DEBUG);
+    let sum_sq = match (need_norm, device_grad) {
+        (false, _) => 0.0,
+        (true, None) => sum_of_squares(packet.gradients()),
+        (true, Some(flat)) => flat.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[]),
+    };
+    let scale = mean * clip.factor(sum_sq.sqrt() * mean);
+    if need_norm {
+        tracing::debug!(step = global_step, grad_norm = sum_sq.sqrt() * mean, clipped = scale < mean, "gradient");
+    }
+    match device_grad {
+        None => opt.step_host(packet.gradients(), scale, lr),
+        Some(flat) => opt.step_flat(flat, scale, lr),
+    }
+}
