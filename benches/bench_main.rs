@@ -9,7 +9,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fedhex::bench::{fast_train_step, train_step};
 use fedhex::config::NetworkConfig;
-use fedhex::flow::fast::{to_host, FastTrainer};
+use fedhex::flow::fast::to_host;
 use fedhex::flow::{Maf, Permutation, Transform};
 use fedhex::train::optim::{Adam, AdamConfig};
 use tch::{Device, Kind, Tensor};
@@ -38,7 +38,7 @@ fn flow_benches(c: &mut Criterion) {
             let mut opt = Adam::new(flow.var_store(), AdamConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8 });
             let mut g = c.benchmark_group(format!("{name}_net_{threads}thread"));
             g.throughput(Throughput::Elements(BATCH as u64));
-            match FastTrainer::new(&flow, opt.names(), opt.numels()) {
+            match fedhex::flow::engine::trainer(&flow, opt.names(), opt.numels()) {
                 Some(mut fast) => {
                     let (hx, hc) = (to_host(&x), to_host(&cs));
                     let rows: Vec<i64> = (0..BATCH).collect();
@@ -51,8 +51,9 @@ fn flow_benches(c: &mut Criterion) {
                     g.bench_function("train_step_b1024", |b| b.iter(|| train_step(&flow, &mut opt, &x, &cs)));
                 }
             }
-            g.bench_function("sample_b1024", |b| b.iter(|| flow.sample(&cs)));
-            g.bench_function("log_prob_b1024", |b| b.iter(|| tch::no_grad(|| flow.log_prob(&x, &cs))));
+            let engine = fedhex::flow::Engine::select(&flow);
+            g.bench_function("sample_b1024", |b| b.iter(|| engine.sample(&flow, &cs)));
+            g.bench_function("log_prob_b1024", |b| b.iter(|| engine.log_prob(&flow, &x, &cs)));
             g.finish();
         }
     }

@@ -94,7 +94,7 @@ pub fn flow_throughput(
     let mut opt = Adam::new(flow.var_store(), AdamConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8 });
     let x = Tensor::randn([batch as i64, d as i64], (Kind::Float, device));
     let c = Tensor::randn([batch as i64, l as i64], (Kind::Float, device));
-    let train = match FastTrainer::new(&flow, opt.names(), opt.numels()) {
+    let train = match crate::flow::engine::trainer(&flow, opt.names(), opt.numels()) {
         Some(mut fast) => {
             let (hx, hc) = (to_host(&x), to_host(&c));
             let rows: Vec<i64> = (0..batch as i64).collect();
@@ -105,11 +105,12 @@ pub fn flow_throughput(
         }
         None => time_it(device, min_seconds, batch, || train_step(&flow, &mut opt, &x, &c)),
     };
+    let engine = crate::flow::Engine::select(&flow);
     let sample = time_it(device, min_seconds, batch, || {
-        let _ = flow.sample(&c);
+        let _ = engine.sample(&flow, &c);
     });
     let log_prob = time_it(device, min_seconds, batch, || {
-        let _ = tch::no_grad(|| flow.log_prob(&x, &c));
+        let _ = engine.log_prob(&flow, &x, &c);
     });
     Ok(Throughput {
         device: format!("{device:?}"),

@@ -309,9 +309,11 @@ impl Default for OutputConfig {
     }
 }
 
-/// Whether two configured labels are the same point (relative tolerance 1e-6, as labels
-/// are matched against the data).
-pub(crate) fn same_config_label(a: &[f64], b: &[f64]) -> bool {
+/// Whether two labels are the same point: every value within a relative
+/// 1e-6 (configured labels are decimal, the data's float32). The one rule
+/// for matching configured labels (held out, validation) to each other and
+/// to the data.
+pub fn same_label(a: &[f64], b: &[f64]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6 * y.abs().max(1.0))
 }
 

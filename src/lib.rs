@@ -10,6 +10,7 @@
 //! - [`comm`]: the [`comm::Communicator`] trait between training ranks.
 //! - [`train`]: shard plan, schedule, Adam with saveable state, the driver.
 //! - [`device`]: device and thread selection; [`resources`]: memory and CPU use of this process.
+//! - [`app`]: the composition root: a whole run with its input, control plane, signals.
 //! - [`analysis`]: metrics between sample sets and plots.
 //! - [`logging`]: the binaries' log output (rank on every line, colour only on a terminal).
 //! - [`generate`]: sampling at requested labels; [`bench`]: throughput measurement.
@@ -19,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod analysis;
+pub mod app;
 pub mod atomic;
 pub mod bench;
 pub mod comm;

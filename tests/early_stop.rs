@@ -4,12 +4,12 @@
 
 mod common;
 use common::*;
+use fedhex::app::run::{run, RunOptions};
 use fedhex::config::{RunConfig, Schedule};
 use fedhex::data::gaussian::{Covariance, GaussianSpec, Layout};
 use fedhex::data::EventSet;
 use fedhex::flow::Model;
 use fedhex::train::driver::single_process_plan;
-use fedhex::train::run::{run, RunOptions};
 use fedhex::train::{checkpoint, train_events, Controls, EpochRecord, Finish, Observer};
 use std::path::Path;
 use std::sync::atomic::Ordering;

@@ -1,9 +1,15 @@
-//! The hand-written CPU pass (`fedhex::flow::fast`) against the autograd
-//! reference: log-prob, inverse and the training gradient.
+//! The hand-written CPU engine (`fedhex::flow::fast`) against the libtorch
+//! reference: log-prob, inverse and the training gradient, for hand-picked
+//! shapes and for every combination of block transform, order between
+//! blocks and activation (enumerated from the enums, so a new kind is
+//! covered without touching this file; one the CPU engine declines must say
+//! why).
 
 mod common;
+use clap::ValueEnum;
 use common::*;
 use fedhex::flow::fast::{to_host, FastMaf, FastTrainer};
+use fedhex::flow::Engine;
 use fedhex::flow::{Activation, Maf, MafConfig, Permutation, Transform};
 use fedhex::train::optim::{Adam, AdamConfig};
 use tch::{Device, Kind, Tensor};
@@ -31,6 +37,48 @@ fn configs() -> Vec<Net> {
         (2, 0, 3, vec![], Silu, Lu, AffineSpline, 3, 2.0),
         (1, 1, 2, vec![8], Relu, Reverse, Spline, 5, 2.5),
     ]
+    .into_iter()
+    .chain(every_kind())
+    .collect()
+}
+
+/// One small network per (block transform, order between blocks, activation)
+/// that the CPU engine implements.
+fn every_kind() -> Vec<Net> {
+    let mut v = Vec::new();
+    for &t in Transform::value_variants() {
+        for &p in Permutation::value_variants() {
+            for &a in Activation::value_variants().iter().filter(|&&a| cpu_engine_has(a)) {
+                v.push((3, 2, 3, vec![12], a, p, t, 4, 3.0));
+            }
+        }
+    }
+    v
+}
+
+/// Activations of the CPU engine (the others must be declined with a reason).
+fn cpu_engine_has(a: Activation) -> bool {
+    a != Activation::Gelu
+}
+
+#[test]
+fn the_cpu_engine_declines_what_it_lacks_with_a_reason() {
+    for &a in Activation::value_variants().iter().filter(|&&a| !cpu_engine_has(a)) {
+        let flow = {
+            let _rng = fedhex::rng::seeded(5);
+            Maf::new(maf_cfg(2, 1, 2, &[8], a, Permutation::Reverse), Device::Cpu).unwrap()
+        };
+        let why = FastMaf::new(&flow).expect_err("declined");
+        assert!(why.to_lowercase().contains(&format!("{a:?}").to_lowercase()), "{why}");
+        assert!(!Engine::select(&flow).is_cpu());
+        // libtorch still evaluates it.
+        let lp = Engine::select(&flow).log_prob(
+            &flow,
+            &Tensor::zeros([3, 2], (Kind::Float, Device::Cpu)),
+            &Tensor::zeros([3, 1], (Kind::Float, Device::Cpu)),
+        );
+        assert_eq!(lp.size(), vec![3]);
+    }
 }
 
 /// The autograd reference runs single-threaded so its own rounding does not
@@ -61,14 +109,15 @@ fn log_prob_and_inverse_match_autograd() {
             let _rng = fedhex::rng::seeded(2000 + i as u64);
             (Tensor::randn([700, d], (Kind::Float, Device::Cpu)), Tensor::randn([700, l], (Kind::Float, Device::Cpu)))
         };
-        assert!(FastMaf::new(&flow).is_some(), "config {i}: the fast path declines this network");
-        let fast = tch::no_grad(|| flow.log_prob(&x, &c));
-        let slow = tch::no_grad(|| flow.log_prob_autograd(&x, &c));
+        let engine = Engine::select(&flow);
+        assert!(engine.is_cpu(), "config {i}: the CPU engine declines this network: {:?}", FastMaf::new(&flow).err());
+        let fast = engine.log_prob(&flow, &x, &c);
+        let slow = tch::no_grad(|| flow.log_prob(&x, &c));
         let e = max_rel(&to_host(&fast), &to_host(&slow));
         eprintln!("config {i}: log-prob rel diff {e:e}");
         assert!(e < 1e-5, "config {i}: log-prob differs by {e} (relative)");
-        let (xf, lf) = flow.inverse(&x, &c);
-        let (xs, ls) = flow.inverse_autograd(&x, &c);
+        let (xf, lf) = engine.inverse(&flow, &x, &c);
+        let (xs, ls) = flow.inverse(&x, &c);
         let e = max_rel(&to_host(&xf), &to_host(&xs));
         eprintln!("config {i}: inverse rel diff {e:e}");
         assert!(e < 5e-5, "config {i}: inverse differs by {e}");
@@ -80,14 +129,15 @@ fn log_prob_and_inverse_match_autograd() {
 
 #[test]
 fn log_prob_with_gradients_still_records_autograd() {
-    let flow = flow_for(0);
+    let model = random_model(2, &[16], 3);
     // Seeded draws only: an unseeded one would move the generator under the other tests' seeded ones.
     let (x, c) = {
         let _rng = fedhex::rng::seeded(3000);
         (Tensor::randn([5, 2], (Kind::Float, Device::Cpu)), Tensor::randn([5, 2], (Kind::Float, Device::Cpu)))
     };
-    assert!(flow.log_prob(&x, &c).requires_grad());
-    assert!(!tch::no_grad(|| flow.log_prob(&x, &c)).requires_grad());
+    assert!(model.engine.is_cpu());
+    assert!(model.flow_log_prob(&x, &c).requires_grad(), "with gradients the model must use autograd");
+    assert!(!tch::no_grad(|| model.flow_log_prob(&x, &c)).requires_grad());
 }
 
 #[test]
@@ -174,7 +224,7 @@ fn weighted_gradient_matches_autograd_and_adds_on() {
         let fl = fast.add_weighted(opt.flat_params(), &to_host(&x), &to_host(&c), &to_host(&w), 1, &mut g);
         // The reference in f64 from the per-event log-densities (libtorch's f32
         // sum of terms of both signs loses more than the comparison allows).
-        let lp = to_host(&tch::no_grad(|| flow.log_prob_autograd(&x, &c)));
+        let lp = to_host(&tch::no_grad(|| flow.log_prob(&x, &c)));
         let wv = to_host(&w);
         let lr: f64 = lp.iter().zip(&wv).map(|(a, b)| -f64::from(*a) * f64::from(*b)).sum();
         let scale: f64 = lp.iter().zip(&wv).map(|(a, b)| (f64::from(*a) * f64::from(*b)).abs()).sum();

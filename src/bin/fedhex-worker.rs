@@ -11,9 +11,9 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use fedhex::app::run::{run, stop_on_signals, RunOptions};
 use fedhex::comm::mpi::MpiComm;
 use fedhex::comm::Communicator;
-use fedhex::train::run::{run, stop_on_signals, RunOptions};
 use fedhex::train::{Controls, Finish};
 use std::sync::Arc;
 
@@ -51,7 +51,7 @@ fn main() {
                 let controls = Arc::new(Controls::default());
                 stop_on_signals(controls.clone())?;
                 let out = run(&cfg, &comm, RunOptions { resume: args.resume, controls, observer: None })?;
-                if let Some(summary) = fedhex::train::run::summary(&comm, &cfg, &out)? {
+                if let Some(summary) = fedhex::app::run::summary(&comm, &cfg, &out)? {
                     println!("{summary}");
                 }
                 Ok(out.finish)

@@ -295,9 +295,9 @@ fn train(args: &fedhex::config::TrainArgs) -> Result<()> {
     let cfg = args.load()?;
     let resume = args.resume;
     let controls = std::sync::Arc::new(fedhex::train::Controls::default());
-    fedhex::train::run::stop_on_signals(controls.clone())?;
-    let opts = fedhex::train::run::RunOptions { resume, controls, observer: None };
-    let outcome = fedhex::train::run::run(&cfg, &fedhex::comm::SingleProcess, opts)?;
+    fedhex::app::run::stop_on_signals(controls.clone())?;
+    let opts = fedhex::app::run::RunOptions { resume, controls, observer: None };
+    let outcome = fedhex::app::run::run(&cfg, &fedhex::comm::SingleProcess, opts)?;
     let last = outcome.history.last();
     println!(
         "{:?} after {} epochs: train NLL {:.4}, validation NLL {:.4}; model in {}",

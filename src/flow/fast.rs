@@ -180,14 +180,18 @@ fn host(t: &Tensor) -> Vec<f32> {
 }
 
 impl Plan {
-    fn new(flow: &Maf) -> Option<Plan> {
+    fn new(flow: &Maf) -> Result<Plan, String> {
         let cfg = flow.config();
-        if flow.device() != Device::Cpu || cfg.activation == Activation::Gelu {
-            return None;
+        if flow.device() != Device::Cpu {
+            return Err(format!("the flow is on {:?}, the CPU engine runs on the CPU only", flow.device()));
         }
-        let d = usize::try_from(cfg.features).ok()?;
-        let l = usize::try_from(cfg.context).ok()?;
-        let params = usize::try_from(cfg.params_per_feature()).ok()?;
+        if cfg.activation == Activation::Gelu {
+            return Err("the CPU engine has no GELU activation".into());
+        }
+        let dim = |v: i64, what: &str| usize::try_from(v).map_err(|_| format!("{what} {v} is negative"));
+        let d = dim(cfg.features, "feature count")?;
+        let l = dim(cfg.context, "label count")?;
+        let params = dim(cfg.params_per_feature(), "parameters per feature")?;
         let mut len = 0;
         let mut blocks = Vec::with_capacity(flow.blocks().len());
         for (k, block) in flow.blocks().iter().enumerate() {
@@ -196,9 +200,9 @@ impl Plan {
             let n_layers = parts.len();
             for (li, p) in parts.iter().enumerate() {
                 let size = p.weight.size();
-                let (n_out, n_in) = (usize::try_from(size[0]).ok()?, usize::try_from(size[1]).ok()?);
+                let (n_out, n_in) = (dim(size[0], "layer rows")?, dim(size[1], "layer columns")?);
                 if li + 1 == n_layers && n_out != params * d {
-                    return None;
+                    return Err(format!("block {k}: the output layer has {n_out} rows, expected {}", params * d));
                 }
                 let cond = p.cond.is_some();
                 let k_in = n_in + if cond { l } else { 0 };
@@ -244,10 +248,14 @@ impl Plan {
             }
             tail = acc;
         }
-        let passes = blocks.iter().map(|b| schedule(b, d)).collect::<Option<Vec<_>>>()?;
+        let passes = blocks
+            .iter()
+            .map(|b| schedule(b, d))
+            .collect::<Option<Vec<_>>>()
+            .ok_or("a block's masks admit no autoregressive order of passes")?;
         let plain = cfg.transform == Transform::Affine && flow.mixings().is_empty();
         if cfg.permutation == Permutation::Lu && flow.mixings().len() + 1 != blocks.len() {
-            return None;
+            return Err(format!("{} learned mixings for {} blocks", flow.mixings().len(), blocks.len()));
         }
         let (ext, rec) = if plain {
             (None, tail + 5 * d)
@@ -259,10 +267,11 @@ impl Plan {
                 len += ext::mix_len(d);
             }
             let spline = cfg.spline().map(|s| (usize::try_from(s.bins).unwrap_or(0), s.bound as f32));
-            let (x, rec) = ext::Ext::new(d, tail, params, cfg.affine_params() > 0, spline, mixes)?;
+            let (x, rec) = ext::Ext::new(d, tail, params, cfg.affine_params() > 0, spline, mixes)
+                .ok_or("the spline or mixing layout does not fit the CPU engine")?;
             (Some(x), rec)
         };
-        Some(Plan { d, l, act: cfg.activation, bound: cfg.log_scale_bound as f32, blocks, len, rec, tail, passes, ext })
+        Ok(Plan { d, l, act: cfg.activation, bound: cfg.log_scale_bound as f32, blocks, len, rec, tail, passes, ext })
     }
 
     /// Effective combined weights from the parameters (`get(name)` → values).
@@ -1203,10 +1212,10 @@ pub struct FastMaf {
 }
 
 impl FastMaf {
-    /// The fast path for `flow`, or `None` where it does not apply (not on
-    /// the CPU, or GELU activation); use the autograd path then. Spline
-    /// blocks and learned mixing take the path in `fast/ext.rs`.
-    pub fn new(flow: &Maf) -> Option<Self> {
+    /// The CPU engine for `flow`, or why it does not apply (not on the CPU,
+    /// GELU activation); libtorch evaluates the flow then. Spline blocks and
+    /// learned mixing take the path in `fast/ext.rs`.
+    pub fn new(flow: &Maf) -> Result<Self, String> {
         Plan::new(flow).map(|plan| FastMaf { plan })
     }
 
@@ -1278,32 +1287,33 @@ pub struct FastTrainer {
 
 impl FastTrainer {
     /// A trainer for `flow` whose parameters are laid out flat as `names`
-    /// (with `numels` elements each), or `None` where the fast path does not apply.
-    pub fn new(flow: &Maf, names: &[String], numels: &[i64]) -> Option<Self> {
+    /// (with `numels` elements each), or why the CPU engine does not apply.
+    pub fn new(flow: &Maf, names: &[String], numels: &[i64]) -> Result<Self, String> {
         let plan = Plan::new(flow)?;
         let mut offsets = HashMap::new();
         let mut off = 0;
         for (n, &k) in names.iter().zip(numels) {
             offsets.insert(n.clone(), off);
-            off += usize::try_from(k).ok()?;
+            off += usize::try_from(k).map_err(|_| format!("parameter {n} has {k} elements"))?;
         }
         // Every parameter of the plan must be in the layout.
+        let missing = |n: &String| format!("the CPU engine's parameter {n} is not among the optimiser's");
         for y in plan.blocks.iter().flatten() {
             for n in [Some(&y.names.0), Some(&y.names.1), y.names.2.as_ref()].into_iter().flatten() {
-                offsets.get(n)?;
+                offsets.get(n).ok_or_else(|| missing(n))?;
             }
         }
         for m in plan.ext.iter().flat_map(|x| &x.mixes) {
             for n in &m.names {
-                offsets.get(n)?;
+                offsets.get(n).ok_or_else(|| missing(n))?;
             }
         }
         // And every parameter of the layout in the plan: one the plan does not
         // know would get no gradient, and the loss would leave out its part of the flow.
-        if names.iter().any(|n| flat_len(&plan, n).is_none()) {
-            return None;
+        if let Some(n) = names.iter().find(|n| flat_len(&plan, n).is_none()) {
+            return Err(format!("the optimiser's parameter {n} is unknown to the CPU engine"));
         }
-        Some(FastTrainer { plan, offsets, n_params: off, params: vec![0f32; off] })
+        Ok(FastTrainer { plan, offsets, n_params: off, params: vec![0f32; off] })
     }
 
     /// Summed NLL of the events `rows` of `(x, c)` (row-major host copies of

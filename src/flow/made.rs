@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Init, Tensor};
 
 /// Activation between hidden layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
     /// max(0, x)

@@ -15,7 +15,6 @@
 //! instead; untrained, it is the reversal, so the flow equals the
 //! [`Permutation::Reverse`] one.
 
-use super::fast::FastMaf;
 use super::lu::{lu_mixing, LuMixing};
 use super::made::{input_degrees, made, Activation, Made, MadeConfig};
 use super::spline::{self, SplineSpec};
@@ -176,11 +175,6 @@ pub struct Maf {
     /// The learned map after block `k`, for every block but the last
     /// ([`Permutation::Lu`]; empty otherwise).
     mixings: Vec<LuMixing>,
-    /// The hand-written CPU path for gradient-free evaluation, where it applies.
-    fast: Option<FastMaf>,
-    /// A scalar that requires grad: `(probe * 1).requires_grad()` tells whether
-    /// autograd is recording (tch has no query for the grad mode).
-    probe: Tensor,
 }
 
 impl std::fmt::Debug for Maf {
@@ -240,17 +234,7 @@ impl Maf {
                 .collect(),
             Permutation::Reverse | Permutation::Random => vec![],
         };
-        let mut maf = Maf {
-            cfg,
-            orders,
-            vs,
-            blocks,
-            mixings,
-            fast: None,
-            probe: Tensor::zeros([], (Kind::Float, Device::Cpu)).set_requires_grad(true),
-        };
-        maf.fast = FastMaf::new(&maf);
-        Ok(maf)
+        Ok(Maf { cfg, orders, vs, blocks, mixings })
     }
 
     /// The architecture.
@@ -276,11 +260,6 @@ impl Maf {
     /// The device the weights live on.
     pub fn device(&self) -> Device {
         self.vs.device()
-    }
-
-    /// Whether autograd is recording operations in this thread.
-    pub fn grad_enabled(&self) -> bool {
-        (&self.probe * 1.0).requires_grad()
     }
 
     /// The blocks, in data → base order.
@@ -354,38 +333,24 @@ impl Maf {
         z
     }
 
-    /// `log p(x | c)` per event.
+    /// `log p(x | c)` per event through libtorch ops (recorded by autograd when
+    /// gradients are enabled): the reference for the CPU engine
+    /// ([`super::engine::Engine`]).
     ///
     /// # Shapes
     /// `xs: [N, D]`, `cs: [N, L]` → `[N]`
     pub fn log_prob(&self, xs: &Tensor, cs: &Tensor) -> Tensor {
-        if let Some(lp) = self.fast.as_ref().filter(|_| !self.grad_enabled()).and_then(|f| f.log_prob(self, xs, cs)) {
-            return lp;
-        }
-        self.log_prob_autograd(xs, cs)
-    }
-
-    /// [`Maf::log_prob`] through libtorch ops (recorded by autograd when
-    /// gradients are enabled): the reference for the fast CPU path.
-    pub fn log_prob_autograd(&self, xs: &Tensor, cs: &Tensor) -> Tensor {
         let (u, logdet) = self.forward(xs, cs);
         base_log_prob(&u) + logdet
     }
 
     /// Base → data: `x` and `log |det du/dx|` at that `x` (the same quantity
-    /// [`Maf::forward`] returns), without gradients.
+    /// [`Maf::forward`] returns), without gradients, through libtorch ops: the
+    /// reference for the CPU engine.
     ///
     /// # Shapes
     /// `us: [N, D]`, `cs: [N, L]` → `(x: [N, D], logdet: [N])`
     pub fn inverse(&self, us: &Tensor, cs: &Tensor) -> (Tensor, Tensor) {
-        if let Some(r) = self.fast.as_ref().and_then(|f| f.inverse(self, us, cs)) {
-            return r;
-        }
-        self.inverse_autograd(us, cs)
-    }
-
-    /// [`Maf::inverse`] through libtorch ops: the reference for the fast CPU path.
-    pub fn inverse_autograd(&self, us: &Tensor, cs: &Tensor) -> (Tensor, Tensor) {
         tch::no_grad(|| {
             let d = self.cfg.features;
             let mut y = us.shallow_clone();
@@ -434,8 +399,9 @@ impl Maf {
         })
     }
 
-    /// Draws one event per row of `cs` (libtorch's global RNG; seed it with
-    /// `tch::manual_seed` for reproducible samples).
+    /// Draws one event per row of `cs` through libtorch ops (libtorch's global
+    /// RNG; seed it with `tch::manual_seed` for reproducible samples); the
+    /// engine-aware way is [`super::engine::Engine::sample`].
     ///
     /// # Shapes
     /// `cs: [N, L]` → `[N, D]`

@@ -11,6 +11,7 @@
 //! and hidden layers. The JSON records a digest of the weights file, so a
 //! weights file from another model is refused rather than silently used.
 
+use super::engine::Engine;
 use super::maf::{Maf, MafConfig};
 use crate::atomic::{replace_dir, sibling, write_synced};
 use crate::data::transform::{Acceptance, Transforms};
@@ -69,8 +70,11 @@ pub struct ModelMeta {
 /// A flow with its whitening, working on raw (physical) values.
 #[derive(Debug)]
 pub struct Model {
-    /// The flow, working on whitened values.
+    /// The flow, working on whitened values (libtorch: the reference, and autograd).
     pub flow: Maf,
+    /// The engine that evaluates and samples the flow without gradients
+    /// (chosen once, in [`Engine::select`]).
+    pub engine: Engine,
     /// Whitening of the features.
     pub features: Whitening,
     /// Whitening of the labels.
@@ -113,6 +117,7 @@ impl Model {
             )));
         }
         Ok(Model {
+            engine: Engine::select(&flow),
             flow,
             features,
             labels,
@@ -210,7 +215,26 @@ impl Model {
     pub fn log_prob(&self, xs: &Tensor, cs: &Tensor) -> Tensor {
         let (z, ldj) = self.to_flow_space(xs, cs);
         let c = self.condition(cs);
-        self.flow.log_prob(&z, &c) + ldj
+        self.flow_log_prob(&z, &c) + ldj
+    }
+
+    /// The flow's `log p(z | c)` in its own (whitened) space: by autograd when
+    /// gradients are being recorded, else by the [`Engine`].
+    ///
+    /// # Shapes
+    /// `zs: [N, D]`, `cs: [N, L]` (whitened) → `[N]`
+    pub fn flow_log_prob(&self, zs: &Tensor, cs: &Tensor) -> Tensor {
+        if crate::flow::engine::autograd_recording() {
+            self.flow.log_prob(zs, cs)
+        } else {
+            self.engine.log_prob(&self.flow, zs, cs)
+        }
+    }
+
+    /// Draws one event per row of whitened labels `cs` in the flow's space,
+    /// by the [`Engine`] (see [`Engine::sample`]).
+    pub fn flow_sample(&self, cs: &Tensor) -> Tensor {
+        self.engine.sample(&self.flow, cs)
     }
 
     /// Draws one raw event per row of raw labels `cs`, before acceptance cuts
@@ -220,7 +244,7 @@ impl Model {
     /// `cs: [N, L]` → `[N, D]`
     pub fn sample(&self, cs: &Tensor) -> Tensor {
         let c = self.condition(cs);
-        let z = self.flow.sample(&c);
+        let z = self.flow_sample(&c);
         tch::no_grad(|| self.from_flow_space(&z, cs))
     }
 
@@ -235,7 +259,7 @@ impl Model {
     /// `cs: [N, L]` → `([N, D], [N] bool)`
     pub fn sample_in_support(&self, cs: &Tensor, margin: f64) -> (Tensor, Tensor) {
         let c = self.condition(cs);
-        let z = self.flow.sample(&c);
+        let z = self.flow_sample(&c);
         tch::no_grad(|| {
             let dev = z.device();
             let y = self.features.inverse(&z);

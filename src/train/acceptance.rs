@@ -168,7 +168,7 @@ fn acceptance_samples(
     let (z, keep, wk) = {
         let _rng = crate::rng::seeded(seed);
         tch::no_grad(|| {
-            let z = model.flow.sample(&c_sel);
+            let z = model.flow_sample(&c_sel);
             let x = model.from_flow_space(&z, &raw_c.index_select(0, &sel));
             let pass = model.acceptance.iter().fold(x.select(1, 0).isfinite(), |m, a| m.logical_and(&a.mask(&x)));
             // Truncated events use their accepted samples, censored ones their rejected samples.

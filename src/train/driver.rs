@@ -37,7 +37,7 @@ use tch::{Device, Kind, Tensor};
 pub fn single_process_plan(cfg: &RunConfig, events: &EventSet) -> Result<(EventSet, ShardPlan)> {
     let groups = events.label_groups();
     let order: Vec<usize> = groups.members.iter().flatten().copied().collect();
-    let plan = super::run::make_plan(cfg, &groups, events.n_labels(), 1, 0)?;
+    let plan = super::plan::make_plan(cfg, &groups, events.n_labels(), 1, 0)?;
     Ok((events.select(&order), plan))
 }
 
@@ -166,8 +166,8 @@ impl<'a> Trainer<'a> {
         let clip = GradClip { avg: state.grad_norm_avg, ..GradClip::new(t.clip_grad_norm, t.clip_grad_relative) };
         let early = (t.early_stopping_patience > 0).then(|| state.early_stopping.clone().unwrap_or_default());
         let best_weights = best_weights(&early, &state, start.best.as_ref(), &opt, comm, model.flow.device())?;
-        let fast =
-            FastTrainer::new(&model.flow, opt.names(), opt.numels()).map(|f| (f, to_host(&train.x), to_host(&train.c)));
+        let fast = crate::flow::engine::trainer(&model.flow, opt.names(), opt.numels())
+            .map(|f| (f, to_host(&train.x), to_host(&train.c)));
         let n_params = opt.numel() as usize;
         Ok(Trainer {
             cfg,
@@ -392,7 +392,7 @@ impl<'a> Trainer<'a> {
         // last step cannot make the ranks leave the loop at different epochs.
         let mut agreed = [
             if comm.size() > 1 { 0.0 } else { sums.loss_sum },
-            nll_sum(&self.model.flow, &self.val.x, &self.val.c, 65536),
+            nll_sum(&self.model, &self.val.x, &self.val.c, 65536),
             f64::from(u8::from(self.controls.stop_after_epoch.load(Ordering::Relaxed))),
         ];
         comm.allreduce_sum_f64(&mut agreed)?;
@@ -540,7 +540,7 @@ impl<'a> Trainer<'a> {
         };
         let averaged = if restored_best { self.opt.has_ema() } else { self.opt.swap_in_ema() };
         let ema_val_nll = if averaged {
-            let mut v = [nll_sum(&self.model.flow, &self.val.x, &self.val.c, 65536)];
+            let mut v = [nll_sum(&self.model, &self.val.x, &self.val.c, 65536)];
             comm.allreduce_sum_f64(&mut v)?;
             let v = (plan.n_val > 0).then(|| v[0] / plan.n_val as f64);
             if comm.is_root() {
@@ -567,7 +567,7 @@ impl<'a> Trainer<'a> {
                 .label_groups()
                 .labels
                 .into_iter()
-                .filter(|l| !cfg.data.validation_labels.iter().any(|v| super::run::is_label(l, v)))
+                .filter(|l| !cfg.data.validation_labels.iter().any(|v| super::plan::is_label(l, v)))
                 .collect::<Vec<_>>(),
             "final_train_nll": history.last().map(|r| r.train_nll),
             "final_val_nll": history.last().map(|r| r.val_nll).filter(|v| v.is_finite()),

@@ -5,7 +5,8 @@
 //! checkpoints ([`checkpoint`]), the shard plan ([`shard`]), the
 //! learning-rate schedule ([`schedule`]), Adam with saveable state
 //! ([`optim`]), gradient clipping ([`clip`]), early stopping
-//! ([`early_stop`]) and a whole run with its input and outputs ([`run`]).
+//! ([`early_stop`]) and the shard plan of a data set's labels ([`plan`]). A
+//! whole run with its input, control plane and outputs is [`crate::app::run`].
 //! The loop talks to other ranks only through a [`crate::comm::Communicator`].
 
 mod acceptance;
@@ -17,7 +18,7 @@ mod fault;
 pub mod history;
 pub mod observe;
 pub mod optim;
-pub mod run;
+pub mod plan;
 pub mod schedule;
 mod setup;
 pub mod shard;

@@ -166,14 +166,14 @@ fn to_tensor(a: &Array2<f32>) -> Tensor {
 }
 
 /// Sum of `-log p` over `xs` in chunks, without gradients.
-pub(super) fn nll_sum(flow: &Maf, xs: &Tensor, cs: &Tensor, chunk: i64) -> f64 {
+pub(super) fn nll_sum(model: &Model, xs: &Tensor, cs: &Tensor, chunk: i64) -> f64 {
     tch::no_grad(|| {
         let n = xs.size()[0];
         let mut total = 0.0;
         let mut i = 0;
         while i < n {
             let m = chunk.min(n - i);
-            total -= flow.log_prob(&xs.narrow(0, i, m), &cs.narrow(0, i, m)).sum(Kind::Double).double_value(&[]);
+            total -= model.flow_log_prob(&xs.narrow(0, i, m), &cs.narrow(0, i, m)).sum(Kind::Double).double_value(&[]);
             i += m;
         }
         total

@@ -1,20 +1,23 @@
 //! A whole training run as the binaries perform it, on any
 //! [`Communicator`]: check the configuration agrees across ranks, read the
-//! data and keep this rank's shard, pick the device, resume if asked, train
-//! with checkpoints, write the final model (rank 0).
+//! data and keep this rank's shard, pick the device, start the control plane,
+//! install the signal handlers, resume if asked, train with checkpoints,
+//! write the final model (rank 0). The composition root: it uses `train` and
+//! `control`, neither of which knows the other's wiring.
 
-use super::checkpoint;
-use super::driver::train;
-use super::history::write_history;
-use super::observe::{Controls, Hooks, Observer, TrainOutcome};
-use super::shard::ShardPlan;
 use crate::comm::{agree, check_same, local_rank, local_size, Communicator};
 use crate::config::{Resume, RunConfig};
 use crate::control::grpc::ControlServer;
 use crate::control::{pb, ControlObserver, ControlState};
 use crate::data::npy::read_npz;
-use crate::data::{EventSet, LabelGroups};
+use crate::data::EventSet;
 use crate::error::{Error, Result};
+use crate::train::checkpoint;
+use crate::train::driver::train;
+use crate::train::history::write_history;
+use crate::train::observe::{Controls, Hooks, Observer, TrainOutcome};
+use crate::train::plan::{drop_holdout, make_plan};
+use crate::train::shard::ShardPlan;
 use std::sync::Arc;
 
 /// Options of a run beyond the configuration.
@@ -35,7 +38,7 @@ impl Observer for Fanout {
     fn on_step(&self, e: usize, s: usize, n: usize, g: u64, l: f64) {
         self.0.iter().for_each(|o| o.on_step(e, s, n, g, l));
     }
-    fn on_epoch(&self, r: &super::EpochRecord) {
+    fn on_epoch(&self, r: &crate::train::EpochRecord) {
         self.0.iter().for_each(|o| o.on_epoch(r));
     }
     fn on_checkpoint_start(&self) {
@@ -44,7 +47,7 @@ impl Observer for Fanout {
     fn on_checkpoint(&self, s: &checkpoint::TrainState, p: &std::path::Path) {
         self.0.iter().for_each(|o| o.on_checkpoint(s, p));
     }
-    fn on_rank_facts(&self, f: &[super::RankFacts]) {
+    fn on_rank_facts(&self, f: &[crate::train::RankFacts]) {
         self.0.iter().for_each(|o| o.on_rank_facts(f));
     }
 }
@@ -88,127 +91,6 @@ pub fn read_input(cfg: &RunConfig) -> Result<EventSet> {
         }
         None => read_npz(&cfg.data.path, cfg.data.features.clone(), cfg.data.labels.clone()),
     }
-}
-
-/// Whether a label row of the data is the configured label `h` (relative
-/// tolerance 1e-6: configured labels are decimal, the data float32).
-pub(crate) fn is_label<'a>(row: impl IntoIterator<Item = &'a f32>, h: &[f64]) -> bool {
-    row.into_iter().zip(h).all(|(&a, &b)| (f64::from(a) - b).abs() <= 1e-6 * b.abs().max(1.0))
-}
-
-/// Indices (into `groups`) of the label groups named by `data.validation_labels`,
-/// sorted; an error naming the key and the label for a label with the wrong number
-/// of values, one also held out, or one without events.
-pub fn validation_groups(cfg: &RunConfig, groups: &LabelGroups, n_labels: usize) -> Result<Vec<usize>> {
-    let d = &cfg.data;
-    let mut out = Vec::new();
-    for v in &d.validation_labels {
-        if v.len() != n_labels {
-            return Err(Error::Config(format!(
-                "data.validation_labels: {v:?} has {} values, the data has {n_labels} labels",
-                v.len()
-            )));
-        }
-        if d.holdout_labels.iter().any(|h| crate::config::same_config_label(h, v)) {
-            return Err(Error::Config(format!(
-                "data.validation_labels: {v:?} is also in data.holdout_labels: a label either validates or is left out"
-            )));
-        }
-        let found: Vec<usize> = (0..groups.len()).filter(|&g| is_label(&groups.labels[g], v)).collect();
-        if found.is_empty() {
-            return Err(Error::Config(format!("data.validation_labels: no events at label {v:?} in the input")));
-        }
-        out.extend(found);
-    }
-    out.sort_unstable();
-    out.dedup();
-    // Outside the training labels' range a logit of the labels is not finite.
-    if d.logit_labels && !out.is_empty() {
-        let train: Vec<&Vec<f32>> = (0..groups.len()).filter(|g| !out.contains(g)).map(|g| &groups.labels[g]).collect();
-        for &g in &out {
-            let lab = &groups.labels[g];
-            let inside = (0..n_labels).all(|j| {
-                let lo = train.iter().map(|t| t[j]).fold(f32::INFINITY, f32::min);
-                let hi = train.iter().map(|t| t[j]).fold(f32::NEG_INFINITY, f32::max);
-                lab[j] >= lo && lab[j] <= hi
-            });
-            if !inside {
-                return Err(Error::Config(format!(
-                    "data.validation_labels: {lab:?} lies outside the range of the training labels, where \
-                     data.logit_labels is not finite: validate at labels inside the grid"
-                )));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The shard plan of `rank` of `world` for events grouped as `groups`, with the
-/// configured validation; a configuration error when it leaves no training events,
-/// or no validation events while early stopping needs them.
-pub fn make_plan(
-    cfg: &RunConfig,
-    groups: &LabelGroups,
-    n_labels: usize,
-    world: usize,
-    rank: usize,
-) -> Result<ShardPlan> {
-    let val_groups = validation_groups(cfg, groups, n_labels)?;
-    let sizes: Vec<usize> = groups.members.iter().map(Vec::len).collect();
-    let plan = ShardPlan::new(&sizes, world, rank, cfg.data.validation_fraction, &val_groups, cfg.training.seed);
-    if plan.n_train == 0 {
-        return Err(Error::Config(format!(
-            "data.validation_labels: {:?} leave no events for training",
-            cfg.data.validation_labels
-        )));
-    }
-    let strata = cfg.training.batch_strata;
-    if strata > plan.n_train {
-        return Err(Error::Config(format!(
-            "training.batch_strata = {strata} exceeds the {} training events: use 0 (the world size) or fewer strata",
-            plan.n_train
-        )));
-    }
-    let patience = cfg.training.early_stopping_patience;
-    if patience > 0 && plan.n_val == 0 {
-        return Err(Error::Config(format!(
-            "training.early_stopping_patience = {patience} needs validation events, but data.validation_fraction = {} \
-             selects none: raise it or set data.validation_labels",
-            cfg.data.validation_fraction
-        )));
-    }
-    Ok(plan)
-}
-
-/// Removes the events at the held-out labels; every held-out label must exist in the data.
-pub fn drop_holdout(events: EventSet, holdout: &[Vec<f64>]) -> Result<EventSet> {
-    if holdout.is_empty() {
-        return Ok(events);
-    }
-    let l = events.n_labels();
-    let same = |row: ndarray::ArrayView1<'_, f32>, h: &[f64]| is_label(row, h);
-    for h in holdout {
-        if h.len() != l {
-            return Err(Error::Config(format!(
-                "data.holdout_labels: {h:?} has {} values, the data has {l} labels",
-                h.len()
-            )));
-        }
-        if !events.labels.rows().into_iter().any(|r| same(r, h)) {
-            return Err(Error::Config(format!("data.holdout_labels: no events at label {h:?} in the input")));
-        }
-    }
-    let keep: Vec<usize> =
-        (0..events.len()).filter(|&i| !holdout.iter().any(|h| same(events.labels.row(i), h))).collect();
-    if keep.is_empty() {
-        return Err(Error::Data("data.holdout_labels leave no events for training".into()));
-    }
-    tracing::info!(
-        held_out = events.len() - keep.len(),
-        labels = holdout.len(),
-        "held-out labels removed from training"
-    );
-    Ok(events.select(&keep))
 }
 
 /// Reads the input and keeps this rank's shard; every rank computes the same

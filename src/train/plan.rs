@@ -1,0 +1,129 @@
+//! From a data set's label groups to the shard plan: which labels validate
+//! (`data.validation_labels`), which are held out (`data.holdout_labels`),
+//! and the plan every rank computes alike ([`make_plan`]).
+
+use super::shard::ShardPlan;
+use crate::config::{same_label, RunConfig};
+use crate::data::{EventSet, LabelGroups};
+use crate::error::{Error, Result};
+
+/// Whether a label row of the data is the configured label `h` ([`same_label`]).
+pub(crate) fn is_label<'a>(row: impl IntoIterator<Item = &'a f32>, h: &[f64]) -> bool {
+    let row: Vec<f64> = row.into_iter().map(|&a| f64::from(a)).collect();
+    same_label(&row, h)
+}
+
+/// Indices (into `groups`) of the label groups named by `data.validation_labels`,
+/// sorted; an error naming the key and the label for a label with the wrong number
+/// of values, one also held out, or one without events.
+pub fn validation_groups(cfg: &RunConfig, groups: &LabelGroups, n_labels: usize) -> Result<Vec<usize>> {
+    let d = &cfg.data;
+    let mut out = Vec::new();
+    for v in &d.validation_labels {
+        if v.len() != n_labels {
+            return Err(Error::Config(format!(
+                "data.validation_labels: {v:?} has {} values, the data has {n_labels} labels",
+                v.len()
+            )));
+        }
+        if d.holdout_labels.iter().any(|h| same_label(h, v)) {
+            return Err(Error::Config(format!(
+                "data.validation_labels: {v:?} is also in data.holdout_labels: a label either validates or is left out"
+            )));
+        }
+        let found: Vec<usize> = (0..groups.len()).filter(|&g| is_label(&groups.labels[g], v)).collect();
+        if found.is_empty() {
+            return Err(Error::Config(format!("data.validation_labels: no events at label {v:?} in the input")));
+        }
+        out.extend(found);
+    }
+    out.sort_unstable();
+    out.dedup();
+    // Outside the training labels' range a logit of the labels is not finite.
+    if d.logit_labels && !out.is_empty() {
+        let train: Vec<&Vec<f32>> = (0..groups.len()).filter(|g| !out.contains(g)).map(|g| &groups.labels[g]).collect();
+        for &g in &out {
+            let lab = &groups.labels[g];
+            let inside = (0..n_labels).all(|j| {
+                let lo = train.iter().map(|t| t[j]).fold(f32::INFINITY, f32::min);
+                let hi = train.iter().map(|t| t[j]).fold(f32::NEG_INFINITY, f32::max);
+                lab[j] >= lo && lab[j] <= hi
+            });
+            if !inside {
+                return Err(Error::Config(format!(
+                    "data.validation_labels: {lab:?} lies outside the range of the training labels, where \
+                     data.logit_labels is not finite: validate at labels inside the grid"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The shard plan of `rank` of `world` for events grouped as `groups`, with the
+/// configured validation; a configuration error when it leaves no training events,
+/// or no validation events while early stopping needs them.
+pub fn make_plan(
+    cfg: &RunConfig,
+    groups: &LabelGroups,
+    n_labels: usize,
+    world: usize,
+    rank: usize,
+) -> Result<ShardPlan> {
+    let val_groups = validation_groups(cfg, groups, n_labels)?;
+    let sizes: Vec<usize> = groups.members.iter().map(Vec::len).collect();
+    let plan = ShardPlan::new(&sizes, world, rank, cfg.data.validation_fraction, &val_groups, cfg.training.seed);
+    if plan.n_train == 0 {
+        return Err(Error::Config(format!(
+            "data.validation_labels: {:?} leave no events for training",
+            cfg.data.validation_labels
+        )));
+    }
+    let strata = cfg.training.batch_strata;
+    if strata > plan.n_train {
+        return Err(Error::Config(format!(
+            "training.batch_strata = {strata} exceeds the {} training events: use 0 (the world size) or fewer strata",
+            plan.n_train
+        )));
+    }
+    let patience = cfg.training.early_stopping_patience;
+    if patience > 0 && plan.n_val == 0 {
+        return Err(Error::Config(format!(
+            "training.early_stopping_patience = {patience} needs validation events, but data.validation_fraction = {} \
+             selects none: raise it or set data.validation_labels",
+            cfg.data.validation_fraction
+        )));
+    }
+    Ok(plan)
+}
+
+/// Removes the events at the held-out labels; every held-out label must exist in the data.
+pub fn drop_holdout(events: EventSet, holdout: &[Vec<f64>]) -> Result<EventSet> {
+    if holdout.is_empty() {
+        return Ok(events);
+    }
+    let l = events.n_labels();
+    let same = |row: ndarray::ArrayView1<'_, f32>, h: &[f64]| is_label(row, h);
+    for h in holdout {
+        if h.len() != l {
+            return Err(Error::Config(format!(
+                "data.holdout_labels: {h:?} has {} values, the data has {l} labels",
+                h.len()
+            )));
+        }
+        if !events.labels.rows().into_iter().any(|r| same(r, h)) {
+            return Err(Error::Config(format!("data.holdout_labels: no events at label {h:?} in the input")));
+        }
+    }
+    let keep: Vec<usize> =
+        (0..events.len()).filter(|&i| !holdout.iter().any(|h| same(events.labels.row(i), h))).collect();
+    if keep.is_empty() {
+        return Err(Error::Data("data.holdout_labels leave no events for training".into()));
+    }
+    tracing::info!(
+        held_out = events.len() - keep.len(),
+        labels = holdout.len(),
+        "held-out labels removed from training"
+    );
+    Ok(events.select(&keep))
+}
