@@ -41,7 +41,14 @@ fn main() {
 fn compile_proto() {
     println!("cargo:rerun-if-changed=proto/fedhex.proto");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_else(|_| ".".into()));
+    // JSON of every message (`fedhex-ctl --json`) comes from the messages
+    // themselves, so it cannot drift from the contract; run states print by name.
+    let state = "#[serde(serialize_with = \"crate::control::serialize_run_state\")]";
     if let Err(e) = tonic_prost_build::configure()
+        .type_attribute(".fedhex.v1", "#[derive(serde::Serialize)]")
+        .type_attribute(".fedhex.v1.Event.kind", "#[serde(rename_all = \"snake_case\")]")
+        .field_attribute(".fedhex.v1.StatusReply.state", state)
+        .field_attribute(".fedhex.v1.Event.kind.state", state)
         .file_descriptor_set_path(out.join("fedhex_descriptor.bin"))
         .compile_protos(&["proto/fedhex.proto"], &["proto"])
     {

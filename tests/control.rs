@@ -113,12 +113,26 @@ fn status_watch_checkpoint_and_stop_steer_a_real_two_rank_job() {
     assert_eq!(st["ranks"].as_array().unwrap().len(), 2);
     let human = ctl(&run, &["status"]);
     assert!(String::from_utf8_lossy(&human.stdout).contains("epoch"), "{human:?}");
+    // Ranks as JSON: the proto's fields, one object per rank.
+    let o = ctl(&run, &["ranks", "--json"]);
+    assert!(o.status.success(), "{o:?}");
+    let ranks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ranks = ranks.as_array().unwrap();
+    assert_eq!(ranks.len(), 2);
+    assert!(ranks.iter().all(|r| r["host"].is_string() && r["threads"].as_u64().is_some()), "{ranks:?}");
 
-    // Watch in the background until the run ends.
+    // Watch in the background until the run ends, in words and as JSON lines.
     let watcher = Command::new(CTL)
         .arg("--run")
         .arg(&run)
         .args(["watch", "--rate", "20"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let json_watcher = Command::new(CTL)
+        .arg("--run")
+        .arg(&run)
+        .args(["watch", "--rate", "20", "--json"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -150,6 +164,12 @@ fn status_watch_checkpoint_and_stop_steer_a_real_two_rank_job() {
     let text = String::from_utf8_lossy(&w.stdout);
     assert!(w.status.success(), "watch exit {:?}", w.status);
     assert!(text.contains("epoch ") && text.contains("ckpt") && text.contains("state  finished"), "{text}");
+    let w = json_watcher.wait_with_output().unwrap();
+    assert!(w.status.success(), "watch --json exit {:?}", w.status);
+    let events: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&w.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.iter().any(|e| e["kind"]["epoch"]["train_loss"].is_number()), "no epoch event");
+    assert!(events.iter().any(|e| e["kind"]["state"] == "finished"), "no final state by name");
 
     // After the end: a distinct exit code and one line.
     let o = ctl(&run, &["status"]);
@@ -256,4 +276,37 @@ fn tls_with_a_ca_signed_certificate() {
     assert!(!o.status.success(), "an untrusted certificate was accepted");
     assert!(ctl(&run, &["stop", "--now"]).status.success());
     assert!(job.wait_with_output().unwrap().status.success());
+}
+
+/// The service in-process: a bound `127.0.0.1:0` listener and a shutdown
+/// future (no thread, no run): a wrong token is refused, status reads the
+/// state, a stop command reaches the trainer's flags, and the server ends
+/// when the shutdown future completes.
+#[test]
+fn the_service_runs_in_process_on_a_bound_listener_until_shutdown() {
+    use fedhex::control::{client, grpc, ControlState};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let controls = Arc::new(fedhex::train::Controls::default());
+        let state = ControlState::new("in-process".into(), 3, 1, 64, controls.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(grpc::serve(listener, state, Arc::new("secret".into()), None, async {
+            let _ = rx.await;
+        }));
+        let mut bad = client::connect(&endpoint, "wrong", None).await.unwrap();
+        assert!(client::status(&mut bad, &endpoint).await.is_err(), "a wrong token must be refused");
+        let mut c = client::connect(&endpoint, "secret", None).await.unwrap();
+        let st = client::status(&mut c, &endpoint).await.unwrap();
+        assert_eq!((st.run_id.as_str(), st.epochs), ("in-process", 3));
+        assert!(!controls.stop_now.load(Ordering::Relaxed));
+        client::stop(&mut c, &endpoint, true).await.unwrap();
+        assert!(controls.stop_now.load(Ordering::Relaxed), "the stop command did not reach the flags");
+        tx.send(()).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), server).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "the server did not end on shutdown: {ended:?}");
+    });
 }

@@ -772,6 +772,20 @@ pub fn fit_label(model: &Model, events: ArrayView2<'_, f32>, opts: &FitOptions) 
     })
 }
 
+/// Writes `OUT/fit.json` atomically (one result as an object, several as an
+/// array) and returns its path; `out` is created if needed.
+pub fn write_results(out: &std::path::Path, results: &[FitResult]) -> Result<PathBuf> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let path = out.join("fit.json");
+    let json = match results {
+        [one] => serde_json::to_vec_pretty(one),
+        all => serde_json::to_vec_pretty(all),
+    }
+    .map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
+    crate::atomic::write_atomic(&path, &json)?;
+    Ok(path)
+}
+
 /// Where `delta` crosses ½ on both sides of `centre` (linear interpolation).
 fn crossing_interval(xs: &[f64], delta: &[f64], centre: f64) -> Option<[f64; 2]> {
     let c = xs.iter().position(|&x| x >= centre)?;

@@ -453,13 +453,9 @@ fn check_dims(es: &EventSet, model: &Model, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Per-dimension tolerance for matching labels: `1e-4` of the training range.
-fn tolerances(model: &Model) -> Vec<f64> {
-    model.label_ranges().iter().map(|[lo, hi]| 1e-4 * (hi - lo).abs().max(1e-12)).collect()
-}
-
-fn same_label(a: &[f32], b: &[f32], tol: &[f64]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).zip(tol).all(|((x, y), t)| (f64::from(*x) - f64::from(*y)).abs() <= *t)
+/// Labels match by the crate's one rule ([`crate::config::same_label`]).
+fn same_label(a: &[f32], b: &[f32]) -> bool {
+    crate::config::same_label_f32(a, b)
 }
 
 fn fmt_label(l: &[f32]) -> String {
@@ -499,8 +495,8 @@ fn groups_of(es: &EventSet) -> Vec<(Vec<f32>, Vec<usize>)> {
     g.labels.into_iter().zip(g.members).collect()
 }
 
-fn find_group<'a>(groups: &'a [(Vec<f32>, Vec<usize>)], label: &[f32], tol: &[f64]) -> Option<&'a [usize]> {
-    groups.iter().find(|(l, _)| same_label(l, label, tol)).map(|(_, m)| m.as_slice())
+fn find_group<'a>(groups: &'a [(Vec<f32>, Vec<usize>)], label: &[f32]) -> Option<&'a [usize]> {
+    groups.iter().find(|(l, _)| same_label(l, label)).map(|(_, m)| m.as_slice())
 }
 
 fn rows_f64(es: &EventSet, idx: &[usize]) -> Vec<Vec<f64>> {
@@ -802,12 +798,11 @@ pub fn analyze(opts: &AnalyzeOptions) -> Result<Report> {
     if let Some(r2) = &opts.reference2 {
         check_dims(r2, &model, "second reference")?;
     }
-    let tol = tolerances(&model);
     let mut holdout: Vec<Vec<f32>> = labels_from_training(&model, "holdout_labels", &mut warnings).unwrap_or_default();
     crate::generate::check_labels(&model, &holdout).map_err(|e| prefixed("model training.holdout_labels", e))?;
     crate::generate::check_labels(&model, &opts.holdout).map_err(|e| prefixed("held-out label", e))?;
     for h in &opts.holdout {
-        if !holdout.iter().any(|x| same_label(x, h, &tol)) {
+        if !holdout.iter().any(|x| same_label(x, h)) {
             holdout.push(h.clone());
         }
     }
@@ -815,7 +810,7 @@ pub fn analyze(opts: &AnalyzeOptions) -> Result<Report> {
 
     let ref_groups = groups_of(&opts.reference);
     for h in &opts.holdout {
-        if find_group(&ref_groups, h, &tol).is_none() {
+        if find_group(&ref_groups, h).is_none() {
             let have: Vec<String> = ref_groups.iter().take(20).map(|(l, _)| fmt_label(l)).collect();
             return Err(Error::Data(format!(
                 "held-out label {}: the reference has no events there (reference labels: {}{})",
@@ -840,7 +835,7 @@ pub fn analyze(opts: &AnalyzeOptions) -> Result<Report> {
     let gen_groups = opts.generated.as_ref().map(groups_of);
     if let Some(gg) = &gen_groups {
         for l in &labels {
-            match find_group(gg, l, &tol) {
+            match find_group(gg, l) {
                 None => return Err(Error::Data(format!("generated events: none at reference label {}", fmt_label(l)))),
                 Some(m) if m.len() < MIN_EVENTS_PER_LABEL => {
                     return Err(Error::Data(format!(
@@ -852,7 +847,7 @@ pub fn analyze(opts: &AnalyzeOptions) -> Result<Report> {
                 Some(_) => {}
             }
         }
-        let extra = gg.iter().filter(|(g, _)| !labels.iter().any(|l| same_label(l, g, &tol))).count();
+        let extra = gg.iter().filter(|(g, _)| !labels.iter().any(|l| same_label(l, g))).count();
         if extra > 0 {
             warnings.push(format!("{extra} generated label(s) have no reference events and are ignored"));
         }
@@ -903,7 +898,6 @@ fn build(
     mut warnings: Vec<String>,
     dir: &Path,
 ) -> Result<Report> {
-    let tol = tolerances(model);
     let names = model.features.names();
     let label_names = model.labels.names();
     let range: Vec<[f64; 2]> = model.label_ranges();
@@ -920,13 +914,13 @@ fn build(
     }
     let mut work = Vec::with_capacity(ref_groups.len());
     for (i, (label, members)) in ref_groups.iter().enumerate() {
-        let held = holdout.iter().any(|h| same_label(h, label, &tol))
-            || trained.is_some_and(|t| !t.iter().any(|x| same_label(x, label, &tol)));
+        let held = holdout.iter().any(|h| same_label(h, label))
+            || trained.is_some_and(|t| !t.iter().any(|x| same_label(x, label)));
         let kind = if held { LabelKind::Interpolation } else { LabelKind::Reproduction };
         let reference = rows_f64(&opts.reference, members);
         let (generated, generated_here) = match (gen_groups, &opts.generated) {
             (Some(gg), Some(g)) => {
-                let m = find_group(gg, label, &tol)
+                let m = find_group(gg, label)
                     .ok_or_else(|| Error::Data(format!("generated events: none at {}", fmt_label(label))))?;
                 (rows_f64(g, m), false)
             }
@@ -939,7 +933,7 @@ fn build(
             }
         };
         let floor = match (r2_groups, &opts.reference2) {
-            (Some(rg), Some(r2)) => match find_group(rg, label, &tol) {
+            (Some(rg), Some(r2)) => match find_group(rg, label) {
                 Some(m) if m.len() >= MIN_EVENTS_PER_LABEL => Some(rows_f64(r2, m)),
                 Some(m) => {
                     warnings.push(format!(

@@ -177,7 +177,9 @@ pub fn run(cfg: &RunConfig, comm: &dyn Communicator, opts: RunOptions) -> Result
                 cfg.control.tls_ca.clone()
             },
         });
-        Some(ControlServer::start(&cfg.control.listen, &run_dir, state, tls))
+        Some(
+            crate::control::grpc::bind(&cfg.control.listen).and_then(|l| ControlServer::start(l, &run_dir, state, tls)),
+        )
     } else {
         None
     };

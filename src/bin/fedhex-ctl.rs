@@ -1,7 +1,7 @@
 //! `fedhex-ctl`: watch and steer a running FEDHEX job over its gRPC control plane.
 //!
 //! ```text
-//! fedhex-ctl --run RUN_DIR status [--json] | watch | checkpoint | stop [--now] | ranks
+//! fedhex-ctl --run RUN_DIR status [--json] | watch [--json] | checkpoint | stop [--now] | ranks [--json]
 //! fedhex-ctl --endpoint http://node12:50051 --token T status
 //! ```
 //!
@@ -46,6 +46,9 @@ enum Cmd {
         /// Most step lines per second.
         #[arg(long, default_value_t = 2.0)]
         rate: f64,
+        /// One JSON object per event and line.
+        #[arg(long)]
+        json: bool,
     },
     /// Ask for a checkpoint at the next epoch boundary.
     Checkpoint,
@@ -56,7 +59,11 @@ enum Cmd {
         now: bool,
     },
     /// Per-rank host, device, memory and CPU use.
-    Ranks,
+    Ranks {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn target(cli: &Cli) -> Result<(String, String, Option<PathBuf>), CtlError> {
@@ -156,6 +163,13 @@ fn event_line(ev: &pb::Event) -> Option<String> {
     })
 }
 
+/// Prints a control-plane message as JSON (its serde form, from the proto).
+fn print_json(v: &impl serde::Serialize) -> Result<(), CtlError> {
+    let s = serde_json::to_string(v).map_err(|e| CtlError::Other(format!("JSON: {e}")))?;
+    println!("{s}");
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<(), CtlError> {
     let (endpoint, token, ca) = target(&cli)?;
     let mut c = client::connect(&endpoint, &token, ca.as_deref()).await?;
@@ -163,27 +177,18 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         Cmd::Status { json } => {
             let st = client::status(&mut c, &endpoint).await?;
             if json {
-                let v = serde_json::json!({
-                    "run_id": st.run_id, "state": state_name(st.state), "epoch": st.epoch, "epochs": st.epochs,
-                    "step": st.step, "steps_per_epoch": st.steps_per_epoch, "global_step": st.global_step,
-                    "train_loss": st.train_loss, "val_loss": st.val_loss, "last_step_loss": st.last_step_loss,
-                    "events_per_second": st.events_per_second, "eta_seconds": st.eta_seconds,
-                    "world_size": st.world_size, "message": st.message,
-                    "last_checkpoint": st.last_checkpoint.as_ref().map(|c| serde_json::json!({
-                        "epoch": c.epoch, "step_in_epoch": c.step_in_epoch, "path": c.path, "unix_time": c.unix_time})),
-                    "ranks": st.ranks.iter().map(|r| serde_json::json!({
-                        "rank": r.rank, "host": r.host, "device": r.device, "device_memory_bytes": r.device_memory_bytes,
-                        "rss_bytes": r.rss_bytes, "cpu_percent": r.cpu_percent,
-                        "last_step_seconds": r.last_step_seconds, "threads": r.threads})).collect::<Vec<_>>(),
-                });
-                println!("{v}");
+                print_json(&st)?;
             } else {
                 print_status(&st);
             }
         }
-        Cmd::Ranks => {
+        Cmd::Ranks { json } => {
             let st = client::status(&mut c, &endpoint).await?;
-            print_ranks(&st);
+            if json {
+                print_json(&st.ranks)?;
+            } else {
+                print_ranks(&st);
+            }
         }
         Cmd::Checkpoint => {
             let r = client::checkpoint(&mut c, &endpoint).await?;
@@ -197,7 +202,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 println!("stop requested: all ranks stop at the end of epoch {} with a checkpoint", r.at_epoch);
             }
         }
-        Cmd::Watch { rate } => {
+        Cmd::Watch { rate, json } => {
             let mut stream = client::watch(&mut c, &endpoint, rate).await?;
             let mut last_state = None;
             let mut out = std::io::stdout().lock();
@@ -207,7 +212,8 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                         if let Some(pb::event::Kind::State(s)) = ev.kind {
                             last_state = Some(s);
                         }
-                        if let Some(l) = event_line(&ev) {
+                        let line = if json { serde_json::to_string(&ev).ok() } else { event_line(&ev) };
+                        if let Some(l) = line {
                             // A closed pipe (`| head`) ends the watch quietly.
                             if writeln!(out, "{l}").and_then(|_| out.flush()).is_err() {
                                 return Ok(());

@@ -210,32 +210,18 @@ fn gen_phiomega(a: &GenArgs) -> Result<()> {
     use fedhex::data::phiomega::{LabelGrid, PhiOmegaModel};
     let model = PhiOmegaModel::default();
     if !a.at.is_empty() {
-        let mut samples = Vec::new();
-        let mut labels = Vec::new();
-        for (i, p) in a.at.iter().enumerate() {
-            let l = fedhex::generate::parse_label(p)?;
-            if l.len() != 2 {
-                bail!("--at '{p}': need M_phi,M_omega");
-            }
-            let s = model.sample_seeded(
-                f64::from(l[0]),
-                f64::from(l[1]),
-                a.n,
-                a.seed.wrapping_add(1_000_003 * (i as u64 + 1)),
-            )?;
-            for e in s.events {
-                samples.extend([e[0] as f32, e[1] as f32]);
-                labels.extend([l[0], l[1]]);
-            }
-        }
-        let n = samples.len() / 2;
-        let events = fedhex::data::EventSet::new(
-            ndarray::Array2::from_shape_vec((n, 2), samples)?,
-            ndarray::Array2::from_shape_vec((n, 2), labels)?,
-            vec!["phi".into(), "omega".into()],
-            vec!["labelphi".into(), "labelomega".into()],
-            "phi-omega generator",
-        )?;
+        let points =
+            a.at.iter()
+                .map(|p| {
+                    let l = fedhex::generate::parse_label(p)?;
+                    match l.as_slice() {
+                        [mp, mo] => Ok([f64::from(*mp), f64::from(*mo)]),
+                        _ => bail!("--at '{p}': need M_phi,M_omega"),
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+        let events = fedhex::data::phiomega::event_set(&model, &points, a.n, a.seed)?;
+        let n = events.len();
         fedhex::data::files::write_events(&a.out, &events, "Events")?;
         println!("wrote {n} events at {} point(s) to {}", a.at.len(), a.out.display());
         return Ok(());
@@ -719,15 +705,7 @@ fn fit(a: &FitArgs) -> Result<()> {
         results.push(r);
     }
     if let Some(out) = &a.out {
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        let path = out.join("fit.json");
-        let json = if results.len() == 1 {
-            serde_json::to_vec_pretty(&results[0])?
-        } else {
-            serde_json::to_vec_pretty(&results)?
-        };
-        fedhex::atomic::write_atomic(&path, &json)?;
-        println!("fit: {}", path.display());
+        println!("fit: {}", fedhex::analysis::fit::write_results(out, &results)?.display());
     }
     Ok(())
 }

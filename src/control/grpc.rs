@@ -147,7 +147,7 @@ impl pb::control_server::Control for Service {
         if self.state.ended() {
             return Err(Status::failed_precondition("the run has ended"));
         }
-        Ok(Response::new(pb::CheckpointReply { at_epoch: self.state.request_checkpoint() }))
+        Ok(Response::new(pb::CheckpointReply { at_epoch: self.state.apply(super::Command::Checkpoint) }))
     }
 
     async fn stop(&self, req: Request<pb::StopRequest>) -> std::result::Result<Response<pb::StopReply>, Status> {
@@ -155,7 +155,7 @@ impl pb::control_server::Control for Service {
             return Err(Status::failed_precondition("the run has ended"));
         }
         let now = req.into_inner().now;
-        Ok(Response::new(pb::StopReply { at_epoch: self.state.request_stop(now), now }))
+        Ok(Response::new(pb::StopReply { at_epoch: self.state.apply(super::Command::Stop { now }), now }))
     }
 }
 
@@ -192,10 +192,58 @@ pub fn host_name() -> String {
     sysinfo::System::host_name().unwrap_or_else(|| "localhost".into())
 }
 
+/// Binds the control plane's listening socket (e.g. `127.0.0.1:0`,
+/// `0.0.0.0:0` on a cluster), non-blocking, with an error naming the address.
+pub fn bind(listen: &str) -> Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| Error::Comm(format!("control plane: cannot listen on {listen}: {e}")))?;
+    listener.set_nonblocking(true).map_err(|e| Error::Comm(format!("control plane: {e}")))?;
+    Ok(listener)
+}
+
+/// Serves the control service (token-checked, with reflection, TLS when an
+/// identity is given) on `listener` until `shutdown` completes. Tests drive
+/// it in-process on a bound `127.0.0.1:0`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ControlState>,
+    token: Arc<String>,
+    identity: Option<tonic::transport::Identity>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    let control =
+        pb::control_server::ControlServer::new(Service { state }).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let control = tonic::service::interceptor::InterceptedService::new(control, authorize(token.clone()));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1();
+    let mut server = tonic::transport::Server::builder();
+    if let Some(id) = identity {
+        server = server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(id))
+            .map_err(|e| Error::Comm(format!("control plane TLS: {e}")))?;
+    }
+    let mut builder =
+        server.concurrency_limit_per_connection(32).timeout(Duration::from_secs(3600)).add_service(control);
+    if let Ok(r) = reflection {
+        builder = builder.add_service(tonic::service::interceptor::InterceptedService::new(r, authorize(token)));
+    }
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    builder
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| Error::Comm(format!("control plane: {e}")))
+}
+
 impl ControlServer {
-    /// Binds `listen` (e.g. `127.0.0.1:0`), writes `RUN_DIR/control.json`
-    /// (endpoint + fresh token, mode 0600) and serves on a thread of its own.
-    pub fn start(listen: &str, run_dir: &Path, state: Arc<ControlState>, tls: Option<Tls>) -> Result<Self> {
+    /// Writes `RUN_DIR/control.json` (endpoint + fresh token, mode 0600) and
+    /// serves on `listener` ([`bind`]) on a thread and runtime of its own.
+    pub fn start(
+        std_listener: std::net::TcpListener,
+        run_dir: &Path,
+        state: Arc<ControlState>,
+        tls: Option<Tls>,
+    ) -> Result<Self> {
         let identity = match &tls {
             Some(t) => {
                 let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(p, e));
@@ -203,9 +251,6 @@ impl ControlServer {
             }
             None => None,
         };
-        let std_listener = std::net::TcpListener::bind(listen)
-            .map_err(|e| Error::Comm(format!("control plane: cannot listen on {listen}: {e}")))?;
-        std_listener.set_nonblocking(true).map_err(|e| Error::Comm(format!("control plane: {e}")))?;
         let addr = std_listener.local_addr().map_err(|e| Error::Comm(format!("control plane: {e}")))?;
         let host = host_name();
         let shown = if addr.ip().is_unspecified() { host.clone() } else { addr.ip().to_string() };
@@ -235,7 +280,7 @@ impl ControlServer {
             .build()
             .map_err(|e| Error::Comm(format!("control plane runtime: {e}")))?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let svc = Service { state: state.clone() };
+        let served = state.clone();
         let token = Arc::new(token);
         let thread = std::thread::Builder::new()
             .name("fedhex-control".into())
@@ -248,39 +293,15 @@ impl ControlServer {
                             return;
                         }
                     };
-                    let control =
-                        pb::control_server::ControlServer::new(svc).max_decoding_message_size(MAX_REQUEST_BYTES);
-                    let control =
-                        tonic::service::interceptor::InterceptedService::new(control, authorize(token.clone()));
-                    let reflection = tonic_reflection::server::Builder::configure()
-                        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                        .build_v1();
-                    let mut server = tonic::transport::Server::builder();
-                    if let Some(id) = identity {
-                        server = match server.tls_config(tonic::transport::ServerTlsConfig::new().identity(id)) {
-                            Ok(s) => s,
-                            Err(e) => {
-                                tracing::error!("control plane TLS: {e}");
-                                return;
-                            }
-                        };
-                    }
-                    let mut builder = server
-                        .concurrency_limit_per_connection(32)
-                        .timeout(Duration::from_secs(3600))
-                        .add_service(control);
-                    if let Ok(r) = reflection {
-                        builder = builder
-                            .add_service(tonic::service::interceptor::InterceptedService::new(r, authorize(token)));
-                    }
                     let (gtx, grx) = tokio::sync::oneshot::channel::<()>();
-                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                    let server = tokio::spawn(builder.serve_with_incoming_shutdown(incoming, async {
+                    let server = tokio::spawn(serve(listener, served, token, identity, async {
                         let _ = grx.await;
                     }));
                     let _ = rx.await;
                     let _ = gtx.send(());
-                    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+                    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(2), server).await {
+                        tracing::error!("{e}");
+                    }
                 });
             })
             .map_err(|e| Error::Comm(format!("control plane thread: {e}")))?;

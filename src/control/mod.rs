@@ -29,6 +29,12 @@ pub mod pb {
 
 pub use pb::RunState;
 
+/// Serialises a run state (an `i32` on the wire) by its name, as
+/// `fedhex-ctl` prints it (`training`, `finished`, ...).
+pub fn serialize_run_state<S: serde::Serializer>(state: &i32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&client::state_name(*state))
+}
+
 /// Events kept for slow watchers; older ones are skipped, never queued without bound.
 pub const EVENT_RING: usize = 256;
 /// Most step events per second put into the ring.
@@ -37,6 +43,19 @@ pub const MAX_STEP_EVENTS_PER_S: f64 = 10.0;
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A request from the control plane to the trainer, independent of the wire
+/// format (the service converts protobuf requests into these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Write a checkpoint at the next epoch boundary.
+    Checkpoint,
+    /// Stop gracefully: after the current step (`now`) or at the end of the epoch.
+    Stop {
+        /// After the current step instead of at the epoch's end.
+        now: bool,
+    },
 }
 
 /// Shared state between the trainer (writer) and the service (readers).
@@ -116,6 +135,15 @@ impl ControlState {
     pub fn ended(&self) -> bool {
         let st = self.snapshot().state;
         st == RunState::Finished as i32 || st == RunState::Failed as i32
+    }
+
+    /// Carries out a command; returns the epoch at whose end it takes effect
+    /// (for a stop now: the epoch in progress).
+    pub fn apply(&self, cmd: Command) -> u64 {
+        match cmd {
+            Command::Checkpoint => self.request_checkpoint(),
+            Command::Stop { now } => self.request_stop(now),
+        }
     }
 
     /// Asks for a checkpoint at the next epoch boundary; returns that epoch.

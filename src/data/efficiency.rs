@@ -36,10 +36,6 @@ pub struct EfficiencyTable {
     pub source: String,
 }
 
-/// Relative tolerance when matching a label of the data to a row of the table
-/// (labels are stored as `f32` in the events).
-const MATCH_RTOL: f64 = 1e-5;
-
 impl EfficiencyTable {
     /// Reads the table at `path` for `n_labels` label dimensions.
     ///
@@ -127,13 +123,9 @@ impl EfficiencyTable {
         Ok(table)
     }
 
-    /// The efficiency at `label` (matched to a row within a relative 1e-5), if listed.
+    /// The efficiency at `label` (matched to a row by [`crate::config::same_label`]), if listed.
     pub fn lookup(&self, label: &[f64]) -> Option<f64> {
-        let close = |a: f64, b: f64| (a - b).abs() <= MATCH_RTOL * a.abs().max(b.abs()).max(1e-12);
-        self.labels
-            .iter()
-            .position(|row| row.len() == label.len() && row.iter().zip(label).all(|(a, b)| close(*a, *b)))
-            .map(|i| self.efficiency[i])
+        self.labels.iter().position(|row| crate::config::same_label(row, label)).map(|i| self.efficiency[i])
     }
 
     /// The efficiency of every label in `labels`.

@@ -564,6 +564,40 @@ pub fn grid(n_phi: usize, n_omega: usize) -> Result<Vec<[f64; 2]>, PhiOmegaError
 pub fn midpoints(n_phi: usize, n_omega: usize) -> Result<Vec<[f64; 2]>, PhiOmegaError> {
     LabelGrid::new(n_phi, n_omega).midpoints()
 }
+/// Events at the label points `[M_Φ, M_ω]` of `points`, `n` per point, as an
+/// [`crate::data::EventSet`] with features `phi`, `omega` and labels
+/// `labelphi`, `labelomega` (reconstructed masses only). Point `i` uses the
+/// seed `seed + 1000003 (i + 1)`.
+///
+/// # Errors
+/// Invalid masses or model parameters, or too low an acceptance.
+pub fn event_set(
+    model: &PhiOmegaModel,
+    points: &[[f64; 2]],
+    n: usize,
+    seed: u64,
+) -> FedhexResult<crate::data::EventSet> {
+    let (mut samples, mut labels) = (Vec::new(), Vec::new());
+    for (i, &[m_phi, m_omega]) in points.iter().enumerate() {
+        let s = model
+            .sample_seeded(m_phi, m_omega, n, seed.wrapping_add(1_000_003 * (i as u64 + 1)))
+            .map_err(|e| Error::Data(e.to_string()))?;
+        for e in s.events {
+            samples.extend([e[0] as f32, e[1] as f32]);
+            labels.extend([m_phi as f32, m_omega as f32]);
+        }
+    }
+    let rows = samples.len() / 2;
+    let shape_err = |e: ndarray::ShapeError| Error::Data(format!("phi-omega events: {e}"));
+    crate::data::EventSet::new(
+        ndarray::Array2::from_shape_vec((rows, 2), samples).map_err(shape_err)?,
+        ndarray::Array2::from_shape_vec((rows, 2), labels).map_err(shape_err)?,
+        vec!["phi".into(), "omega".into()],
+        vec!["labelphi".into(), "labelomega".into()],
+        "phi-omega generator",
+    )
+}
+
 // ---------------------------------------------------------------------------
 // Production: one ROOT file per grid point
 // ---------------------------------------------------------------------------
