@@ -7,11 +7,11 @@
 //! (elements) per second. Run: `make bench`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fedhex::bench::{fast_train_step, train_step};
+use fedhex::bench::train_step;
 use fedhex::config::NetworkConfig;
-use fedhex::flow::fast::to_host;
 use fedhex::flow::{Maf, Permutation, Transform};
 use fedhex::train::optim::{Adam, AdamConfig};
+use fedhex::train::step::{GradientPass, Packet};
 use tch::{Device, Kind, Tensor};
 
 const BATCH: i64 = 1024;
@@ -38,19 +38,12 @@ fn flow_benches(c: &mut Criterion) {
             let mut opt = Adam::new(flow.var_store(), AdamConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8 });
             let mut g = c.benchmark_group(format!("{name}_net_{threads}thread"));
             g.throughput(Throughput::Elements(BATCH as u64));
-            match fedhex::flow::engine::trainer(&flow, opt.names(), opt.numels()) {
-                Some(mut fast) => {
-                    let (hx, hc) = (to_host(&x), to_host(&cs));
-                    let rows: Vec<i64> = (0..BATCH).collect();
-                    let mut grad = vec![0f32; fast.numel()];
-                    g.bench_function("train_step_b1024", |b| {
-                        b.iter(|| fast_train_step(&mut fast, &mut opt, &hx, &hc, &rows, &mut grad))
-                    });
-                }
-                None => {
-                    g.bench_function("train_step_b1024", |b| b.iter(|| train_step(&flow, &mut opt, &x, &cs)));
-                }
-            }
+            let mut pass = GradientPass::new(&flow, &opt, &x, &cs);
+            let mut packet = Packet::new(opt.numel() as usize);
+            let rows: Vec<i64> = (0..BATCH).collect();
+            g.bench_function("train_step_b1024", |b| {
+                b.iter(|| train_step(&flow, &mut opt, &mut pass, (&x, &cs), &rows, &mut packet))
+            });
             let engine = fedhex::flow::Engine::select(&flow);
             g.bench_function("sample_b1024", |b| b.iter(|| engine.sample(&flow, &cs)));
             g.bench_function("log_prob_b1024", |b| b.iter(|| engine.log_prob(&flow, &x, &cs)));

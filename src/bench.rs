@@ -3,9 +3,10 @@
 
 use crate::config::NetworkConfig;
 use crate::error::Result;
-use crate::flow::fast::{to_host, FastTrainer};
 use crate::flow::Maf;
+use crate::train::clip::GradClip;
 use crate::train::optim::{Adam, AdamConfig};
+use crate::train::step::{update, Gradient, GradientPass, Packet};
 use serde::Serialize;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -38,30 +39,23 @@ pub fn sync(device: Device) {
     }
 }
 
-/// One training step of `flow` on `(x, c)` with `opt`.
-pub fn train_step(flow: &Maf, opt: &mut Adam, x: &Tensor, c: &Tensor) {
-    opt.zero_grad();
-    let loss = flow.log_prob(x, c).sum(Kind::Float).neg();
-    loss.backward();
-    let g = opt.flat_grad();
-    opt.step_flat(&g, 1.0 / x.size()[0] as f64, 1e-4);
-}
-
-/// One training step through the hand-written CPU pass ([`FastTrainer`]):
-/// `x`, `c` are host copies of the batch, `rows` its row numbers, `grad` a
-/// buffer of [`FastTrainer::numel`] floats.
-pub fn fast_train_step(
-    fast: &mut FastTrainer,
+/// One training step of `flow` on the events `rows` of `(x, c)`, as training
+/// takes it: the loss and gradient by `pass` (the CPU engine or autograd),
+/// then the update (no clipping, learning rate 1e-4).
+pub fn train_step(
+    flow: &Maf,
     opt: &mut Adam,
-    x: &[f32],
-    c: &[f32],
+    pass: &mut GradientPass,
+    (x, c): (&Tensor, &Tensor),
     rows: &[i64],
-    grad: &mut [f32],
-) -> f64 {
-    let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
-    let loss = fast.loss_and_grad(opt.flat_params(), x, c, rows, threads, grad);
-    opt.step_host(grad, 1.0 / rows.len() as f64, 1e-4);
-    loss
+    packet: &mut Packet,
+) {
+    let grad = pass.gradient(flow, opt, (x, c), rows, packet, || None, |_| None);
+    let device_grad = match &grad {
+        Gradient::Device { flat, .. } => Some(flat),
+        Gradient::Host { .. } => None,
+    };
+    update(opt, &mut GradClip::new(0.0, 0.0), packet, device_grad, rows.len(), 1e-4, 0);
 }
 
 fn time_it(device: Device, min_seconds: f64, events: usize, mut f: impl FnMut()) -> f64 {
@@ -94,17 +88,12 @@ pub fn flow_throughput(
     let mut opt = Adam::new(flow.var_store(), AdamConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8 });
     let x = Tensor::randn([batch as i64, d as i64], (Kind::Float, device));
     let c = Tensor::randn([batch as i64, l as i64], (Kind::Float, device));
-    let train = match crate::flow::engine::trainer(&flow, opt.names(), opt.numels()) {
-        Some(mut fast) => {
-            let (hx, hc) = (to_host(&x), to_host(&c));
-            let rows: Vec<i64> = (0..batch as i64).collect();
-            let mut grad = vec![0f32; fast.numel()];
-            time_it(device, min_seconds, batch, || {
-                fast_train_step(&mut fast, &mut opt, &hx, &hc, &rows, &mut grad);
-            })
-        }
-        None => time_it(device, min_seconds, batch, || train_step(&flow, &mut opt, &x, &c)),
-    };
+    let mut pass = GradientPass::new(&flow, &opt, &x, &c);
+    let mut packet = Packet::new(opt.numel() as usize);
+    let rows: Vec<i64> = (0..batch as i64).collect();
+    let train = time_it(device, min_seconds, batch, || {
+        train_step(&flow, &mut opt, &mut pass, (&x, &c), &rows, &mut packet);
+    });
     let engine = crate::flow::Engine::select(&flow);
     let sample = time_it(device, min_seconds, batch, || {
         let _ = engine.sample(&flow, &c);

@@ -142,7 +142,8 @@ fn heat_map_with_marked_labels() {
     }
     values[17] = f64::NAN;
     let p = d.join("heat.png");
-    plots::heat_map_named(&p, &labels, &values, "χ²/ndf", &marked, ["M_Φ [GeV]", "M_ω [GeV]"]).unwrap();
+    let scale = plots::HeatScale { range: Some((0.0, 5.0)), mark: Some((1.2, "floor".into())) };
+    plots::heat_map_named(&p, &labels, &values, "χ²/ndf", &marked, ["M_Φ [GeV]", "M_ω [GeV]"], &scale).unwrap();
     assert_good_png(&p);
     let p = d.join("heat_unmarked.png");
     plots::heat_map(&p, &labels, &values, "AUC", &[]).unwrap();

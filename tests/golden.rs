@@ -13,8 +13,7 @@
 //! (only after a change that is meant to change the numbers).
 
 mod common;
-use common::tmpdir;
-use fedhex::data::gaussian::{Covariance, GaussianSpec, Layout};
+use common::{gaussian_grid_npz, mpirun_ok, phiomega_grid, tmpdir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -40,36 +39,11 @@ fn sha256(path: &Path) -> String {
     String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or_default().to_string()
 }
 
-fn mpirun(n: usize, dir: &Path, config: &str, sets: &[&str]) {
-    let mut c = Command::new("timeout");
-    c.args(["-s", "KILL", "300", "mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none"]);
-    c.args(["-n", &n.to_string(), WORKER, "train", "--config", config]);
-    for s in sets {
-        c.args(["--set", s]);
-    }
-    c.current_dir(dir).env("OMPI_MCA_btl_vader_single_copy_mechanism", "none").env_remove("LD_LIBRARY_PATH");
-    let o = c.output().expect("mpirun");
-    assert!(o.status.success(), "mpirun -n {n} failed ({:?}):\n{}", o.status, String::from_utf8_lossy(&o.stderr));
-}
-
 /// Trains every recorded case and returns `(name, sha256)` pairs.
 fn train_all(d: &Path) -> Vec<(String, String)> {
     std::fs::create_dir_all(d.join("data")).unwrap();
-    let spec = GaussianSpec {
-        layout: Layout::Grid2d { n: 3, lo: 0.0, hi: 1.0 },
-        covariance: Covariance::Full { sigma: 0.1, rho: 0.5 },
-        n_per_label: 400,
-        seed: 4,
-    };
-    let ev = spec.generate().unwrap();
-    fedhex::data::npy::write_npz(&d.join("data/grid.npz"), &ev.samples, &ev.labels).unwrap();
-    let o = Command::new(FEDHEX)
-        .args(["gen", "--model", "phi-omega", "--grid", "3x3", "-n", "400", "--seed", "5", "--out", "data/phiomega"])
-        .current_dir(d)
-        .env_remove("LD_LIBRARY_PATH")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "fedhex gen: {}", String::from_utf8_lossy(&o.stderr));
+    gaussian_grid_npz(&d.join("data/grid.npz"), 400);
+    phiomega_grid(FEDHEX, &d.join("data/phiomega"), 400);
     let common = [
         "network.n_blocks=3",
         "network.hidden=[32]",
@@ -88,10 +62,11 @@ fn train_all(d: &Path) -> Vec<(String, String)> {
         for n in [1, 2] {
             let name = format!("{case}-{n}rank");
             let run = format!("outputs.run_dir=\"{name}\"");
-            let mut sets: Vec<&str> = common.to_vec();
-            sets.extend(extra.iter().copied());
-            sets.push(&run);
-            mpirun(n, d, d.join(example).to_str().unwrap(), &sets);
+            let mut args = vec!["train".to_string(), "--config".into(), d.join(example).display().to_string()];
+            for s in common.iter().chain(&extra).copied().chain([run.as_str()]) {
+                args.extend(["--set".to_string(), s.to_string()]);
+            }
+            mpirun_ok(WORKER, n, d, &args, &[]);
             out.push((name.clone(), sha256(&d.join(&name).join("model/model.safetensors"))));
         }
     }

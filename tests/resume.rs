@@ -16,11 +16,9 @@
 //! | gaussian_early_stop | gaussian.toml | early stopping (best weights), balanced batches, weight averaging, relative clipping |
 
 mod common;
-use common::tmpdir;
-use fedhex::data::gaussian::{Covariance, GaussianSpec, Layout};
+use common::{gaussian_grid_npz, mpirun_ok, phiomega_grid, tmpdir};
 use fedhex::train::checkpoint;
 use std::path::Path;
-use std::process::{Command, Output};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_fedhex-worker");
 const FEDHEX: &str = env!("CARGO_BIN_EXE_fedhex");
@@ -98,45 +96,21 @@ fn shrink(data: Data, run: &str) -> Vec<String> {
 fn make_data(dir: &Path, data: Data) {
     std::fs::create_dir_all(dir.join("data")).unwrap();
     match data {
-        Data::PhiOmega => {
-            let o = Command::new(FEDHEX)
-                .args(["gen", "--model", "phi-omega", "--grid", "3x3", "-n", "400", "--seed", "5", "--out"])
-                .arg(dir.join("data/phiomega"))
-                .env_remove("LD_LIBRARY_PATH")
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "fedhex gen: {}", String::from_utf8_lossy(&o.stderr));
-        }
-        Data::Gaussian => {
-            let spec = GaussianSpec {
-                layout: Layout::Grid2d { n: 3, lo: 0.0, hi: 1.0 },
-                covariance: Covariance::Full { sigma: 0.1, rho: 0.5 },
-                n_per_label: 250,
-                seed: 4,
-            };
-            let ev = spec.generate().unwrap();
-            fedhex::data::npy::write_npz(&dir.join("data/grid.npz"), &ev.samples, &ev.labels).unwrap();
-        }
+        Data::PhiOmega => phiomega_grid(FEDHEX, &dir.join("data/phiomega"), 400),
+        Data::Gaussian => gaussian_grid_npz(&dir.join("data/grid.npz"), 250),
     }
 }
 
-fn mpirun(n: usize, dir: &Path, config: &str, sets: &[String], resume: bool, fault: Option<String>) -> Output {
-    let mut c = Command::new("timeout");
-    c.args(["-s", "KILL", "300", "mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none"]);
-    if let Some(f) = fault {
-        c.args(["-x", &format!("FEDHEX_FAULT={f}")]);
-    }
-    c.args(["-n", &n.to_string(), WORKER, "train", "--config", config]);
+fn mpirun(n: usize, dir: &Path, config: &str, sets: &[String], resume: bool, fault: Option<String>) {
+    let mut args = vec!["train".to_string(), "--config".into(), config.to_string()];
     for s in sets {
-        c.args(["--set", s]);
+        args.extend(["--set".to_string(), s.clone()]);
     }
     if resume {
-        c.arg("--resume");
+        args.push("--resume".into());
     }
-    c.current_dir(dir).env("OMPI_MCA_btl_vader_single_copy_mechanism", "none").env_remove("LD_LIBRARY_PATH");
-    let o = c.output().expect("mpirun");
-    assert!(o.status.success(), "mpirun -n {n} failed ({:?}):\n{}", o.status, String::from_utf8_lossy(&o.stderr));
-    o
+    let env: Vec<(&str, String)> = fault.into_iter().map(|f| ("FEDHEX_FAULT", f)).collect();
+    mpirun_ok(WORKER, n, dir, &args, &env);
 }
 
 /// history.csv without its timing columns: epoch, train NLL, validation NLL, learning rate.

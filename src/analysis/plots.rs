@@ -747,7 +747,7 @@ pub fn heat_map(
     metric_name: &str,
     marked: &[bool],
 ) -> Result<(), PlotError> {
-    heat_map_named(path, labels, values, metric_name, marked, ["label 0", "label 1"])
+    heat_map_named(path, labels, values, metric_name, marked, ["label 0", "label 1"], &HeatScale::default())
 }
 
 /// Cell edges for ascending unique centres: midpoints, outer cells symmetric.
@@ -773,22 +773,6 @@ fn unique_sorted(v: impl IntoIterator<Item = f64>) -> Vec<f64> {
     s
 }
 
-/// A metric over the label grid: one coloured cell per label (viridis,
-/// with the value printed in it; NaN values grey "n/a"), held-out labels
-/// (`marked[i] == true`) framed in red, and a colour bar.  `marked` may be
-/// empty (nothing marked); otherwise it must have one entry per label, as
-/// `values` must.  Cells are centred on the distinct label coordinates.
-pub fn heat_map_named(
-    path: impl AsRef<Path>,
-    labels: &[[f64; 2]],
-    values: &[f64],
-    metric_name: &str,
-    marked: &[bool],
-    names: [&str; 2],
-) -> Result<(), PlotError> {
-    heat_map_scaled(path, labels, values, metric_name, marked, names, &HeatScale::default())
-}
-
 /// The colour scale of a heat map: fixed ends (so two reports compare at a
 /// glance; values beyond them take the end colours and still print exactly in
 /// their cells) and, optionally, a reference level marked on the colour bar
@@ -801,8 +785,13 @@ pub struct HeatScale {
     pub mark: Option<(f64, String)>,
 }
 
-/// [`heat_map_named`] with a given colour scale.
-pub fn heat_map_scaled(
+/// A metric over the label grid: one coloured cell per label (viridis,
+/// with the value printed in it; NaN values grey "n/a"), held-out labels
+/// (`marked[i] == true`) framed in red, and a colour bar.  `marked` may be
+/// empty (nothing marked); otherwise it must have one entry per label, as
+/// `values` must.  Cells are centred on the distinct label coordinates.
+/// `scale` fixes the colour scale ([`HeatScale`]).
+pub fn heat_map_named(
     path: impl AsRef<Path>,
     labels: &[[f64; 2]],
     values: &[f64],

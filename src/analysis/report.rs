@@ -1050,7 +1050,7 @@ fn build(
             mark: (!floors.is_empty()).then(|| (floors[floors.len() / 2], "floor".to_string())),
         };
         if plot_result(
-            plots::heat_map_scaled(
+            plots::heat_map_named(
                 pdir.join(&file),
                 &pts,
                 &values,

@@ -19,12 +19,11 @@ use super::optim::Adam;
 use super::schedule::learning_rate;
 use super::setup::{self, nll_sum, Whitened};
 use super::shard::{ShardPlan, Step};
-use super::step::{local_flags, update, Gradient, Packet};
+use super::step::{local_flags, update, Gradient, GradientPass, Packet};
 use crate::comm::{Communicator, SingleProcess};
 use crate::config::RunConfig;
 use crate::data::EventSet;
 use crate::error::{Error, Result};
-use crate::flow::fast::{to_host, FastTrainer};
 use crate::flow::Model;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -83,8 +82,8 @@ struct Trainer<'a> {
     /// Early-stopping state and the best weights so far (`training.early_stopping_patience > 0`).
     early: Option<EarlyStopping>,
     best_weights: Option<Tensor>,
-    /// The hand-written CPU training pass where it applies (else autograd), with host copies of the data.
-    fast: Option<(FastTrainer, Vec<f32>, Vec<f32>)>,
+    /// How a batch's loss and gradient are computed (CPU engine or autograd).
+    pass: GradientPass,
     train: Whitened,
     val: Whitened,
     acceptance: Option<AcceptanceTerms>,
@@ -166,8 +165,7 @@ impl<'a> Trainer<'a> {
         let clip = GradClip { avg: state.grad_norm_avg, ..GradClip::new(t.clip_grad_norm, t.clip_grad_relative) };
         let early = (t.early_stopping_patience > 0).then(|| state.early_stopping.clone().unwrap_or_default());
         let best_weights = best_weights(&early, &state, start.best.as_ref(), &opt, comm, model.flow.device())?;
-        let fast = crate::flow::engine::trainer(&model.flow, opt.names(), opt.numels())
-            .map(|f| (f, to_host(&train.x), to_host(&train.c)));
+        let pass = GradientPass::new(&model.flow, &opt, &train.x, &train.c);
         let n_params = opt.numel() as usize;
         Ok(Trainer {
             cfg,
@@ -182,7 +180,7 @@ impl<'a> Trainer<'a> {
             clip,
             early,
             best_weights,
-            fast,
+            pass,
             train,
             val,
             acceptance,
@@ -261,45 +259,29 @@ impl<'a> Trainer<'a> {
         self.end_epoch(epoch, started, (steps.len(), first), sums)
     }
 
-    /// This rank's summed loss and gradient of its part of the batch `local`:
-    /// by the hand-written CPU pass straight into the packet, or by autograd.
-    /// With acceptance cuts the truncated likelihood's normaliser is a weighted
-    /// sum of log-densities of flow samples, added by the same pass (with
-    /// weights) or by autograd.
+    /// This rank's summed loss and gradient of its part of the batch `local`
+    /// ([`GradientPass`]). With acceptance cuts the truncated likelihood's
+    /// normaliser is a weighted sum of log-densities of flow samples, added
+    /// by the same pass (with weights) or by autograd.
     fn gradient(&mut self, local: &[i64]) -> Gradient {
         let seed =
             crate::rng::mix_seed_parts(self.cfg.training.seed, &[self.global_step, self.comm.rank() as u64, 0xacc]);
         let conds = (&self.train.c, &self.train.raw_c);
-        match self.fast.as_mut() {
-            Some((f, hx, hc)) => {
-                let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
-                let grads = self.packet.gradients_mut();
-                let loss = f.loss_and_grad(self.opt.flat_params(), hx, hc, local, threads, grads);
-                let samples = self.acceptance.as_ref().and_then(|a| a.step_samples(&self.model, conds, local, seed));
-                if let Some((z, cz, wk)) = samples {
-                    // + Σ wk log p(z) = Σ (-wk) NLL(z).
-                    let (hz, hcz, hw) = (to_host(&z), to_host(&cz), to_host(&-wk));
-                    f.add_weighted(self.opt.flat_params(), &hz, &hcz, &hw, threads, self.packet.gradients_mut());
-                }
-                Gradient::Host { loss }
-            }
-            None => {
-                let idx = Tensor::from_slice(local).to_device(self.model.flow.device());
-                let x = self.train.x.index_select(0, &idx);
-                let c = self.train.c.index_select(0, &idx);
-                let norm = self.acceptance.as_ref().and_then(|a| {
-                    self.opt.zero_grad();
-                    a.step_term(&self.model, conds, local, seed)
-                });
-                self.opt.zero_grad();
-                let loss = self.model.flow.log_prob(&x, &c).sum(Kind::Float).neg();
-                match norm {
-                    Some(norm) => (&loss + norm).backward(),
-                    None => loss.backward(),
-                }
-                Gradient::Device { loss, flat: self.opt.flat_grad() }
-            }
-        }
+        let (model, acceptance) = (&self.model, self.acceptance.as_ref());
+        self.pass.gradient(
+            &model.flow,
+            &mut self.opt,
+            (&self.train.x, &self.train.c),
+            local,
+            &mut self.packet,
+            || acceptance.and_then(|a| a.step_samples(model, conds, local, seed)),
+            |opt| {
+                acceptance.and_then(|a| {
+                    opt.zero_grad();
+                    a.step_term(model, conds, local, seed)
+                })
+            },
+        )
     }
 
     /// One step `k` of `n`: gradient, exchange, update, progress. Returns

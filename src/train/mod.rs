@@ -22,7 +22,7 @@ pub mod plan;
 pub mod schedule;
 mod setup;
 pub mod shard;
-mod step;
+pub mod step;
 
 pub use driver::{train, train_events};
 pub use history::EpochRecord;

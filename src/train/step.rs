@@ -1,19 +1,22 @@
-//! One training step's arithmetic: the one all-reduce per step, whose packet
-//! carries `[gradients | loss | stop_now | stop_after_epoch | checkpoint]`,
-//! so every rank learns the global gradient, the global loss and whether
-//! anyone asked to stop, and acts on the same step; then clipping and the
-//! Adam update.
+//! One training step's arithmetic, shared by training and `fedhex bench`:
+//! the batch's loss and gradient ([`GradientPass`]: the CPU engine's pass or
+//! libtorch autograd), the one all-reduce per step, whose packet carries
+//! `[gradients | loss | stop_now | stop_after_epoch | checkpoint]` (every rank
+//! learns the global gradient, the global loss and whether anyone asked to
+//! stop, and acts on the same step), then clipping and the Adam update.
 
 use super::clip::GradClip;
 use super::observe::Controls;
 use super::optim::Adam;
 use crate::comm::Communicator;
 use crate::error::Result;
+use crate::flow::fast::{to_host, FastTrainer};
+use crate::flow::Maf;
 use std::sync::atomic::Ordering;
 use tch::{Device, Kind, Tensor};
 
 /// This rank's summed loss and gradient of its part of a global batch.
-pub(super) enum Gradient {
+pub enum Gradient {
     /// By the hand-written CPU pass: the gradient is already in the packet.
     Host {
         /// The summed loss.
@@ -30,7 +33,7 @@ pub(super) enum Gradient {
 
 /// The requests every rank acts on after a step.
 #[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Flags {
+pub struct Flags {
     /// Some rank was asked to stop now.
     pub stop_now: bool,
     /// Some rank was asked for a checkpoint.
@@ -39,7 +42,7 @@ pub(super) struct Flags {
 
 /// The all-reduce packet `[gradients | loss | stop_now | stop_after_epoch | checkpoint]`,
 /// kept between steps (no allocation per step).
-pub(super) struct Packet {
+pub struct Packet {
     buf: Vec<f32>,
     n_params: usize,
 }
@@ -91,7 +94,7 @@ impl Packet {
 }
 
 /// The requests of a single process (nothing to exchange).
-pub(super) fn local_flags(controls: &Controls) -> Flags {
+pub fn local_flags(controls: &Controls) -> Flags {
     Flags {
         stop_now: controls.stop_now.load(Ordering::Relaxed),
         checkpoint: controls.checkpoint.swap(false, Ordering::Relaxed),
@@ -106,7 +109,7 @@ fn sum_of_squares(g: &[f32]) -> f64 {
 /// packet (after an all-reduce or the CPU pass) or from the device. The mean
 /// gradient's norm is computed where clipping needs it or debug logging shows it.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn update(
+pub fn update(
     opt: &mut Adam,
     clip: &mut GradClip,
     packet: &Packet,
@@ -129,5 +132,74 @@ pub(super) fn update(
     match device_grad {
         None => opt.step_host(packet.gradients(), scale, lr),
         Some(flat) => opt.step_flat(flat, scale, lr),
+    }
+}
+
+/// How a batch's summed loss and gradient are computed: the CPU engine's
+/// pass over host copies of the (whitened) events, or libtorch autograd,
+/// chosen once by [`crate::flow::engine::trainer`].
+pub enum GradientPass {
+    /// The hand-written CPU pass, with the events `x` `[N, D]` and `c` `[N, L]` row-major on the host.
+    Cpu {
+        /// The pass.
+        trainer: Box<FastTrainer>,
+        /// Host copy of the features.
+        x: Vec<f32>,
+        /// Host copy of the conditions.
+        c: Vec<f32>,
+    },
+    /// libtorch autograd on the flow's device.
+    Autograd,
+}
+
+impl GradientPass {
+    /// The pass for `flow` trained by `opt` on the events `(x, c)`.
+    pub fn new(flow: &Maf, opt: &Adam, x: &Tensor, c: &Tensor) -> Self {
+        match crate::flow::engine::trainer(flow, opt.names(), opt.numels()) {
+            Some(t) => GradientPass::Cpu { trainer: Box::new(t), x: to_host(x), c: to_host(c) },
+            None => GradientPass::Autograd,
+        }
+    }
+
+    /// The summed NLL of the events `rows` of `(x, c)` and its gradient: by
+    /// the CPU pass into the packet, plus `extra` flow samples `(z, c, w)`
+    /// weighted in the NLL; or by autograd, plus `extra_term` (a scalar to add
+    /// to the loss before the backward pass). `extra` and `extra_term` are
+    /// the same acceptance terms for the two passes; only one is called.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gradient(
+        &mut self,
+        flow: &Maf,
+        opt: &mut Adam,
+        (x, c): (&Tensor, &Tensor),
+        rows: &[i64],
+        packet: &mut Packet,
+        extra: impl FnOnce() -> Option<(Tensor, Tensor, Tensor)>,
+        extra_term: impl FnOnce(&mut Adam) -> Option<Tensor>,
+    ) -> Gradient {
+        match self {
+            GradientPass::Cpu { trainer, x: hx, c: hc } => {
+                let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
+                let loss = trainer.loss_and_grad(opt.flat_params(), hx, hc, rows, threads, packet.gradients_mut());
+                if let Some((z, cz, wk)) = extra() {
+                    // + Σ wk log p(z) = Σ (-wk) NLL(z).
+                    let (hz, hcz, hw) = (to_host(&z), to_host(&cz), to_host(&-wk));
+                    trainer.add_weighted(opt.flat_params(), &hz, &hcz, &hw, threads, packet.gradients_mut());
+                }
+                Gradient::Host { loss }
+            }
+            GradientPass::Autograd => {
+                let idx = Tensor::from_slice(rows).to_device(flow.device());
+                let (xb, cb) = (x.index_select(0, &idx), c.index_select(0, &idx));
+                let norm = extra_term(opt);
+                opt.zero_grad();
+                let loss = flow.log_prob(&xb, &cb).sum(Kind::Float).neg();
+                match norm {
+                    Some(norm) => (&loss + norm).backward(),
+                    None => loss.backward(),
+                }
+                Gradient::Device { loss, flat: opt.flat_grad() }
+            }
+        }
     }
 }

@@ -184,3 +184,44 @@ pub fn weight_bits(m: &Model) -> Vec<(String, Vec<u32>)> {
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
+
+/// Runs `fedhex-worker` (`worker`: the test's `CARGO_BIN_EXE_fedhex-worker`)
+/// under a real `mpirun -n n` in `dir` with `args`, the environment
+/// variables `env` passed to every rank, and a kill after 300 s; panics with
+/// stderr when the job fails.
+pub fn mpirun_ok(worker: &str, n: usize, dir: &std::path::Path, args: &[String], env: &[(&str, String)]) {
+    let mut c = std::process::Command::new("timeout");
+    c.args(["-s", "KILL", "300", "mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none"]);
+    for (k, v) in env {
+        c.args(["-x", &format!("{k}={v}")]);
+    }
+    c.args(["-n", &n.to_string(), worker]).args(args);
+    c.current_dir(dir).env("OMPI_MCA_btl_vader_single_copy_mechanism", "none").env_remove("LD_LIBRARY_PATH");
+    let o = c.output().expect("mpirun");
+    assert!(o.status.success(), "mpirun -n {n} failed ({:?}):\n{}", o.status, String::from_utf8_lossy(&o.stderr));
+}
+
+/// A 3 x 3 Gaussian grid (full covariance, seed 4) of `n_per_label` events per label, written to `path`.
+pub fn gaussian_grid_npz(path: &std::path::Path, n_per_label: usize) {
+    use fedhex::data::gaussian::{Covariance, GaussianSpec, Layout};
+    let spec = GaussianSpec {
+        layout: Layout::Grid2d { n: 3, lo: 0.0, hi: 1.0 },
+        covariance: Covariance::Full { sigma: 0.1, rho: 0.5 },
+        n_per_label,
+        seed: 4,
+    };
+    let ev = spec.generate().unwrap();
+    fedhex::data::npy::write_npz(path, &ev.samples, &ev.labels).unwrap();
+}
+
+/// A phi-omega production of a 3 x 3 grid (`n` events per point, seed 5)
+/// written by `fedhex gen` (`fedhex`: the test's binary) into `dir`.
+pub fn phiomega_grid(fedhex: &str, dir: &std::path::Path, n: usize) {
+    let o = std::process::Command::new(fedhex)
+        .args(["gen", "--model", "phi-omega", "--grid", "3x3", "-n", &n.to_string(), "--seed", "5", "--out"])
+        .arg(dir)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "fedhex gen: {}", String::from_utf8_lossy(&o.stderr));
+}
