@@ -309,22 +309,6 @@ impl Default for OutputConfig {
     }
 }
 
-/// Whether two labels are the same point: every value within a relative
-/// 1e-5 of the larger (configured labels are decimal, the data's and model
-/// files' float32, efficiency tables rounded decimals; float32 rounding is
-/// 6e-8). The one rule for matching labels anywhere: held-out and
-/// validation labels, efficiency tables, the report's reference labels.
-pub fn same_label(a: &[f64], b: &[f64]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y || (x - y).abs() <= 1e-5 * x.abs().max(y.abs()))
-}
-
-/// [`same_label`] of two float32 labels.
-pub fn same_label_f32(a: &[f32], b: &[f32]) -> bool {
-    let (a, b): (Vec<f64>, Vec<f64>) =
-        (a.iter().map(|&v| f64::from(v)).collect(), b.iter().map(|&v| f64::from(v)).collect());
-    same_label(&a, &b)
-}
-
 /// One line of documentation per key, used by [`default_toml`].
 const KEY_DOCS: &[(&str, &str)] = &[
     (

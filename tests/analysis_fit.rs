@@ -228,6 +228,24 @@ fn truncated_fit_pulls_are_unbiased_next_to_the_acceptance_cut() {
         assert!(m.abs() < tol, "label {k}: pull mean {m:.3}");
         assert!((0.8..1.2).contains(&s), "label {k}: pull width {s:.3}");
     }
+    // Far from the cut every flow sample may pass (Ẑ = 1): the fit must still
+    // work (a degenerate normaliser once crashed libtorch's double backward).
+    let far = [2000.0f32, 3.0];
+    let ev = {
+        let _rng = fedhex::rng::seeded(78);
+        let cs = tch::Tensor::from_slice(&far).view([1, 2]).expand([n_ev as i64, 2], false);
+        let flat: Vec<f32> = Vec::try_from(model.sample(&cs).flatten(0, -1)).unwrap();
+        Array2::from_shape_vec((n_ev, 2), flat).unwrap()
+    };
+    let opts = FitOptions {
+        start: Some(far.iter().map(|&v| f64::from(v)).collect()),
+        iterations: 0,
+        scan: ScanKind::None,
+        acceptance_samples: 2000,
+        ..Default::default()
+    };
+    let r = fit_label(&model, ev.view(), &opts).unwrap();
+    assert!(r.best.iter().chain(&r.uncertainty).all(|v| v.is_finite()), "{:?} ± {:?}", r.best, r.uncertainty);
     // The normaliser matters here: without it the M_ω pulls are biased.
     let (m_naive, _) = stats(&naive, 1);
     assert!(

@@ -1,4 +1,4 @@
-//! The hand-written CPU engine (`fedhex::flow::fast`) against the libtorch
+//! The hand-written CPU engine (`fedhex::flow::engine::cpu`) against the libtorch
 //! reference: log-prob, inverse and the training gradient, for hand-picked
 //! shapes and for every combination of block transform, order between
 //! blocks and activation (enumerated from the enums, so a new kind is
@@ -8,7 +8,7 @@
 mod common;
 use clap::ValueEnum;
 use common::*;
-use fedhex::flow::fast::{to_host, FastMaf, FastTrainer};
+use fedhex::flow::engine::cpu::{to_host, FastMaf, FastTrainer};
 use fedhex::flow::Engine;
 use fedhex::flow::{Activation, Maf, MafConfig, Permutation, Transform};
 use fedhex::train::optim::{Adam, AdamConfig};

@@ -170,7 +170,7 @@ fn an_lu_flow_samples_what_it_evaluates_and_inverts_exactly() {
         let flow = &model.flow;
         assert_eq!(flow.mixings().len(), 3, "a mixing between each pair of blocks");
         // The hand-written CPU path takes learned mixings (tests/fast_grad.rs checks it against autograd).
-        assert!(fedhex::flow::fast::FastMaf::new(flow).is_ok(), "the fast path declines learned mixings");
+        assert!(fedhex::flow::engine::cpu::FastMaf::new(flow).is_ok(), "the fast path declines learned mixings");
         // The scrambled mixings are far from the reversal: the checks are not those of a Reverse flow.
         let (w_far, b_far) = mixing_distance(flow);
         assert!(w_far > 0.3 && b_far > 0.1, "{kind:?}: mixings close to the reversal ({w_far}, {b_far})");

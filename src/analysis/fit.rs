@@ -227,8 +227,9 @@ struct Normaliser {
 }
 
 impl Normaliser {
-    /// Draws `m` samples at the raw label `theta0` (seeded).
-    fn draw(model: &Model, theta0: &[f64], m: usize, n: usize, seed: u64) -> Result<Self> {
+    /// Draws `m` samples at the raw label `theta0` (seeded); `None` when all
+    /// of them pass (`Ẑ = 1`: the normaliser adds nothing).
+    fn draw(model: &Model, theta0: &[f64], m: usize, n: usize, seed: u64) -> Result<Option<Self>> {
         let l = theta0.len() as i64;
         let dev = model.flow.device();
         let c0: Vec<f32> = theta0.iter().map(|&v| v as f32).collect();
@@ -252,21 +253,20 @@ impl Normaliser {
         // Non-finite samples (far tails through a transform) are rejected but have no density to reweight.
         let keep = if rejected { pass.logical_not().logical_and(&finite) } else { pass }.nonzero().squeeze_dim(1);
         let k = keep.size()[0];
+        if k == 0 {
+            return Ok(None);
+        }
         let xs = xs.index_select(0, &keep);
         let log_q = tch::no_grad(|| {
             let cs = Tensor::from_slice(&c0).to_device(dev).view([1, l]).expand([k, l], false);
             model.log_prob(&xs, &cs).to_kind(Kind::Double)
         });
-        Ok(Normaliser { xs, log_q, rejected, m: m as f64, n: n as f64 })
+        Ok(Some(Normaliser { xs, log_q, rejected, m: m as f64, n: n as f64 }))
     }
 
     /// `N log Ẑ(θ)` for the raw label `theta` (`[1, L]`, differentiable).
     fn term(&self, model: &Model, theta: &Tensor) -> Result<Tensor> {
         let k = self.xs.size()[0];
-        if k == 0 {
-            // Every sample passed (rejected form): Ẑ = 1 at any θ near the proposal.
-            return Ok((theta.sum(Kind::Double) * 0.0).to_kind(Kind::Double));
-        }
         let cs = theta.f_expand([k, theta.size()[1]], false)?;
         let lw = model.log_prob(&self.xs, &cs).to_kind(Kind::Double) - &self.log_q;
         let log_mean = lw.f_logsumexp([0], false)? - self.m.ln();
@@ -557,7 +557,7 @@ pub fn fit_label(model: &Model, events: ArrayView2<'_, f32>, opts: &FitOptions) 
         }
         let theta: Vec<f64> = t.iter().zip(&lo).zip(&range).map(|((t, lo), r)| lo + t * r).collect();
         let seed = opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(round);
-        Normaliser::draw(model, &theta, opts.acceptance_samples, n, seed).map(Some)
+        Normaliser::draw(model, &theta, opts.acceptance_samples, n, seed)
     };
 
     // Start.

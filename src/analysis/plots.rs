@@ -474,10 +474,12 @@ pub fn grid_overview_split(
             .draw()?;
         let tr_legend =
             if what == "training" { "training events".to_string() } else { format!("{what} events, training labels") };
-        chart
-            .draw_series(tr.iter().filter(inside).map(|&p| Circle::new(p, 2, REF_COLOR.mix(0.35).filled())))?
-            .label(tr_legend)
-            .legend(|(x, y)| Circle::new((x + 15, y), 6, REF_COLOR.filled()));
+        if !tr.is_empty() {
+            chart
+                .draw_series(tr.iter().filter(inside).map(|&p| Circle::new(p, 2, REF_COLOR.mix(0.35).filled())))?
+                .label(tr_legend)
+                .legend(|(x, y)| Circle::new((x + 15, y), 6, REF_COLOR.filled()));
+        }
         if !ho.is_empty() {
             chart
                 .draw_series(ho.iter().filter(inside).map(|&p| Circle::new(p, 2, held_colour.mix(0.45).filled())))?
@@ -488,10 +490,12 @@ pub fn grid_overview_split(
             .draw_series(ge.iter().filter(inside).map(|&p| Circle::new(p, 2, GEN_COLOR.mix(0.35).filled())))?
             .label("generated events")
             .legend(|(x, y)| Circle::new((x + 15, y), 6, GEN_COLOR.filled()));
-        chart
-            .draw_series(labels_tr.iter().map(|&p| Cross::new(p, 8, BLACK.stroke_width(3))))?
-            .label("training labels")
-            .legend(|(x, y)| Cross::new((x + 15, y), 8, BLACK.stroke_width(3)));
+        if !labels_tr.is_empty() {
+            chart
+                .draw_series(labels_tr.iter().map(|&p| Cross::new(p, 8, BLACK.stroke_width(3))))?
+                .label("training labels")
+                .legend(|(x, y)| Cross::new((x + 15, y), 8, BLACK.stroke_width(3)));
+        }
         if !labels_ho.is_empty() {
             chart
                 .draw_series(labels_ho.iter().map(|&p| Cross::new(p, 10, held_colour.stroke_width(4))))?
@@ -832,10 +836,17 @@ pub fn heat_map_named(
     };
     let any_marked = marked.iter().any(|&b| b);
     render(path, (1500, 1100), |root| {
-        let title = if any_marked {
-            format!("{metric_name} over the label grid (red frame: held out)")
-        } else {
+        let mut notes = Vec::new();
+        if any_marked {
+            notes.push("red frame: held out".to_string());
+        }
+        if let Some((level, name)) = scale.mark.as_ref().filter(|(l, _)| l.is_finite()) {
+            notes.push(format!("red line on the scale: {name} {}", fmt_num(*level)));
+        }
+        let title = if notes.is_empty() {
             format!("{metric_name} over the label grid")
+        } else {
+            format!("{metric_name} over the label grid ({})", notes.join("; "))
         };
         let area = root.titled(&title, font(TITLE_SIZE))?;
         let (main, bar) = area.split_horizontally(1290);
@@ -893,13 +904,10 @@ pub fn heat_map_named(
             let b = vmin + (vmax - vmin) * (k + 1) as f64 / steps as f64;
             Rectangle::new([(0.0, a), (1.0, b)], viridis((k as f64 + 0.5) / steps as f64).filled())
         }))?;
-        if let Some((level, name)) = scale.mark.as_ref().filter(|(l, _)| l.is_finite() && *l >= vmin && *l <= vmax) {
-            cb.draw_series(std::iter::once(PathElement::new(
-                vec![(0.0, *level), (1.0, *level)],
-                MARK_COLOR.stroke_width(4),
-            )))?;
-            let style = font(TICK_SIZE).color(&WHITE).pos(Pos::new(HPos::Center, VPos::Bottom));
-            cb.draw_series(std::iter::once(Text::new(name.clone(), (0.5, *level), style)))?;
+        if let Some((level, _)) = scale.mark.as_ref().filter(|(l, _)| l.is_finite()) {
+            // A level beyond the scale is drawn at its end (its value is in the title).
+            let at = level.clamp(vmin, vmax);
+            cb.draw_series(std::iter::once(PathElement::new(vec![(0.0, at), (1.0, at)], MARK_COLOR.stroke_width(5))))?;
         }
         Ok(())
     })

@@ -453,9 +453,9 @@ fn check_dims(es: &EventSet, model: &Model, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Labels match by the crate's one rule ([`crate::config::same_label`]).
+/// Labels match by the crate's one rule ([`crate::data::same_label`]).
 fn same_label(a: &[f32], b: &[f32]) -> bool {
-    crate::config::same_label_f32(a, b)
+    crate::data::same_label_f32(a, b)
 }
 
 fn fmt_label(l: &[f32]) -> String {
@@ -1047,7 +1047,7 @@ fn build(
         let (lo, hi) = opts.heat_metric.colour_range();
         let scale = plots::HeatScale {
             range: Some((lo, hi)),
-            mark: (!floors.is_empty()).then(|| (floors[floors.len() / 2], "floor".to_string())),
+            mark: (!floors.is_empty()).then(|| (floors[floors.len() / 2], "statistical floor".to_string())),
         };
         if plot_result(
             plots::heat_map_named(

@@ -8,7 +8,7 @@
 use crate::comm::{agree, check_same, local_rank, local_size, Communicator};
 use crate::config::{Resume, RunConfig};
 use crate::control::grpc::ControlServer;
-use crate::control::{pb, ControlObserver, ControlState};
+use crate::control::{ControlObserver, ControlState, RankInfo};
 use crate::data::npy::read_npz;
 use crate::data::EventSet;
 use crate::error::{Error, Result};
@@ -53,7 +53,7 @@ impl Observer for Fanout {
 }
 
 /// Collects every rank's host, device and threads on rank 0 (once, at start).
-fn rank_infos(comm: &dyn Communicator, device: tch::Device, threads: usize) -> Result<Vec<pb::RankInfo>> {
+fn rank_infos(comm: &dyn Communicator, device: tch::Device, threads: usize) -> Result<Vec<RankInfo>> {
     let (dev, mem) = match device {
         tch::Device::Cuda(i) => (format!("cuda:{i}"), 0u64),
         _ => {
@@ -69,7 +69,7 @@ fn rank_infos(comm: &dyn Communicator, device: tch::Device, threads: usize) -> R
         let mut buf = if r == comm.rank() { mine.to_string().into_bytes() } else { Vec::new() };
         comm.broadcast_bytes(r, &mut buf)?;
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap_or_default();
-        out.push(pb::RankInfo {
+        out.push(RankInfo {
             rank: r as u32,
             host: v["host"].as_str().unwrap_or("?").into(),
             device: v["device"].as_str().unwrap_or("?").into(),

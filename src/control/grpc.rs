@@ -2,7 +2,7 @@
 //! authentication, server reflection, and the server's own thread and runtime.
 //! No training code here.
 
-use super::{pb, ControlState, RunState};
+use super::{pb, ControlState, Event, Phase, Stamped};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -90,7 +90,7 @@ type EventStream = Pin<Box<dyn Stream<Item = std::result::Result<pb::Event, Stat
 #[tonic::async_trait]
 impl pb::control_server::Control for Service {
     async fn status(&self, _req: Request<pb::StatusRequest>) -> std::result::Result<Response<pb::StatusReply>, Status> {
-        Ok(Response::new(self.state.snapshot()))
+        Ok(Response::new(pb::StatusReply::from(&self.state.snapshot())))
     }
 
     type WatchStream = EventStream;
@@ -100,16 +100,16 @@ impl pb::control_server::Control for Service {
         let rate = if rate.is_finite() && rate > 0.0 { rate } else { 2.0 };
         let min_gap = Duration::from_secs_f64(1.0 / rate);
         let rx = self.state.subscribe();
-        let current =
-            pb::Event { unix_time: super::unix_now(), kind: Some(pb::event::Kind::State(self.state.snapshot().state)) };
+        let now_phase = || Stamped { unix_time: super::unix_now(), event: Event::Phase(self.state.snapshot().phase) };
+        let current = now_phase();
         let ended = self.state.ended();
         let mut last_step: Option<tokio::time::Instant> = None;
         let mut done = ended;
         // A lagging receiver skips what it missed (bounded ring): a slow client
         // never slows the trainer nor grows memory.
         let events =
-            tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| r.ok()).filter(move |ev| match ev.kind {
-                Some(pb::event::Kind::Step(_)) => {
+            tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| r.ok()).filter(move |ev| match ev.event {
+                Event::Step { .. } => {
                     let now = tokio::time::Instant::now();
                     if last_step.is_some_and(|t| now.duration_since(t) < min_gap) {
                         false
@@ -124,18 +124,16 @@ impl pb::control_server::Control for Service {
             if done {
                 return false;
             }
-            if let Some(pb::event::Kind::State(s)) = ev.kind {
-                done = s == RunState::Finished as i32 || s == RunState::Failed as i32;
+            if let Event::Phase(p) = ev.event {
+                done = p.ended();
             }
             true
         });
+        // Protobuf only here, at the edge.
         let stream: EventStream = if ended {
-            Box::pin(tokio_stream::once(Ok(pb::Event {
-                unix_time: super::unix_now(),
-                kind: Some(pb::event::Kind::State(self.state.snapshot().state)),
-            })))
+            Box::pin(tokio_stream::once(Ok(pb::Event::from(&now_phase()))))
         } else {
-            Box::pin(stream.map(Ok))
+            Box::pin(stream.map(|ev| Ok(pb::Event::from(&ev))))
         };
         Ok(Response::new(stream))
     }
@@ -317,11 +315,11 @@ impl ControlServer {
     /// Marks the run ended (watchers get the final state), records it in
     /// `control.json`, and stops the server.
     pub fn finish(mut self, ok: bool, message: Option<String>) {
-        let st = if ok { RunState::Finished } else { RunState::Failed };
-        self.state.set_state(st, message);
+        let phase = if ok { Phase::Finished } else { Phase::Failed };
+        self.state.set_phase(phase, message);
         std::thread::sleep(Duration::from_millis(200));
         self.file.finished = true;
-        self.file.final_state = st.as_str_name().into();
+        self.file.final_state = pb::RunState::from(phase).as_str_name().into();
         if let Err(e) = write_control_file(&self.file_path, &self.file) {
             tracing::warn!("{e}");
         }

@@ -10,6 +10,9 @@
 
 pub mod client;
 pub mod grpc;
+pub mod status;
+
+pub use status::{CheckpointInfo, Event, Phase, RankInfo, Stamped, Status};
 
 use crate::train::checkpoint::TrainState;
 use crate::train::{Controls, EpochRecord, Observer, RankFacts};
@@ -61,8 +64,8 @@ pub enum Command {
 /// Shared state between the trainer (writer) and the service (readers).
 #[derive(Debug)]
 pub struct ControlState {
-    status: Mutex<pb::StatusReply>,
-    events: broadcast::Sender<pb::Event>,
+    status: Mutex<Status>,
+    events: broadcast::Sender<Stamped>,
     /// Flags the service sets and the trainer polls.
     pub controls: Arc<Controls>,
     pace: Mutex<Pace>,
@@ -79,17 +82,24 @@ struct Pace {
 impl ControlState {
     /// A new state for a run.
     pub fn new(run_id: String, epochs: usize, world_size: usize, batch: usize, controls: Arc<Controls>) -> Arc<Self> {
-        let status = pb::StatusReply {
+        let status = Status {
             run_id,
-            state: RunState::Starting as i32,
+            phase: Phase::Starting,
+            epoch: 0,
             epochs: epochs as u64,
-            world_size: world_size as u32,
+            step: 0,
+            steps_per_epoch: 0,
+            global_step: 0,
             train_loss: f64::NAN,
             val_loss: f64::NAN,
             last_step_loss: f64::NAN,
+            events_per_second: 0.0,
             eta_seconds: f64::NAN,
+            last_checkpoint: None,
+            world_size: world_size as u32,
+            ranks: Vec::new(),
+            message: String::new(),
             started_unix_time: unix_now(),
-            ..Default::default()
         };
         let (events, _) = broadcast::channel(EVENT_RING);
         let pace = Pace { last_event: Instant::now(), last_step: None, events_per_s: 0.0, batch: batch as f64 };
@@ -97,44 +107,43 @@ impl ControlState {
     }
 
     /// A copy of the current snapshot.
-    pub fn snapshot(&self) -> pb::StatusReply {
+    pub fn snapshot(&self) -> Status {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn update(&self, f: impl FnOnce(&mut pb::StatusReply)) {
+    fn update(&self, f: impl FnOnce(&mut Status)) {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    fn emit(&self, kind: pb::event::Kind) {
+    fn emit(&self, event: Event) {
         // No receivers is fine: nobody is watching.
-        let _ = self.events.send(pb::Event { unix_time: unix_now(), kind: Some(kind) });
+        let _ = self.events.send(Stamped { unix_time: unix_now(), event });
     }
 
     /// A receiver of future events.
-    pub fn subscribe(&self) -> broadcast::Receiver<pb::Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Stamped> {
         self.events.subscribe()
     }
 
-    /// Changes the run state and tells watchers.
-    pub fn set_state(&self, state: RunState, message: Option<String>) {
+    /// Changes the run's phase and tells watchers.
+    pub fn set_phase(&self, phase: Phase, message: Option<String>) {
         self.update(|s| {
-            s.state = state as i32;
+            s.phase = phase;
             if let Some(m) = message {
                 s.message = m;
             }
         });
-        self.emit(pb::event::Kind::State(state as i32));
+        self.emit(Event::Phase(phase));
     }
 
     /// Records the static facts of every rank (host, device, threads).
-    pub fn set_ranks(&self, ranks: Vec<pb::RankInfo>) {
+    pub fn set_ranks(&self, ranks: Vec<RankInfo>) {
         self.update(|s| s.ranks = ranks);
     }
 
     /// Whether the run has ended (finished or failed).
     pub fn ended(&self) -> bool {
-        let st = self.snapshot().state;
-        st == RunState::Finished as i32 || st == RunState::Failed as i32
+        self.snapshot().phase.ended()
     }
 
     /// Carries out a command; returns the epoch at whose end it takes effect
@@ -148,8 +157,7 @@ impl ControlState {
 
     /// Asks for a checkpoint at the next epoch boundary; returns that epoch.
     pub fn request_checkpoint(&self) -> u64 {
-        self.controls.checkpoint.store(true, Ordering::Relaxed);
-        self.snapshot().epoch + 1
+        self.controls.request_checkpoint()
     }
 
     /// Asks for a graceful stop; returns the epoch at whose end it happens.
@@ -159,7 +167,7 @@ impl ControlState {
         } else {
             self.controls.stop_after_epoch.store(true, Ordering::Relaxed);
         }
-        self.set_state(RunState::Stopping, None);
+        self.set_phase(Phase::Stopping, None);
         self.snapshot().epoch + u64::from(!now)
     }
 }
@@ -190,8 +198,8 @@ impl Observer for ControlObserver {
         };
         let mut eta = f64::NAN;
         st.update(|s| {
-            if s.state == RunState::Starting as i32 || s.state == RunState::Checkpointing as i32 {
-                s.state = RunState::Training as i32;
+            if matches!(s.phase, Phase::Starting | Phase::Checkpointing) {
+                s.phase = Phase::Training;
             }
             s.epoch = epoch as u64;
             s.step = step as u64;
@@ -206,14 +214,14 @@ impl Observer for ControlObserver {
             s.eta_seconds = eta;
         });
         if emit {
-            st.emit(pb::event::Kind::Step(pb::StepEvent {
+            st.emit(Event::Step {
                 epoch: epoch as u64,
                 step: step as u64,
                 steps_per_epoch: steps as u64,
                 global_step,
                 loss,
                 events_per_second: eps,
-            }));
+            });
         }
     }
 
@@ -224,25 +232,24 @@ impl Observer for ControlObserver {
             s.train_loss = r.train_nll;
             s.val_loss = r.val_nll;
         });
-        self.0.emit(pb::event::Kind::Epoch(pb::EpochEvent {
+        self.0.emit(Event::Epoch {
             epoch: r.epoch as u64,
             train_loss: r.train_nll,
             val_loss: r.val_nll,
             learning_rate: r.lr,
             seconds: r.seconds,
             events_per_second: r.events_per_s,
-        }));
+        });
     }
 
     fn on_checkpoint_start(&self) {
-        let stopping = self.0.snapshot().state == RunState::Stopping as i32;
-        if !stopping {
-            self.0.set_state(RunState::Checkpointing, None);
+        if self.0.snapshot().phase != Phase::Stopping {
+            self.0.set_phase(Phase::Checkpointing, None);
         }
     }
 
     fn on_checkpoint(&self, state: &TrainState, path: &Path) {
-        let info = pb::CheckpointInfo {
+        let info = CheckpointInfo {
             epoch: state.epoch as u64,
             step_in_epoch: state.step_in_epoch as u64,
             path: path.display().to_string(),
@@ -250,11 +257,11 @@ impl Observer for ControlObserver {
         };
         self.0.update(|s| {
             s.last_checkpoint = Some(info.clone());
-            if s.state == RunState::Checkpointing as i32 {
-                s.state = RunState::Training as i32;
+            if s.phase == Phase::Checkpointing {
+                s.phase = Phase::Training;
             }
         });
-        self.0.emit(pb::event::Kind::Checkpoint(info));
+        self.0.emit(Event::Checkpoint(info));
     }
 
     fn on_rank_facts(&self, facts: &[RankFacts]) {

@@ -123,9 +123,9 @@ impl EfficiencyTable {
         Ok(table)
     }
 
-    /// The efficiency at `label` (matched to a row by [`crate::config::same_label`]), if listed.
+    /// The efficiency at `label` (matched to a row by [`crate::data::same_label`]), if listed.
     pub fn lookup(&self, label: &[f64]) -> Option<f64> {
-        self.labels.iter().position(|row| crate::config::same_label(row, label)).map(|i| self.efficiency[i])
+        self.labels.iter().position(|row| crate::data::same_label(row, label)).map(|i| self.efficiency[i])
     }
 
     /// The efficiency of every label in `labels`.

@@ -187,13 +187,14 @@ impl Made {
 
     /// The layers' weights, masks and label weights, hidden layers first (for
     /// the fast path).
-    pub(crate) fn parts(&self) -> Vec<super::fast::LayerParts<'_>> {
-        let hidden = self.hidden.iter().map(|h| super::fast::LayerParts {
+    pub(crate) fn parts(&self) -> Vec<super::engine::cpu::LayerParts<'_>> {
+        let hidden = self.hidden.iter().map(|h| super::engine::cpu::LayerParts {
             weight: &h.lin.ws,
             mask: &h.lin.mask,
             cond: h.cs.as_ref(),
         });
-        let out = super::fast::LayerParts { weight: &self.out.ws, mask: &self.out.mask, cond: self.out_cond.as_ref() };
+        let out =
+            super::engine::cpu::LayerParts { weight: &self.out.ws, mask: &self.out.mask, cond: self.out_cond.as_ref() };
         hidden.chain(std::iter::once(out)).collect()
     }
 

@@ -1,12 +1,11 @@
 //! The conditional normalizing flow: MADE blocks ([`made`]), the optional
 //! learned mixing between them ([`lu`]), rational-quadratic splines
 //! ([`spline`]), their stack ([`maf`], libtorch: the reference), the
-//! hand-written CPU engine ([`fast`], [`vmath`]), the one place that chooses
-//! between the two ([`engine`]) and the self-describing model file
+//! hand-written CPU engine ([`engine::cpu`], [`vmath`]) and the one place that
+//! chooses between the two ([`engine`]), and the self-describing model file
 //! ([`model`]). Knows nothing of MPI or gRPC.
 
 pub mod engine;
-pub mod fast;
 pub mod lu;
 pub mod made;
 pub mod maf;

@@ -156,6 +156,7 @@ impl<'a> Trainer<'a> {
         let val_set = local.select(&val_rows);
         let Hooks { checkpoint_dir, controls, observer, resume, gather_rank_facts } = hooks;
         let start = setup::start(cfg, local, &train_set, comm, device, resume)?;
+        controls.start_at(start.state.epoch as u64);
         let model = start.model;
         let train = setup::whitened(&model, &train_set, "training events")?;
         let val = setup::whitened(&model, &val_set, "validation events")?;
@@ -457,11 +458,11 @@ impl<'a> Trainer<'a> {
         if let Some(o) = &self.observer {
             o.on_epoch(rec);
         }
-        // A checkpoint request that came after this epoch's last step but before the
-        // observer saw the epoch end was promised for this epoch (the control plane
-        // answers "after epoch <completed + 1>"): take it now. Only rank 0 writes.
+        // A checkpoint request that came after this epoch's last step was promised
+        // for this epoch's end (the boundary had not moved yet): take it now, and
+        // move the boundary in the same step. Only rank 0 writes.
         if self.comm.is_root() {
-            self.pending_checkpoint |= self.controls.checkpoint.swap(false, Ordering::Relaxed);
+            self.pending_checkpoint |= self.controls.take_checkpoint_at_epoch_end(rec.epoch as u64);
         }
         if self.gather_rank_facts {
             self.facts.sample(self.comm, self.observer.as_ref(), self.last_step_seconds)?;

@@ -6,7 +6,7 @@
 //! learning-rate schedule ([`schedule`]), Adam with saveable state
 //! ([`optim`]), gradient clipping ([`clip`]), early stopping
 //! ([`early_stop`]) and the shard plan of a data set's labels ([`plan`]). A
-//! whole run with its input, control plane and outputs is [`crate::app::run`].
+//! whole run with its input, control plane and outputs is `app::run`.
 //! The loop talks to other ranks only through a [`crate::comm::Communicator`].
 
 mod acceptance;

@@ -23,6 +23,34 @@ pub struct Controls {
     pub stop_after_epoch: AtomicBool,
     /// Write a checkpoint at the next epoch boundary.
     pub checkpoint: AtomicBool,
+    /// Epochs completed when rank 0 last took the requests at an epoch's
+    /// end. Held while it does, so a request's promised epoch
+    /// ([`Controls::request_checkpoint`]) is always the one it is written at.
+    boundary: std::sync::Mutex<u64>,
+}
+
+impl Controls {
+    /// Asks for a checkpoint; returns the epoch (completed epochs) at whose
+    /// end it will be written.
+    pub fn request_checkpoint(&self) -> u64 {
+        let boundary = self.boundary.lock().unwrap_or_else(|p| p.into_inner());
+        self.checkpoint.store(true, std::sync::atomic::Ordering::Relaxed);
+        *boundary + 1
+    }
+
+    /// At the end of epoch `done` (rank 0): takes a checkpoint request that
+    /// arrived since the last step, and moves the boundary, in one step
+    /// with respect to [`Controls::request_checkpoint`].
+    pub fn take_checkpoint_at_epoch_end(&self, done: u64) -> bool {
+        let mut boundary = self.boundary.lock().unwrap_or_else(|p| p.into_inner());
+        *boundary = done;
+        self.checkpoint.swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the boundary a (resumed) run starts from.
+    pub fn start_at(&self, epochs_done: u64) {
+        *self.boundary.lock().unwrap_or_else(|p| p.into_inner()) = epochs_done;
+    }
 }
 
 /// Progress reported to an observer (the control plane, a progress display).

@@ -3,7 +3,8 @@
 //! and the plan every rank computes alike ([`make_plan`]).
 
 use super::shard::ShardPlan;
-use crate::config::{same_label, RunConfig};
+use crate::config::RunConfig;
+use crate::data::same_label;
 use crate::data::{EventSet, LabelGroups};
 use crate::error::{Error, Result};
 

@@ -10,7 +10,7 @@ use super::observe::Controls;
 use super::optim::Adam;
 use crate::comm::Communicator;
 use crate::error::Result;
-use crate::flow::fast::{to_host, FastTrainer};
+use crate::flow::engine::cpu::{to_host, FastTrainer};
 use crate::flow::Maf;
 use std::sync::atomic::Ordering;
 use tch::{Device, Kind, Tensor};

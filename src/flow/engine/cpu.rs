@@ -25,13 +25,13 @@
 //! The autograd path ([`crate::flow::Maf::log_prob`] with gradients) stays the
 //! reference; `tests/fast_grad.rs` checks this pass against it.
 
-use super::made::Activation;
-use super::maf::{Maf, Permutation, Transform};
-use super::vmath::{exp_in_place, tanh_in_place};
+use crate::flow::made::Activation;
+use crate::flow::maf::{Maf, Permutation, Transform};
+use crate::flow::vmath::{exp_in_place, tanh_in_place};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
-mod ext;
+mod spline_lu;
 
 /// Events per chunk (the unit of work and of gradient accumulation).
 pub const CHUNK: usize = 256;
@@ -40,7 +40,7 @@ pub const CHUNK: usize = 256;
 /// `tanh` and `exp` of the block outputs are computed eight lanes at a time.
 const TILE: usize = 8;
 
-use super::LOG_2PI;
+use crate::flow::LOG_2PI;
 
 /// One layer: `out = b + A [input, labels]`.
 #[derive(Debug, Clone)]
@@ -108,7 +108,7 @@ struct Plan {
     passes: Vec<Vec<Pass>>,
     /// Spline blocks or learned mixing: the path of [`ext`] (the
     /// tiled paths here are for affine blocks with fixed orders).
-    ext: Option<ext::Ext>,
+    ext: Option<spline_lu::Ext>,
 }
 
 /// One pass of the inversion of a block: the features whose inputs (through
@@ -263,11 +263,11 @@ impl Plan {
             let mut mixes = Vec::new();
             for k in 0..flow.mixings().len() {
                 let names = ["lower", "upper", "log_diag", "bias"].map(|n| format!("mix{k}.{n}"));
-                mixes.push(ext::Mix { off: len, names });
-                len += ext::mix_len(d);
+                mixes.push(spline_lu::Mix { off: len, names });
+                len += spline_lu::mix_len(d);
             }
             let spline = cfg.spline().map(|s| (usize::try_from(s.bins).unwrap_or(0), s.bound as f32));
-            let (x, rec) = ext::Ext::new(d, tail, params, cfg.affine_params() > 0, spline, mixes)
+            let (x, rec) = spline_lu::Ext::new(d, tail, params, cfg.affine_params() > 0, spline, mixes)
                 .ok_or("the spline or mixing layout does not fit the CPU engine")?;
             (Some(x), rec)
         };
@@ -374,7 +374,7 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 }
 
 /// `h = act(pre)` elementwise (the match is outside the loops, so each
-/// branch vectorises; `tanh` and `exp` are [`super::vmath`]'s).
+/// branch vectorises; `tanh` and `exp` are [`crate::flow::vmath`]'s).
 #[inline(always)]
 fn activate<const AVX: bool>(act: Activation, pre: &[f32], h: &mut [f32]) {
     let h = &mut h[..pre.len()];
@@ -611,7 +611,7 @@ fn train_chunk_impl<const AVX: bool>(
     grad: &mut [f32],
 ) -> f64 {
     if let Some(e) = &p.ext {
-        return ext::train_chunk::<AVX>(p, e, w, x, c, rows, wts, grad);
+        return spline_lu::train_chunk::<AVX>(p, e, w, x, c, rows, wts, grad);
     }
     let (d, l) = (p.d, p.l);
     let nb = p.blocks.len();
@@ -934,7 +934,7 @@ unsafe fn dots_tile_avx2(
 #[inline(always)]
 fn log_prob_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], x: &[f32], c: &[f32], out: &mut [f32]) {
     if let Some(e) = &p.ext {
-        return ext::log_prob_chunk::<AVX>(p, e, w, x, c, out);
+        return spline_lu::log_prob_chunk::<AVX>(p, e, w, x, c, out);
     }
     let (d, l) = (p.d, p.l);
     let ys = || p.blocks.iter().flatten();
@@ -1084,7 +1084,7 @@ fn pass_tile<const AVX: bool>(
 #[inline(always)]
 fn inverse_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], us: &[f32], c: &[f32], xs: &mut [f32], ld: &mut [f32]) {
     if let Some(e) = &p.ext {
-        return ext::inverse_chunk::<AVX>(p, e, w, us, c, xs, ld);
+        return spline_lu::inverse_chunk::<AVX>(p, e, w, us, c, xs, ld);
     }
     let (d, l) = (p.d, p.l);
     let maxo = p.blocks.iter().flatten().map(|y| y.n_out).max().unwrap_or(0);

@@ -2,14 +2,16 @@
 //!
 //! Two engines compute the same flow. libtorch ([`Maf`]) is the reference:
 //! any device, autograd, every block kind. The hand-written CPU engine
-//! ([`super::fast`]) writes the forward, backward and sampling passes out and
+//! ([`cpu`]) writes the forward, backward and sampling passes out and
 //! is several times faster on CPUs. [`Engine::select`] (evaluation and
 //! sampling) and [`trainer`] (the training step) pick the CPU engine wherever
 //! it applies and log which engine runs; where it declines a CPU flow the
 //! reason is a warning, never silent, because it costs a factor of several.
 
-use super::fast::{FastMaf, FastTrainer};
-use super::maf::{base_log_prob, Maf};
+pub mod cpu;
+
+use crate::flow::maf::{base_log_prob, Maf};
+use cpu::{FastMaf, FastTrainer};
 use tch::{Device, Kind, Tensor};
 
 /// The engine that evaluates and samples a flow without gradients.
