@@ -239,10 +239,7 @@ impl Normaliser {
             tch::no_grad(|| model.sample(&cs))
         };
         let finite = xs.isfinite().all_dim(1, false);
-        let pass = model
-            .acceptance
-            .iter()
-            .fold(finite.shallow_clone(), |p, a| p.logical_and(&a.mask(&xs).to_device(xs.device())));
+        let pass = finite.logical_and(&model.acceptance_mask(&xs));
         let n_pass = pass.sum(Kind::Int64).int64_value(&[]);
         if n_pass == 0 {
             return Err(Error::Data(format!(

@@ -181,12 +181,15 @@ impl LabelGroups {
 /// 6e-8). The one rule for matching labels anywhere: held-out and
 /// validation labels, efficiency tables, the report's reference labels.
 pub fn same_label(a: &[f64], b: &[f64]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y || (x - y).abs() <= 1e-5 * x.abs().max(y.abs()))
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| same_label_value(x, y))
+}
+
+/// One value of [`same_label`]: within a relative 1e-5 of the larger.
+pub fn same_label_value(x: f64, y: f64) -> bool {
+    x == y || (x - y).abs() <= 1e-5 * x.abs().max(y.abs())
 }
 
 /// [`same_label`] of two float32 labels.
 pub fn same_label_f32(a: &[f32], b: &[f32]) -> bool {
-    let (a, b): (Vec<f64>, Vec<f64>) =
-        (a.iter().map(|&v| f64::from(v)).collect(), b.iter().map(|&v| f64::from(v)).collect());
-    same_label(&a, &b)
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| same_label_value(f64::from(x), f64::from(y)))
 }

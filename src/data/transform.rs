@@ -466,23 +466,19 @@ impl ExprCut {
             .collect::<Result<Vec<_>>>()?;
         let cut = ExprCut { expr, vars };
         // Check the expression's use of its names (e.g. `x[0]` on a scalar) on one event.
-        cut.eval(&[vec![0.0; names.len()]]).map_err(|e| bad(e.to_string()))?;
+        cut.eval(1, |_| vec![0.0]).map_err(|e| bad(e.to_string()))?;
         Ok(cut)
     }
 
-    /// Pass/fail of each row of `rows` (each row all features, raw).
-    fn eval(&self, rows: &[Vec<f64>]) -> Result<Vec<bool>> {
+    /// Pass/fail of `n` events, feature `i`'s raw values given by `column(i)`.
+    fn eval(&self, n: usize, column: impl Fn(usize) -> Vec<f64>) -> Result<Vec<bool>> {
         use crate::data::expr::ColumnRef;
-        let cols: Vec<(String, Vec<f64>)> = self
-            .vars
-            .iter()
-            .map(|(name, i)| (name.clone(), rows.iter().map(|r| r.get(*i).copied().unwrap_or(f64::NAN)).collect()))
-            .collect();
+        let cols: Vec<(String, Vec<f64>)> = self.vars.iter().map(|(name, i)| (name.clone(), column(*i))).collect();
         let map: std::collections::BTreeMap<String, ColumnRef<'_>> =
             cols.iter().map(|(n, v)| (n.clone(), ColumnRef::Scalar(v.as_slice()))).collect();
         let res = self
             .expr
-            .eval_cut(&map, rows.len())
+            .eval_cut(&map, n)
             .map_err(|e| Error::Data(format!("data.acceptance '{}': {e}", self.expr.source())))?;
         Ok(res.pass)
     }
@@ -559,7 +555,7 @@ impl Acceptance {
     pub fn keeps(&self, row: &[f32]) -> bool {
         match &self.expr {
             Some(e) => e
-                .eval(&[row.iter().map(|&v| f64::from(v)).collect()])
+                .eval(1, |i| vec![row.get(i).map_or(f64::NAN, |&v| f64::from(v))])
                 .is_ok_and(|p| p.first().copied().unwrap_or(false)),
             None => row.get(self.feature).is_some_and(|&v| f64::from(v) > self.lo && f64::from(v) < self.hi),
         }
@@ -568,10 +564,9 @@ impl Acceptance {
     /// Pass/fail of every row of raw events `xs: [N, D]`.
     pub fn keeps_rows(&self, xs: ndarray::ArrayView2<'_, f32>) -> Vec<bool> {
         match &self.expr {
-            Some(e) => {
-                let rows: Vec<Vec<f64>> = xs.outer_iter().map(|r| r.iter().map(|&v| f64::from(v)).collect()).collect();
-                e.eval(&rows).unwrap_or_else(|_| vec![false; rows.len()])
-            }
+            Some(e) => e
+                .eval(xs.nrows(), |i| xs.column(i).iter().map(|&v| f64::from(v)).collect())
+                .unwrap_or_else(|_| vec![false; xs.nrows()]),
             None => xs
                 .outer_iter()
                 .map(|r| r.get(self.feature).is_some_and(|&v| f64::from(v) > self.lo && f64::from(v) < self.hi))
@@ -598,12 +593,10 @@ impl Acceptance {
     /// Boolean mask `[N]` of raw events `xs: [N, D]` that pass.
     pub fn mask(&self, xs: &Tensor) -> Tensor {
         if let Some(e) = &self.expr {
-            let (n, d) = (xs.size()[0], xs.size()[1]);
-            let host: Vec<f64> =
-                Vec::try_from(xs.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).flatten(0, -1))
-                    .unwrap_or_default();
-            let rows: Vec<Vec<f64>> = host.chunks(d.max(1) as usize).map(<[f64]>::to_vec).collect();
-            let pass = e.eval(&rows).unwrap_or_else(|_| vec![false; n as usize]);
+            let n = xs.size()[0] as usize;
+            let host = xs.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double);
+            let column = |i: usize| Vec::<f64>::try_from(host.select(1, i as i64).contiguous()).unwrap_or_default();
+            let pass = e.eval(n, column).unwrap_or_else(|_| vec![false; n]);
             return Tensor::from_slice(&pass).to_device(xs.device());
         }
         let v = xs.select(1, self.feature as i64);

@@ -284,6 +284,13 @@ impl Model {
         self.acceptance.iter().all(|a| a.keeps(row))
     }
 
+    /// Boolean mask `[N]` of the raw events `xs: [N, D]` that pass every
+    /// acceptance cut, on `xs`'s device.
+    pub fn acceptance_mask(&self, xs: &Tensor) -> Tensor {
+        let all = Tensor::ones([xs.size()[0]], (Kind::Bool, xs.device()));
+        self.acceptance.iter().fold(all, |m, a| m.logical_and(&a.mask(xs).to_device(xs.device())))
+    }
+
     /// Whether each raw event of `flat` (row-major, `d` features per event)
     /// passes every acceptance cut; expression cuts are evaluated column-wise.
     pub fn acceptance_of_rows(&self, flat: &[f32], d: usize) -> Vec<bool> {

@@ -71,12 +71,7 @@ fn acceptance_group_weights(model: &Model, groups: &LabelGroups, efficiency: Opt
                     None => {
                         let raw = Tensor::from_slice(lab).view([1, l]).expand([ACCEPTANCE_PROBE, l], false);
                         let x = model.sample(&raw).to_device(Device::Cpu);
-                        let pass = model
-                            .acceptance
-                            .iter()
-                            .fold(Tensor::ones([ACCEPTANCE_PROBE], (Kind::Bool, Device::Cpu)), |m, a| {
-                                m.logical_and(&a.mask(&x))
-                            });
+                        let pass = model.acceptance_mask(&x);
                         let z = pass.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
                         if z < ACCEPTANCE_ACTIVE_BELOW {
                             1.0 / z.max(0.05)
@@ -170,7 +165,7 @@ fn acceptance_samples(
         tch::no_grad(|| {
             let z = model.flow_sample(&c_sel);
             let x = model.from_flow_space(&z, &raw_c.index_select(0, &sel));
-            let pass = model.acceptance.iter().fold(x.select(1, 0).isfinite(), |m, a| m.logical_and(&a.mask(&x)));
+            let pass = x.select(1, 0).isfinite().logical_and(&model.acceptance_mask(&x));
             // Truncated events use their accepted samples, censored ones their rejected samples.
             let truncated = w_sel.gt(0.0);
             let use_sample = pass.eq_tensor(&truncated);

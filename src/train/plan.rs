@@ -10,8 +10,12 @@ use crate::error::{Error, Result};
 
 /// Whether a label row of the data is the configured label `h` ([`same_label`]).
 pub(crate) fn is_label<'a>(row: impl IntoIterator<Item = &'a f32>, h: &[f64]) -> bool {
-    let row: Vec<f64> = row.into_iter().map(|&a| f64::from(a)).collect();
-    same_label(&row, h)
+    let mut n = 0;
+    let all = row.into_iter().zip(h).all(|(&a, &b)| {
+        n += 1;
+        crate::data::same_label_value(f64::from(a), b)
+    });
+    all && n == h.len()
 }
 
 /// Indices (into `groups`) of the label groups named by `data.validation_labels`,
