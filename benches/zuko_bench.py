@@ -1,6 +1,7 @@
-"""Throughput of zuko's MAF on the reference network, for side-by-side comparison.
+"""Throughput of zuko's MAF (or NSF) for side-by-side comparison with `fedhex bench`.
 
 Usage: python benches/zuko_bench.py --threads 1 --batch 1024 [--seconds 3] [--device cuda]
+       [--kind maf|nsf] [--dim D] [--labels L] [--blocks K] [--hidden 128,128]
 Prints one JSON line per batch size with the same fields as `fedhex bench --json`.
 """
 import argparse
@@ -35,16 +36,20 @@ def main():
     ap.add_argument("--blocks", type=int, default=10)
     ap.add_argument("--hidden", default="128")
     ap.add_argument("--dim", type=int, default=2)
+    ap.add_argument("--labels", type=int, default=None, help="labels (default: --dim, as fedhex bench)")
+    ap.add_argument("--kind", choices=["maf", "nsf"], default="maf")
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     dev = torch.device(a.device)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     hidden = [int(h) for h in a.hidden.split(",")]
-    flow = zuko.flows.MAF(features=a.dim, context=a.dim, transforms=a.blocks, hidden_features=hidden).to(dev)
+    n_labels = a.dim if a.labels is None else a.labels
+    make = zuko.flows.MAF if a.kind == "maf" else zuko.flows.NSF
+    flow = make(features=a.dim, context=n_labels, transforms=a.blocks, hidden_features=hidden).to(dev)
     opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
     for b in a.batch or [1024]:
-        x, c = torch.randn(b, a.dim, device=dev), torch.randn(b, a.dim, device=dev)
+        x, c = torch.randn(b, a.dim, device=dev), torch.randn(b, n_labels, device=dev)
 
         def train():
             loss = -flow(c).log_prob(x).mean()
@@ -61,7 +66,8 @@ def main():
                 flow(c).log_prob(x)
 
         print(json.dumps({
-            "impl": "zuko " + zuko.__version__,
+            "impl": f"zuko {zuko.__version__} {a.kind.upper()}",
+            "dim": a.dim,
             "device": a.device,
             "threads": a.threads,
             "batch": b,
