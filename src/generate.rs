@@ -124,6 +124,94 @@ pub struct EventChunk<'a> {
     pub rows: usize,
 }
 
+/// Where the draws at one label went: every event the flow produced is
+/// counted once, in the first test it failed (the model's acceptance cuts,
+/// then the support check, then the range cuts), so a redraw is never silent.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LabelDraws {
+    /// The label values.
+    pub label: Vec<f32>,
+    /// Events drawn from the flow.
+    pub drawn: u64,
+    /// Finite but failing the model's acceptance cuts (those its training
+    /// data had): the expected loss, `1 - efficiency`.
+    pub rejected_acceptance: u64,
+    /// Accepted (or not finite) but beyond the support margin
+    /// ([`Model::sample_in_support`]): where the model is unreliable.
+    pub outside_support: u64,
+    /// Passing both but outside a requested range cut.
+    pub rejected_range: u64,
+    /// Events handed on (`n_per_label`).
+    pub kept: u64,
+}
+
+impl LabelDraws {
+    fn of(label: &[f32]) -> Self {
+        LabelDraws {
+            label: label.to_vec(),
+            drawn: 0,
+            rejected_acceptance: 0,
+            outside_support: 0,
+            rejected_range: 0,
+            kept: 0,
+        }
+    }
+
+    /// `count / drawn` (0 when nothing was drawn).
+    pub fn fraction(&self, count: u64) -> f64 {
+        if self.drawn == 0 {
+            0.0
+        } else {
+            count as f64 / self.drawn as f64
+        }
+    }
+
+    /// The fraction of draws outside the training support.
+    pub fn support_fraction(&self) -> f64 {
+        self.fraction(self.outside_support)
+    }
+
+    /// The fraction of draws failing the acceptance cuts.
+    pub fn acceptance_fraction(&self) -> f64 {
+        self.fraction(self.rejected_acceptance)
+    }
+}
+
+/// Fraction of draws outside the training support above which a label's
+/// generation is flagged (a warning, and in the report): the support check
+/// is a guard against a few stray events, not a routine.
+pub const SUPPORT_WARN_FRACTION: f64 = 0.001;
+
+/// Prints a per-label table of [`LabelDraws`] (the worst `max_rows` labels
+/// by support rejection when there are more), for `fedhex sample`.
+pub fn draws_table(draws: &[LabelDraws], max_rows: usize) -> String {
+    let mut order: Vec<&LabelDraws> = draws.iter().collect();
+    let truncated = order.len() > max_rows;
+    if truncated {
+        order.sort_by(|a, b| b.support_fraction().total_cmp(&a.support_fraction()));
+        order.truncate(max_rows);
+    }
+    let mut out = format!("{:>28} {:>10} {:>12} {:>12} {:>10}\n", "label", "drawn", "acceptance", "support", "range");
+    for d in order {
+        let lab = d.label.iter().map(|v| format!("{v}")).collect::<Vec<_>>().join(", ");
+        out.push_str(&format!(
+            "{:>28} {:>10} {:>11.3}% {:>11.3}% {:>9.3}%\n",
+            lab,
+            d.drawn,
+            100.0 * d.acceptance_fraction(),
+            100.0 * d.support_fraction(),
+            100.0 * d.fraction(d.rejected_range)
+        ));
+    }
+    if truncated {
+        out.push_str(&format!(
+            "({} labels; the {max_rows} with the most draws outside the support shown)\n",
+            draws.len()
+        ));
+    }
+    out
+}
+
 fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -139,7 +227,8 @@ fn block_seed(seed: u64, label: usize, block: usize) -> i64 {
 /// Generates `opts.n_per_label` events at each of `labels` and hands them to
 /// `sink` in chunks of `opts.chunk` events (the last may be shorter), so the
 /// memory held is one chunk and one network call, whatever the total.
-/// Returns the number of events generated (`labels.len() * n_per_label`).
+/// Returns, per label, where the draws went ([`LabelDraws`]; `kept` sums to
+/// `labels.len() * n_per_label`).
 ///
 /// Events at a label are drawn in network calls of at most `opts.batch`
 /// events; call `k` at label number `i` reseeds libtorch's generator from
@@ -159,7 +248,7 @@ pub fn stream_samples(
     labels: &[Vec<f32>],
     opts: &StreamOptions<'_>,
     mut sink: impl FnMut(&EventChunk<'_>) -> Result<()>,
-) -> Result<u64> {
+) -> Result<Vec<LabelDraws>> {
     check_labels(model, labels)?;
     let n = opts.n_per_label;
     if labels.is_empty() || n == 0 {
@@ -168,6 +257,7 @@ pub fn stream_samples(
     let total = (labels.len() as u64)
         .checked_mul(n as u64)
         .ok_or_else(|| Error::Data(format!("{} labels x {n} events is too many", labels.len())))?;
+    let mut stats = Vec::with_capacity(labels.len());
     let (d, l) = (model.n_features(), model.n_labels());
     let (batch, chunk) = (opts.batch.max(1), opts.chunk.max(1));
     let cap = (chunk as u64).min(total) as usize;
@@ -188,19 +278,21 @@ pub fn stream_samples(
     }
     let mut keep: Vec<bool> = Vec::new();
     for (i, lab) in labels.iter().enumerate() {
-        let (mut kept, mut drawn, mut outside) = (0usize, 0usize, 0usize);
+        let (mut kept, mut drawn) = (0usize, 0usize);
+        let mut st = LabelDraws::of(lab);
         let mut block = 0usize;
         while kept < n {
             if drawn >= 10_000 * n.max(100) {
                 return Err(Error::Data(format!(
                     "label {lab:?}: only {kept} of {drawn} generated events pass the range cuts \
-                     ({outside} outside the training support); loosen them"
+                     ({} outside the training support); loosen them",
+                    st.outside_support
                 )));
             }
             let need = n - kept;
             // Without cuts draw what is missing; with cuts, what is missing
             // divided by the acceptance seen so far (plus 10%).
-            let m = if (opts.cuts.is_empty() && model.acceptance.is_empty() && outside == 0) || drawn == 0 {
+            let m = if (opts.cuts.is_empty() && model.acceptance.is_empty() && st.outside_support == 0) || drawn == 0 {
                 need
             } else if kept == 0 {
                 batch
@@ -221,10 +313,22 @@ pub fn stream_samples(
             }
             drawn += m;
             block += 1;
-            outside += keep.iter().filter(|k| !**k).count();
             let accepted = model.acceptance_of_rows(&buf, d);
+            st.drawn += m as u64;
             for ((row, &ok), &acc) in buf.chunks_exact(d.max(1)).zip(&keep).zip(&accepted) {
-                if ok && acc && kept < n && opts.cuts.iter().all(|c| c.keeps(row)) {
+                // Acceptance first: where the cuts remove events the training
+                // data had none, so the truncated likelihood fixes only the
+                // mass there, not its shape, and those draws lie outside the
+                // training range by construction; they are the expected
+                // rejections (1 - efficiency), not support failures.
+                let finite = row.iter().all(|v| v.is_finite());
+                if finite && !acc {
+                    st.rejected_acceptance += 1;
+                } else if !ok {
+                    st.outside_support += 1;
+                } else if !opts.cuts.iter().all(|c| c.keeps(row)) {
+                    st.rejected_range += 1;
+                } else if kept < n {
                     samples.extend_from_slice(row);
                     labs.extend_from_slice(lab);
                     kept += 1;
@@ -234,16 +338,20 @@ pub fn stream_samples(
                 }
             }
         }
-        if outside * 100 > drawn {
+        st.kept = kept as u64;
+        if st.support_fraction() > SUPPORT_WARN_FRACTION {
             tracing::warn!(
-                "label {lab:?}: {outside} of {drawn} generated events ({:.1} %) fell outside the training \
-                 support and were redrawn; the model is unreliable here",
-                100.0 * outside as f64 / drawn as f64
+                "label {lab:?}: {} of {drawn} generated events ({:.2} %) fell outside the training \
+                 support and were redrawn; the model's tails are unreliable here",
+                st.outside_support,
+                100.0 * st.support_fraction()
             );
         }
+        stats.push(st);
     }
     flush(&mut samples, &mut labs)?;
-    Ok(total)
+    debug_assert_eq!(stats.iter().map(|s| s.kept).sum::<u64>(), total);
+    Ok(stats)
 }
 
 /// Draws `n` events at each label, at most `batch` events per network call
@@ -263,6 +371,18 @@ pub fn sample_with_cuts(
     batch: usize,
     cuts: &[RangeCut],
 ) -> Result<EventSet> {
+    Ok(sample_with_draws(model, labels, n, seed, batch, cuts)?.0)
+}
+
+/// [`sample_with_cuts`], also returning where the draws went per label.
+pub fn sample_with_draws(
+    model: &Model,
+    labels: &[Vec<f32>],
+    n: usize,
+    seed: u64,
+    batch: usize,
+    cuts: &[RangeCut],
+) -> Result<(EventSet, Vec<LabelDraws>)> {
     let (d, l) = (model.n_features(), model.n_labels());
     let mut samples: Vec<f32> = Vec::new();
     let mut labs: Vec<f32> = Vec::new();
@@ -274,7 +394,7 @@ pub fn sample_with_cuts(
         chunk: DEFAULT_CHUNK,
         support_margin: DEFAULT_SUPPORT_MARGIN,
     };
-    stream_samples(model, labels, &opts, |c| {
+    let draws = stream_samples(model, labels, &opts, |c| {
         samples.extend_from_slice(c.samples);
         labs.extend_from_slice(c.labels);
         Ok(())
@@ -282,7 +402,8 @@ pub fn sample_with_cuts(
     let rows = samples.len() / d.max(1);
     let samples = Array2::from_shape_vec((rows, d), samples).map_err(|e| Error::Data(e.to_string()))?;
     let labs = Array2::from_shape_vec((rows, l), labs).map_err(|e| Error::Data(e.to_string()))?;
-    EventSet::new(samples, labs, model.features.names(), model.labels.names(), "generated events")
+    let set = EventSet::new(samples, labs, model.features.names(), model.labels.names(), "generated events")?;
+    Ok((set, draws))
 }
 
 /// A regular grid of labels from `lo:hi:n` per label dimension, e.g.

@@ -93,7 +93,13 @@ fn truncated_likelihood_learns_the_distribution_before_the_cut() {
     assert!((mean_far - 2.0).abs() < 0.05, "mean at c = 2: {mean_far}");
     // Generated events are cut like the data: at c = 0 every one passes and their
     // mean is that of the truncated Gaussian, SIGMA·sqrt(2/π) ≈ 0.239.
-    let gen = fedhex::generate::sample_at_labels(&with, &[vec![0.0]], 20_000, 5, 4096).unwrap();
+    let (gen, draws) = fedhex::generate::sample_with_draws(&with, &[vec![0.0]], 20_000, 5, 4096, &[]).unwrap();
+    // Half the flow's mass lies before the cut, outside the training range: those
+    // draws are the acceptance's rejections, not support failures.
+    let d = &draws[0];
+    eprintln!("draws at c = 0: {d:?}");
+    assert!((d.acceptance_fraction() - below_w).abs() < 0.03, "{d:?} vs P(x<0) = {below_w}");
+    assert!(d.support_fraction() < 0.01, "{d:?}");
     let x0 = gen.samples.column(0);
     assert!(x0.iter().all(|&v| v > 0.0), "a generated event fails the acceptance");
     let mean = x0.iter().map(|&v| f64::from(v)).sum::<f64>() / x0.len() as f64;

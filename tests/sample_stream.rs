@@ -34,7 +34,7 @@ fn stream_to(model: &Model, out: &Path, n: usize, cuts: &[RangeCut], chunk: usiz
         w.write(c.samples, c.labels, c.rows)
     })
     .unwrap();
-    assert_eq!(got, total);
+    assert_eq!(got.iter().map(|d| d.kept).sum::<u64>(), total);
     w.finish().unwrap();
     chunks
 }
@@ -175,7 +175,7 @@ fn generation_keeps_to_the_training_support() {
             Ok(())
         })
         .unwrap();
-        assert_eq!(n, 4000);
+        assert_eq!(n[0].kept, 4000);
         assert_eq!(rows.len(), 4000, "exactly n events survive (margin {margin})");
         rows
     };
@@ -298,4 +298,55 @@ fn sample_cli_streams_and_refuses_unwritable_outputs() {
     assert!(!o.status.success() && err.contains("--chunk"), "{err}");
     assert_eq!(std::fs::read_dir(d).unwrap().count(), before, "a failed run left a file");
     assert!(!d.join("nodir").exists());
+}
+
+/// Every draw is accounted for: kept, or rejected by the range cut or the
+/// support check, in the proportions an unconstrained sample shows.
+#[test]
+fn generation_reports_where_its_draws_went() {
+    let model = random_model(2, &[8], 9);
+    let lab = vec![0.5f32, 0.25];
+    let free = sample_with_cuts(&model, &[lab.clone()], 20_000, 11, 4096, &[]).unwrap();
+    let col: Vec<f32> = free.samples.column(0).to_vec();
+    let mut sorted = col.clone();
+    sorted.sort_by(f32::total_cmp);
+    let median = f64::from(sorted[sorted.len() / 2]);
+    let cut = RangeCut { feature: 0, lo: median, hi: f64::INFINITY };
+    let (n, batch) = (3000usize, 1024usize);
+    let opts = StreamOptions {
+        n_per_label: n,
+        cuts: std::slice::from_ref(&cut),
+        seed: 3,
+        batch,
+        chunk: 1000,
+        support_margin: DEFAULT_SUPPORT_MARGIN,
+    };
+    let draws = stream_samples(&model, &[lab.clone()], &opts, |_| Ok(())).unwrap();
+    let d = &draws[0];
+    assert_eq!(d.label, lab);
+    assert_eq!(d.kept, n as u64);
+    let accounted = d.kept + d.rejected_range + d.outside_support + d.rejected_acceptance;
+    // Draws beyond the n-th accepted event of the last call are counted but not kept.
+    assert!(accounted <= d.drawn && d.drawn - accounted <= batch as u64, "{d:?}");
+    assert_eq!(d.rejected_acceptance, 0, "the model has no acceptance cuts");
+    // The median is that of the in-support events (the default margin applies to both).
+    let f = d.rejected_range as f64 / (d.drawn - d.outside_support) as f64;
+    assert!((f - 0.5).abs() < 0.05, "about half the in-support draws fall below the median: {f} ({d:?})");
+    // A zero margin rejects what lies beyond the training range: counted as support.
+    let tight = StreamOptions { support_margin: 0.0, cuts: &[], ..opts.clone() };
+    let t = &stream_samples(&model, &[lab], &tight, |_| Ok(())).unwrap()[0];
+    let ranges: Vec<[f64; 2]> = model.features.dims.iter().map(|d| [d.min, d.max]).collect();
+    let all = StreamOptions { support_margin: f64::INFINITY, n_per_label: 20_000, ..tight.clone() };
+    let (mut beyond, mut total) = (0usize, 0usize);
+    stream_samples(&model, &[vec![0.5, 0.25]], &all, |c| {
+        for r in c.samples.chunks_exact(2) {
+            total += 1;
+            beyond += usize::from(r.iter().zip(&ranges).any(|(&v, [lo, hi])| f64::from(v) < *lo || f64::from(v) > *hi));
+        }
+        Ok(())
+    })
+    .unwrap();
+    let beyond = beyond as f64 / total as f64;
+    assert!(t.outside_support > 0, "{t:?}");
+    assert!((t.support_fraction() - beyond).abs() < 0.02 + 0.2 * beyond, "{} vs {beyond}", t.support_fraction());
 }

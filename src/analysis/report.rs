@@ -348,6 +348,10 @@ pub struct LabelReport {
     pub extrapolation: bool,
     /// Whether the generated events were made here (true) or read from a file.
     pub generated_here: bool,
+    /// Where the draws went when generated here: the fractions rejected by
+    /// the acceptance cuts and by the support check (never silent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draws: Option<crate::generate::LabelDraws>,
     /// Generated versus reference.
     pub metrics: SampleMetrics,
     /// Second reference versus reference (the statistical floor), when available.
@@ -911,6 +915,7 @@ fn build(
         generated: Vec<Vec<f64>>,
         floor: Option<Vec<Vec<f64>>>,
         generated_here: bool,
+        draws: Option<crate::generate::LabelDraws>,
     }
     let mut work = Vec::with_capacity(ref_groups.len());
     for (i, (label, members)) in ref_groups.iter().enumerate() {
@@ -918,18 +923,19 @@ fn build(
             || trained.is_some_and(|t| !t.iter().any(|x| same_label(x, label)));
         let kind = if held { LabelKind::Interpolation } else { LabelKind::Reproduction };
         let reference = rows_f64(&opts.reference, members);
-        let (generated, generated_here) = match (gen_groups, &opts.generated) {
+        let (generated, generated_here, draws) = match (gen_groups, &opts.generated) {
             (Some(gg), Some(g)) => {
                 let m = find_group(gg, label)
                     .ok_or_else(|| Error::Data(format!("generated events: none at {}", fmt_label(label))))?;
-                (rows_f64(g, m), false)
+                (rows_f64(g, m), false, None)
             }
             _ => {
                 let n = opts.n_generate.unwrap_or(members.len());
                 let seed = crate::rng::mix_seed(opts.seed, i as u64);
-                let g = crate::generate::sample_at_labels(model, std::slice::from_ref(label), n, seed, opts.chunk)?;
+                let (g, mut draws) =
+                    crate::generate::sample_with_draws(model, std::slice::from_ref(label), n, seed, opts.chunk, &[])?;
                 let all: Vec<usize> = (0..g.len()).collect();
-                (rows_f64(&g, &all), true)
+                (rows_f64(&g, &all), true, draws.pop())
             }
         };
         let floor = match (r2_groups, &opts.reference2) {
@@ -950,7 +956,7 @@ fn build(
             },
             _ => None,
         };
-        work.push(Work { label: label.clone(), kind, reference, generated, floor, generated_here });
+        work.push(Work { label: label.clone(), kind, reference, generated, floor, generated_here, draws });
     }
     // Held-out labels first, then training labels (each group in label order).
     work.sort_by_key(|w| w.kind != LabelKind::Interpolation);
@@ -966,6 +972,7 @@ fn build(
             kind: w.kind,
             extrapolation,
             generated_here: w.generated_here,
+            draws: w.draws.clone(),
             metrics: m,
             floor: f,
             verdict,
@@ -1170,6 +1177,18 @@ fn multi_line(m: &SampleMetrics) -> String {
     format!("{c}; {e}")
 }
 
+/// `; of N draws, a % failed the acceptance cuts and b % fell outside the
+/// training support` (the redraws of the generation, never silent).
+fn draws_note(d: &crate::generate::LabelDraws) -> String {
+    format!(
+        "; of {} draws, {:.2} % failed the acceptance cuts and {:.3} % fell outside the training support{}",
+        d.drawn,
+        100.0 * d.acceptance_fraction(),
+        100.0 * d.support_fraction(),
+        if d.support_fraction() > crate::generate::SUPPORT_WARN_FRACTION { " (unreliable tails)" } else { "" }
+    )
+}
+
 fn render_text(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "FEDHEX {} validation report", r.fedhex_version);
@@ -1214,6 +1233,9 @@ fn render_text(r: &Report) -> String {
                 let _ = writeln!(s, "  {}", cells.join("  "));
             }
             let _ = writeln!(s, "  multivariate: {}", multi_line(&l.metrics));
+            if let Some(d) = &l.draws {
+                let _ = writeln!(s, "  generation: {}", draws_note(d).trim_start_matches("; "));
+            }
             if let Some(f) = &l.floor {
                 let _ = writeln!(s, "  floor (reference2 vs reference): {}", multi_line(f));
             }
@@ -1311,12 +1333,13 @@ fn render_html(r: &Report) -> String {
         for (i, l) in r.labels.iter().enumerate().filter(|(_, l)| l.kind == kind) {
             let _ = writeln!(
                 h,
-                "<h3 id=\"label{i}\">label {}{}</h3><p>{} reference / {} generated events{}</p>",
+                "<h3 id=\"label{i}\">label {}{}</h3><p>{} reference / {} generated events{}{}</p>",
                 esc(&fmt_label(&l.label)),
                 if l.extrapolation { " (extrapolation)" } else { "" },
                 l.metrics.n_reference,
                 l.metrics.n_compared,
-                if l.generated_here { " (generated for this report)" } else { "" }
+                if l.generated_here { " (generated for this report)" } else { "" },
+                esc(&l.draws.as_ref().map(draws_note).unwrap_or_default())
             );
             let _ = write!(h, "<table><tr>");
             for c in TABLE_HEAD {

@@ -202,6 +202,12 @@ struct GenArgs {
     out: PathBuf,
 }
 
+/// `x.root` → `x.draws.json`: where `fedhex sample` records, per label, the
+/// draws rejected by the acceptance cuts, the support check and the ranges.
+fn draws_path(out: &Path) -> PathBuf {
+    out.with_extension("draws.json")
+}
+
 fn truth_path(out: &Path) -> PathBuf {
     out.with_extension("gen.json")
 }
@@ -366,9 +372,18 @@ fn sample(model: &Path, at: &SampleAt<'_>, run: &SampleRun<'_>) -> Result<()> {
         chunk: run.chunk,
         support_margin: run.support_margin,
     };
-    fedhex::generate::stream_samples(&model, &labels, &opts, |c| writer.write(c.samples, c.labels, c.rows))?;
+    let draws =
+        fedhex::generate::stream_samples(&model, &labels, &opts, |c| writer.write(c.samples, c.labels, c.rows))?;
     writer.finish()?;
-    println!("wrote {total} events at {} label(s) to {}", labels.len(), out.display());
+    let stats = draws_path(out);
+    fedhex::atomic::write_synced(&stats, serde_json::to_string_pretty(&draws)?.as_bytes())?;
+    print!("{}", fedhex::generate::draws_table(&draws, 20));
+    println!(
+        "wrote {total} events at {} label(s) to {} (draws per label: {})",
+        labels.len(),
+        out.display(),
+        stats.display()
+    );
     Ok(())
 }
 

@@ -888,7 +888,15 @@ unsafe fn in_major_tile_avx2(y: &Layer, w: &[f32], z: &[f32], zs: usize, out: &m
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn in_major_rows_tile_avx2(y: &Layer, w: &[f32], z: &[f32], zs: usize, out: &mut [f32], os: usize, want: &[bool]) {
+unsafe fn in_major_rows_tile_avx2(
+    y: &Layer,
+    w: &[f32],
+    z: &[f32],
+    zs: usize,
+    out: &mut [f32],
+    os: usize,
+    want: &[bool],
+) {
     use std::arch::x86_64::*;
     const { assert!(TILE == 8) };
     let (a, b) = w.split_at(y.a_len());
