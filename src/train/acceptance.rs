@@ -1,7 +1,7 @@
 //! The acceptance terms of the likelihood, for data cut by known acceptance
 //! cuts (`data.acceptance`): the truncated likelihood `p(x | c) / Z(c)`
-//! (each event's flow samples weighted `1 / Ẑ(c)`, `Ẑ` estimated at each
-//! epoch start) or, with the production's efficiencies, the censored one
+//! (each event's flow samples weighted `±1 / Ẑ(c)`, `Ẑ` estimated at each
+//! epoch start; the rejected samples carry it where most pass) or, with the production's efficiencies, the censored one
 //! (rejected samples weighted `−(1 − ε)/ε`). Both enter a step as a weighted
 //! sum of log-densities of flow samples drawn at the step's labels.
 
@@ -45,6 +45,8 @@ pub(super) fn check_acceptance(acceptance: &[Acceptance], set: &EventSet, what: 
 
 /// Flow samples per training label used to estimate its acceptance at each epoch start.
 const ACCEPTANCE_PROBE: i64 = 2000;
+/// Largest truncated-term weight `1/Ẑ` (so `Ẑ >= 1/2`) estimated from the rejected samples.
+const REJECTED_FORM_MAX_WEIGHT: f64 = 2.0;
 /// Labels whose estimated acceptance is at least this get no normaliser term (it would only add noise).
 const ACCEPTANCE_ACTIVE_BELOW: f64 = 0.995;
 
@@ -120,8 +122,13 @@ fn acceptance_event_weights(groups: &LabelGroups, group_weights: &[f32], n_event
 /// estimated with `reps` flow samples per event at its label (no gradient
 /// through the sampling). Returns a scalar to add to the summed NLL.
 ///
-/// * Truncated (`w_i > 0`): `log Z(c_i)` has the gradient
-///   `E[∇ log p(x̃ | c_i) | x̃ accepted]`: each *accepted* sample weighted `w_i / reps`.
+/// * Truncated (`w_i = 1/Ẑ > 0`): `log Z(c_i)` has the gradient
+///   `E[1_acc ∇ log p(x̃ | c_i)] / Z`; as `E[∇ log p] = 0` (the samples come
+///   from the flow itself) this is also `−E[1_rej ∇ log p] / Z`. Where most
+///   samples pass (`Ẑ ≥ 1/2`, `w_i ≤ 2`) the *rejected* samples carry it, each
+///   weighted `−w_i / reps`: a control variate with far less variance near
+///   `Z = 1`, and only the few rejected samples enter the backward; elsewhere
+///   each *accepted* sample is weighted `w_i / reps`.
 /// * Censored (`w_i = -r < 0`): the `r` rejected events per kept event add
 ///   `-r log(1 - Z(c_i))`, gradient `-r E[∇ log p | x̃ rejected]`, estimated per
 ///   label group from this step's *rejected* samples (a ratio estimator: weight
@@ -166,10 +173,15 @@ fn acceptance_samples(
             let z = model.flow_sample(&c_sel);
             let x = model.from_flow_space(&z, &raw_c.index_select(0, &sel));
             let pass = x.select(1, 0).isfinite().logical_and(&model.acceptance_mask(&x));
-            // Truncated events use their accepted samples, censored ones their rejected samples.
+            // Censored events use their rejected samples; truncated ones their
+            // rejected samples with the opposite sign where Ẑ >= 1/2 (w <= 2),
+            // else their accepted samples (see `acceptance_term`).
             let truncated = w_sel.gt(0.0);
-            let use_sample = pass.eq_tensor(&truncated);
-            let mut wk = &w_sel * use_sample.to_kind(Kind::Float) / reps as f64;
+            let rejected_form = truncated.logical_and(&w_sel.le(REJECTED_FORM_MAX_WEIGHT));
+            let use_accepted = truncated.logical_and(&rejected_form.logical_not());
+            let use_sample = pass.eq_tensor(&use_accepted);
+            let wk = &w_sel * use_sample.to_kind(Kind::Float) / reps as f64;
+            let mut wk = wk.where_self(&rejected_form.logical_not(), &(-&wk));
             let censored = truncated.logical_not();
             if censored.any().int64_value(&[]) != 0 {
                 let g_sel = gid.index_select(0, &sel);
