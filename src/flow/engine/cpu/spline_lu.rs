@@ -190,23 +190,29 @@ struct KnotSet {
     sig: [f32; MAX_BINS],
 }
 
-/// Knots of one feature's spline from its raw parameters `r` (`K` widths, `K`
-/// heights, `K - 1` derivatives): positions `xs`, `ys` and derivatives `ds`
-/// (`K + 1` each), and the softmaxes and sigmoids the backward needs
-/// (`sm`: `2K` values, `sig`: `K - 1`).
+impl KnotSet {
+    /// An empty set, filled by [`knots_tile`].
+    fn empty() -> KnotSet {
+        KnotSet {
+            xs: [0.0; MAX_BINS + 1],
+            ys: [0.0; MAX_BINS + 1],
+            ds: [0.0; MAX_BINS + 1],
+            sm: [0.0; 2 * MAX_BINS],
+            sig: [0.0; MAX_BINS],
+        }
+    }
+}
+
+/// `c0` with `softplus(c0) = 1 - MIN_DERIVATIVE`: a zero raw derivative input gives slope 1.
+fn derivative_offset() -> f32 {
+    ((1.0 - MIN_DERIVATIVE).exp() - 1.0).ln() as f32
+}
+
+/// The arguments of the exponentials of one feature's knots from its raw
+/// parameters `r` (`K` widths, `K` heights, `K - 1` derivatives) into `e`
+/// (`3K - 1`): widths and heights less their maximum, derivatives plus `c0`.
 #[inline(always)]
-fn knots<const AVX: bool>(k: usize, bound: f32, r: &[f32]) -> KnotSet {
-    let mut ks = KnotSet {
-        xs: [0.0; MAX_BINS + 1],
-        ys: [0.0; MAX_BINS + 1],
-        ds: [0.0; MAX_BINS + 1],
-        sm: [0.0; 2 * MAX_BINS],
-        sig: [0.0; MAX_BINS],
-    };
-    let KnotSet { xs, ys, ds, sm, sig } = &mut ks;
-    let c0 = ((1.0 - MIN_DERIVATIVE).exp() - 1.0).ln() as f32;
-    let mut e = [0f32; 3 * MAX_BINS];
-    let n = 3 * k - 1;
+fn knot_exponents(k: usize, c0: f32, r: &[f32], e: &mut [f32]) {
     let mw = r[..k].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mh = r[k..2 * k].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     for q in 0..k {
@@ -216,7 +222,15 @@ fn knots<const AVX: bool>(k: usize, bound: f32, r: &[f32]) -> KnotSet {
     for q in 0..k - 1 {
         e[2 * k + q] = r[2 * k + q] + c0;
     }
-    exp_in_place::<AVX>(&mut e[..n]);
+}
+
+/// One feature's knots from its raw parameters `r`, the exponentials `e` of
+/// [`knot_exponents`] and `sp = ln(1 + e)` of the derivative part (`K - 1`),
+/// into `ks`: positions `xs`, `ys` and derivatives `ds` (`K + 1` each), and
+/// the softmaxes and sigmoids the backward needs (`sm`: `2K`, `sig`: `K - 1`).
+#[inline(always)]
+fn knots_finish(k: usize, bound: f32, c0: f32, r: &[f32], e: &[f32], sp: &[f32], ks: &mut KnotSet) {
+    let KnotSet { xs, ys, ds, sm, sig } = ks;
     let scale = 1.0 - (MIN_BIN * k as f64) as f32;
     let (min_bin, two_b) = (MIN_BIN as f32, 2.0 * bound);
     for (half, pos) in [(0, &mut xs[..]), (k, &mut ys[..])] {
@@ -235,18 +249,64 @@ fn knots<const AVX: bool>(k: usize, bound: f32, r: &[f32]) -> KnotSet {
     }
     ds[0] = 1.0;
     ds[k] = 1.0;
-    let mut sp = [0f32; MAX_BINS];
-    sp[..k - 1].copy_from_slice(&e[2 * k..n]);
-    ln1p_in_place::<AVX>(&mut sp[..k - 1]);
     for q in 0..k - 1 {
         let v = r[2 * k + q] + c0;
         let ev = e[2 * k + q];
         // softplus with libtorch's threshold: the identity above 20.
-        let (sp, sg) = if v > 20.0 { (v, 1.0) } else { (sp[q], ev / (1.0 + ev)) };
-        ds[q + 1] = sp + MIN_DERIVATIVE as f32;
+        let (spv, sg) = if v > 20.0 { (v, 1.0) } else { (sp[q], ev / (1.0 + ev)) };
+        ds[q + 1] = spv + MIN_DERIVATIVE as f32;
         sig[q] = sg;
     }
+}
+
+/// Knots of one feature's spline from its raw parameters `r` (`3K - 1`); see [`knots_finish`].
+#[inline(always)]
+fn knots<const AVX: bool>(k: usize, bound: f32, r: &[f32]) -> KnotSet {
+    let mut ks = KnotSet::empty();
+    let c0 = derivative_offset();
+    let n = 3 * k - 1;
+    let mut e = [0f32; 3 * MAX_BINS];
+    knot_exponents(k, c0, r, &mut e);
+    exp_in_place::<AVX>(&mut e[..n]);
+    let mut sp = [0f32; MAX_BINS];
+    sp[..k - 1].copy_from_slice(&e[2 * k..n]);
+    ln1p_in_place::<AVX>(&mut sp[..k - 1]);
+    knots_finish(k, bound, c0, r, &e, &sp, &mut ks);
     ks
+}
+
+/// Scratch of [`knots_tile`]: the exponentials and logarithms of a tile.
+struct KnotScratch {
+    e: Vec<f32>,
+    sp: Vec<f32>,
+}
+
+impl KnotScratch {
+    fn new(k: usize) -> KnotScratch {
+        KnotScratch { e: vec![0.0; TILE * (3 * k - 1)], sp: vec![0.0; TILE * (k - 1)] }
+    }
+}
+
+/// [`knots`] of one feature for the `TILE` events of a tile at once (`r`:
+/// event `e`'s raw parameters at `r[e * (3K - 1)..]`) into `out`: the
+/// exponentials and logarithms of the whole tile in one vectorised call
+/// each, which give the same bits as per event (`vmath`), and nothing zeroed.
+#[inline(always)]
+fn knots_tile<const AVX: bool>(k: usize, bound: f32, r: &[f32], ws: &mut KnotScratch, out: &mut [KnotSet]) {
+    let c0 = derivative_offset();
+    let n = 3 * k - 1;
+    for e in 0..TILE {
+        knot_exponents(k, c0, &r[e * n..(e + 1) * n], &mut ws.e[e * n..(e + 1) * n]);
+    }
+    exp_in_place::<AVX>(&mut ws.e[..TILE * n]);
+    for e in 0..TILE {
+        ws.sp[e * (k - 1)..(e + 1) * (k - 1)].copy_from_slice(&ws.e[e * n + 2 * k..(e + 1) * n]);
+    }
+    ln1p_in_place::<AVX>(&mut ws.sp[..TILE * (k - 1)]);
+    for (e, ks) in out.iter_mut().enumerate().take(TILE) {
+        let sp = &ws.sp[e * (k - 1)..(e + 1) * (k - 1)];
+        knots_finish(k, bound, c0, &r[e * n..(e + 1) * n], &ws.e[e * n..(e + 1) * n], sp, ks);
+    }
 }
 
 /// The piece containing `v` along the knots `pos` (`0..K`).
@@ -440,19 +500,17 @@ fn gather(raw: &[f32], d: usize, j: usize, skip: usize, n: usize, r: &mut [f32])
 /// Fills the rest of `tail` and returns the block's `log |det|`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn block_tail<const AVX: bool>(
+fn block_tail<'a, const AVX: bool>(
     p: &Plan,
     x: &Ext,
     w: &[f32],
-    consts: &[Option<KnotSet>],
+    knots_of: impl Fn(usize) -> &'a KnotSet,
     k: usize,
     u: &[f32],
     tail: &mut [f32],
 ) -> f32 {
     let d = p.d;
-    let skip = if x.affine { 2 } else { 0 };
     let mut ld = 0f32;
-    let mut r = [0f32; 3 * MAX_BINS];
     let (raw, rest) = tail.split_at_mut(x.params * d);
     let (at, rest) = rest.split_at_mut(d);
     let (ae, rest) = rest.split_at_mut(d);
@@ -477,16 +535,10 @@ fn block_tail<const AVX: bool>(
     }
     match x.spline {
         Some((nk, bound)) => {
-            let (n, cl) = (3 * nk - 1, cache_len(nk));
+            let cl = cache_len(nk);
             for j in 0..d {
                 let sc = &mut sc[j * cl..(j + 1) * cl];
-                let (y, ls) = match &consts[k * d + j] {
-                    Some(ks) => spline_forward(nk, bound, ks, a[j], sc),
-                    None => {
-                        gather(raw, d, j, skip, n, &mut r);
-                        spline_forward(nk, bound, &knots::<AVX>(nk, bound, &r[..n]), a[j], sc)
-                    }
-                };
+                let (y, ls) = spline_forward(nk, bound, knots_of(j), a[j], sc);
                 yo[j] = y;
                 ld += ls;
             }
@@ -525,12 +577,18 @@ struct Scratch {
     c0: Vec<f32>,
     /// [`constant_knots`] of the weights.
     consts: Vec<Option<KnotSet>>,
+    /// The knots of a tile's events, feature-major (`j * TILE + e`), and
+    /// what [`knots_tile`] needs: raw parameters (`TILE × (3K - 1)`) and scratch.
+    tk: Vec<KnotSet>,
+    kr: Vec<f32>,
+    kw: KnotScratch,
 }
 
 impl Scratch {
     fn new<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32]) -> Scratch {
         let widest = p.blocks.iter().flatten().map(|y| y.n_out.max(y.k_in)).max().unwrap_or(0);
         let maxw = widest.max(x.params * p.d);
+        let nk = x.spline.map_or(0, |(k, _)| k);
         Scratch {
             recs: vec![0f32; TILE * p.blocks.len() * p.rec],
             tout: vec![0f32; TILE * maxw],
@@ -540,7 +598,26 @@ impl Scratch {
             u0: vec![0f32; TILE * p.d],
             c0: vec![0f32; TILE * p.l],
             consts: constant_knots::<AVX>(p, x, w),
+            tk: if nk > 0 { vec![KnotSet::empty(); TILE * p.d] } else { Vec::new() },
+            kr: vec![0f32; TILE * (3 * nk).saturating_sub(1)],
+            kw: KnotScratch::new(nk.max(2)),
         }
+    }
+
+    /// The knots of feature `j` of block `k` for every event of the tile into
+    /// `tk[j * TILE..]`, from the raw outputs `raw(e)` of event `e` (one
+    /// parameter after the other, each for every feature); nothing for a
+    /// feature with constant knots.
+    fn tile_knots<'r, const AVX: bool>(&mut self, d: usize, x: &Ext, k: usize, j: usize, raw: impl Fn(usize) -> &'r [f32]) {
+        let Some((nk, bound)) = x.spline else { return };
+        if self.consts[k * d + j].is_some() {
+            return;
+        }
+        let (n, skip) = (3 * nk - 1, if x.affine { 2 } else { 0 });
+        for e in 0..TILE {
+            gather(raw(e), d, j, skip, n, &mut self.kr[e * n..(e + 1) * n]);
+        }
+        knots_tile::<AVX>(nk, bound, &self.kr, &mut self.kw, &mut self.tk[j * TILE..(j + 1) * TILE]);
     }
 
     /// Loads the events `rows` (at most `TILE`) of `(xd, c)` as the tile's
@@ -602,10 +679,19 @@ fn tile_forward<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32], s: &mut Scratch) 
                 }
             }
         }
+        if x.spline.is_some() {
+            for j in 0..d {
+                let recs = std::mem::take(&mut s.recs);
+                s.tile_knots::<AVX>(d, x, k, j, |e| &recs[e * er + kb + x.raw..e * er + kb + x.raw + x.params * d]);
+                s.recs = recs;
+            }
+        }
         for (e, lde) in ld.iter_mut().enumerate() {
             let (before, this) = s.recs.split_at_mut(e * er + kb);
             let u: &[f32] = if k == 0 { &s.u0[e * d..(e + 1) * d] } else { &before[e * er + kb - p.rec + x.out..] };
-            *lde += block_tail::<AVX>(p, x, w, &s.consts, k, &u[..d], &mut this[x.raw..p.rec]);
+            let (consts, tk) = (&s.consts, &s.tk);
+            let knots_of = |j: usize| consts[k * d + j].as_ref().unwrap_or_else(|| &tk[j * TILE + e]);
+            *lde += block_tail::<AVX>(p, x, w, knots_of, k, &u[..d], &mut this[x.raw..p.rec]);
         }
     }
     ld
@@ -799,7 +885,6 @@ pub(super) fn inverse_chunk<const AVX: bool>(
     ld: &mut [f32],
 ) {
     let d = p.d;
-    let skip = if x.affine { 2 } else { 0 };
     // s.recs: one block record per event of a tile (the inversion keeps nothing across blocks).
     let mut s = Scratch::new::<AVX>(p, x, w);
     let (mut xk, mut lds, mut v) = (vec![0f32; TILE * d], vec![0f32; TILE * d], vec![0f32; d]);
@@ -834,6 +919,11 @@ pub(super) fn inverse_chunk<const AVX: bool>(
             xk.iter_mut().for_each(|v| *v = 0.0);
             for pass in passes {
                 pass_tile::<AVX>(p, layers, pass, w, &xk, &s.c0, &mut s.recs, &mut s.tout, &mut want);
+                for &j in &pass.feats {
+                    let tout = std::mem::take(&mut s.tout);
+                    s.tile_knots::<AVX>(d, x, k, j, |e| &tout[e * n_out..(e + 1) * n_out]);
+                    s.tout = tout;
+                }
                 for e in 0..TILE {
                     for &j in &pass.feats {
                         for (q, rv) in raw.iter_mut().enumerate() {
@@ -841,13 +931,10 @@ pub(super) fn inverse_chunk<const AVX: bool>(
                         }
                         let yj = s.u0[e * d + j];
                         let (a, ls) = match x.spline {
-                            Some((nk, bound)) => match &s.consts[k * d + j] {
-                                Some(ks) => spline_inverse(nk, bound, ks, yj),
-                                None => {
-                                    let ks = knots::<AVX>(nk, bound, &raw[skip..skip + 3 * nk - 1]);
-                                    spline_inverse(nk, bound, &ks, yj)
-                                }
-                            },
+                            Some((nk, bound)) => {
+                                let ks = s.consts[k * d + j].as_ref().unwrap_or(&s.tk[j * TILE + e]);
+                                spline_inverse(nk, bound, ks, yj)
+                            }
                             None => (yj, 0.0),
                         };
                         let (xj, ldj) = if x.affine {
