@@ -12,7 +12,7 @@ export PATH := $(FEDHEX_TORCH_VENV)/bin:$(PATH)
 export FEDHEX_PYTHON := $(FEDHEX_TORCH_VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: setup build test lint demo bench bench-stream zuko-compare gpu-check fidelity clean
+.PHONY: setup build test lint demo bench bench-stream bench-nd zuko-compare gpu-check fidelity clean
 
 setup:
 	@bash scripts/setup.sh
@@ -39,6 +39,10 @@ bench: setup
 # Streamed generation of 1M and 10M events to .root/.npz: events/s and peak RSS.
 bench-stream: setup
 	@bash scripts/bench_sample_stream.sh $(DEVICE)
+
+# Throughput at D = 2..12 beside zuko MAF and NSF (issue #19): a Markdown table (~3 min).
+bench-nd: build
+	@bash scripts/bench_nd.sh
 
 zuko-compare: build
 	@bash scripts/zuko_compare.sh
