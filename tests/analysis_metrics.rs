@@ -402,3 +402,40 @@ fn compare_samples_bundles_everything_and_serialises() {
         Err(MetricsError::DimensionMismatch { .. })
     ));
 }
+
+/// Three features where the third is correlated with the first in the
+/// reference only: the pair χ² flags (0, 2) and no other pair, while every
+/// marginal is the same standard normal.
+#[test]
+fn pair_chi2_finds_the_pair_whose_dependence_is_wrong() {
+    let n = 20_000;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let normal = Normal::new(0.0, 1.0).unwrap();
+    let mut draw = |rho: f64| -> Vec<Vec<f64>> {
+        (0..n)
+            .map(|_| {
+                let (a, b, c): (f64, f64, f64) =
+                    (normal.sample(&mut rng), normal.sample(&mut rng), normal.sample(&mut rng));
+                vec![a, b, rho * a + (1.0 - rho * rho).sqrt() * c]
+            })
+            .collect()
+    };
+    let (reference, generated, same) = (draw(0.5), draw(0.0), draw(0.5));
+    let chi = |g: &[Vec<f64>], i, j| metrics::pair_chi2(&reference, g, i, j, 8).unwrap();
+    let bad = chi(&generated, 0, 2);
+    assert_eq!(bad.ndf, 63);
+    assert!(bad.chi2_per_ndf > 5.0 && bad.p_value < 1e-6, "{bad:?}");
+    for (i, j) in [(0, 1), (1, 2)] {
+        let ok = chi(&generated, i, j);
+        assert!(ok.chi2_per_ndf < 1.6, "pair ({i}, {j}): {ok:?}");
+    }
+    let floor = chi(&same, 0, 2);
+    assert!(floor.chi2_per_ndf < 1.6 && floor.p_value > 1e-4, "{floor:?}");
+    // The 1-D marginals cannot tell.
+    let col = |s: &[Vec<f64>], k: usize| s.iter().map(|r| r[k]).collect::<Vec<f64>>();
+    let m =
+        metrics::chi2_test(&col(&reference, 2), &col(&generated, 2), Binning::ReferenceQuantiles { bins: 20 }).unwrap();
+    assert!(m.chi2_per_ndf < 2.0, "{m:?}");
+    assert!(matches!(metrics::pair_chi2(&reference, &generated, 0, 5, 8), Err(MetricsError::DimensionMismatch { .. })));
+    assert!(metrics::pair_chi2(&reference, &generated, 0, 1, 1).is_err());
+}

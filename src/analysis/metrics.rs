@@ -644,6 +644,62 @@ pub fn chi2_from_counts(reference: &[u64], generated: &[u64]) -> MetricsResult<C
     Ok(finish_chi2(chi2, used))
 }
 
+/// Two-sample χ² of the joint distribution of features `i` and `j`: a
+/// `bins × bins` grid of the reference's marginal quantiles (so every row
+/// and column holds the same reference count and the test sees the
+/// dependence, not the marginals' shapes), [`chi2_from_counts`] on its
+/// cells. Rows with a non-finite value in either feature are dropped.
+/// Used to find the pairs of features a flow reproduces worst.
+pub fn pair_chi2<R: AsRef<[f64]>>(
+    reference: &[R],
+    generated: &[R],
+    i: usize,
+    j: usize,
+    bins: usize,
+) -> MetricsResult<Chi2Result> {
+    if bins < 2 {
+        return Err(MetricsError::InvalidArgument(format!("number of bins must be ≥ 2, got {bins}")));
+    }
+    let pairs = |rows: &[R]| -> MetricsResult<Vec<[f64; 2]>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let r = r.as_ref();
+            let (Some(&a), Some(&b)) = (r.get(i), r.get(j)) else {
+                return Err(MetricsError::DimensionMismatch {
+                    context: "pair of features".into(),
+                    expected: i.max(j) + 1,
+                    got: r.len(),
+                });
+            };
+            if a.is_finite() && b.is_finite() {
+                out.push([a, b]);
+            }
+        }
+        Ok(out)
+    };
+    let (r, g) = (pairs(reference)?, pairs(generated)?);
+    require(REF, r.len(), 1)?;
+    require(GEN, g.len(), 1)?;
+    let edges = |c: usize| -> Vec<f64> {
+        let mut v: Vec<f64> = r.iter().map(|p| p[c]).collect();
+        v.sort_by(f64::total_cmp);
+        let mut e: Vec<f64> = (1..bins).map(|k| quantile_sorted(&v, k as f64 / bins as f64)).collect();
+        e.dedup();
+        e
+    };
+    let (ea, eb) = (edges(0), edges(1));
+    let cell = |p: &[f64; 2]| ea.partition_point(|&e| e <= p[0]) * (eb.len() + 1) + eb.partition_point(|&e| e <= p[1]);
+    let n_cells = (ea.len() + 1) * (eb.len() + 1);
+    let count = |v: &[[f64; 2]]| {
+        let mut c = vec![0u64; n_cells];
+        for p in v {
+            c[cell(p)] += 1;
+        }
+        c
+    };
+    chi2_from_counts(&count(&r), &count(&g))
+}
+
 fn finish_chi2(chi2: f64, used: usize) -> Chi2Result {
     let ndf = used.saturating_sub(1);
     Chi2Result {

@@ -360,6 +360,58 @@ pub struct LabelReport {
     pub verdict: Verdict,
     /// Plot files of this label, relative to the output directory.
     pub plots: Vec<String>,
+    /// With three or more features, the pairs whose joint distribution the
+    /// generated events reproduce worst (2-D χ²/ndf, worst first; their 2-D
+    /// plots are drawn).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub worst_pairs: Vec<PairDiscrepancy>,
+}
+
+/// The 2-D χ² of one pair of features ([`crate::analysis::metrics::pair_chi2`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairDiscrepancy {
+    /// The two feature names.
+    pub features: [String; 2],
+    /// χ²/ndf of the generated against the reference events.
+    pub chi2_per_ndf: f64,
+    /// The same for the second reference (the statistical floor), when available.
+    pub floor_chi2_per_ndf: Option<f64>,
+}
+
+/// Cells per axis of the pair χ² ([`PairDiscrepancy`]).
+const PAIR_BINS: usize = 8;
+/// Pairs of features plotted per label (the worst by 2-D χ²/ndf).
+const WORST_PAIRS: usize = 3;
+
+/// The [`WORST_PAIRS`] pairs of features with the largest 2-D χ²/ndf (none below three features).
+fn worst_pairs(
+    names: &[String],
+    reference: &[Vec<f64>],
+    generated: &[Vec<f64>],
+    floor: Option<&Vec<Vec<f64>>>,
+) -> Vec<(usize, usize, PairDiscrepancy)> {
+    let d = names.len();
+    if d < 3 {
+        return Vec::new();
+    }
+    let chi = |a: &[Vec<f64>], i, j| {
+        crate::analysis::metrics::pair_chi2(reference, a, i, j, PAIR_BINS).ok().map(|c| c.chi2_per_ndf)
+    };
+    let mut all: Vec<(usize, usize, PairDiscrepancy)> = (0..d)
+        .flat_map(|i| (i + 1..d).map(move |j| (i, j)))
+        .filter_map(|(i, j)| {
+            let c = chi(generated, i, j)?;
+            let features = [names[i].clone(), names[j].clone()];
+            Some((
+                i,
+                j,
+                PairDiscrepancy { features, chi2_per_ndf: c, floor_chi2_per_ndf: floor.and_then(|f| chi(f, i, j)) },
+            ))
+        })
+        .collect();
+    all.sort_by(|a, b| b.2.chi2_per_ndf.total_cmp(&a.2.chi2_per_ndf));
+    all.truncate(WORST_PAIRS);
+    all
 }
 
 /// Counts and worst values of one group of labels.
@@ -977,6 +1029,10 @@ fn build(
             floor: f,
             verdict,
             plots: Vec::new(),
+            worst_pairs: worst_pairs(&names, &w.reference, &w.generated, w.floor.as_ref())
+                .into_iter()
+                .map(|(_, _, p)| p)
+                .collect(),
         });
     }
 
@@ -1102,11 +1158,28 @@ fn build(
                 lr.plots.push(rel(&file));
             }
         }
-        if d >= 2 {
-            let file = format!("label{i:02}_2d.png");
-            let rp: Vec<[f64; 2]> = w.reference.iter().map(pair).collect();
-            let gp: Vec<[f64; 2]> = w.generated.iter().map(pair).collect();
-            if plot_result(plots::compare_2d(pdir.join(&file), &rp, &gp, [&names[0], &names[1]]), &mut warnings)? {
+        // Two features: their joint distribution; more: the worst pairs by 2-D χ²/ndf.
+        let pairs: Vec<(usize, usize)> = if d == 2 {
+            vec![(0, 1)]
+        } else {
+            lr.worst_pairs
+                .iter()
+                .filter_map(|p| {
+                    let at = |n: &String| names.iter().position(|m| m == n);
+                    Some((at(&p.features[0])?, at(&p.features[1])?))
+                })
+                .collect()
+        };
+        for (a, b) in pairs {
+            let file = if d == 2 {
+                format!("label{i:02}_2d.png")
+            } else {
+                format!("label{i:02}_2d_{}_{}.png", safe_name(&names[a]), safe_name(&names[b]))
+            };
+            let pick = |r: &Vec<f64>| [r[a], r[b]];
+            let rp: Vec<[f64; 2]> = w.reference.iter().map(pick).collect();
+            let gp: Vec<[f64; 2]> = w.generated.iter().map(pick).collect();
+            if plot_result(plots::compare_2d(pdir.join(&file), &rp, &gp, [&names[a], &names[b]]), &mut warnings)? {
                 lr.plots.push(rel(&file));
             }
         }
@@ -1177,6 +1250,18 @@ fn multi_line(m: &SampleMetrics) -> String {
     format!("{c}; {e}")
 }
 
+/// `a–b 2-D χ²/ndf 3.1 (floor 1.0), …` of [`LabelReport::worst_pairs`].
+fn pairs_line(pairs: &[PairDiscrepancy]) -> String {
+    pairs
+        .iter()
+        .map(|p| {
+            let floor = p.floor_chi2_per_ndf.map(|f| format!(" (floor {f:.2})")).unwrap_or_default();
+            format!("{}–{} 2-D χ²/ndf {:.2}{floor}", p.features[0], p.features[1], p.chi2_per_ndf)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `; of N draws, a % failed the acceptance cuts and b % fell outside the
 /// training support` (the redraws of the generation, never silent).
 fn draws_note(d: &crate::generate::LabelDraws) -> String {
@@ -1235,6 +1320,9 @@ fn render_text(r: &Report) -> String {
             let _ = writeln!(s, "  multivariate: {}", multi_line(&l.metrics));
             if let Some(d) = &l.draws {
                 let _ = writeln!(s, "  generation: {}", draws_note(d).trim_start_matches("; "));
+            }
+            if !l.worst_pairs.is_empty() {
+                let _ = writeln!(s, "  worst pairs: {}", pairs_line(&l.worst_pairs));
             }
             if let Some(f) = &l.floor {
                 let _ = writeln!(s, "  floor (reference2 vs reference): {}", multi_line(f));
@@ -1354,6 +1442,9 @@ fn render_html(r: &Report) -> String {
                 let _ = writeln!(h, "</tr>");
             }
             let _ = writeln!(h, "</table><p>multivariate: {}</p>", esc(&multi_line(&l.metrics)));
+            if !l.worst_pairs.is_empty() {
+                let _ = writeln!(h, "<p>worst pairs: {}</p>", esc(&pairs_line(&l.worst_pairs)));
+            }
             if let Some(f) = &l.floor {
                 let _ = writeln!(h, "<p>floor (reference2 vs reference): {}</p>", esc(&multi_line(f)));
             }

@@ -608,7 +608,14 @@ impl Scratch {
     /// `tk[j * TILE..]`, from the raw outputs `raw(e)` of event `e` (one
     /// parameter after the other, each for every feature); nothing for a
     /// feature with constant knots.
-    fn tile_knots<'r, const AVX: bool>(&mut self, d: usize, x: &Ext, k: usize, j: usize, raw: impl Fn(usize) -> &'r [f32]) {
+    fn tile_knots<'r, const AVX: bool>(
+        &mut self,
+        d: usize,
+        x: &Ext,
+        k: usize,
+        j: usize,
+        raw: impl Fn(usize) -> &'r [f32],
+    ) {
         let Some((nk, bound)) = x.spline else { return };
         if self.consts[k * d + j].is_some() {
             return;
