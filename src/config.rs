@@ -235,8 +235,10 @@ pub struct TrainingConfig {
     /// Continue from the newest complete checkpoint in the run directory: never or auto.
     pub resume: Resume,
     /// Flow samples drawn per training event (at labels where the flow puts mass outside
-    /// `data.acceptance`) to estimate the gradient of the acceptance normaliser; 0: off.
-    pub acceptance_samples: usize,
+    /// `data.acceptance`) to estimate the gradient of the acceptance normaliser: a whole
+    /// number per event, or a fraction in (0, 1) of the step's events (chosen at random,
+    /// weighted up: cheaper, noisier); 0: off.
+    pub acceptance_samples: f64,
     /// Exponential moving average of the weights with this decay per step (0: off); the
     /// saved model carries the averaged weights, checkpoints both (exact resume).
     pub ema_decay: f64,
@@ -280,7 +282,7 @@ impl Default for TrainingConfig {
             adam_beta2: 0.999,
             adam_eps: 1e-8,
             resume: Resume::Never,
-            acceptance_samples: 1,
+            acceptance_samples: 1.0,
             ema_decay: 0.0,
             clip_grad_norm: 0.0,
             clip_grad_relative: 10.0,
@@ -342,7 +344,7 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "training.acceptance_samples",
-        "flow samples per event and step for the acceptance normaliser of the truncated likelihood (0: off)",
+        "flow samples per event and step for the acceptance normaliser of the truncated likelihood: 1, 2, ... per event, or a fraction in (0, 1) of the step's events (cheaper, noisier; docs/speed.md); 0: off",
     ),
     ("network.n_blocks", "number of MADE blocks in the MAF"),
     ("network.hidden", "hidden layer widths of every MADE, e.g. [128] or [64, 64, 64]"),
@@ -553,6 +555,12 @@ impl RunConfig {
         }
         if !(t.clip_grad_relative == 0.0 || (t.clip_grad_relative >= 1.0 && t.clip_grad_relative.is_finite())) {
             return bad(format!("training.clip_grad_relative must be 0 (off) or >= 1, got {}", t.clip_grad_relative));
+        }
+        let a = t.acceptance_samples;
+        if !(a.is_finite() && a >= 0.0 && (a <= 1.0 || a.fract() == 0.0) && a <= 1024.0) {
+            return bad(format!(
+                "training.acceptance_samples must be 0 (off), a fraction in (0, 1) or a whole number up to 1024, got {a}"
+            ));
         }
         if !(0.0..1.0).contains(&t.ema_decay) {
             return bad(format!("training.ema_decay must be in [0, 1), got {}", t.ema_decay));

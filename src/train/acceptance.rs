@@ -142,7 +142,7 @@ fn acceptance_term(
     model: &Model,
     (c, raw_c, gid): (&Tensor, &Tensor, &Tensor),
     w: &Tensor,
-    reps: usize,
+    reps: f64,
     seed: u64,
 ) -> Tensor {
     match acceptance_samples(model, (c, raw_c, gid), w, reps, seed) {
@@ -157,18 +157,27 @@ fn acceptance_samples(
     model: &Model,
     (c, raw_c, gid): (&Tensor, &Tensor, &Tensor),
     w: &Tensor,
-    reps: usize,
+    reps: f64,
     seed: u64,
 ) -> Option<(Tensor, Tensor, Tensor)> {
     let active = w.ne(0.0).nonzero().squeeze_dim(1);
-    if active.size()[0] == 0 {
+    let n_active = active.size()[0];
+    if n_active == 0 {
         return None;
     }
-    let sel = active.repeat([reps as i64]);
+    let _rng = crate::rng::seeded(seed);
+    // `reps` samples per event, or one each for a random `reps` share of the
+    // events; each sample's weight is divided by the samples per event.
+    let (sel, per_event) = if reps >= 1.0 {
+        (active.repeat([reps as i64]), reps)
+    } else {
+        let m = ((reps * n_active as f64).ceil() as i64).clamp(1, n_active);
+        let pick = Tensor::randperm(n_active, (Kind::Int64, active.device())).narrow(0, 0, m);
+        (active.index_select(0, &pick), m as f64 / n_active as f64)
+    };
     let c_sel = c.index_select(0, &sel);
     let w_sel = w.index_select(0, &sel);
     let (z, keep, wk) = {
-        let _rng = crate::rng::seeded(seed);
         tch::no_grad(|| {
             let z = model.flow_sample(&c_sel);
             let x = model.from_flow_space(&z, &raw_c.index_select(0, &sel));
@@ -180,7 +189,7 @@ fn acceptance_samples(
             let rejected_form = truncated.logical_and(&w_sel.le(REJECTED_FORM_MAX_WEIGHT));
             let use_accepted = truncated.logical_and(&rejected_form.logical_not());
             let use_sample = pass.eq_tensor(&use_accepted);
-            let wk = &w_sel * use_sample.to_kind(Kind::Float) / reps as f64;
+            let wk = &w_sel * use_sample.to_kind(Kind::Float) / per_event;
             let mut wk = wk.where_self(&rejected_form.logical_not(), &(-&wk));
             let censored = truncated.logical_not();
             if censored.any().int64_value(&[]) != 0 {
@@ -218,14 +227,15 @@ pub(super) struct AcceptanceTerms {
     weights: Tensor,
     /// The same weights per label group, for a mid-epoch checkpoint.
     by_label: Vec<LabelWeight>,
-    /// Flow samples per event and step (`training.acceptance_samples`).
-    reps: usize,
+    /// Flow samples per event and step, or the fraction of events sampled
+    /// (`training.acceptance_samples`).
+    reps: f64,
 }
 
 impl AcceptanceTerms {
     /// The terms of a run with acceptance cuts and `training.acceptance_samples > 0`; `None` otherwise.
     pub(super) fn new(cfg: &RunConfig, model: &Model, train_set: &EventSet) -> Result<Option<Self>> {
-        if model.acceptance.is_empty() || cfg.training.acceptance_samples == 0 {
+        if model.acceptance.is_empty() || cfg.training.acceptance_samples == 0.0 {
             return Ok(None);
         }
         let groups = train_set.label_groups();
