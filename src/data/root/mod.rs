@@ -25,16 +25,20 @@
 
 mod compress;
 mod cursor;
+mod dataset;
 mod error;
 mod file;
+mod ntuple;
 mod read;
 mod streamers;
 mod tree;
 mod values;
 mod write;
 
+pub use dataset::Dataset;
 pub use error::RootError;
 pub use file::{KeyInfo, RootFile, MAX_OBJECT, WHOLE_FILE_LIMIT};
+pub use ntuple::{FieldInfo, FieldKind, RNTuple};
 pub use tree::{BranchInfo, BranchKind, Tree};
 pub use values::{Column, ElemType, Values};
 pub use write::{Compression, StreamingTreeWriter, TreeWriter};
