@@ -68,9 +68,13 @@ use super::file::{FileInner, KeyHeader, MAX_OBJECT};
 use super::tree::edit_distance;
 use super::values::{Column, ElemType, Values};
 
-/// Most fields, columns, clusters or pages a list may claim per byte present
-/// is checked per list; this bounds everything else.
+/// Most items (fields, columns, clusters, pages) one list frame may hold; a
+/// list must also have at least its items' minimum size in bytes.
 const MAX_LIST: usize = 1 << 24;
+
+/// Most zero elements synthesised for a deferred column in one cluster
+/// (the only values not backed by bytes in the file).
+const MAX_DEFERRED_ZEROS: u64 = 1 << 26;
 
 // ---------------------------------------------------------------------------
 // Little-endian reader with frames
@@ -454,6 +458,8 @@ pub struct RNTuple {
     /// Per field: its columns (physical ids, aliases resolved) grouped by
     /// representation index.
     field_columns: Vec<Vec<Vec<usize>>>,
+    /// Per field: its subfields.
+    children: Vec<Vec<usize>>,
     clusters: Vec<Cluster>,
     plans: Vec<Plan>,
     infos: Vec<FieldInfo>,
@@ -923,6 +929,7 @@ impl RNTuple {
             fields: schema.fields,
             columns: schema.columns,
             field_columns: Vec::new(),
+            children: Vec::new(),
             clusters,
             plans: Vec::new(),
             infos: Vec::new(),
@@ -964,6 +971,15 @@ impl RNTuple {
             add(field, phys as usize, c.repr)?;
         }
         self.field_columns = fc;
+        let mut children = vec![Vec::new(); nf];
+        for (i, f) in self.fields.iter().enumerate() {
+            if f.parent as usize != i {
+                if let Some(c) = children.get_mut(f.parent as usize) {
+                    c.push(i);
+                }
+            }
+        }
+        self.children = children;
         for (i, f) in self.fields.iter().enumerate() {
             if f.parent as usize != i {
                 continue;
@@ -984,7 +1000,7 @@ impl RNTuple {
 
     /// Subfields of field `id`.
     fn children(&self, id: usize) -> Vec<usize> {
-        self.fields.iter().enumerate().filter(|(i, f)| *i != id && f.parent as usize == id).map(|(i, _)| i).collect()
+        self.children.get(id).cloned().unwrap_or_default()
     }
 
     /// The column slots of field `id` (first representation), with their types.
@@ -1329,20 +1345,23 @@ impl RNTuple {
             let n = offs.last().copied().unwrap_or(0);
             let v = self.read_cluster_column(child, 0, ci, base, n, elem)?;
             append(&mut values, v);
-            offsets.extend(offs.iter().map(|o| base + o));
-            base += n;
+            offsets.extend(offs.iter().map(|o| base.saturating_add(*o)));
+            base = base.saturating_add(n);
         }
         Ok(Column::Jagged { offsets, values })
     }
 
     fn read_fixed(&self, child: usize, n: u64, elem: ElemType) -> PResult<Column> {
+        if n == 0 {
+            return Err(Fail::Malformed("fixed-size array of size 0".into()));
+        }
         let mut values = Values::with_capacity(elem, 0);
         let mut base = 0u64;
         for (ci, c) in self.clusters.iter().enumerate() {
             let count = c.entries.checked_mul(n).ok_or_else(|| Fail::Malformed("array size overflows".into()))?;
             let v = self.read_cluster_column(child, 0, ci, base, count, elem)?;
             append(&mut values, v);
-            base += count;
+            base = base.saturating_add(count);
         }
         let offsets = (0..=self.entries).map(|i| i.saturating_mul(n)).collect();
         Ok(Column::Jagged { offsets, values })
@@ -1380,7 +1399,7 @@ impl RNTuple {
             let deferred = reprs.iter().filter_map(|r| r.get(slot)).any(|&p| {
                 self.columns.get(p).is_some_and(|c| c.deferred) && cluster.columns.get(p).is_none_or(|cp| cp.pages.is_empty())
             });
-            if deferred || n == 0 {
+            if n == 0 || (deferred && n <= MAX_DEFERRED_ZEROS) {
                 return Ok(zeros(elem, n as usize));
             }
             return Err(Fail::Malformed(format!("cluster {ci}: no column data for this field")));
@@ -1416,6 +1435,9 @@ impl RNTuple {
                 "cluster {ci}: column {phys} has {present} elements{}, expected {n}",
                 if lead > 0 { format!(" after {lead} deferred zeros") } else { String::new() }
             )));
+        }
+        if lead > MAX_DEFERRED_ZEROS {
+            return Err(Fail::Malformed(format!("cluster {ci}: column {phys} claims {lead} leading zeros")));
         }
         let mut out = zeros(elem, lead as usize);
         let natural = natural_elem(t).ok_or_else(|| Fail::Unsupported(format!("{t:?} column"), "not numeric".into()))?;
