@@ -697,7 +697,8 @@ for k in t.keys():
 fn write_tree_and_ntuple(dir: &Path) -> (PathBuf, PathBuf) {
     let (t, n) = (dir.join("tree.root"), dir.join("ntuple.root"));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/root/rntuple_uproot.py");
-    let code = "import runpy, sys; p = sys.argv[1]; sys.argv = [p] + sys.argv[2:]; runpy.run_path(p, run_name='__main__')";
+    let code =
+        "import runpy, sys; p = sys.argv[1]; sys.argv = [p] + sys.argv[2:]; runpy.run_path(p, run_name='__main__')";
     run_python(code, &[script, "pair", &s(&t), &s(&n)]);
     (t, n)
 }
@@ -742,7 +743,10 @@ fn rntuple_input_errors_name_file_ntuple_and_field() {
     let f = s(&n);
     let mut input = pair_input(&n);
     input.features[1] = Variable::new("lead", "Jet_ptt[0]");
-    assert_mentions(&err_text(load(&input)), &[&f, "ntuple 'Events'", "no field named 'Jet_ptt'", "did you mean: Jet_pt", "feature 'lead'"]);
+    assert_mentions(
+        &err_text(load(&input)),
+        &[&f, "ntuple 'Events'", "no field named 'Jet_ptt'", "did you mean: Jet_pt", "feature 'lead'"],
+    );
     let input = RootInput { tree: "Evnts".into(), ..pair_input(&n) };
     assert_mentions(&err_text(load(&input)), &[&f, "Evnts", "no TTree or RNTuple", "Events"]);
     // A jagged field used as a scalar is named like a jagged branch.
@@ -750,7 +754,8 @@ fn rntuple_input_errors_name_file_ntuple_and_field() {
     input.features[1] = Variable::new("lead", "Jet_pt");
     assert_mentions(&err_text(load(&input)), &[&f, "ntuple 'Events'", "feature 'lead'", "Jet_pt"]);
     // An unsupported field type names the field and its type.
-    let strings = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/root/rntuple/ntpl001_staff_rntuple_v1-0-1-0.root");
+    let strings =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/root/rntuple/ntpl001_staff_rntuple_v1-0-1-0.root");
     let input = RootInput {
         files: vec![strings.to_string()],
         tree: "Staff".into(),
@@ -759,7 +764,10 @@ fn rntuple_input_errors_name_file_ntuple_and_field() {
         cut: "Nation == 1".into(),
         ..RootInput::default()
     };
-    assert_mentions(&err_text(load(&input)), &[strings, "ntuple 'Staff'", "field 'Nation'", "std::string", "unsupported"]);
+    assert_mentions(
+        &err_text(load(&input)),
+        &[strings, "ntuple 'Staff'", "field 'Nation'", "std::string", "unsupported"],
+    );
     let (set, _) = load(&RootInput { cut: "Age > 40".into(), ..input }).expect("numeric fields of the same file load");
     assert!(!set.is_empty());
 }

@@ -61,7 +61,10 @@ fn uproot_dump(path: &Path, name: &str) -> (u64, BTreeMap<String, (String, Expec
         let e = if let Some(u) = f.get("unsupported") {
             Expected::Unsupported(u.as_str().unwrap_or_default().to_string())
         } else if let Some(o) = f.get("offsets") {
-            Expected::Jagged(o.as_array().expect("offsets").iter().map(|x| x.as_u64().expect("offset")).collect(), strs(&f["values"]))
+            Expected::Jagged(
+                o.as_array().expect("offsets").iter().map(|x| x.as_u64().expect("offset")).collect(),
+                strs(&f["values"]),
+            )
         } else {
             Expected::Flat(strs(&f["values"]))
         };
@@ -181,7 +184,10 @@ fn uproot_written_jagged_and_bool_fields_have_the_right_shapes() {
     assert!(matches!(nt.read("flag"), Ok(Column::Scalar(Values::Bool(_)))));
     assert!(matches!(nt.read("u64"), Ok(Column::Scalar(Values::U64(_)))));
     assert!(matches!(nt.read("i8"), Ok(Column::Scalar(Values::I8(_)))));
-    assert_eq!(nt.field_info("Jet_id").map(|f| f.kind.clone()).ok(), Some(FieldKind::Jagged(fedhex::data::root::ElemType::I32)));
+    assert_eq!(
+        nt.field_info("Jet_id").map(|f| f.kind.clone()).ok(),
+        Some(FieldKind::Jagged(fedhex::data::root::ElemType::I32))
+    );
 }
 
 /// The fixture files written by ROOT: (file, fields that must be read, fields

@@ -154,8 +154,8 @@ pub enum RootError {
         field: String,
         /// C++ type name of the field.
         type_name: String,
-        /// Why it is not supported.
-        reason: String,
+        /// Why it is not supported (boxed to keep `RootError` small).
+        reason: Box<str>,
     },
     /// Invalid arguments to the writer or to `read_range`.
     #[error("{path}: {context}invalid argument: {detail}")]

@@ -29,8 +29,8 @@ use std::sync::Mutex;
 
 use super::compress;
 use super::cursor::Cursor;
-use super::error::{ctx_prefix, path_str, Fail, PResult, RootError};
 use super::dataset::Dataset;
+use super::error::{ctx_prefix, path_str, Fail, PResult, RootError};
 use super::ntuple::RNTuple;
 use super::tree::Tree;
 

@@ -102,7 +102,9 @@ impl<'a> Le<'a> {
                 self.pos += n;
                 Ok(s)
             }
-            None => Err(Fail::Truncated(format!("need {n} bytes at byte {} of a {}-byte record", self.pos, data.len()))),
+            None => {
+                Err(Fail::Truncated(format!("need {n} bytes at byte {} of a {}-byte record", self.pos, data.len())))
+            }
         }
     }
 
@@ -135,7 +137,11 @@ impl<'a> Le<'a> {
     fn string(&mut self) -> PResult<String> {
         let n = self.u32()? as usize;
         if n > self.remaining() {
-            return Err(Fail::Truncated(format!("string of {n} bytes at byte {}, {} left", self.pos, self.remaining())));
+            return Err(Fail::Truncated(format!(
+                "string of {n} bytes at byte {}, {} left",
+                self.pos,
+                self.remaining()
+            )));
         }
         Ok(String::from_utf8_lossy(self.bytes(n)?).into_owned())
     }
@@ -721,9 +727,15 @@ fn decode_page(col: &ColumnDesc, t: ColType, data: &[u8], n: usize) -> PResult<V
         UInt32 | SplitUInt32 => Values::U32(le_vec!(data, u32, 4)),
         Int64 => Values::I64(le_vec!(data, i64, 8)),
         UInt64 | SplitUInt64 => Values::U64(le_vec!(data, u64, 8)),
-        SplitInt16 => Values::I16(le_vec!(data, u16, 2).into_iter().map(|u| ((u >> 1) as i16) ^ -((u & 1) as i16)).collect()),
-        SplitInt32 => Values::I32(le_vec!(data, u32, 4).into_iter().map(|u| ((u >> 1) as i32) ^ -((u & 1) as i32)).collect()),
-        SplitInt64 => Values::I64(le_vec!(data, u64, 8).into_iter().map(|u| ((u >> 1) as i64) ^ -((u & 1) as i64)).collect()),
+        SplitInt16 => {
+            Values::I16(le_vec!(data, u16, 2).into_iter().map(|u| ((u >> 1) as i16) ^ -((u & 1) as i16)).collect())
+        }
+        SplitInt32 => {
+            Values::I32(le_vec!(data, u32, 4).into_iter().map(|u| ((u >> 1) as i32) ^ -((u & 1) as i32)).collect())
+        }
+        SplitInt64 => {
+            Values::I64(le_vec!(data, u64, 8).into_iter().map(|u| ((u >> 1) as i64) ^ -((u & 1) as i64)).collect())
+        }
         Real16 | SplitReal16 => Values::F32(le_vec!(data, u16, 2).into_iter().map(half_to_f32).collect()),
         Real32 | SplitReal32 => Values::F32(le_vec!(data, f32, 4)),
         Real64 | SplitReal64 => Values::F64(le_vec!(data, f64, 8)),
@@ -1053,15 +1065,13 @@ impl RNTuple {
         let has_columns = self.field_columns.get(id).is_some_and(|r| !r.is_empty());
         let repetitive = f.flags & 1 != 0;
         match f.role {
-            ROLE_LEAF if f.type_name.starts_with("ROOT::RNTupleCardinality<") => {
-                match self.slot_types(id).as_slice() {
-                    [c] if c.ctype.is_some_and(ColType::is_index) => {
-                        let elem = if f.type_name.contains("uint32_t") { ElemType::U32 } else { ElemType::U64 };
-                        Plan::Cardinality { field: id, elem }
-                    }
-                    _ => Plan::Unsupported("a cardinality field without an index column".into()),
+            ROLE_LEAF if f.type_name.starts_with("ROOT::RNTupleCardinality<") => match self.slot_types(id).as_slice() {
+                [c] if c.ctype.is_some_and(ColType::is_index) => {
+                    let elem = if f.type_name.contains("uint32_t") { ElemType::U32 } else { ElemType::U64 };
+                    Plan::Cardinality { field: id, elem }
                 }
-            }
+                _ => Plan::Unsupported("a cardinality field without an index column".into()),
+            },
             ROLE_LEAF if repetitive && !has_columns => match children.as_slice() {
                 [c] => match self.plan(*c, depth + 1) {
                     Plan::Scalar { field, elem } => Plan::Fixed { child: field, n: f.repetition, elem },
@@ -1284,7 +1294,7 @@ impl RNTuple {
             ntuple: self.name.clone(),
             field: name.to_string(),
             type_name: info.type_name.clone(),
-            reason,
+            reason: reason.into_boxed_str(),
         };
         let r = match plan {
             Plan::Unsupported(reason) => return Err(unsupported(reason)),
@@ -1397,7 +1407,8 @@ impl RNTuple {
         let Some((phys, cp)) = chosen else {
             // Column added after this cluster was written (deferred): zeros.
             let deferred = reprs.iter().filter_map(|r| r.get(slot)).any(|&p| {
-                self.columns.get(p).is_some_and(|c| c.deferred) && cluster.columns.get(p).is_none_or(|cp| cp.pages.is_empty())
+                self.columns.get(p).is_some_and(|c| c.deferred)
+                    && cluster.columns.get(p).is_none_or(|cp| cp.pages.is_empty())
             });
             if n == 0 || (deferred && n <= MAX_DEFERRED_ZEROS) {
                 return Ok(zeros(elem, n as usize));
@@ -1405,9 +1416,9 @@ impl RNTuple {
             return Err(Fail::Malformed(format!("cluster {ci}: no column data for this field")));
         };
         let desc = self.columns.get(phys).ok_or_else(|| Fail::Malformed(format!("column {phys} missing")))?;
-        let t = desc.ctype.ok_or_else(|| {
-            Fail::Unsupported(format!("column type {:#x}", desc.code), "unknown column type".into())
-        })?;
+        let t = desc
+            .ctype
+            .ok_or_else(|| Fail::Unsupported(format!("column type {:#x}", desc.code), "unknown column type".into()))?;
         let bits = match t.fixed_bits() {
             Some(b) if b == desc.bits => u64::from(b),
             Some(b) => {
@@ -1440,7 +1451,8 @@ impl RNTuple {
             return Err(Fail::Malformed(format!("cluster {ci}: column {phys} claims {lead} leading zeros")));
         }
         let mut out = zeros(elem, lead as usize);
-        let natural = natural_elem(t).ok_or_else(|| Fail::Unsupported(format!("{t:?} column"), "not numeric".into()))?;
+        let natural =
+            natural_elem(t).ok_or_else(|| Fail::Unsupported(format!("{t:?} column"), "not numeric".into()))?;
         for (pi, (k, loc)) in cp.pages.iter().enumerate() {
             let k = *k as usize;
             let what = format!("cluster {ci} column {phys} page {pi} at offset {}", loc.offset);
@@ -1539,7 +1551,8 @@ mod tests {
     #[test]
     fn bits_unpack_lsb_first() {
         assert_eq!(unpack_bits(&[0b1010_1101, 0b0000_0001], 3, 3), vec![0b101, 0b101, 0b110]);
-        let col = ColumnDesc { code: 0, ctype: Some(ColType::Bit), bits: 1, field: 0, repr: 0, deferred: false, range: None };
+        let col =
+            ColumnDesc { code: 0, ctype: Some(ColType::Bit), bits: 1, field: 0, repr: 0, deferred: false, range: None };
         assert_eq!(
             decode_page(&col, ColType::Bit, &[0b0000_0101], 3).ok(),
             Some(Values::Bool(vec![true, false, true]))
