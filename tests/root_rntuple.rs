@@ -335,3 +335,24 @@ fn corrupt_ntuple_metadata_is_an_error_naming_the_ntuple() {
     }
     assert_eq!(failed, 3, "every truncation is noticed");
 }
+
+#[test]
+fn corrupt_page_is_caught_by_its_checksum() {
+    // ROOT writes an XXH3 checksum after every page; the first page of column 0
+    // (`one_integers`) of this file is 40 bytes at offset 503 (uproot:
+    // `page_link_list[0][0].pages[0].locator`).
+    let p = fixtures().join("test_int_float_rntuple_v1-0-0-0.root");
+    let mut data = std::fs::read(&p).expect("read");
+    let good =
+        RootFile::from_bytes(&p, data.clone()).and_then(|f| f.ntuple("ntuple")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(good.read("one_integers").is_ok());
+    data[503 + 7] ^= 0x10;
+    let f = RootFile::from_bytes(&p, data).unwrap_or_else(|e| panic!("{e}"));
+    let nt = f.ntuple("ntuple").unwrap_or_else(|e| panic!("{e}"));
+    let msg = nt.read("one_integers").expect_err("corrupt page").to_string();
+    assert!(
+        msg.contains("checksum") && msg.contains("field 'one_integers'") && msg.contains("ntuple 'ntuple'"),
+        "{msg}"
+    );
+    assert_eq!(nt.read("two_floats").ok(), good.read("two_floats").ok(), "the other column is intact");
+}

@@ -54,9 +54,10 @@
 //! variants, nested collections and streamed objects are reported as
 //! unsupported, naming the field and its type.
 //!
-//! Checksums are not verified (a corrupt file may decode to wrong numbers,
-//! never to a panic). Every read is bounds-checked, every length is checked
-//! against what is present before memory is reserved.
+//! The XXH3-64 checksums of the anchor, of every envelope and of the pages
+//! that carry one (ROOT writes them by default) are verified, so a corrupted
+//! byte there is an error, not a wrong number. Every read is bounds-checked,
+//! every length is checked against what is present before memory is reserved.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,6 +68,7 @@ use super::error::{ctx_prefix, Fail, PResult, RootError};
 use super::file::{FileInner, KeyHeader, MAX_OBJECT};
 use super::tree::edit_distance;
 use super::values::{Column, ElemType, Values};
+use xxhash_rust::xxh3::xxh3_64;
 
 /// Most items (fields, columns, clusters, pages) one list frame may hold; a
 /// list must also have at least its items' minimum size in bytes.
@@ -398,8 +400,8 @@ impl ColumnDesc {
 /// Pages of one column in one cluster.
 #[derive(Clone, Debug, Default)]
 struct ColumnPages {
-    /// (elements, locator) per page.
-    pages: Vec<(u64, Locator)>,
+    /// (elements, locator, followed by a checksum) per page.
+    pages: Vec<(u64, Locator, bool)>,
     /// Index of the first element of the column in this cluster; negative
     /// when the column is suppressed in the cluster.
     element_offset: i64,
@@ -503,6 +505,14 @@ fn parse_anchor(payload: &[u8]) -> PResult<Anchor> {
         *x = c.i64()? as u64;
     }
     let [seek_header, nbytes_header, len_header, seek_footer, nbytes_footer, len_footer, max_key_size] = v;
+    let fields = payload.get(6..70).unwrap_or(&[]);
+    let stored = c.i64()? as u64;
+    let actual = xxh3_64(fields);
+    if stored != actual {
+        return Err(Fail::Malformed(format!(
+            "anchor checksum {stored:#018x} does not match its contents ({actual:#018x})"
+        )));
+    }
     Ok(Anchor {
         epoch,
         major,
@@ -1158,7 +1168,24 @@ fn read_envelope(
     if l > len || l < 16 {
         return Err(Fail::Malformed(format!("{what}: envelope length {l}, the link says {len}")));
     }
-    Ok(data.get(8..(l as usize) - 8).unwrap_or(&[]).to_vec())
+    let body = (l as usize) - 8;
+    check_xxh3(data.get(..body).unwrap_or(&[]), data.get(body..body + 8), what)?;
+    Ok(data.get(8..body).unwrap_or(&[]).to_vec())
+}
+
+/// Checks `bytes` against the little-endian XXH3-64 `stored` after them.
+fn check_xxh3(bytes: &[u8], stored: Option<&[u8]>, what: &str) -> PResult<()> {
+    let stored = stored
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| Fail::Truncated(format!("{what}: checksum missing")))?;
+    let actual = xxh3_64(bytes);
+    if stored != actual {
+        return Err(Fail::Malformed(format!(
+            "{what}: checksum {stored:#018x} does not match the contents ({actual:#018x}); the file is corrupt"
+        )));
+    }
+    Ok(())
 }
 
 /// The message of a file-level error without its path prefix.
@@ -1224,7 +1251,7 @@ fn parse_page_list(env: &[u8], clusters: &mut Vec<Cluster>) -> PResult<()> {
             for _ in 0..np {
                 let ne = pages.i32()?;
                 let loc = pages.locator()?;
-                v.push((u64::from(ne.unsigned_abs()), loc));
+                v.push((u64::from(ne.unsigned_abs()), loc, ne < 0));
             }
             let element_offset = pages.i64()?;
             if element_offset >= 0 {
@@ -1438,7 +1465,7 @@ impl RNTuple {
                 u64::from(desc.bits)
             }
         };
-        let present: u64 = cp.pages.iter().map(|(k, _)| *k).fold(0u64, |a, k| a.saturating_add(k));
+        let present: u64 = cp.pages.iter().map(|(k, _, _)| *k).fold(0u64, |a, k| a.saturating_add(k));
         let offset = cp.element_offset as u64;
         let lead = if desc.deferred && offset > start { offset - start } else { 0 };
         if lead.saturating_add(present) != n {
@@ -1453,7 +1480,7 @@ impl RNTuple {
         let mut out = zeros(elem, lead as usize);
         let natural =
             natural_elem(t).ok_or_else(|| Fail::Unsupported(format!("{t:?} column"), "not numeric".into()))?;
-        for (pi, (k, loc)) in cp.pages.iter().enumerate() {
+        for (pi, (k, loc, has_sum)) in cp.pages.iter().enumerate() {
             let k = *k as usize;
             let what = format!("cluster {ci} column {phys} page {pi} at offset {}", loc.offset);
             let len = (k as u64).saturating_mul(bits).div_ceil(8);
@@ -1466,11 +1493,16 @@ impl RNTuple {
                     format!("split over several keys (max key size {})", self.max_key_size),
                 ));
             }
-            let raw = self
+            let stored = loc.size as usize + if *has_sum { 8 } else { 0 };
+            let with_sum = self
                 .file
-                .read_at(loc.offset, loc.size as usize, &what)
+                .read_at(loc.offset, stored, &what)
                 .map_err(|e| Fail::Truncated(strip_path(&e, &self.file)))?;
-            let data = compress::decompress(&raw, len as usize).map_err(|f| prefix(f, &what))?;
+            let raw = with_sum.get(..loc.size as usize).unwrap_or(&[]);
+            if *has_sum {
+                check_xxh3(raw, with_sum.get(loc.size as usize..), &what)?;
+            }
+            let data = compress::decompress(raw, len as usize).map_err(|f| prefix(f, &what))?;
             if data.len() != len as usize {
                 return Err(Fail::Malformed(format!("{what}: {} bytes, expected {len}", data.len())));
             }
