@@ -256,7 +256,8 @@ fn dataset_opens_a_tree_or_an_ntuple_by_name() {
     // A name that is neither lists what there is.
     let e = fnt.dataset("Evnts").expect_err("missing").to_string();
     assert!(e.contains("no TTree or RNTuple named 'Evnts'") && e.contains("Events"), "{e}");
-    assert!(ft.ntuple("Events").is_err());
+    let e = ft.ntuple("Events").expect_err("a TTree").to_string();
+    assert!(e.contains("is a TTree, not an RNTuple"), "{e}");
 }
 
 #[test]

@@ -392,13 +392,20 @@ impl RootFile {
 
     /// Opens the RNTuple `name` (format v1.x; `"dir/name"`, `"name;cycle"` as for [`RootFile::tree`]).
     pub fn ntuple(&self, name: &str) -> Result<RNTuple, RootError> {
-        match self.dataset(name)? {
-            Dataset::Ntuple(n) => Ok(n),
-            Dataset::Tree(_) => Err(RootError::NotADataset {
+        match self.find_key(name) {
+            Some((_, key)) if key.class != NTUPLE_CLASS => Err(RootError::InvalidArgument {
                 path: self.inner.path_str.clone(),
-                name: name.to_string(),
-                class: "TTree (expected an RNTuple)".to_string(),
+                context: String::new(),
+                detail: format!("key '{name}' is a {}, not an RNTuple", key.class),
             }),
+            _ => match self.dataset(name)? {
+                Dataset::Ntuple(n) => Ok(n),
+                Dataset::Tree(t) => Err(RootError::InvalidArgument {
+                    path: self.inner.path_str.clone(),
+                    context: String::new(),
+                    detail: format!("'{}' is a TTree, not an RNTuple", t.name()),
+                }),
+            },
         }
     }
 

@@ -1467,7 +1467,7 @@ impl RNTuple {
         };
         let present: u64 = cp.pages.iter().map(|(k, _, _)| *k).fold(0u64, |a, k| a.saturating_add(k));
         let offset = cp.element_offset as u64;
-        let lead = if desc.deferred && offset > start { offset - start } else { 0 };
+        let lead = if desc.deferred && offset > start { (offset - start).min(n) } else { 0 };
         if lead.saturating_add(present) != n {
             return Err(Fail::Malformed(format!(
                 "cluster {ci}: column {phys} has {present} elements{}, expected {n}",
