@@ -687,3 +687,87 @@ for k in t.keys():
         Column::Scalar(Values::F32(vec![f32::MIN_POSITIVE, f32::MAX]))
     );
 }
+
+// ---------------------------------------------------------------------------
+// RNTuple input
+// ---------------------------------------------------------------------------
+
+/// Writes the same 600 events as a TTree (`mktree`) and as an RNTuple of two
+/// clusters with uproot (`tests/fixtures/root/rntuple_uproot.py pair`).
+fn write_tree_and_ntuple(dir: &Path) -> (PathBuf, PathBuf) {
+    let (t, n) = (dir.join("tree.root"), dir.join("ntuple.root"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/root/rntuple_uproot.py");
+    let code =
+        "import runpy, sys; p = sys.argv[1]; sys.argv = [p] + sys.argv[2:]; runpy.run_path(p, run_name='__main__')";
+    run_python(code, &[script, "pair", &s(&t), &s(&n)]);
+    (t, n)
+}
+
+fn pair_input(file: &Path) -> RootInput {
+    RootInput {
+        files: vec![s(file)],
+        tree: "Events".into(),
+        features: vec![Variable::new("mass", "mass"), Variable::new("lead", "Jet_pt[0]")],
+        labels: vec![Variable::new("m", "genmass"), Variable::new("w", "width * 2")],
+        cut: "region == 1 and Jet_pt[0] > 20".into(),
+        ..RootInput::default()
+    }
+}
+
+#[test]
+fn rntuple_input_gives_the_same_events_as_the_ttree() {
+    let dir = tmp();
+    let (t, n) = write_tree_and_ntuple(dir.path());
+    assert!(RootFile::open(&n).expect("open").ntuple_names() == vec!["Events".to_string()]);
+    let (from_tree, rep_tree) = load(&pair_input(&t)).expect("TTree input");
+    let (from_ntuple, rep_ntuple) = load(&pair_input(&n)).expect("RNTuple input");
+    assert!(from_tree.len() > 50 && rep_tree.passed_cut < rep_tree.events_read, "{rep_tree}");
+    assert_eq!(rep_tree.cut_invalid, rep_ntuple.cut_invalid);
+    assert!(rep_tree.cut_invalid > 0, "events without jets make Jet_pt[0] invalid: {rep_tree}");
+    assert_eq!(rows_of(&from_tree), rows_of(&from_ntuple));
+    assert_eq!(from_tree, from_ntuple);
+    assert_eq!(format!("{rep_tree}"), format!("{rep_ntuple}"));
+    // A directory holding both reads both, in path order (ntuple.root, tree.root).
+    let both = RootInput { files: vec![s(dir.path())], ..pair_input(&t) };
+    let (set, rep) = load(&both).expect("mixed input");
+    assert_eq!(rep.files, 2);
+    assert_eq!(set.len(), 2 * from_tree.len());
+    let rows = rows_of(&set);
+    assert_eq!(rows[..from_tree.len()], rows_of(&from_ntuple)[..]);
+}
+
+#[test]
+fn rntuple_input_errors_name_file_ntuple_and_field() {
+    let dir = tmp();
+    let (_, n) = write_tree_and_ntuple(dir.path());
+    let f = s(&n);
+    let mut input = pair_input(&n);
+    input.features[1] = Variable::new("lead", "Jet_ptt[0]");
+    assert_mentions(
+        &err_text(load(&input)),
+        &[&f, "ntuple 'Events'", "no field named 'Jet_ptt'", "did you mean: Jet_pt", "feature 'lead'"],
+    );
+    let input = RootInput { tree: "Evnts".into(), ..pair_input(&n) };
+    assert_mentions(&err_text(load(&input)), &[&f, "Evnts", "no TTree or RNTuple", "Events"]);
+    // A jagged field used as a scalar is named like a jagged branch.
+    let mut input = pair_input(&n);
+    input.features[1] = Variable::new("lead", "Jet_pt");
+    assert_mentions(&err_text(load(&input)), &[&f, "ntuple 'Events'", "feature 'lead'", "Jet_pt"]);
+    // An unsupported field type names the field and its type.
+    let strings =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/root/rntuple/ntpl001_staff_rntuple_v1-0-1-0.root");
+    let input = RootInput {
+        files: vec![strings.to_string()],
+        tree: "Staff".into(),
+        features: vec![Variable::new("age", "Age")],
+        labels: vec![],
+        cut: "Nation == 1".into(),
+        ..RootInput::default()
+    };
+    assert_mentions(
+        &err_text(load(&input)),
+        &[strings, "ntuple 'Staff'", "field 'Nation'", "std::string", "unsupported"],
+    );
+    let (set, _) = load(&RootInput { cut: "Age > 40".into(), ..input }).expect("numeric fields of the same file load");
+    assert!(!set.is_empty());
+}

@@ -1,6 +1,7 @@
 //! Robustness property test: mutated versions of the real files (truncated,
-//! bytes flipped, size-like fields overwritten, pieces of two files spliced)
-//! are opened and every branch of every tree is read. Nothing may panic
+//! bytes flipped, size-like fields overwritten, pieces of two files spliced,
+//! pieces of a file copied over other places of it) are opened and every
+//! branch of every tree and every field of every RNTuple is read. Nothing may panic
 //! (panics are caught and reported as failures) and every case must finish
 //! quickly. `FEDHEX_FUZZ_ITERS` sets the number of mutated inputs (default
 //! 500); `FEDHEX_FUZZ_SEED` the seed.
@@ -50,6 +51,22 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         let p = data_file(f);
         v.push((f.to_string(), std::fs::read(&p).unwrap_or_else(|e| panic!("{e}"))));
     }
+    // RNTuples written by ROOT (split/zigzag/delta, Bit, Real32Quant, several
+    // cluster groups, deferred and alias columns) and by uproot (plain columns).
+    for f in [
+        "test_split_3e4_rntuple_v1-0-0-0.root",
+        "test_splitint_rntuple_v1-0-1-0.root",
+        "test_float_types_rntuple_v1-0-0-0.root",
+        "test_extension_columns_rntuple_v1-0-0-0.root",
+        "test_multiple_cluster_groups_rntuple_v1-0-0-0.root",
+        "test_multiple_representations_rntuple_v1-0-0-0.root",
+        "test_stl_containers_rntuple_v1-0-0-0.root",
+        "Run2012BC_DoubleMuParked_Muons_1000evts_rntuple_v1-0-0-0.root",
+        "uproot-rntuple-zlib.root",
+    ] {
+        let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/root/rntuple")).join(f);
+        v.push((f.to_string(), std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))));
+    }
     // A file from our own writer (flat + jagged).
     let dir = std::env::temp_dir().join(format!("fedhex-root-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
@@ -69,7 +86,7 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
 fn mutate(rng: &mut Rng, corpus: &[(String, Vec<u8>)]) -> (String, Vec<u8>) {
     let (name, base) = &corpus[rng.below(corpus.len())];
     let mut d = base.clone();
-    let kind = rng.below(6);
+    let kind = rng.below(7);
     let desc;
     match kind {
         0 => {
@@ -121,6 +138,20 @@ fn mutate(rng: &mut Rng, corpus: &[(String, Vec<u8>)]) -> (String, Vec<u8>) {
             }
             desc = format!("{name}: random bytes at {start}");
         }
+        5 => {
+            // Splice a piece of the file over another place of it (a page or
+            // envelope where another one should be; offsets stay valid).
+            let l = 16 + rng.below(600);
+            let a = rng.below(d.len().saturating_sub(l) + 1);
+            let b = rng.below(d.len().saturating_sub(l) + 1);
+            let chunk: Vec<u8> = d.get(a..(a + l).min(d.len())).unwrap_or(&[]).to_vec();
+            for (j, x) in chunk.iter().enumerate() {
+                if let Some(y) = d.get_mut(b + j) {
+                    *y = *x;
+                }
+            }
+            desc = format!("{name}: {l} bytes at {a} copied over {b}");
+        }
         _ => {
             // Delete or duplicate a chunk (shifts every later offset).
             let a = rng.below(d.len() + 1);
@@ -152,6 +183,16 @@ fn exercise(label: &str, data: Vec<u8>) -> usize {
             }
         }
         let _ = tree.read_range("nMuon", 1..3);
+    }
+    for name in f.ntuple_names() {
+        let Ok(nt) = f.ntuple(&name) else { continue };
+        for field in nt.field_names() {
+            let _ = nt.field_info(&field);
+            if nt.read(&field).is_ok() {
+                n += 1;
+            }
+        }
+        let _ = nt.read("no such field");
     }
     n
 }

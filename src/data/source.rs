@@ -7,7 +7,10 @@
 //!
 //! A [`RootInput`] names the files, the tree, the features and labels (each a
 //! name and a [branch expression](super::expr)), an optional cut and a minimum
-//! number of events per label. In a TOML run configuration it reads:
+//! number of events per label. `tree` names a TTree or an RNTuple (format
+//! v1.0, as ROOT 6.34+ and uproot 5.7+ write it; an RNTuple's top-level
+//! fields play the part of branches, `std::vector<T>` fields are jagged like
+//! `T[n]` branches). In a TOML run configuration it reads:
 //!
 //! ```toml
 //! [data.root]
@@ -40,7 +43,7 @@
 //!    event order does not depend on the order of the entries or the file
 //!    system.
 //! 3. **Per file** (files are read in parallel, results are put together in
-//!    file order): open, find the tree, read only the branches the
+//!    file order): open, find the tree (or RNTuple), read only the branches the
 //!    expressions and the cut reference, evaluate the cut and then every
 //!    feature and label expression column-wise.
 //! 4. **Per event**: an event that fails the cut is dropped (a cut whose
@@ -139,7 +142,8 @@ pub struct RootInput {
     /// `*.root` up to `max_depth` levels deep, or a glob pattern (`*`, `?`,
     /// `[...]` within path components).
     pub files: Vec<String>,
-    /// Name of the TTree to read in every file.
+    /// Name of the TTree or RNTuple (format v1.0, ROOT 6.34+, uproot 5.7+)
+    /// to read in every file; files may mix the two.
     pub tree: String,
     /// Feature columns (the flow's `x`), in order.
     pub features: Vec<Variable>,
@@ -484,24 +488,27 @@ fn open_root(path: &Path) -> Result<RootFile> {
 fn load_file(path: &Path, plan: &Plan) -> Result<Part> {
     let ps = path.display();
     let file = open_root(path)?;
-    let tree = file.tree(&plan.tree).map_err(|e| Error::Data(e.to_string()))?;
-    let n = usize::try_from(tree.entries())
-        .map_err(|_| Error::Data(format!("{ps}: tree '{}': too many entries", plan.tree)))?;
+    // A TTree or an RNTuple: both give one column per branch/field.
+    let data = file.dataset(&plan.tree).map_err(|e| Error::Data(e.to_string()))?;
+    let kind = data.kind();
+    let n = usize::try_from(data.entries())
+        .map_err(|_| Error::Data(format!("{ps}: {kind} '{}': too many entries", plan.tree)))?;
     let mut cols: BTreeMap<String, expr::Column> = BTreeMap::new();
     for (branch, users) in &plan.branches {
         let used = || format!(" (used by {})", users.join(", "));
-        let col = tree.read(branch).map_err(|e| Error::Data(format!("{e}{}", used())))?;
+        let col = data.read(branch).map_err(|e| Error::Data(format!("{e}{}", used())))?;
         if col.entries() < n {
             return Err(Error::Data(format!(
-                "{ps}: tree '{}': branch '{branch}' has {} entries, the tree {n}{}",
+                "{ps}: {kind} '{}': {} '{branch}' has {} entries, the {kind} {n}{}",
                 plan.tree,
+                data.member_kind(),
                 col.entries(),
                 used()
             )));
         }
         cols.insert(branch.clone(), to_expr_column(col));
     }
-    let ctx = |what: String, e: expr::ExprError| Error::Data(format!("{ps}: tree '{}': {what}: {e}", plan.tree));
+    let ctx = |what: String, e: expr::ExprError| Error::Data(format!("{ps}: {kind} '{}': {what}: {e}", plan.tree));
     let mut part = Part { read: n as u64, ..Part::default() };
     let pass = match &plan.cut {
         Some(cut) => {

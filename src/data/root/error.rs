@@ -111,6 +111,52 @@ pub enum RootError {
         /// Why it is not supported.
         reason: String,
     },
+    /// No TTree and no RNTuple of that name.
+    #[error("{path}: no TTree or RNTuple named '{name}' (in file: {available})")]
+    DatasetNotFound {
+        /// File path.
+        path: String,
+        /// Requested name.
+        name: String,
+        /// Comma separated list of the trees and ntuples that exist.
+        available: String,
+    },
+    /// The key exists but is neither a TTree nor an RNTuple.
+    #[error("{path}: key '{name}' is a {class}, not a TTree or an RNTuple")]
+    NotADataset {
+        /// File path.
+        path: String,
+        /// Key name.
+        name: String,
+        /// Its class.
+        class: String,
+    },
+    /// No top-level field of that name in an RNTuple.
+    #[error("{path}: ntuple '{ntuple}': no field named '{field}'{suggestions}")]
+    FieldNotFound {
+        /// File path.
+        path: String,
+        /// RNTuple name.
+        ntuple: String,
+        /// Requested field.
+        field: String,
+        /// `" (did you mean: a, b, c?)"` or a few field names.
+        suggestions: String,
+    },
+    /// The RNTuple field exists but holds a type this reader does not decode.
+    #[error("{path}: ntuple '{ntuple}': field '{field}': unsupported type {type_name}: {reason}")]
+    UnsupportedField {
+        /// File path.
+        path: String,
+        /// RNTuple name.
+        ntuple: String,
+        /// Field name.
+        field: String,
+        /// C++ type name of the field.
+        type_name: String,
+        /// Why it is not supported (boxed to keep `RootError` small).
+        reason: Box<str>,
+    },
     /// Invalid arguments to the writer or to `read_range`.
     #[error("{path}: {context}invalid argument: {detail}")]
     InvalidArgument {

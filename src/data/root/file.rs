@@ -29,7 +29,9 @@ use std::sync::Mutex;
 
 use super::compress;
 use super::cursor::Cursor;
+use super::dataset::Dataset;
 use super::error::{ctx_prefix, path_str, Fail, PResult, RootError};
+use super::ntuple::RNTuple;
 use super::tree::Tree;
 
 /// Files up to this size are read into memory at once.
@@ -339,8 +341,20 @@ impl RootFile {
         v
     }
 
-    /// Opens the TTree `name` (`"dir/tree"` for subdirectories; `"name;cycle"` picks a cycle).
-    pub fn tree(&self, name: &str) -> Result<Tree, RootError> {
+    /// Names of all RNTuples (`ROOT::RNTuple` keys, highest cycle only).
+    pub fn ntuple_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for (n, k) in &self.keys {
+            if k.class == NTUPLE_CLASS && !v.contains(n) {
+                v.push(n.clone());
+            }
+        }
+        v
+    }
+
+    /// The key `name` (`"dir/name"`, `"name;cycle"`), highest cycle first;
+    /// returns the name without cycle and the key.
+    fn find_key<'s, 'n>(&'s self, name: &'n str) -> Option<(&'n str, &'s KeyHeader)> {
         let (base, cycle) = match name.rsplit_once(';') {
             Some((b, c)) => match c.parse::<i16>() {
                 Ok(c) => (b, Some(c)),
@@ -349,24 +363,20 @@ impl RootFile {
             None => (name, None),
         };
         let base = base.trim_start_matches('/');
-        let key = self
-            .keys
+        self.keys
             .iter()
             .filter(|(n, k)| n == base && cycle.is_none_or(|c| c == k.cycle))
             .max_by_key(|(_, k)| k.cycle)
-            .map(|(_, k)| k);
-        let Some(key) = key else {
+            .map(|(_, k)| (base, k))
+    }
+
+    /// Opens the TTree `name` (`"dir/tree"` for subdirectories; `"name;cycle"` picks a cycle).
+    pub fn tree(&self, name: &str) -> Result<Tree, RootError> {
+        let Some((base, key)) = self.find_key(name) else {
             return Err(RootError::TreeNotFound {
                 path: self.inner.path_str.clone(),
                 name: name.to_string(),
-                available: {
-                    let t = self.tree_names();
-                    if t.is_empty() {
-                        "none".to_string()
-                    } else {
-                        t.join(", ")
-                    }
-                },
+                available: list_or_none(self.tree_names()),
             });
         };
         if key.class != "TTree" {
@@ -378,6 +388,58 @@ impl RootFile {
         }
         let payload = self.inner.read_object(key, &format!("tree '{base}'"))?;
         Tree::parse(self.inner.clone(), base.to_string(), key, &payload)
+    }
+
+    /// Opens the RNTuple `name` (format v1.x; `"dir/name"`, `"name;cycle"` as for [`RootFile::tree`]).
+    pub fn ntuple(&self, name: &str) -> Result<RNTuple, RootError> {
+        match self.find_key(name) {
+            Some((_, key)) if key.class != NTUPLE_CLASS => Err(RootError::InvalidArgument {
+                path: self.inner.path_str.clone(),
+                context: String::new(),
+                detail: format!("key '{name}' is a {}, not an RNTuple", key.class),
+            }),
+            _ => match self.dataset(name)? {
+                Dataset::Ntuple(n) => Ok(n),
+                Dataset::Tree(t) => Err(RootError::InvalidArgument {
+                    path: self.inner.path_str.clone(),
+                    context: String::new(),
+                    detail: format!("'{}' is a TTree, not an RNTuple", t.name()),
+                }),
+            },
+        }
+    }
+
+    /// Opens `name` as whichever it is, a TTree or an RNTuple.
+    pub fn dataset(&self, name: &str) -> Result<Dataset, RootError> {
+        let Some((base, key)) = self.find_key(name) else {
+            let mut all = self.tree_names();
+            all.extend(self.ntuple_names());
+            return Err(RootError::DatasetNotFound {
+                path: self.inner.path_str.clone(),
+                name: name.to_string(),
+                available: list_or_none(all),
+            });
+        };
+        match key.class.as_str() {
+            "TTree" => self.tree(name).map(Dataset::Tree),
+            NTUPLE_CLASS => RNTuple::open(self.inner.clone(), base.to_string(), key).map(Dataset::Ntuple),
+            other => Err(RootError::NotADataset {
+                path: self.inner.path_str.clone(),
+                name: name.to_string(),
+                class: other.to_string(),
+            }),
+        }
+    }
+}
+
+/// Class name of RNTuple anchors.
+const NTUPLE_CLASS: &str = "ROOT::RNTuple";
+
+fn list_or_none(v: Vec<String>) -> String {
+    if v.is_empty() {
+        "none".to_string()
+    } else {
+        v.join(", ")
     }
 }
 

@@ -656,7 +656,7 @@ fn type_name(kind: &BranchKind) -> String {
 }
 
 /// Levenshtein distance (for "did you mean").
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.to_lowercase().chars().collect();
     let b: Vec<char> = b.to_lowercase().chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
