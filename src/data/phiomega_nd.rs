@@ -380,8 +380,7 @@ impl PhiOmegaNdModel {
         if !(self.shoulder_loss_min..1.0).contains(&self.shoulder_loss_max) {
             return bad("shoulder_loss_max", self.shoulder_loss_max, "must lie in [shoulder_loss_min, 1)");
         }
-        for (name, v) in [("pt_g_min", self.pt_g_min), ("pt_w_min", self.pt_w_min), ("m_omega_min", self.m_omega_min)]
-        {
+        for (name, v) in [("pt_g_min", self.pt_g_min), ("pt_w_min", self.pt_w_min), ("m_omega_min", self.m_omega_min)] {
             if !v.is_finite() {
                 return bad(name, v, "must be finite");
             }
@@ -532,15 +531,7 @@ impl PhiOmegaNdModel {
         let w = from_e_p_eta_phi(e_w, p_w, eta_w, phi_w);
         let sum = [g[0] + w[0], g[1] + w[1], g[2] + w[2], g[3] + w[3]];
         let m2 = sum[0] * sum[0] - sum[1] * sum[1] - sum[2] * sum[2] - sum[3] * sum[3];
-        let ev = [
-            m2.max(0.0).sqrt(),
-            m_w,
-            g[1].hypot(g[2]),
-            w[1].hypot(w[2]),
-            eta_g,
-            eta_w,
-            delta_phi(phi_g, phi_w),
-        ];
+        let ev = [m2.max(0.0).sqrt(), m_w, g[1].hypot(g[2]), w[1].hypot(w[2]), eta_g, eta_w, delta_phi(phi_g, phi_w)];
         Some(ev)
     }
 
@@ -683,7 +674,13 @@ impl NdGrid {
     pub fn points(&self) -> Result<Vec<NdLabel>, PhiOmegaNdError> {
         self.validate()?;
         let [p, o, w] = self.axes();
-        Ok(p.iter().flat_map(|&a| o.iter().flat_map(|&b| w.iter().map(move |&c| [a, b, c]))).collect())
+        let mut points = Vec::with_capacity(p.len() * o.len() * w.len());
+        for &a in &p {
+            for &b in &o {
+                points.extend(w.iter().map(|&c| [a, b, c]));
+            }
+        }
+        Ok(points)
     }
 }
 
