@@ -6,7 +6,7 @@ Usage: python benches/zuko_train.py --files DIR [--epochs 8] [--batch 1024] [--t
 Reads every ROOT file in DIR (tree `Events`, the flat branches written by
 `fedhex gen --model phi-omega-nd`) with uproot and applies the preprocessing of
 examples/phiomega_nd.toml: m_phi, m_omega as ln(reco/true mass); pt_g, pt_w as
-ln(p_T/M_phi); eta as is; dphi as ln(3.1416 - dphi); labels ln. Then
+ln(p_T/M_phi); eta as is; dphi as ln(dphi / (3.1416 - dphi)); labels ln. Then
 standardises every column (mean 0, variance 1), keeps 90 % of the events
 (examples/phiomega_nd.toml's validation_fraction = 0.1) and trains, for the
 same epochs and batch size as FEDHEX:
@@ -54,7 +54,7 @@ def load(directory):
             np.log(c["pt_w"] / c["M_phi"]),
             c["eta_g"],
             c["eta_w"],
-            np.log(3.1416 - c["dphi"]),
+            np.log(c["dphi"] / (3.1416 - c["dphi"])),
         ],
         axis=1,
     )

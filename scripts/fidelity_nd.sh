@@ -72,5 +72,5 @@ if [ "$ZUKO" != 0 ]; then
   ZUKO_ARGS=(--zuko "$OUT/zuko.json")
 fi
 "$PY" scripts/fidelity_nd_summary.py "$OUT/report/report.json" --train-seconds "$train_s" \
-  --ranks "$RANKS" --epochs "${EPOCHS:-8}" "${ZUKO_ARGS[@]}" | tee "$OUT/summary.txt"
+  --ranks "$RANKS" --epochs "${EPOCHS:-8}" --history "$OUT/run/history.csv" "${ZUKO_ARGS[@]}" | tee "$OUT/summary.txt"
 echo "report: $OUT/report/index.html; $(cat "$DATA/gen_time.txt" 2>/dev/null || true)" | tee -a "$OUT/summary.txt"
