@@ -293,4 +293,6 @@ fn cli_writes_a_grid_and_evaluation_points_and_rejects_bad_arguments() {
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+    let out = Command::new(fedhex).args(["gen", "--model", "phi-omega", "--at-default", "--out", o]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--at-default"));
 }

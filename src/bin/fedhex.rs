@@ -291,7 +291,7 @@ fn gen_phiomega_nd(a: &GenArgs) -> Result<()> {
 
 fn gen(a: &GenArgs) -> Result<()> {
     match a.model {
-        GenModel::PhiOmega if a.at_default => bail!("--at-default is for --model phi-omega-nd"),
+        GenModel::PhiOmega | GenModel::Gaussian if a.at_default => bail!("--at-default is for --model phi-omega-nd"),
         GenModel::PhiOmega => return gen_phiomega(a),
         GenModel::PhiOmegaNd => return gen_phiomega_nd(a),
         GenModel::Gaussian => {}

@@ -78,20 +78,20 @@
 //!    smeared by Gaussians: `σ_η,γ = σ_φ,γ = 0.001`,
 //!    `σ_η,ω = σ_φ,ω = 0.002` (the true values from `η = asinh(p_z/p_T)`).
 //! 10. **Reconstruction.**  Photon: massless, `p_T,γ = E_γ,reco / cosh η_γ`.
-//!    Two-prong: `|p| = √(E_ω,reco² − m_ω,reco²)`, `p_T,ω = |p| / cosh η_ω`.
-//!    Each four-vector is `(E, p_T cos φ, p_T sin φ, p_T sinh η)`;
-//!    `m_phi = √((E_γ + E_ω)² − |p_γ + p_ω|²)`,
-//!    `dphi = |φ_γ − φ_ω|` wrapped to `[0, π]`.
+//!     Two-prong: `|p| = √(E_ω,reco² − m_ω,reco²)`, `p_T,ω = |p| / cosh η_ω`.
+//!     Each four-vector is `(E, p_T cos φ, p_T sin φ, p_T sinh η)`;
+//!     `m_phi = √((E_γ + E_ω)² − |p_γ + p_ω|²)`,
+//!     `dphi = |φ_γ − φ_ω|` wrapped to `[0, π]`.
 //! 11. **Acceptance.**  The candidate is kept if `pt_g > 50`, `pt_w > 50`,
-//!    `|eta_g| < 2.5`, `|eta_w| < 2.5` and `m_omega > 0.4` (defaults;
-//!    [`PhiOmegaNdModel::cuts`] writes them in the configuration's cut
-//!    language), and every feature is finite (`E_γ,reco > 0`,
-//!    `m_ω,reco < E_ω,reco`); otherwise a new candidate is drawn
-//!    (rejection).  The cuts are on features only, so a flow can apply the
-//!    same cuts to its samples; their *efficiency* depends on all labels
-//!    (the η cut on `M_Φ` through `σ_y`, the mass cut on `M_ω` and on the
-//!    merging, the `p_T` cuts on `M_Φ`), and is recorded per point
-//!    ([`NdSample::efficiency`], `acceptance.csv`).
+//!     `|eta_g| < 2.5`, `|eta_w| < 2.5` and `m_omega > 0.4` (defaults;
+//!     [`PhiOmegaNdModel::cuts`] writes them in the configuration's cut
+//!     language), and every feature is finite (`E_γ,reco > 0`,
+//!     `m_ω,reco < E_ω,reco`); otherwise a new candidate is drawn
+//!     (rejection).  The cuts are on features only, so a flow can apply the
+//!     same cuts to its samples; their *efficiency* depends on all labels
+//!     (the η cut on `M_Φ` through `σ_y`, the mass cut on `M_ω` and on the
+//!     merging, the `p_T` cuts on `M_Φ`), and is recorded per point
+//!     ([`NdSample::efficiency`], `acceptance.csv`).
 //!
 //! Randomness comes only from the `rng` argument, so results are
 //! deterministic for a seeded generator ([`PhiOmegaNdModel::sample_seeded`]
