@@ -98,7 +98,7 @@ def train(kind, x, c, xv, cv, epochs, batch, seed):
             loss_t.backward()
             opt.step()
             step += 1
-        loss = float(loss_t)
+        loss = float(loss_t.detach())
     seconds = time.perf_counter() - start
     with torch.no_grad():
         val = float(-flow(cv).log_prob(xv).mean())
