@@ -32,7 +32,9 @@ GRID=${GRID:-5x5x3}
 NEVENTS=${NEVENTS:-8000}
 NREF=${NREF:-20000}
 POINTS=${POINTS:-}
-DATA=${FIDELITY_DATA:-fidelity-out/nd-data-$GRID-$NEVENTS-$NREF${POINTS:+-custom}}
+# The simulated data are cached per grid, event counts and evaluation points.
+PKEY=""; [ -n "$POINTS" ] && PKEY=-$(echo "$POINTS" | md5sum | cut -c1-8)
+DATA=${FIDELITY_DATA:-fidelity-out/nd-data-$GRID-$NEVENTS-$NREF$PKEY}
 OUT=fidelity-out/nd-$NAME
 RANKS=${RANKS:-2}
 EPOCHS=${EPOCHS:-}
