@@ -12,7 +12,7 @@ export PATH := $(FEDHEX_TORCH_VENV)/bin:$(PATH)
 export FEDHEX_PYTHON := $(FEDHEX_TORCH_VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: setup build test lint demo bench bench-stream bench-nd zuko-compare gpu-check fidelity clean
+.PHONY: setup build test lint demo bench bench-stream bench-nd zuko-compare gpu-check fidelity fidelity-nd clean
 
 setup:
 	@bash scripts/setup.sh
@@ -53,6 +53,12 @@ gpu-check: build
 # Issue #8's accuracy benchmark: grid → training → 13 off-grid points → table (~10 min on 2 cores).
 fidelity: build
 	@bash scripts/fidelity.sh default
+
+# The N-dimensional benchmark: 7 features, 3 labels (M_Φ, M_ω, Γ/M_Φ), 5x5x3 grid → training
+# → 12 off-grid points → per-feature table with PASS/FAIL targets, zuko NSF/MAF training time beside.
+# EPOCHS, NEVENTS, NREF, GRID, POINTS override (scripts/fidelity_nd.sh).
+fidelity-nd: build
+	@bash scripts/fidelity_nd.sh default
 
 # Batch scripts on a throw-away one-node Slurm cluster on this machine (root, ~3 min; not part of `make test`).
 .PHONY: slurm-test

@@ -134,6 +134,10 @@ enum GenModel {
     /// The Φ → γω pseudo-detector; writes one ROOT file per grid point into --out (a directory),
     /// or, with --at, one file of events at the given (M_Φ, M_ω) points.
     PhiOmega,
+    /// The seven-feature, three-label Φ → γω generator (labels M_Φ, M_ω and the relative width
+    /// Γ/M_Φ); a ROOT file per point of --grid AxBxC into --out, or, with --at / --at-default,
+    /// one file of events at the given points.
+    PhiOmegaNd,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -157,12 +161,17 @@ struct GenArgs {
     /// Generator model.
     #[arg(long, value_enum, default_value = "gaussian")]
     model: GenModel,
-    /// phi-omega: grid points along M_Φ and M_ω (e.g. 10x10).
-    #[arg(long, default_value = "10x10")]
-    grid: String,
-    /// phi-omega: generate at these (M_Φ,M_ω) points instead of the grid (repeatable), into one file --out.
+    /// phi-omega: grid points along M_Φ and M_ω (default 10x10); phi-omega-nd: along M_Φ, M_ω
+    /// and Γ/M_Φ (default 5x5x3).
+    #[arg(long)]
+    grid: Option<String>,
+    /// phi-omega: generate at these (M_Φ,M_ω) points instead of the grid (repeatable), into one
+    /// file --out; phi-omega-nd: (M_Φ,M_ω,Γ/M_Φ) points.
     #[arg(long = "at")]
     at: Vec<String>,
+    /// phi-omega-nd: generate at the 12 default off-grid evaluation points (with any --at) into one file --out.
+    #[arg(long = "at-default")]
+    at_default: bool,
     /// Label layout.
     #[arg(long, value_enum, default_value = "grid2d")]
     layout: LayoutArg,
@@ -232,11 +241,11 @@ fn gen_phiomega(a: &GenArgs) -> Result<()> {
         println!("wrote {n} events at {} point(s) to {}", a.at.len(), a.out.display());
         return Ok(());
     }
-    let (np, no) = a
-        .grid
+    let grid = a.grid.as_deref().unwrap_or("10x10");
+    let (np, no) = grid
         .split_once('x')
         .and_then(|(p, o)| Some((p.trim().parse().ok()?, o.trim().parse().ok()?)))
-        .with_context(|| format!("--grid '{}': expected NxM, e.g. 10x10", a.grid))?;
+        .with_context(|| format!("--grid '{grid}': expected NxM, e.g. 10x10"))?;
     let points = LabelGrid { n_phi: np, n_omega: no, ..Default::default() }.points()?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let files = fedhex::data::phiomega::write_phiomega_grid(&a.out, &model, &points, a.n, a.seed)?;
@@ -249,9 +258,49 @@ fn gen_phiomega(a: &GenArgs) -> Result<()> {
     Ok(())
 }
 
+fn gen_phiomega_nd(a: &GenArgs) -> Result<()> {
+    use fedhex::data::phiomega_nd::{self as nd, NdGrid, PhiOmegaNdModel};
+    let model = PhiOmegaNdModel::default();
+    if a.n == 0 {
+        bail!("-n: the number of events per point must be > 0");
+    }
+    if !a.at.is_empty() || a.at_default {
+        if a.grid.is_some() {
+            bail!("--grid cannot be combined with --at/--at-default");
+        }
+        let mut points = if a.at_default { nd::default_eval_points() } else { Vec::new() };
+        for p in &a.at {
+            let l = fedhex::generate::parse_label(p).with_context(|| format!("--at '{p}'"))?;
+            let point = match l.as_slice() {
+                [mp, mo, w] => [f64::from(*mp), f64::from(*mo), f64::from(*w)],
+                _ => bail!("--at '{p}': need M_phi,M_omega,W_phi (three numbers)"),
+            };
+            model.check_label(point).with_context(|| format!("--at '{p}'"))?;
+            points.push(point);
+        }
+        let events = nd::event_set(&model, &points, a.n, a.seed)?;
+        fedhex::data::files::write_events(&a.out, &events, "Events")?;
+        println!("wrote {} events at {} point(s) to {}", events.len(), points.len(), a.out.display());
+        return Ok(());
+    }
+    let spec = a.grid.as_deref().unwrap_or("5x5x3");
+    let points = NdGrid::parse(spec).and_then(|g| g.points()).with_context(|| format!("--grid '{spec}'"))?;
+    let files = nd::write_nd_grid(&a.out, &model, &points, a.n, a.seed)?;
+    println!(
+        "wrote {} ROOT files ({} events each, tree Events) and acceptance.csv (efficiency per point) to {}",
+        files.len(),
+        a.n,
+        a.out.display()
+    );
+    Ok(())
+}
+
 fn gen(a: &GenArgs) -> Result<()> {
-    if a.model == GenModel::PhiOmega {
-        return gen_phiomega(a);
+    match a.model {
+        GenModel::PhiOmega | GenModel::Gaussian if a.at_default => bail!("--at-default is for --model phi-omega-nd"),
+        GenModel::PhiOmega => return gen_phiomega(a),
+        GenModel::PhiOmegaNd => return gen_phiomega_nd(a),
+        GenModel::Gaussian => {}
     }
     let layout = match a.layout {
         LayoutArg::Grid2d => Layout::Grid2d { n: a.points, lo: a.lo, hi: a.hi },

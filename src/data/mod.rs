@@ -1,5 +1,6 @@
 //! Event data: [`EventSet`] (samples `[N, D]` and labels `[N, L]`, f32), label
-//! grouping, readers and writers ([`npy`]), synthetic generators ([`gaussian`])
+//! grouping, readers and writers ([`npy`]), synthetic generators ([`gaussian`],
+//! [`phiomega`], [`phiomega_nd`])
 //! and whitening ([`whiten`]).
 
 pub mod efficiency;
@@ -8,6 +9,7 @@ pub mod files;
 pub mod gaussian;
 pub mod npy;
 pub mod phiomega;
+pub mod phiomega_nd;
 pub mod root;
 pub mod source;
 pub mod transform;

@@ -248,22 +248,23 @@ fn normal_cdf(x: f64) -> f64 {
     }
 }
 
-/// Exact sampler of the standardised Crystal-Ball shape.
+/// Exact sampler of the standardised Crystal-Ball shape (module docs, step 3;
+/// shared with [`super::phiomega_nd`]).
 #[derive(Debug, Clone, Copy)]
-struct CrystalBall {
+pub(crate) struct CrystalBall {
     alpha: f64,
     n: f64,
     p_tail: f64,
 }
 
 impl CrystalBall {
-    fn new(alpha: f64, n: f64) -> Self {
+    pub(crate) fn new(alpha: f64, n: f64) -> Self {
         let core = (2.0 * std::f64::consts::PI).sqrt() * normal_cdf(alpha);
         let tail = n / (alpha * (n - 1.0)) * (-0.5 * alpha * alpha).exp();
         CrystalBall { alpha, n, p_tail: tail / (core + tail) }
     }
 
-    fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
+    pub(crate) fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
         if rng.random::<f64>() < self.p_tail {
             // Pareto tail: u = (n/α) U^{−1/(n−1)}, t = B − u.
             let u01: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
