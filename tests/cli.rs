@@ -347,3 +347,116 @@ fn acceptance_expressions_and_a_fit_of_unlabeled_events() {
     // Without labels both ways are the same single fit.
     assert_eq!(fits[0], fits[1]);
 }
+
+/// `analyze`, `fit` and `sample --labels-from` read a NanoAOD-style reference
+/// (jagged branches, a region cut) through the training run's `[data.root]`
+/// selection (`--config RUN/config.toml`) — the same events the training saw
+/// — and refuse a selection that describes other columns.
+#[test]
+fn commands_read_references_through_the_training_selection() {
+    let d = tmpdir();
+    let p = d.path();
+    common::phiomega_grid(env!("CARGO_BIN_EXE_fedhex"), &p.join("data/phiomega"), 300);
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/phiomega.toml"), p.join("phiomega.toml"))
+        .unwrap();
+    let sets = [
+        "network.n_blocks=2",
+        "network.hidden=[16]",
+        "training.epochs=1",
+        "training.device=\"cpu\"",
+        "outputs.run_dir=\"run\"",
+        "outputs.progress=false",
+    ];
+    let mut args = vec!["train", "--config", "phiomega.toml"];
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let t = fedhex(&args, p);
+    assert!(t.status.success(), "train: {}", String::from_utf8_lossy(&t.stderr));
+    let file = "data/phiomega/phiomega_00004.root";
+    // The events the selection keeps, counted independently through the training loader.
+    let cfg = fedhex::config::RunConfig::load(&p.join("run/config.toml"), &[]).unwrap();
+    let mut input = cfg.data.root.clone().unwrap();
+    input.files = vec![p.join(file).display().to_string()];
+    input.thresh = 0;
+    let (want, _) = fedhex::data::source::load(&input).unwrap();
+    assert!(want.len() > 200 && want.len() < 300, "region cut keeps {} of 300", want.len());
+
+    // Without the selection the flat-branch reader cannot find the model's columns.
+    let plain = fedhex(&["analyze", "--model", "run/model", "--reference", file, "--out", "r0", "-n", "500"], p);
+    fails_with(&plain, "phi");
+    assert!(!p.join("r0").exists(), "no partial report");
+
+    let a = fedhex(
+        &[
+            "analyze",
+            "--model",
+            "run/model",
+            "--reference",
+            file,
+            "--config",
+            "run/config.toml",
+            "--out",
+            "r1",
+            "-n",
+            "500",
+        ],
+        p,
+    );
+    assert!(a.status.success(), "analyze: {}", String::from_utf8_lossy(&a.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(p.join("r1/report.json")).unwrap()).unwrap();
+    let n_ref = report["labels"][0]["metrics"]["n_reference"].as_u64().unwrap();
+    assert_eq!(n_ref as usize, want.len(), "the reference is the selected events");
+
+    let f = fedhex(
+        &[
+            "fit",
+            "--model",
+            "run/model",
+            "--events",
+            file,
+            "--config",
+            "run/config.toml",
+            "--iterations",
+            "20",
+            "--acceptance-samples",
+            "500",
+        ],
+        p,
+    );
+    assert!(f.status.success(), "fit: {}", String::from_utf8_lossy(&f.stderr));
+
+    let s = fedhex(
+        &[
+            "sample",
+            "--model",
+            "run/model",
+            "--labels-from",
+            file,
+            "--config",
+            "run/config.toml",
+            "-n",
+            "100",
+            "--out",
+            "s.npz",
+            "--device",
+            "cpu",
+        ],
+        p,
+    );
+    assert!(s.status.success(), "sample: {}", String::from_utf8_lossy(&s.stderr));
+    let g = fedhex::data::npy::read_npz(&p.join("s.npz"), vec![], vec![]).unwrap();
+    assert_eq!(g.len(), 100, "one label in the file");
+    assert_eq!(g.labels.row(0).to_vec(), want.labels.row(0).to_vec());
+
+    // A selection naming other columns is refused, naming both.
+    let other =
+        std::fs::read_to_string(p.join("run/config.toml")).unwrap().replacen("name = \"phi\"", "name = \"mphi\"", 1);
+    std::fs::write(p.join("other.toml"), other).unwrap();
+    let bad =
+        fedhex(&["analyze", "--model", "run/model", "--reference", file, "--config", "other.toml", "--out", "r2"], p);
+    fails_with(&bad, "mphi");
+    assert!(!p.join("r2").exists());
+    let none = fedhex(&["fit", "--model", "run/model", "--events", file, "--config", "phiomega_missing.toml"], p);
+    fails_with(&none, "phiomega_missing.toml");
+}

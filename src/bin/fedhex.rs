@@ -47,6 +47,9 @@ enum Cmd {
         /// Use the distinct labels of this reference file (.npz or .root with the model's label branches).
         #[arg(long = "labels-from")]
         labels_from: Option<PathBuf>,
+        /// Read --labels-from through this run configuration's [data.root] selection (tree, expressions, cut).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Range cut on a generated feature, name=lo:hi (either side may be empty); events are
         /// resampled so n survive (repeatable).
         #[arg(long = "range")]
@@ -217,6 +220,16 @@ fn draws_path(out: &Path) -> PathBuf {
     out.with_extension("draws.json")
 }
 
+/// The `[data.root]` selection of the run configuration `config`, if given.
+fn selection(config: Option<&Path>) -> Result<Option<fedhex::data::source::RootInput>> {
+    let Some(path) = config else { return Ok(None) };
+    let cfg = fedhex::config::RunConfig::load(path, &[])?;
+    match cfg.data.root {
+        Some(root) => Ok(Some(root)),
+        None => bail!("--config {}: no [data.root] section to read the events with", path.display()),
+    }
+}
+
 fn truth_path(out: &Path) -> PathBuf {
     out.with_extension("gen.json")
 }
@@ -356,6 +369,8 @@ struct SampleAt<'a> {
     labels: &'a [String],
     grid: &'a [String],
     labels_from: Option<&'a Path>,
+    /// A run configuration whose `[data.root]` reads `labels_from`.
+    selection: Option<&'a Path>,
     ranges: &'a [String],
 }
 
@@ -386,12 +401,13 @@ fn sample(model: &Path, at: &SampleAt<'_>, run: &SampleRun<'_>) -> Result<()> {
         labels.extend(fedhex::generate::label_grid(at.grid)?);
     }
     if let Some(p) = at.labels_from {
-        let reference = fedhex::data::files::read_events(
+        let reference = fedhex::data::files::read_events_selected(
             &[p.to_path_buf()],
             &model.features.names(),
             &model.labels.names(),
             "Events",
             true,
+            selection(at.selection)?.as_ref(),
         )?;
         labels.extend(reference.label_groups().labels);
     }
@@ -531,6 +547,7 @@ fn main() {
             labels,
             grid,
             labels_from,
+            config,
             ranges,
             n,
             out,
@@ -541,7 +558,7 @@ fn main() {
             support_margin,
         } => sample(
             model,
-            &SampleAt { labels, grid, labels_from: labels_from.as_deref(), ranges },
+            &SampleAt { labels, grid, labels_from: labels_from.as_deref(), selection: config.as_deref(), ranges },
             &SampleRun {
                 n: *n,
                 out,
@@ -609,6 +626,10 @@ struct AnalyzeArgs {
     /// An independent second reference sample, for the statistical floor.
     #[arg(long)]
     reference2: Vec<PathBuf>,
+    /// Read the ROOT references through this run configuration's [data.root] selection
+    /// (tree, feature and label expressions, cut), e.g. the training run's config.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Held-out labels (comma separated, repeatable), added to the model's training.holdout_labels.
     #[arg(long = "holdout", num_args = 1..)]
     holdout: Vec<String>,
@@ -639,26 +660,25 @@ fn analyze(a: &AnalyzeArgs) -> Result<()> {
     use fedhex::analysis::report;
     let dev = fedhex::device::resolve(fedhex::device::parse_device(&a.device)?, 0)?;
     let model = Model::load(&a.model, dev)?;
-    let reference =
-        fedhex::data::files::read_events(&a.reference, &model.features.names(), &model.labels.names(), &a.tree, true)?;
+    let sel = selection(a.config.as_deref())?;
+    let read = |paths: &[PathBuf], sel: Option<&fedhex::data::source::RootInput>| {
+        fedhex::data::files::read_events_selected(
+            paths,
+            &model.features.names(),
+            &model.labels.names(),
+            &a.tree,
+            true,
+            sel,
+        )
+    };
+    let reference = read(&a.reference, sel.as_ref())?;
     let mut opts = report::AnalyzeOptions::new(&a.model, reference, &a.out);
     if !a.generated.is_empty() {
-        opts.generated = Some(fedhex::data::files::read_events(
-            &a.generated,
-            &model.features.names(),
-            &model.labels.names(),
-            &a.tree,
-            true,
-        )?);
+        // Generated events are written with flat branches named like the model's columns.
+        opts.generated = Some(read(&a.generated, None)?);
     }
     if !a.reference2.is_empty() {
-        opts.reference2 = Some(fedhex::data::files::read_events(
-            &a.reference2,
-            &model.features.names(),
-            &model.labels.names(),
-            &a.tree,
-            true,
-        )?);
+        opts.reference2 = Some(read(&a.reference2, sel.as_ref())?);
     }
     opts.holdout = a.holdout.iter().map(|s| fedhex::generate::parse_label(s)).collect::<Result<_, _>>()?;
     opts.n_generate = a.n;
@@ -712,6 +732,9 @@ struct FitArgs {
     /// Tree name in ROOT files.
     #[arg(long, default_value = "Events")]
     tree: String,
+    /// Read ROOT events through this run configuration's [data.root] selection (tree, expressions, cut).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Device: auto, cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -723,7 +746,17 @@ fn fit(a: &FitArgs) -> Result<()> {
     let model = Model::load(&a.model, dev)?;
     // ROOT: label branches are optional in observed data; read them only when grouping.
     let (features, label_names) = (model.features.names(), model.labels.names());
-    let read = |with_labels| fedhex::data::files::read_events(&a.events, &features, &label_names, &a.tree, with_labels);
+    let sel = selection(a.config.as_deref())?;
+    let read = |with_labels| {
+        fedhex::data::files::read_events_selected(
+            &a.events,
+            &features,
+            &label_names,
+            &a.tree,
+            with_labels,
+            sel.as_ref(),
+        )
+    };
     let events = match read(!a.pool) {
         Ok(e) => e,
         Err(_) if !a.pool => read(false)?,

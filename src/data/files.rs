@@ -43,6 +43,40 @@ pub fn read_events(
     tree: &str,
     with_labels: bool,
 ) -> Result<EventSet> {
+    read_events_selected(paths, features, labels, tree, with_labels, None)
+}
+
+/// [`read_events`], reading ROOT files through a run's `[data.root]`
+/// selection when one is given: its tree, feature and label expressions and
+/// cut (not its files nor its label threshold), so a NanoAOD-style reference
+/// needs no flattening and sees exactly the selection the model was trained
+/// with. The selection's feature (and label) names must be the model's, in
+/// its order. `.npz` files are read as without a selection.
+///
+/// # Errors
+/// As [`read_events`]; a selection whose names differ from the model's.
+pub fn read_events_selected(
+    paths: &[PathBuf],
+    features: &[String],
+    labels: &[String],
+    tree: &str,
+    with_labels: bool,
+    selection: Option<&RootInput>,
+) -> Result<EventSet> {
+    if let Some(sel) = selection {
+        let names = |v: &[Variable]| v.iter().map(|x| x.name.clone()).collect::<Vec<String>>();
+        for (what, got, want, check) in
+            [("features", names(&sel.features), features, true), ("labels", names(&sel.labels), labels, with_labels)]
+        {
+            if check && got != want {
+                return Err(Error::Config(format!(
+                    "[data.root] {what} ({}) differ from the model's ({}): the selection must describe the model's columns in order",
+                    got.join(", "),
+                    want.join(", ")
+                )));
+            }
+        }
+    }
     if paths.is_empty() {
         return Err(Error::Config("no event files given".into()));
     }
@@ -51,12 +85,20 @@ pub fn read_events(
         let es = match Format::of(p) {
             Format::Root => {
                 let var = |n: &String| Variable::new(n, n);
-                let input = RootInput {
-                    files: vec![p.display().to_string()],
-                    tree: tree.to_string(),
-                    features: features.iter().map(var).collect(),
-                    labels: if with_labels { labels.iter().map(var).collect() } else { Vec::new() },
-                    ..Default::default()
+                let input = match selection {
+                    Some(sel) => RootInput {
+                        files: vec![p.display().to_string()],
+                        labels: if with_labels { sel.labels.clone() } else { Vec::new() },
+                        thresh: 0,
+                        ..sel.clone()
+                    },
+                    None => RootInput {
+                        files: vec![p.display().to_string()],
+                        tree: tree.to_string(),
+                        features: features.iter().map(var).collect(),
+                        labels: if with_labels { labels.iter().map(var).collect() } else { Vec::new() },
+                        ..Default::default()
+                    },
                 };
                 super::source::load(&input)?.0
             }
