@@ -36,6 +36,9 @@ fn configs() -> Vec<Net> {
         (4, 1, 3, vec![10], Elu, Lu, Affine, 8, 5.0),
         (2, 0, 3, vec![], Silu, Lu, AffineSpline, 3, 2.0),
         (1, 1, 2, vec![8], Relu, Reverse, Spline, 5, 2.5),
+        // The default network at D = 7, L = 3: the output layer (25 D = 175 rows)
+        // is input-major, so sampling takes the input-major row kernel.
+        (7, 3, 10, vec![128], Relu, Lu, AffineSpline, 8, 5.0),
     ]
     .into_iter()
     .chain(every_kind())
