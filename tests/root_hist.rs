@@ -131,3 +131,27 @@ fn bad_output_paths_name_the_path_and_leave_nothing() {
     assert!(write_histograms(&dup, &twice).unwrap_err().to_string().contains("two histograms"));
     assert!(!dup.exists());
 }
+
+/// The streamer infos in the file are complete enough for uproot to build
+/// the histogram classes from them (built-in models of TH1D and its parts off; TArrayD has a custom streamer and keeps its model) and read the same values.
+#[test]
+fn th1d_readable_from_the_files_own_streamers() {
+    let dir = common::tmpdir();
+    let path = dir.path().join("h.root");
+    write_histograms(&path, &sample_hists()).unwrap();
+    let code = r#"
+import sys, numpy as np, uproot
+cc = dict(uproot.classes)
+for c in ["TH1D", "TH1", "TAxis", "TAttAxis", "TAttLine", "TAttFill", "TAttMarker"]:
+    cc.pop(c, None)
+f = uproot.open(sys.argv[1], custom_classes=cc)
+a = uproot.open(sys.argv[1])
+for k in a.keys(cycle=False):
+    h, ref = f[k], a[k]
+    assert type(h).__module__.startswith("uproot.dynamic"), type(h)
+    assert np.array_equal(np.asarray(h.member("fSumw2")), ref.variances(flow=True))
+    assert h.member("fXaxis").member("fNbins") == len(ref.axis().edges()) - 1
+print("ok")
+"#;
+    assert_eq!(common::run_python(code, &[path.to_str().unwrap()]).trim(), "ok");
+}
