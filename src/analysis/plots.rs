@@ -158,6 +158,18 @@ fn pad(lo: f64, hi: f64, frac: f64) -> (f64, f64) {
     }
 }
 
+/// The x range of the [`four_panel`] histograms for sorted finite reference values.
+fn panel_range(sorted_reference: &[f64]) -> (f64, f64) {
+    pad(quantile(sorted_reference, 0.001), quantile(sorted_reference, 0.999), 0.05)
+}
+
+/// The x range [`four_panel`] bins on: the reference sample's 0.1 % and
+/// 99.9 % quantiles widened by 5 % of their distance (`None` without a finite value).
+pub fn four_panel_range(reference: &[f64]) -> Option<(f64, f64)> {
+    let rs = sorted_finite(reference.iter().copied());
+    (!rs.is_empty()).then(|| panel_range(&rs))
+}
+
 /// Histogram of the finite values in `[lo, hi]` (`hi` goes to the last bin).
 fn histogram(values: &[f64], lo: f64, hi: f64, bins: usize) -> (Vec<f64>, usize) {
     let mut counts = vec![0.0; bins];
@@ -543,7 +555,7 @@ pub fn four_panel(
     if rs.is_empty() || gs.is_empty() {
         return Err(invalid(path, "both samples need at least one finite value"));
     }
-    let (lo, hi) = pad(quantile(&rs, 0.001), quantile(&rs, 0.999), 0.05);
+    let (lo, hi) = panel_range(&rs);
     let (rc, r_out) = histogram(&rs, lo, hi, bins);
     let (gc, g_out) = histogram(&gs, lo, hi, bins);
     let (n, m) = (rs.len() as f64, gs.len() as f64);

@@ -11,6 +11,7 @@
 //! OUT/report.json    everything (the serialised Report)
 //! OUT/report.txt     readable tables and one verdict line per label
 //! OUT/index.html     tables, verdicts and every plot (relative <img> paths; opens without a server)
+//! OUT/histograms.root  one TH1D (with Σw²) per label, feature and sample (see [`super::histograms`])
 //! OUT/plots/*.png    loss curves, grid overview, heat map, per-label four-panel and 2-D comparisons
 //! ```
 //!
@@ -481,6 +482,9 @@ pub struct Report {
     pub heat_metric: HeatMetric,
     /// Where the report was written.
     pub out: String,
+    /// Every histogram of `histograms.root` (see [`super::histograms`]).
+    #[serde(default)]
+    pub histograms: Vec<super::histograms::HistogramRecord>,
 }
 
 // ---------------------------------------------------------------------------
@@ -1185,6 +1189,24 @@ fn build(
         }
     }
 
+    let histograms = {
+        use super::histograms::{write_report_histograms, LabelSamples};
+        let samples: Vec<LabelSamples<'_>> = work
+            .iter()
+            .map(|w| LabelSamples {
+                label: &w.label,
+                samples: [
+                    ("reference", Some(&w.reference)),
+                    ("generated", Some(&w.generated)),
+                    ("reference2", w.floor.as_ref()),
+                ]
+                .into_iter()
+                .filter_map(|(s, rows)| Some((s, rows?.as_slice())))
+                .collect(),
+            })
+            .collect();
+        write_report_histograms(dir, &label_names, &names, &samples, opts.bins, &mut warnings)?
+    };
     let interpolation = summarize(&labels, LabelKind::Interpolation);
     let reproduction = summarize(&labels, LabelKind::Reproduction);
     let report = Report {
@@ -1204,6 +1226,7 @@ fn build(
         plots: plots_list,
         heat_metric: opts.heat_metric,
         out: opts.out.display().to_string(),
+        histograms,
     };
     let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Data(format!("report.json: {e}")))?;
     crate::atomic::write_synced(&dir.join(REPORT_JSON), &json)?;
