@@ -7,5 +7,6 @@
 pub mod fit;
 pub mod histograms;
 pub mod metrics;
+pub mod plot_backend;
 pub mod plots;
 pub mod report;

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use super::plot_backend::{AnyBackend, PlotFormat};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -98,19 +99,21 @@ fn temp_path(path: &Path) -> Option<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name()?.to_string_lossy();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    Some(path.with_file_name(format!(".{name}.{}.{n}.tmp.png", std::process::id())))
+    let ext = PlotFormat::of_path(path).ext();
+    Some(path.with_file_name(format!(".{name}.{}.{n}.tmp.{ext}", std::process::id())))
 }
 
-/// Renders with `draw` into a temporary PNG and renames it onto `path`.
+/// Renders with `draw` into a temporary file and renames it onto `path`:
+/// SVG when `path` ends in `.svg`, else PNG.
 fn render<F>(path: &Path, size: (u32, u32), draw: F) -> Result<(), PlotError>
 where
-    F: FnOnce(&DrawingArea<BitMapBackend, Shift>) -> DrawResult,
+    F: FnOnce(&DrawingArea<AnyBackend, Shift>) -> DrawResult,
 {
     let write_err = |message: String| PlotError::Write { path: path.to_path_buf(), message };
     ensure_font().map_err(write_err)?;
     let tmp = temp_path(path).ok_or_else(|| invalid(path, "path has no file name"))?;
     let result = (|| -> DrawResult {
-        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        let root = AnyBackend::new(&tmp, size, PlotFormat::of_path(path)).into_drawing_area();
         root.fill(&WHITE)?;
         draw(&root)?;
         root.present()?;
@@ -583,7 +586,7 @@ pub fn four_panel(
         let area = root.titled(feature_name, font(TITLE_SIZE + 4))?;
         let panels = area.split_evenly((2, 2));
         let hist_panel =
-            |a: &DrawingArea<BitMapBackend, Shift>, title: String, which: &[HistSeries]| -> DrawResult {
+            |a: &DrawingArea<AnyBackend, Shift>, title: String, which: &[HistSeries]| -> DrawResult {
                 let mut c = ChartBuilder::on(a)
                     .caption(title, font(LABEL_SIZE))
                     .margin(15)
