@@ -306,7 +306,7 @@ fn sample_cli_streams_and_refuses_unwritable_outputs() {
 fn generation_reports_where_its_draws_went() {
     let model = random_model(2, &[8], 9);
     let lab = vec![0.5f32, 0.25];
-    let free = sample_with_cuts(&model, &[lab.clone()], 20_000, 11, 4096, &[]).unwrap();
+    let free = sample_with_cuts(&model, std::slice::from_ref(&lab), 20_000, 11, 4096, &[]).unwrap();
     let col: Vec<f32> = free.samples.column(0).to_vec();
     let mut sorted = col.clone();
     sorted.sort_by(f32::total_cmp);
@@ -321,7 +321,7 @@ fn generation_reports_where_its_draws_went() {
         chunk: 1000,
         support_margin: DEFAULT_SUPPORT_MARGIN,
     };
-    let draws = stream_samples(&model, &[lab.clone()], &opts, |_| Ok(())).unwrap();
+    let draws = stream_samples(&model, std::slice::from_ref(&lab), &opts, |_| Ok(())).unwrap();
     let d = &draws[0];
     assert_eq!(d.label, lab);
     assert_eq!(d.kept, n as u64);

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use super::plot_backend::{AnyBackend, PlotFormat};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -98,19 +99,21 @@ fn temp_path(path: &Path) -> Option<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name()?.to_string_lossy();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    Some(path.with_file_name(format!(".{name}.{}.{n}.tmp.png", std::process::id())))
+    let ext = PlotFormat::of_path(path).ext();
+    Some(path.with_file_name(format!(".{name}.{}.{n}.tmp.{ext}", std::process::id())))
 }
 
-/// Renders with `draw` into a temporary PNG and renames it onto `path`.
+/// Renders with `draw` into a temporary file and renames it onto `path`:
+/// SVG when `path` ends in `.svg`, else PNG.
 fn render<F>(path: &Path, size: (u32, u32), draw: F) -> Result<(), PlotError>
 where
-    F: FnOnce(&DrawingArea<BitMapBackend, Shift>) -> DrawResult,
+    F: FnOnce(&DrawingArea<AnyBackend, Shift>) -> DrawResult,
 {
     let write_err = |message: String| PlotError::Write { path: path.to_path_buf(), message };
     ensure_font().map_err(write_err)?;
     let tmp = temp_path(path).ok_or_else(|| invalid(path, "path has no file name"))?;
     let result = (|| -> DrawResult {
-        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        let root = AnyBackend::new(&tmp, size, PlotFormat::of_path(path)).into_drawing_area();
         root.fill(&WHITE)?;
         draw(&root)?;
         root.present()?;
@@ -156,6 +159,18 @@ fn pad(lo: f64, hi: f64, frac: f64) -> (f64, f64) {
         let h = if lo != 0.0 { 0.05 * lo.abs() } else { 0.5 };
         (lo - h, hi + h)
     }
+}
+
+/// The x range of the [`four_panel`] histograms for sorted finite reference values.
+fn panel_range(sorted_reference: &[f64]) -> (f64, f64) {
+    pad(quantile(sorted_reference, 0.001), quantile(sorted_reference, 0.999), 0.05)
+}
+
+/// The x range [`four_panel`] bins on: the reference sample's 0.1 % and
+/// 99.9 % quantiles widened by 5 % of their distance (`None` without a finite value).
+pub fn four_panel_range(reference: &[f64]) -> Option<(f64, f64)> {
+    let rs = sorted_finite(reference.iter().copied());
+    (!rs.is_empty()).then(|| panel_range(&rs))
 }
 
 /// Histogram of the finite values in `[lo, hi]` (`hi` goes to the last bin).
@@ -543,7 +558,7 @@ pub fn four_panel(
     if rs.is_empty() || gs.is_empty() {
         return Err(invalid(path, "both samples need at least one finite value"));
     }
-    let (lo, hi) = pad(quantile(&rs, 0.001), quantile(&rs, 0.999), 0.05);
+    let (lo, hi) = panel_range(&rs);
     let (rc, r_out) = histogram(&rs, lo, hi, bins);
     let (gc, g_out) = histogram(&gs, lo, hi, bins);
     let (n, m) = (rs.len() as f64, gs.len() as f64);
@@ -571,7 +586,7 @@ pub fn four_panel(
         let area = root.titled(feature_name, font(TITLE_SIZE + 4))?;
         let panels = area.split_evenly((2, 2));
         let hist_panel =
-            |a: &DrawingArea<BitMapBackend, Shift>, title: String, which: &[HistSeries]| -> DrawResult {
+            |a: &DrawingArea<AnyBackend, Shift>, title: String, which: &[HistSeries]| -> DrawResult {
                 let mut c = ChartBuilder::on(a)
                     .caption(title, font(LABEL_SIZE))
                     .margin(15)

@@ -11,7 +11,8 @@
 //! OUT/report.json    everything (the serialised Report)
 //! OUT/report.txt     readable tables and one verdict line per label
 //! OUT/index.html     tables, verdicts and every plot (relative <img> paths; opens without a server)
-//! OUT/plots/*.png    loss curves, grid overview, heat map, per-label four-panel and 2-D comparisons
+//! OUT/histograms.root  one TH1D (with Σw²) per label, feature and sample (see [`super::histograms`])
+//! OUT/plots/*.png    (or *.svg, AnalyzeOptions::plot_format) loss curves, grid overview, heat map, per-label four-panel and 2-D comparisons
 //! ```
 //!
 //! The directory is written into a temporary sibling and renamed into place
@@ -45,6 +46,7 @@
 //! `AUC_gen ≤ AUC_floor + 3 σ_null(AUC)`.
 
 use super::metrics::{self, ClassifierTestResult, CompareConfig, Comparison, EnergyTestResult};
+use super::plot_backend::PlotFormat;
 use super::plots::{self, PlotError};
 use crate::atomic::{replace_dir, sibling};
 use crate::data::EventSet;
@@ -235,11 +237,13 @@ pub struct AnalyzeOptions {
     pub bins: usize,
     /// Events per network call when generating.
     pub chunk: usize,
+    /// Image format of every plot (PNG or SVG).
+    pub plot_format: PlotFormat,
 }
 
 impl AnalyzeOptions {
     /// Options with defaults: generate at every reference label, seed 1, CPU,
-    /// default metrics and goals, AUC heat map, 16 plotted labels, 50 bins.
+    /// default metrics and goals, AUC heat map, 16 plotted labels, 50 bins, PNG plots.
     pub fn new(model: impl Into<PathBuf>, reference: EventSet, out: impl Into<PathBuf>) -> Self {
         AnalyzeOptions {
             model: model.into(),
@@ -257,6 +261,7 @@ impl AnalyzeOptions {
             max_plot_labels: DEFAULT_MAX_PLOT_LABELS,
             bins: 50,
             chunk: 65536,
+            plot_format: PlotFormat::Png,
         }
     }
 }
@@ -481,6 +486,9 @@ pub struct Report {
     pub heat_metric: HeatMetric,
     /// Where the report was written.
     pub out: String,
+    /// Every histogram of `histograms.root` (see [`super::histograms`]).
+    #[serde(default)]
+    pub histograms: Vec<super::histograms::HistogramRecord>,
 }
 
 // ---------------------------------------------------------------------------
@@ -1039,15 +1047,19 @@ fn build(
     // Plots.
     let pdir = dir.join(PLOTS_DIR);
     let rel = |f: &str| format!("{PLOTS_DIR}/{f}");
+    let ext = opts.plot_format.ext();
     let mut plots_list = Vec::new();
     let model_dir = model_dir_of(&opts.model);
     let history = model_dir.parent().map(|p| p.join("history.csv"));
     match history.as_ref().filter(|h| h.is_file()) {
         Some(h) => match crate::train::history::read_loss_curves(h) {
             Ok((train, val)) => {
-                if plot_result(plots::loss_curves(pdir.join("loss_curves.png"), &train, &val), &mut warnings)? {
+                if plot_result(
+                    plots::loss_curves(pdir.join(format!("loss_curves.{ext}")), &train, &val),
+                    &mut warnings,
+                )? {
                     plots_list.push(PlotEntry {
-                        file: rel("loss_curves.png"),
+                        file: rel(&format!("loss_curves.{ext}")),
                         title: format!("Training and validation loss ({})", h.display()),
                     });
                 }
@@ -1075,7 +1087,7 @@ fn build(
             .collect();
         if plot_result(
             plots::grid_overview_split(
-                pdir.join("grid_overview.png"),
+                pdir.join(format!("grid_overview.{ext}")),
                 &refs_of(false),
                 &refs_of(true),
                 &gens,
@@ -1085,7 +1097,7 @@ fn build(
             &mut warnings,
         )? {
             plots_list.push(PlotEntry {
-                file: rel("grid_overview.png"),
+                file: rel(&format!("grid_overview.{ext}")),
                 title: "All labels: reference events at training labels (blue) and held-out labels (green), \
                         generated events (orange)"
                     .into(),
@@ -1104,7 +1116,7 @@ fn build(
         if l_dim > 2 {
             warnings.push(format!("heat map shows the first two of {l_dim} label dimensions"));
         }
-        let file = format!("heat_map_{}.png", opts.heat_metric.name());
+        let file = format!("heat_map_{}.{ext}", opts.heat_metric.name());
         // The statistical floor: the median of the metric between the two reference samples.
         let floors = sorted_values(labels.iter().filter_map(|l| l.floor.as_ref()).map(|f| opts.heat_metric.of(f)));
         let (lo, hi) = opts.heat_metric.colour_range();
@@ -1146,7 +1158,7 @@ fn build(
     }
     for (i, (lr, w)) in labels.iter_mut().zip(&work).enumerate().take(opts.max_plot_labels) {
         for (j, name) in names.iter().enumerate() {
-            let file = format!("label{i:02}_{}.png", safe_name(name));
+            let file = format!("label{i:02}_{}.{ext}", safe_name(name));
             let r = plots::four_panel(
                 pdir.join(&file),
                 name,
@@ -1172,9 +1184,9 @@ fn build(
         };
         for (a, b) in pairs {
             let file = if d == 2 {
-                format!("label{i:02}_2d.png")
+                format!("label{i:02}_2d.{ext}")
             } else {
-                format!("label{i:02}_2d_{}_{}.png", safe_name(&names[a]), safe_name(&names[b]))
+                format!("label{i:02}_2d_{}_{}.{ext}", safe_name(&names[a]), safe_name(&names[b]))
             };
             let pick = |r: &Vec<f64>| [r[a], r[b]];
             let rp: Vec<[f64; 2]> = w.reference.iter().map(pick).collect();
@@ -1185,6 +1197,24 @@ fn build(
         }
     }
 
+    let histograms = {
+        use super::histograms::{write_report_histograms, LabelSamples};
+        let samples: Vec<LabelSamples<'_>> = work
+            .iter()
+            .map(|w| LabelSamples {
+                label: &w.label,
+                samples: [
+                    ("reference", Some(&w.reference)),
+                    ("generated", Some(&w.generated)),
+                    ("reference2", w.floor.as_ref()),
+                ]
+                .into_iter()
+                .filter_map(|(s, rows)| Some((s, rows?.as_slice())))
+                .collect(),
+            })
+            .collect();
+        write_report_histograms(dir, &label_names, &names, &samples, opts.bins, &mut warnings)?
+    };
     let interpolation = summarize(&labels, LabelKind::Interpolation);
     let reproduction = summarize(&labels, LabelKind::Reproduction);
     let report = Report {
@@ -1204,6 +1234,7 @@ fn build(
         plots: plots_list,
         heat_metric: opts.heat_metric,
         out: opts.out.display().to_string(),
+        histograms,
     };
     let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Data(format!("report.json: {e}")))?;
     crate::atomic::write_synced(&dir.join(REPORT_JSON), &json)?;

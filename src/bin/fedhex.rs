@@ -651,9 +651,17 @@ struct AnalyzeArgs {
     /// Labels with per-label plots, at most (held-out first).
     #[arg(long, default_value_t = 16)]
     max_plot_labels: usize,
+    /// Image format of the plots: png or svg.
+    #[arg(long, default_value = "png", value_parser = parse_plot_format)]
+    plot_format: fedhex::analysis::plot_backend::PlotFormat,
     /// Device: auto, cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+}
+
+fn parse_plot_format(s: &str) -> std::result::Result<fedhex::analysis::plot_backend::PlotFormat, String> {
+    fedhex::analysis::plot_backend::PlotFormat::parse(s)
+        .ok_or_else(|| format!("unknown plot format '{s}' (png or svg)"))
 }
 
 fn analyze(a: &AnalyzeArgs) -> Result<()> {
@@ -686,6 +694,7 @@ fn analyze(a: &AnalyzeArgs) -> Result<()> {
     opts.device = dev;
     opts.heat_metric = a.heat_metric;
     opts.max_plot_labels = a.max_plot_labels;
+    opts.plot_format = a.plot_format;
     drop(model);
     let r = report::analyze(&opts)?;
     for w in &r.warnings {

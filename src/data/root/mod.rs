@@ -4,7 +4,7 @@
 //! 5.7+: numeric leaf fields, `std::vector<T>`/`RVec<T>` collections,
 //! `std::array<T, N>`, booleans, cardinalities; every column encoding of the
 //! specification), every compression ROOT uses (zlib, LZMA, LZ4, ZSTD), and a
-//! writer for flat (and counted jagged) numeric trees. [`Dataset`] opens a
+//! writer for flat (and counted jagged) numeric trees and one for `TH1D` histograms. [`Dataset`] opens a
 //! name as whichever of the two it is, so callers read TTrees and RNTuples
 //! alike.
 //!
@@ -37,6 +37,7 @@ mod cursor;
 mod dataset;
 mod error;
 mod file;
+mod hist;
 mod ntuple;
 mod read;
 mod streamers;
@@ -47,6 +48,7 @@ mod write;
 pub use dataset::Dataset;
 pub use error::RootError;
 pub use file::{KeyInfo, RootFile, MAX_OBJECT, WHOLE_FILE_LIMIT};
+pub use hist::{write_histograms, Th1d};
 pub use ntuple::{FieldInfo, FieldKind, RNTuple};
 pub use tree::{BranchInfo, BranchKind, Tree};
 pub use values::{Column, ElemType, Values};

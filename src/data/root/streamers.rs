@@ -227,6 +227,127 @@ fn classes(leaf_classes: &[&str]) -> Vec<ClassInfo> {
     v
 }
 
+const CK_TLIST: u32 = 0x69c5_c3bb;
+const CK_TATTAXIS: u32 = 0x5c6f_ff3e;
+const CK_TARRAY: u32 = 0x0070_21b2;
+const CK_TARRAYD: u32 = 0x7139_5b34;
+const CK_TH1: u32 = 0x1c37_40c4;
+
+/// The classes of a file holding `TH1D`s (ROOT 6 versions and checksums, as
+/// in the streamer infos uproot writes with a histogram; `TArray` from groot's
+/// `rdict` database).
+fn th1d_classes() -> Vec<ClassInfo> {
+    use El::*;
+    let mut v: Vec<ClassInfo> = classes(&[])
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c.name,
+                "TObject" | "TNamed" | "TAttLine" | "TAttFill" | "TAttMarker" | "TCollection" | "TSeqCollection"
+            )
+        })
+        .collect();
+    v.extend([
+        ClassInfo {
+            name: "TList",
+            version: 5,
+            checksum: CK_TLIST,
+            elements: vec![Base("TSeqCollection", 0, CK_TSEQCOLLECTION, 0)],
+        },
+        ClassInfo {
+            name: "THashList",
+            version: 0,
+            checksum: 0xcc7e_49c1,
+            elements: vec![Base("TList", 0, CK_TLIST, 5)],
+        },
+        ClassInfo { name: "TArray", version: 1, checksum: CK_TARRAY, elements: vec![Basic("fN", 3, 4, "int")] },
+        ClassInfo {
+            name: "TArrayD",
+            version: 1,
+            checksum: CK_TARRAYD,
+            elements: vec![Base("TArray", 0, CK_TARRAY, 1), BasicPtr("fArray", 48, "double*", "fN", "TArray", 1)],
+        },
+        ClassInfo {
+            name: "TAttAxis",
+            version: 4,
+            checksum: CK_TATTAXIS,
+            elements: vec![
+                Basic("fNdivisions", 3, 4, "int"),
+                Basic("fAxisColor", 2, 2, "short"),
+                Basic("fLabelColor", 2, 2, "short"),
+                Basic("fLabelFont", 2, 2, "short"),
+                Basic("fLabelOffset", 5, 4, "float"),
+                Basic("fLabelSize", 5, 4, "float"),
+                Basic("fTickLength", 5, 4, "float"),
+                Basic("fTitleOffset", 5, 4, "float"),
+                Basic("fTitleSize", 5, 4, "float"),
+                Basic("fTitleColor", 2, 2, "short"),
+                Basic("fTitleFont", 2, 2, "short"),
+            ],
+        },
+        ClassInfo {
+            name: "TAxis",
+            version: 10,
+            checksum: 0x5a49_6e70,
+            elements: vec![
+                Base("TNamed", 67, CK_TNAMED, 1),
+                Base("TAttAxis", 0, CK_TATTAXIS, 4),
+                Basic("fNbins", 3, 4, "int"),
+                Basic("fXmin", 8, 8, "double"),
+                Basic("fXmax", 8, 8, "double"),
+                Obj("TStreamerObjectAny", "fXbins", 62, 24, "TArrayD"),
+                Basic("fFirst", 3, 4, "int"),
+                Basic("fLast", 3, 4, "int"),
+                Basic("fBits2", 12, 2, "unsigned short"),
+                Basic("fTimeDisplay", 18, 1, "bool"),
+                Str("fTimeFormat"),
+                Obj("TStreamerObjectPointer", "fLabels", 64, 8, "THashList*"),
+                Obj("TStreamerObjectPointer", "fModLabs", 64, 8, "TList*"),
+            ],
+        },
+        ClassInfo {
+            name: "TH1",
+            version: 8,
+            checksum: CK_TH1,
+            elements: vec![
+                Base("TNamed", 67, CK_TNAMED, 1),
+                Base("TAttLine", 0, CK_TATTLINE, 2),
+                Base("TAttFill", 0, CK_TATTFILL, 2),
+                Base("TAttMarker", 0, CK_TATTMARKER, 2),
+                Basic("fNcells", 3, 4, "int"),
+                Obj("TStreamerObject", "fXaxis", 61, 216, "TAxis"),
+                Obj("TStreamerObject", "fYaxis", 61, 216, "TAxis"),
+                Obj("TStreamerObject", "fZaxis", 61, 216, "TAxis"),
+                Basic("fBarOffset", 2, 2, "short"),
+                Basic("fBarWidth", 2, 2, "short"),
+                Basic("fEntries", 8, 8, "double"),
+                Basic("fTsumw", 8, 8, "double"),
+                Basic("fTsumw2", 8, 8, "double"),
+                Basic("fTsumwx", 8, 8, "double"),
+                Basic("fTsumwx2", 8, 8, "double"),
+                Basic("fMaximum", 8, 8, "double"),
+                Basic("fMinimum", 8, 8, "double"),
+                Basic("fNormFactor", 8, 8, "double"),
+                Obj("TStreamerObjectAny", "fContour", 62, 24, "TArrayD"),
+                Obj("TStreamerObjectAny", "fSumw2", 62, 24, "TArrayD"),
+                Str("fOption"),
+                Obj("TStreamerObjectPointer", "fFunctions", 63, 8, "TList*"),
+                Basic("fBufferSize", 6, 4, "int"),
+                BasicPtr("fBuffer", 48, "double*", "fBufferSize", "TH1", 8),
+                Basic("fBinStatErrOpt", 3, 4, "TH1::EBinErrorOpt"),
+                Basic("fStatOverflows", 3, 4, "TH1::EStatOverflows"),
+            ],
+        },
+        ClassInfo {
+            name: "TH1D",
+            version: 3,
+            checksum: 0xf9b1_569f,
+            elements: vec![Base("TH1", 0, CK_TH1, 8), Base("TArrayD", 0, CK_TARRAYD, 1)],
+        },
+    ]);
+    v
+}
+
 /// Writes `TObject` (version 1) with the given bits.
 pub(super) fn tobject(w: &mut WBuf, bits: u32) {
     w.i16(1);
@@ -309,14 +430,22 @@ fn write_element(ow: &mut ObjWriter, w: &mut WBuf, e: &El) {
 /// `origin` is the key length of the `StreamerInfo` key (reference offsets
 /// count from the key start).
 pub(super) fn streamer_list(origin: u64, leaf_classes: &[&str]) -> Vec<u8> {
-    let infos = classes(leaf_classes);
+    write_list(origin, &classes(leaf_classes))
+}
+
+/// Serializes the `TList` of `TStreamerInfo` for files holding `TH1D`s.
+pub(super) fn th1d_streamer_list(origin: u64) -> Vec<u8> {
+    write_list(origin, &th1d_classes())
+}
+
+fn write_list(origin: u64, infos: &[ClassInfo]) -> Vec<u8> {
     let mut ow = ObjWriter::new(origin);
     let mut w = WBuf::new();
     let at = w.begin_obj(5); // TList v5
     tobject(&mut w, 0x0300_0000);
     w.tstring("");
     w.i32(infos.len() as i32);
-    for ci in &infos {
+    for ci in infos {
         ow.write_any(&mut w, "TStreamerInfo", |ow, w| {
             let at = w.begin_obj(9);
             tnamed(w, ci.name, "", 0x0301_0000);

@@ -32,9 +32,9 @@ use super::error::{path_str, RootError};
 use super::streamers::{self, tnamed, tobject};
 use super::values::{Column, ElemType, Values};
 
-const BEGIN: u64 = 100;
+pub(super) const BEGIN: u64 = 100;
 const KEY_VERSION: i16 = 1004;
-const DIR_RECORD: usize = 60;
+pub(super) const DIR_RECORD: usize = 60;
 const START_BIG: u64 = 2_000_000_000;
 
 /// Compression used for written baskets and metadata.
@@ -852,7 +852,7 @@ impl DiskBranch<'_> {
 }
 
 /// The file name of `path` and a unique hidden temporary sibling of it.
-fn tmp_sibling(path: &Path) -> (String, PathBuf) {
+pub(super) fn tmp_sibling(path: &Path) -> (String, PathBuf) {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -1071,7 +1071,7 @@ struct BranchOut {
     max_count: i64,
 }
 
-fn tstring_len(s: &str) -> usize {
+pub(super) fn tstring_len(s: &str) -> usize {
     let n = s.len();
     if n < 255 {
         1 + n
@@ -1081,13 +1081,13 @@ fn tstring_len(s: &str) -> usize {
 }
 
 /// Length of a 64-bit key header with these strings.
-fn key_len(class: &str, name: &str, title: &str) -> usize {
+pub(super) fn key_len(class: &str, name: &str, title: &str) -> usize {
     4 + 2 + 4 + 4 + 2 + 2 + 8 + 8 + tstring_len(class) + tstring_len(name) + tstring_len(title)
 }
 
 /// A key header followed by `stored` (objlen is the uncompressed size).
 #[allow(clippy::too_many_arguments)]
-fn raw_key(
+pub(super) fn raw_key(
     class: &str,
     name: &str,
     title: &str,
@@ -1116,7 +1116,7 @@ fn raw_key(
 }
 
 /// Current time in ROOT's `TDatime` packing (UTC).
-fn datime_now() -> u32 {
+pub(super) fn datime_now() -> u32 {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
@@ -1140,7 +1140,7 @@ fn datime_now() -> u32 {
 }
 
 /// A version-4-like UUID from time, pid and name (uniqueness is cosmetic).
-fn uuid_bytes(name: &str) -> [u8; 16] {
+pub(super) fn uuid_bytes(name: &str) -> [u8; 16] {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) as u64;
     let mut h = compress::xxh64(name.as_bytes(), nanos ^ u64::from(std::process::id()));
     let mut out = [0u8; 16];
