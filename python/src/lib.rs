@@ -14,7 +14,7 @@
 
 use fedhex::error::Error;
 use fedhex::flow::Model as FlowModel;
-use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use numpy::{PyArray1, PyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyOSError, PyUserWarning, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -228,7 +228,8 @@ impl Model {
             Ok((set, warnings))
         })?;
         for w in warnings {
-            PyErr::warn(py, &py.get_type::<PyUserWarning>(), &std::ffi::CString::new(w).unwrap_or_default(), 1)?;
+            let msg = std::ffi::CString::new(w).unwrap_or_default();
+            PyErr::warn(py, py.get_type::<PyUserWarning>().as_any(), &msg, 1)?;
         }
         Ok((PyArray2::from_owned_array(py, set.samples), PyArray2::from_owned_array(py, set.labels)))
     }
@@ -283,13 +284,15 @@ fn load(py: Python<'_>, path: PathBuf, device: &str) -> PyResult<Model> {
         return Err(PyFileNotFoundError::new_err(format!("model {}: no such model directory", path.display())));
     }
     let spec = fedhex::device::parse_device(device).map_err(|e| PyValueError::new_err(e.to_string()))?;
-    let model = call(py, || {
+    let (model, ranges) = call(py, || {
         let dev = fedhex::device::resolve(spec, 0)?;
-        Ok(FlowModel::load(&path, dev)?)
+        let model = FlowModel::load(&path, dev)?;
+        let ranges = model.label_ranges();
+        Ok((model, ranges))
     })?;
     let features = model.features.names();
     let labels = model.labels.names();
-    let label_ranges: Vec<(f64, f64)> = call(py, || Ok(model.label_ranges()))?.into_iter().map(|[a, b]| (a, b)).collect();
+    let label_ranges: Vec<(f64, f64)> = ranges.into_iter().map(|[a, b]| (a, b)).collect();
     let acceptance: Vec<String> = model.acceptance.iter().map(|a| a.describe(&features)).collect();
     let training_labels: Option<Vec<Vec<f64>>> =
         model.training.get("training_labels").and_then(|v| serde_json::from_value(v.clone()).ok());
