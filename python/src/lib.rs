@@ -23,7 +23,12 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use tch::{Device, Tensor};
 
-pyo3::create_exception!(fedhex, FedhexError, PyException, "An error reported by the FEDHEX library (a corrupt model, a failed fit, a libtorch failure).");
+pyo3::create_exception!(
+    fedhex,
+    FedhexError,
+    PyException,
+    "An error reported by the FEDHEX library (a corrupt model, a failed fit, a libtorch failure)."
+);
 
 /// Events per network call of `Model.log_prob` (bounds the memory held, like `fedhex fit`'s chunk).
 const LOG_PROB_CHUNK: usize = 65_536;
@@ -381,8 +386,11 @@ fn fit<'py>(
         }
     }
     let scan = fedhex::analysis::fit::ScanKind::parse(scan).map_err(|e| PyValueError::new_err(e.to_string()))?;
-    let events = ndarray::Array2::from_shape_vec((n, d), xs.as_slice().map_err(|e| PyValueError::new_err(e.to_string()))?.to_vec())
-        .map_err(|e| PyValueError::new_err(format!("events: {e}")))?;
+    let events = ndarray::Array2::from_shape_vec(
+        (n, d),
+        xs.as_slice().map_err(|e| PyValueError::new_err(e.to_string()))?.to_vec(),
+    )
+    .map_err(|e| PyValueError::new_err(format!("events: {e}")))?;
     let json = call(py, || {
         let m = model.lock();
         let opts = fedhex::analysis::fit::FitOptions {
