@@ -30,6 +30,9 @@ pyo3::create_exception!(
     "An error reported by the FEDHEX library (a corrupt model, a failed fit, a libtorch failure)."
 );
 
+/// Generated events `(samples [N, D], labels [N, L])` as NumPy arrays.
+type Events<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<f32>>);
+
 /// Events per network call of `Model.log_prob` (bounds the memory held, like `fedhex fit`'s chunk).
 const LOG_PROB_CHUNK: usize = 65_536;
 
@@ -217,7 +220,7 @@ impl Model {
         n: usize,
         seed: u64,
         batch: Option<usize>,
-    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<f32>>)> {
+    ) -> PyResult<Events<'py>> {
         let points = self.label_rows(py, labels, None)?;
         let batch = batch.unwrap_or(fedhex::generate::DEFAULT_BATCH);
         if batch == 0 {
