@@ -135,7 +135,7 @@ def test_sample_label_forms(model):
 def test_log_prob_matches_cli_fit_nll(model, workdir):
     x, c = model.sample([0.45, 0.55], 1000, seed=11)
     np.savez(workdir / "obs.npz", samples=x)
-    args = ["fit", "--model", "run/model", "--events", "obs.npz", "--pool", "--iterations", "80", "--out", "fitout"]
+    args = ["fit", "--model", "run/model", "--events", "obs.npz", "--pool", "--iterations", "20", "--out", "fitout"]
     run_cli(args, workdir)
     cli = json.loads((workdir / "fitout" / "fit.json").read_text())
     logp = model.log_prob(x, cli["best"])
@@ -143,13 +143,13 @@ def test_log_prob_matches_cli_fit_nll(model, workdir):
     assert np.all(np.isfinite(logp))
     assert -logp.sum() == pytest.approx(cli["nll"], rel=1e-5, abs=1e-3)
     # The same fit from Python: the library's fit_label with the CLI's options.
-    py = fedhex.fit(model, x, iterations=80)
+    py = fedhex.fit(model, x, iterations=20)
     assert py["n_events"] == cli["n_events"] == 1000
     np.testing.assert_allclose(py["best"], cli["best"], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(py["uncertainty"], cli["uncertainty"], rtol=1e-5)
     assert py["nll"] == pytest.approx(cli["nll"], rel=1e-7)
     assert set(py) == set(cli)
-    with_truth = fedhex.fit(model, x[:200], truth=[0.45, 0.55], iterations=20, scan="profile")
+    with_truth = fedhex.fit(model, x[:200], truth=[0.45, 0.55], iterations=20)
     assert with_truth["pulls"] is not None and len(with_truth["pulls"]) == 2
 
 
