@@ -12,13 +12,17 @@ $CARGO_TARGET_DIR/release/fedhex, else target/release/fedhex.
 import argparse
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-import fedhex
+# Run as a script, python/ would come first on sys.path and its fedhex/ (the
+# sources, without the built extension) would shadow the installed package.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import fedhex  # noqa: E402
 
 
 def fedhex_bin() -> str:
