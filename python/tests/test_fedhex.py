@@ -113,6 +113,28 @@ def test_sample_is_byte_identical_to_cli(model, workdir, seed, batch):
     assert c.tobytes() == cli_c.astype(np.float32).tobytes()
 
 
+@pytest.fixture(scope="session")
+def cut_model(workdir):
+    """A model whose training data had the acceptance cut x > 0.3 (declared in the config)."""
+    z = np.load(workdir / "grid.npz")
+    keep = z["samples"][:, 0] > 0.3
+    np.savez(workdir / "grid_cut.npz", samples=z["samples"][keep], labels=z["labels"][keep])
+    cfg = CFG.replace('path = "grid.npz"', 'path = "grid_cut.npz"\nacceptance = ["x > 0.3"]')
+    (workdir / "cut.toml").write_text(cfg.replace('run_dir = "run"', 'run_dir = "run_cut"'))
+    run_cli(["train", "--config", "cut.toml"], workdir)
+    return fedhex.load(str(workdir / "run_cut" / "model"))
+
+
+def test_sample_applies_acceptance_as_the_cli(cut_model, workdir):
+    assert cut_model.acceptance == ["0.3 < x < inf"]
+    args = ["sample", "--model", "run_cut/model", "--label", "0.6,0.5", "-n", "800", "--seed", "5"]
+    run_cli(args + ["--batch", "300", "--device", "cpu", "--out", "cut.npz"], workdir)
+    cli = np.load(workdir / "cut.npz")["samples"]
+    x, _ = cut_model.sample([0.6, 0.5], 800, seed=5, batch=300)
+    assert x.shape == (800, 2) and np.all(x[:, 0] > 0.3)
+    assert x.tobytes() == cli.astype(np.float32).tobytes()
+
+
 def test_sample_defaults_are_the_cli_defaults(model, workdir):
     cli_x, _ = _cli_sample(workdir, [[0.4, 0.5]], 300, [], "cli_default.npz")
     x, _ = model.sample([0.4, 0.5], 300)
