@@ -39,7 +39,8 @@ test: setup
 
 # The Python package (python/, issue #21): a wheel built by maturin, installed
 # into the venv. The extension crate is a workspace of its own and shares the
-# target directory, so the library's dependencies are built once.
+# target directory (its first build compiles the library without MPI, PyO3 and
+# some dependencies again: ~6 min on 2 cores; later builds take seconds).
 python: setup
 	rm -rf $(TARGET_DIR)/wheels/fedhex-*.whl
 	CARGO_TARGET_DIR=$(TARGET_DIR) $(FEDHEX_TORCH_VENV)/bin/maturin build --release --quiet \
