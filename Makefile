@@ -11,8 +11,11 @@ export PATH := $(FEDHEX_TORCH_VENV)/bin:$(PATH)
 # Python peers used by tests (uproot, zuko, grpcio).
 export FEDHEX_PYTHON := $(FEDHEX_TORCH_VENV)/bin/python
 CARGO ?= cargo
+# Where cargo builds (the Python extension shares it).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+BIN_DIR := $(TARGET_DIR)/release
 
-.PHONY: setup build test lint demo bench bench-stream bench-nd zuko-compare gpu-check fidelity fidelity-nd clean
+.PHONY: setup build test lint python demo bench bench-stream bench-nd zuko-compare gpu-check fidelity fidelity-nd clean
 
 setup:
 	@bash scripts/setup.sh
@@ -29,6 +32,21 @@ test: setup
 	$(CARGO) build --release --bins
 	$(CARGO) test --release
 	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(MAKE) --no-print-directory python
+	$(CARGO) fmt --check --manifest-path python/Cargo.toml
+	$(CARGO) clippy --release --manifest-path python/Cargo.toml -- -D warnings
+	FEDHEX_BIN_DIR=$(BIN_DIR) $(FEDHEX_PYTHON) -m pytest python/tests -q
+
+# The Python package (python/, issue #21): a wheel built by maturin, installed
+# into the venv. The extension crate is a workspace of its own and shares the
+# target directory (its first build compiles the library without MPI, PyO3 and
+# some dependencies again: ~6 min on 2 cores; later builds take seconds).
+python: setup
+	rm -rf $(TARGET_DIR)/wheels/fedhex-*.whl
+	CARGO_TARGET_DIR=$(TARGET_DIR) $(FEDHEX_TORCH_VENV)/bin/maturin build --release --quiet \
+		-i $(FEDHEX_PYTHON) -m python/Cargo.toml -o $(TARGET_DIR)/wheels
+	$(FEDHEX_TORCH_VENV)/bin/pip install -q --force-reinstall --no-deps $(TARGET_DIR)/wheels/fedhex-*.whl
+	@$(FEDHEX_PYTHON) -c 'import fedhex; print("python: fedhex", fedhex.__version__, "installed in $(FEDHEX_TORCH_VENV)")'
 
 demo: build
 	@bash scripts/demo.sh

@@ -2,14 +2,15 @@
 # Installs what FEDHEX needs and is missing, and nothing else (idempotent):
 #  - Debian packages: OpenMPI, libclang, protobuf compiler, pkg-config, fonts
 #  - a Python venv with torch==2.11.0 (libtorch for tch) and the test peers
-#    (numpy, uproot, awkward, zuko, grpcio-tools), cached outside the checkout in
+#    (numpy, uproot, awkward, zuko, grpcio-tools), and maturin + pytest for the
+#    Python package (python/, `make python`), cached outside the checkout in
 #    $FEDHEX_TORCH_VENV (default ~/.cache/fedhex/torch-venv).
 set -euo pipefail
 
 TORCH_VERSION=2.11.0
 VENV=${FEDHEX_TORCH_VENV:-${FEDHEX_CACHE:-$HOME/.cache/fedhex}/torch-venv}
 APT_PKGS=(openmpi-bin libopenmpi-dev libclang-dev clang protobuf-compiler pkg-config fonts-dejavu-core)
-PY_PKGS=(numpy uproot awkward zuko grpcio-tools)
+PY_PKGS=(numpy uproot awkward zuko grpcio-tools maturin pytest)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do
@@ -27,7 +28,7 @@ py_ok() {
 import sys, importlib
 import torch
 assert torch.__version__.split("+")[0] == sys.argv[1], torch.__version__
-for m in ("numpy", "uproot", "awkward", "zuko", "grpc_tools"):
+for m in ("numpy", "uproot", "awkward", "zuko", "grpc_tools", "maturin", "pytest"):
     importlib.import_module(m)
 PY
 }
