@@ -262,13 +262,17 @@ fn gen_phiomega(a: &GenArgs) -> Result<()> {
     let points = LabelGrid { n_phi: np, n_omega: no, ..Default::default() }.points()?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let files = fedhex::data::phiomega::write_phiomega_grid(&a.out, &model, &points, a.n, a.seed)?;
+    wrote_grid(files.len(), a);
+    Ok(())
+}
+
+/// The line `fedhex gen` prints after writing a grid of ROOT files.
+fn wrote_grid(files: usize, a: &GenArgs) {
     println!(
-        "wrote {} ROOT files ({} events each, tree Events) and acceptance.csv (efficiency per point) to {}",
-        files.len(),
+        "wrote {files} ROOT files ({} events each, tree Events) and acceptance.csv (efficiency per point) to {}",
         a.n,
         a.out.display()
     );
-    Ok(())
 }
 
 fn gen_phiomega_nd(a: &GenArgs) -> Result<()> {
@@ -299,12 +303,7 @@ fn gen_phiomega_nd(a: &GenArgs) -> Result<()> {
     let spec = a.grid.as_deref().unwrap_or("5x5x3");
     let points = NdGrid::parse(spec).and_then(|g| g.points()).with_context(|| format!("--grid '{spec}'"))?;
     let files = nd::write_nd_grid(&a.out, &model, &points, a.n, a.seed)?;
-    println!(
-        "wrote {} ROOT files ({} events each, tree Events) and acceptance.csv (efficiency per point) to {}",
-        files.len(),
-        a.n,
-        a.out.display()
-    );
+    wrote_grid(files.len(), a);
     Ok(())
 }
 
