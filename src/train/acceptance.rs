@@ -1,7 +1,7 @@
 //! The acceptance terms of the likelihood, for data cut by known acceptance
 //! cuts (`data.acceptance`): the truncated likelihood `p(x | c) / Z(c)`
-//! (each event's flow samples weighted `±1 / Ẑ(c)`, `Ẑ` estimated at each
-//! epoch start; the rejected samples carry it where most pass) or, with the production's efficiencies, the censored one
+//! (each event's flow samples weighted `1 / Ẑ(c)`, `Ẑ` estimated at each
+//! epoch start) or, with the production's efficiencies, the censored one
 //! (rejected samples weighted `−(1 − ε)/ε`). Both enter a step as a weighted
 //! sum of log-densities of flow samples drawn at the step's labels.
 
@@ -43,33 +43,15 @@ pub(super) fn check_acceptance(acceptance: &[Acceptance], set: &EventSet, what: 
     Ok(())
 }
 
-/// Flow samples per training label used to estimate its acceptance at each
-/// epoch start. The weight's precision hardly matters: writing `p = Z q_in`
-/// on the acceptance, a relative error `ε` of `1/Ẑ` turns the objective into
-/// `E[log q_in] − ε log Z`, so the shape inside the acceptance (all that
-/// generated events show) has the same optimum and only the unobserved mass
-/// outside moves. 500 samples (`σ(Ẑ) ≤ 0.022`) cost a quarter of the 2000
-/// used before, which at D = 7 and 75 labels (150k samples per rank and
-/// epoch) took most of an epoch of 1000 events per label.
-const ACCEPTANCE_PROBE: i64 = 500;
-/// The truncated likelihood alone is blind to the mass the flow puts outside
-/// the acceptance: with `p = Z q_in` there, `−log p + log Z = −log q_in`. Any
-/// bias of the estimated weight (e.g. Jensen's: `E[1/Ẑ] > 1/Z`) then drifts
-/// that mass without bound; measured at D = 7 with five cuts, 80 % of the
-/// flow's draws ended outside (Ẑ at its 0.05 floor) and sampling slowed five-fold.
-/// Weighting the normaliser `(1 − δ)/Ẑ` adds `−δ log Z`: a weak pull toward
-/// `Z = 1` (the plain likelihood is `δ = 1`) that leaves the optimum of the
-/// shape inside the acceptance where it was.
-const ACCEPTANCE_PULL: f64 = 0.1;
-/// Largest truncated-term weight `1/Ẑ` (so `Ẑ >= 1/2`) estimated from the rejected samples.
-const REJECTED_FORM_MAX_WEIGHT: f64 = 2.0;
+/// Flow samples per training label used to estimate its acceptance at each epoch start.
+const ACCEPTANCE_PROBE: i64 = 2000;
 /// Labels whose estimated acceptance is at least this get no normaliser term (it would only add noise).
 const ACCEPTANCE_ACTIVE_BELOW: f64 = 0.995;
 
 /// Per training label group, the weight of its events' flow samples in the
 /// acceptance terms ([`acceptance_term`]):
 ///
-/// * truncated likelihood (no efficiencies): `(1 − δ) / Ẑ(c)` ([`ACCEPTANCE_PULL`]), from the flow's
+/// * truncated likelihood (no efficiencies): `1 / Ẑ(c)`, from the flow's
 ///   probability `Ẑ` to pass the acceptance at the label, estimated at each
 ///   epoch start; 0 where the flow already puts (almost) everything inside
 ///   the acceptance;
@@ -92,7 +74,7 @@ fn acceptance_group_weights(model: &Model, groups: &LabelGroups, efficiency: Opt
                         let pass = model.acceptance_mask(&x);
                         let z = pass.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
                         if z < ACCEPTANCE_ACTIVE_BELOW {
-                            (1.0 - ACCEPTANCE_PULL) / z.max(0.05)
+                            1.0 / z.max(0.05)
                         } else {
                             0.0
                         }
@@ -138,13 +120,8 @@ fn acceptance_event_weights(groups: &LabelGroups, group_weights: &[f32], n_event
 /// estimated with `reps` flow samples per event at its label (no gradient
 /// through the sampling). Returns a scalar to add to the summed NLL.
 ///
-/// * Truncated (`w_i = 1/Ẑ > 0`): `log Z(c_i)` has the gradient
-///   `E[1_acc ∇ log p(x̃ | c_i)] / Z`; as `E[∇ log p] = 0` (the samples come
-///   from the flow itself) this is also `−E[1_rej ∇ log p] / Z`. Where most
-///   samples pass (`Ẑ ≥ 1/2`, `w_i ≤ 2`) the *rejected* samples carry it, each
-///   weighted `−w_i / reps`: a control variate with far less variance near
-///   `Z = 1`, and only the few rejected samples enter the backward; elsewhere
-///   each *accepted* sample is weighted `w_i / reps`.
+/// * Truncated (`w_i > 0`): `log Z(c_i)` has the gradient
+///   `E[∇ log p(x̃ | c_i) | x̃ accepted]`: each *accepted* sample weighted `w_i / reps`.
 /// * Censored (`w_i = -r < 0`): the `r` rejected events per kept event add
 ///   `-r log(1 - Z(c_i))`, gradient `-r E[∇ log p | x̃ rejected]`, estimated per
 ///   label group from this step's *rejected* samples (a ratio estimator: weight
@@ -198,15 +175,10 @@ fn acceptance_samples(
             let z = model.flow_sample(&c_sel);
             let x = model.from_flow_space(&z, &raw_c.index_select(0, &sel));
             let pass = x.select(1, 0).isfinite().logical_and(&model.acceptance_mask(&x));
-            // Censored events use their rejected samples; truncated ones their
-            // rejected samples with the opposite sign where Ẑ >= 1/2 (w <= 2),
-            // else their accepted samples (see `acceptance_term`).
+            // Truncated events use their accepted samples, censored ones their rejected samples.
             let truncated = w_sel.gt(0.0);
-            let rejected_form = truncated.logical_and(&w_sel.le(REJECTED_FORM_MAX_WEIGHT));
-            let use_accepted = truncated.logical_and(&rejected_form.logical_not());
-            let use_sample = pass.eq_tensor(&use_accepted);
-            let wk = &w_sel * use_sample.to_kind(Kind::Float) / per_event;
-            let mut wk = wk.where_self(&rejected_form.logical_not(), &(-&wk));
+            let use_sample = pass.eq_tensor(&truncated);
+            let mut wk = &w_sel * use_sample.to_kind(Kind::Float) / per_event;
             let censored = truncated.logical_not();
             if censored.any().int64_value(&[]) != 0 {
                 let g_sel = gid.index_select(0, &sel);
