@@ -34,7 +34,7 @@ test: setup
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(MAKE) --no-print-directory python
 	$(CARGO) fmt --check --manifest-path python/Cargo.toml
-	$(CARGO) clippy --release --manifest-path python/Cargo.toml -- -D warnings
+	CARGO_TARGET_DIR=$(TARGET_DIR) $(CARGO) clippy --release --manifest-path python/Cargo.toml -- -D warnings
 	FEDHEX_BIN_DIR=$(BIN_DIR) $(FEDHEX_PYTHON) -m pytest python/tests -q
 
 # The Python package (python/, issue #21): a wheel built by maturin, installed
