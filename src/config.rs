@@ -95,6 +95,11 @@ pub struct DataConfig {
     /// learns how much of the distribution the cut removed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acceptance_efficiency: Option<PathBuf>,
+    /// Weighted events only (`data.root.weight`, or a `weights` array in the `.npz`):
+    /// average each event's weight over its k nearest neighbours at its label before
+    /// training (0 = the weights as read). For samples whose negative weights cancel
+    /// positive ones locally (subtractions, NLO); see `EventSet::smoothed_weights`.
+    pub weight_smoothing: usize,
     /// ROOT input (files, tree, branch expressions, cut); replaces `path` when present.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root: Option<crate::data::source::RootInput>,
@@ -116,6 +121,7 @@ impl Default for DataConfig {
             label_transforms: Default::default(),
             acceptance: vec![],
             acceptance_efficiency: None,
+            weight_smoothing: 0,
             root: None,
         }
     }

@@ -31,6 +31,7 @@ pub mod device;
 pub mod error;
 pub mod flow;
 pub mod generate;
+pub mod knn;
 pub mod logging;
 pub mod resources;
 pub mod rng;

@@ -96,7 +96,14 @@ pub fn read_input(cfg: &RunConfig) -> Result<EventSet> {
 /// Reads the input and keeps this rank's shard; every rank computes the same
 /// label grouping and plan, and rank 0's grouping is checked against the others'.
 pub fn load_shard(cfg: &RunConfig, comm: &dyn Communicator) -> Result<(EventSet, ShardPlan)> {
-    let events = agree(comm, read_input(cfg).and_then(|e| drop_holdout(e, &cfg.data.holdout_labels)))?;
+    let events = agree(
+        comm,
+        read_input(cfg).and_then(|e| drop_holdout(e, &cfg.data.holdout_labels)).and_then(|mut e| {
+            // Smoothed and rescaled to mean 1 per label, before sharding.
+            e.weights = crate::train::plan::training_weights(cfg, &e)?;
+            Ok(e)
+        }),
+    )?;
     let groups = events.label_groups();
     let sizes: Vec<usize> = groups.members.iter().map(Vec::len).collect();
     let digest: Vec<u8> = sizes.iter().flat_map(|s| (*s as u64).to_le_bytes()).collect();

@@ -1,5 +1,6 @@
-//! NumPy input and output: `.npz` archives holding `samples` `[N, D]` and
-//! `labels` `[N, L]` (float32 or float64; a 1-D array is one column).
+//! NumPy input and output: `.npz` archives holding `samples` `[N, D]`,
+//! `labels` `[N, L]` (float32 or float64; a 1-D array is one column) and,
+//! optionally, per-event `weights` `[N]` (or `[N, 1]`).
 
 use super::EventSet;
 use crate::error::{Error, Result};
@@ -70,12 +71,42 @@ fn read_npz_with(
     } else {
         (Array2::zeros((samples.nrows(), 0)), Vec::new())
     };
-    EventSet::new(samples, labels, feature_names, label_names, &path.display().to_string())
+    let has_weights = npz
+        .names()
+        .map_err(|e| Error::Data(format!("{}: not a readable .npz archive: {e}", path.display())))?
+        .iter()
+        .any(|n| n == "weights" || n == "weights.npy");
+    let source = path.display().to_string();
+    let events = EventSet::new(samples, labels, feature_names, label_names, &source)?;
+    if !has_weights {
+        return Ok(events);
+    }
+    let w = read_array(&mut npz, path, "weights")?;
+    if w.ncols() != 1 {
+        return Err(Error::Data(format!(
+            "{source}: array 'weights' has shape [{}, {}]: need one weight per event ([N] or [N, 1])",
+            w.nrows(),
+            w.ncols()
+        )));
+    }
+    let events = events.with_weights(w.column(0).to_owned(), &format!("{source}: array 'weights'"))?;
+    events.check_label_weights(&source)?;
+    Ok(events)
 }
 
 /// Writes `samples` and `labels` as float32 arrays to an `.npz`, through a
 /// temporary file renamed into place when complete.
 pub fn write_npz(path: &Path, samples: &Array2<f32>, labels: &Array2<f32>) -> Result<()> {
+    write_npz_weighted(path, samples, labels, None)
+}
+
+/// [`write_npz`] plus, when given, the per-event `weights` as a 1-D float32 array.
+pub fn write_npz_weighted(
+    path: &Path,
+    samples: &Array2<f32>,
+    labels: &Array2<f32>,
+    weights: Option<&Array1<f32>>,
+) -> Result<()> {
     let tmp = crate::atomic::sibling(path, "tmp");
     let result = (|| {
         let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -83,6 +114,9 @@ pub fn write_npz(path: &Path, samples: &Array2<f32>, labels: &Array2<f32>) -> Re
         let werr = |e: ndarray_npy::WriteNpzError| Error::Data(format!("{}: {e}", path.display()));
         npz.add_array("samples", samples).map_err(werr)?;
         npz.add_array("labels", labels).map_err(werr)?;
+        if let Some(w) = weights {
+            npz.add_array("weights", w).map_err(werr)?;
+        }
         let file = npz.finish().map_err(werr)?;
         file.sync_all().map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))

@@ -18,6 +18,7 @@
 //! tree = "Events"
 //! cut = "CBL_Region == 1 and Photon_pt[CBL_RecoPhi_photonindex] > 220"
 //! thresh = 100
+//! weight = "genWeight"      # optional per-event weight expression
 //! features = [
 //!     { name = "phi",   expr = "CBL_RecoPhi_mass" },
 //!     { name = "omega", expr = "TwoProng_massPi0[CBL_RecoPhi_twoprongindex]" },
@@ -51,7 +52,8 @@
 //!    rejects the event and is counted in [`LoadReport::cut_invalid`]). An
 //!    event that passes but for which some feature or label expression is
 //!    invalid (an index out of range, negative or not an integer) is dropped
-//!    and counted in [`LoadReport::dropped_invalid`]. An event whose values,
+//!    and counted in [`LoadReport::dropped_invalid`] (so is one whose
+//!    `weight` expression is invalid). An event whose values (weight included),
 //!    converted to `f32`, include a NaN or an infinity (also a finite `f64`
 //!    beyond the `f32` range) is dropped and counted in
 //!    [`LoadReport::dropped_nonfinite`]: real productions carry the odd NaN
@@ -157,6 +159,10 @@ pub struct RootInput {
     /// How many directory levels a directory entry is searched: 1 = only the
     /// files directly in it, 3 (default) = down to `dir/a/b/*.root`.
     pub max_depth: usize,
+    /// Per-event weight expression (e.g. `"genWeight * sf"`); empty means
+    /// unweighted. Negative weights are kept; an event whose weight is not
+    /// finite is dropped and counted with the non-finite events.
+    pub weight: String,
 }
 
 impl Default for RootInput {
@@ -169,6 +175,7 @@ impl Default for RootInput {
             cut: String::new(),
             thresh: 0,
             max_depth: 3,
+            weight: String::new(),
         }
     }
 }
@@ -366,16 +373,18 @@ pub fn resolve_files(files: &[String], max_depth: usize) -> Result<Vec<PathBuf>>
 struct Plan {
     tree: String,
     cut: Option<Expr>,
-    /// Features then labels.
+    /// Features, labels, then the weight (when there is one).
     vars: Vec<(String, Expr)>,
     n_features: usize,
+    /// Whether the last entry of `vars` is the weight.
+    weighted: bool,
     /// Branch name → what uses it (for error messages).
     branches: BTreeMap<String, Vec<String>>,
 }
 
 fn describe(kind: &str, name: &str, e: &Expr) -> String {
-    if kind == "cut" {
-        format!("cut \"{}\"", e.source())
+    if kind == "cut" || kind == "weight" {
+        format!("{kind} \"{}\"", e.source())
     } else {
         format!("{kind} '{name}' = \"{}\"", e.source())
     }
@@ -411,6 +420,14 @@ impl Plan {
                 vars.push((v.name.clone(), e));
             }
         }
+        let weighted = !input.weight.trim().is_empty();
+        if weighted {
+            let e = Expr::parse(&input.weight).map_err(|e| Error::Config(format!("data.root: weight: {e}")))?;
+            for b in e.branches() {
+                branches.entry(b).or_default().push(describe("weight", "weight", &e));
+            }
+            vars.push(("weight".to_string(), e));
+        }
         let cut = if input.cut.trim().is_empty() {
             None
         } else {
@@ -420,11 +437,16 @@ impl Plan {
             }
             Some(e)
         };
-        Ok(Plan { tree: input.tree.clone(), cut, vars, n_features: input.features.len(), branches })
+        Ok(Plan { tree: input.tree.clone(), cut, vars, n_features: input.features.len(), weighted, branches })
     }
 
     fn width(&self) -> usize {
         self.vars.len()
+    }
+
+    /// Columns of features and labels (the weight excluded).
+    fn n_columns(&self) -> usize {
+        self.vars.len() - usize::from(self.weighted)
     }
 }
 
@@ -523,7 +545,13 @@ fn load_file(path: &Path, plan: &Plan) -> Result<Part> {
         .iter()
         .enumerate()
         .map(|(j, (name, e))| {
-            let kind = if j < plan.n_features { "feature" } else { "label" };
+            let kind = if j < plan.n_features {
+                "feature"
+            } else if j < plan.n_columns() {
+                "label"
+            } else {
+                "weight"
+            };
             e.eval(&cols, n).map_err(|err| ctx(format!("{kind} '{name}'"), err))
         })
         .collect::<Result<_>>()?;
@@ -630,11 +658,15 @@ pub fn load(input: &RootInput) -> Result<(EventSet, LoadReport)> {
         return Err(Error::Data(format!("{}: no events left{cut}: {report}", describe_input())));
     }
     let all = Array2::from_shape_vec((n, width), flat).map_err(|e| Error::Data(format!("internal: {e}")))?;
+    let cols = plan.n_columns();
     let samples = all.slice(ndarray::s![.., ..plan.n_features]).to_owned();
-    let labels = all.slice(ndarray::s![.., plan.n_features..]).to_owned();
+    let labels = all.slice(ndarray::s![.., plan.n_features..cols]).to_owned();
     let names = |r: std::ops::Range<usize>| -> Vec<String> { plan.vars[r].iter().map(|(n, _)| n.clone()).collect() };
-    let events =
-        EventSet::new(samples, labels, names(0..plan.n_features), names(plan.n_features..width), &describe_input())?;
+    let mut events =
+        EventSet::new(samples, labels, names(0..plan.n_features), names(plan.n_features..cols), &describe_input())?;
+    if plan.weighted {
+        events = events.with_weights(all.column(cols).to_owned(), &describe_input())?;
+    }
     let groups = events.label_groups();
     let mut keep = vec![false; n];
     for (label, members) in groups.labels.iter().zip(&groups.members) {
@@ -669,6 +701,7 @@ pub fn load(input: &RootInput) -> Result<(EventSet, LoadReport)> {
         )));
     }
     let events = if rows.len() == n { events } else { events.select(&rows) };
+    events.check_label_weights(&describe_input())?;
     Ok((events, report))
 }
 

@@ -37,7 +37,10 @@ pub fn single_process_plan(cfg: &RunConfig, events: &EventSet) -> Result<(EventS
     let groups = events.label_groups();
     let order: Vec<usize> = groups.members.iter().flatten().copied().collect();
     let plan = super::plan::make_plan(cfg, &groups, events.n_labels(), 1, 0)?;
-    Ok((events.select(&order), plan))
+    let mut ordered = events.select(&order);
+    // Weights rescaled to mean 1 per label, as `app::run::load_shard` does.
+    ordered.weights = super::plan::training_weights(cfg, &ordered)?;
+    Ok((ordered, plan))
 }
 
 /// Trains on one process without checkpoints (tests, small jobs).
@@ -166,7 +169,7 @@ impl<'a> Trainer<'a> {
         let clip = GradClip { avg: state.grad_norm_avg, ..GradClip::new(t.clip_grad_norm, t.clip_grad_relative) };
         let early = (t.early_stopping_patience > 0).then(|| state.early_stopping.clone().unwrap_or_default());
         let best_weights = best_weights(&early, &state, start.best.as_ref(), &opt, comm, model.flow.device())?;
-        let pass = GradientPass::new(&model.flow, &opt, &train.x, &train.c);
+        let pass = GradientPass::weighted(&model.flow, &opt, &train.x, &train.c, train.w.as_ref());
         let n_params = opt.numel() as usize;
         Ok(Trainer {
             cfg,
@@ -375,21 +378,24 @@ impl<'a> Trainer<'a> {
         // last step cannot make the ranks leave the loop at different epochs.
         let mut agreed = [
             if comm.size() > 1 { 0.0 } else { sums.loss_sum },
-            nll_sum(&self.model, &self.val.x, &self.val.c, 65536),
+            nll_sum(&self.model, &self.val.x, &self.val.c, self.val.w.as_ref(), 65536),
             f64::from(u8::from(self.controls.stop_after_epoch.load(Ordering::Relaxed))),
+            self.val.w_sum,
         ];
         comm.allreduce_sum_f64(&mut agreed)?;
         let stop = agreed[2] > 0.0;
         if self.early.is_some() && comm.size() > 1 {
             // MPI does not promise bit-identical all-reduce results on every rank;
             // early stopping acts on rank 0's value, so all ranks stop at the same epoch.
-            let mut bytes = agreed[1].to_le_bytes().to_vec();
-            comm.broadcast_bytes(0, &mut bytes)?;
-            let arr: [u8; 8] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| Error::Train("validation NLL broadcast: expected 8 bytes".into()))?;
-            agreed[1] = f64::from_le_bytes(arr);
+            for slot in [1, 3] {
+                let mut bytes = agreed[slot].to_le_bytes().to_vec();
+                comm.broadcast_bytes(0, &mut bytes)?;
+                let arr: [u8; 8] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Train("validation NLL broadcast: expected 8 bytes".into()))?;
+                agreed[slot] = f64::from_le_bytes(arr);
+            }
         }
         if comm.size() > 1 {
             agreed[0] = sums.loss_sum;
@@ -398,7 +404,8 @@ impl<'a> Trainer<'a> {
         let rec = EpochRecord {
             epoch: epoch + 1,
             train_nll: agreed[0] / plan.n_train as f64,
-            val_nll: if plan.n_val > 0 { agreed[1] / plan.n_val as f64 } else { f64::NAN },
+            // The weighted mean (Σ w NLL / Σ w); the plain mean when unweighted (Σ w = n_val).
+            val_nll: if plan.n_val > 0 { agreed[1] / agreed[3] } else { f64::NAN },
             lr: sums.lr,
             seconds,
             events_per_s: plan.n_train as f64 * (n_steps - first) as f64 / n_steps as f64 / seconds.max(1e-9),
@@ -523,9 +530,9 @@ impl<'a> Trainer<'a> {
         };
         let averaged = if restored_best { self.opt.has_ema() } else { self.opt.swap_in_ema() };
         let ema_val_nll = if averaged {
-            let mut v = [nll_sum(&self.model, &self.val.x, &self.val.c, 65536)];
+            let mut v = [nll_sum(&self.model, &self.val.x, &self.val.c, self.val.w.as_ref(), 65536), self.val.w_sum];
             comm.allreduce_sum_f64(&mut v)?;
-            let v = (plan.n_val > 0).then(|| v[0] / plan.n_val as f64);
+            let v = (plan.n_val > 0).then(|| v[0] / v[1]);
             if comm.is_root() {
                 tracing::info!(val_nll = v.unwrap_or(f64::NAN), "weights replaced by their moving average");
             }
@@ -543,6 +550,8 @@ impl<'a> Trainer<'a> {
             "world_size": comm.size(),
             "train_events": plan.n_train,
             "validation_events": plan.n_val,
+            "weighted": local.weights.is_some(),
+            "weight_smoothing": cfg.data.weight_smoothing,
             "labels": plan.group_sizes.len(),
             "holdout_labels": cfg.data.holdout_labels,
             "validation_labels": cfg.data.validation_labels,

@@ -132,3 +132,24 @@ pub fn drop_holdout(events: EventSet, holdout: &[Vec<f64>]) -> Result<EventSet> 
     );
     Ok(events.select(&keep))
 }
+
+/// The training weights of `events`: smoothed over `data.weight_smoothing`
+/// neighbours ([`EventSet::smoothed_weights`]), then rescaled to mean 1 per
+/// label ([`EventSet::normalized_weights`]); `None` for unweighted events.
+/// Every rank computes them on the whole input, before sharding, so they do
+/// not depend on the world size.
+pub fn training_weights(cfg: &RunConfig, events: &EventSet) -> Result<Option<ndarray::Array1<f32>>> {
+    let Some(raw) = &events.weights else { return Ok(None) };
+    let negative = raw.iter().filter(|&&w| w < 0.0).count();
+    if negative > 0 {
+        tracing::info!(
+            negative,
+            events = raw.len(),
+            smoothing = cfg.data.weight_smoothing,
+            "negative event weights: the weighted NLL is right on average, its noise is larger \
+             (data.weight_smoothing averages weights over neighbours)"
+        );
+    }
+    let smoothed = events.smoothed_weights(cfg.data.weight_smoothing).unwrap_or_else(|| raw.clone());
+    events.normalize_weights(&smoothed, "training events").map(Some)
+}

@@ -116,8 +116,9 @@ fn fresh_model(
         logit: vec![d.logit_labels; local.n_labels()],
         eps: d.logit_eps,
     };
-    let fw = Whitening::fit(fx.view(), &fspec, comm)?;
-    let lw = Whitening::fit(lx.view(), &lspec, comm)?;
+    let w = train_set.weights.as_ref().map(|w| w.view());
+    let fw = Whitening::fit_weighted(fx.view(), w, &fspec, comm)?;
+    let lw = Whitening::fit_weighted(lx.view(), w, &lspec, comm)?;
     let flow = {
         let _rng = crate::rng::seeded(cfg.training.seed);
         Maf::new(cfg.network.maf(local.n_features(), local.n_labels()), device)?
@@ -133,6 +134,11 @@ pub(super) struct Whitened {
     pub c: Tensor,
     /// Raw labels `[N, L]`.
     pub raw_c: Tensor,
+    /// Per-event weights `[N]` (normalised per label, [`EventSet::normalized_weights`]),
+    /// `None` for unweighted events.
+    pub w: Option<Tensor>,
+    /// The sum of the weights (the number of events when unweighted).
+    pub w_sum: f64,
 }
 
 /// `set` in the flow's space, with clear errors for values outside a
@@ -142,7 +148,8 @@ pub(super) fn whitened(m: &Model, set: &EventSet, what: &str) -> Result<Whitened
     check_acceptance(&m.acceptance, set, what)?;
     let raw_c = to_tensor(&set.labels).to_device(m.flow.device());
     let (x, c) = tch::no_grad(|| (m.to_flow_space(&to_tensor(&set.samples), &raw_c).0, m.condition(&raw_c)));
-    Ok(Whitened { x, c, raw_c })
+    let w = set.weights.as_ref().map(|w| Tensor::from_slice(&w.to_vec()).to_device(m.flow.device()));
+    Ok(Whitened { x, c, raw_c, w, w_sum: set.weight_sum() })
 }
 
 /// Adam over the model's variables, with the checkpoint's state when resuming.
@@ -165,15 +172,29 @@ fn to_tensor(a: &Array2<f32>) -> Tensor {
     Tensor::from_slice(&flat).view([n as i64, d as i64])
 }
 
-/// Sum of `-log p` over `xs` in chunks, without gradients.
-pub(super) fn nll_sum(model: &Model, xs: &Tensor, cs: &Tensor, chunk: i64) -> f64 {
+/// Sum of `-log p` over `xs` (weighted by `ws` where given, negative weights
+/// with training's floor) in chunks, without gradients.
+pub(super) fn nll_sum(model: &Model, xs: &Tensor, cs: &Tensor, ws: Option<&Tensor>, chunk: i64) -> f64 {
     tch::no_grad(|| {
         let n = xs.size()[0];
         let mut total = 0.0;
         let mut i = 0;
         while i < n {
             let m = chunk.min(n - i);
-            total -= model.flow_log_prob(&xs.narrow(0, i, m), &cs.narrow(0, i, m)).sum(Kind::Double).double_value(&[]);
+            let lp = model.flow_log_prob(&xs.narrow(0, i, m), &cs.narrow(0, i, m));
+            let lp = match ws {
+                Some(w) => {
+                    // Negatively weighted events count no lower than training's floor.
+                    let wb = w.narrow(0, i, m).to_kind(Kind::Double);
+                    let d = xs.size()[1] as f64;
+                    let floor = -(crate::flow::engine::cpu::NEGATIVE_WEIGHT_NLL_CEIL
+                        + 0.5 * d * (2.0 * std::f64::consts::PI).ln());
+                    let lp = lp.to_kind(Kind::Double);
+                    lp.where_self(&wb.ge(0.0), &lp.clamp_min(floor)) * wb
+                }
+                None => lp,
+            };
+            total -= lp.sum(Kind::Double).double_value(&[]);
             i += m;
         }
         total
