@@ -283,3 +283,56 @@ fn weighted_npz_trains_under_mpirun_and_bad_sums_are_refused() {
     );
     assert!(!run.exists(), "a refused run leaves no directory");
 }
+
+const WEIGHTED_WRITER: &str = r#"
+import sys, numpy as np, uproot
+n = 300
+rng = np.random.default_rng(3)
+gw = rng.normal(1.0, 0.8, n).astype(np.float32)
+gw[17] = np.nan
+gw[40] = np.inf
+sf = rng.uniform(0.9, 1.1, n)
+data = {"mass": rng.normal(100.0, 5.0, n), "label": np.where(np.arange(n) < 150, 1.0, 2.0),
+        "genWeight": gw, "sf": sf}
+with uproot.recreate(sys.argv[1]) as f:
+    f.mktree("Events", {k: v.dtype for k, v in data.items()})
+    f["Events"].extend(data)
+with uproot.recreate(sys.argv[2]) as f:
+    f["Events"] = data
+w = (gw.astype(np.float64) * sf).astype(np.float32)
+keep = np.isfinite(w)
+print(" ".join(repr(float(v)) for v in w[keep]))
+print(type(uproot.open(sys.argv[2])["Events"]).__name__)
+"#;
+
+/// `data.root.weight` is an expression over branches, read alike from a
+/// TTree and an RNTuple written by uproot; its value equals numpy's
+/// `float32(genWeight * sf)`; events with a non-finite weight are dropped and
+/// counted; a weight naming a missing branch is an error that says so.
+#[test]
+fn root_weight_expression_matches_uproot_in_ttree_and_rntuple() {
+    use fedhex::data::source::{load, RootInput, Variable};
+    let dir = tmpdir();
+    let (tt, nt) = (dir.path().join("tree.root"), dir.path().join("ntuple.root"));
+    let out = run_python(WEIGHTED_WRITER, &[tt.to_str().unwrap(), nt.to_str().unwrap()]);
+    let mut lines = out.lines();
+    let want: Vec<f32> = lines.next().unwrap().split_whitespace().map(|v| v.parse::<f64>().unwrap() as f32).collect();
+    let kind = lines.next().unwrap().trim().to_string();
+    assert!(kind.contains("RNTuple"), "uproot must write an RNTuple for the second file: {kind}");
+    let input = |p: &std::path::Path| RootInput {
+        files: vec![p.display().to_string()],
+        features: vec![Variable::new("mass", "mass")],
+        labels: vec![Variable::new("label", "label")],
+        weight: "genWeight * sf".into(),
+        ..RootInput::default()
+    };
+    let (a, rep) = load(&input(&tt)).unwrap();
+    let (b, _) = load(&input(&nt)).unwrap();
+    assert_eq!(a, b, "TTree and RNTuple load the same weighted events");
+    assert_eq!(rep.dropped_nonfinite, 2);
+    // Events stay in file order; the label grouping does not reorder them.
+    assert_eq!(a.weights.as_ref().unwrap().to_vec(), want);
+    let bad = RootInput { weight: "genWeight * scale_factor".into(), ..input(&tt) };
+    let err = load(&bad).unwrap_err().to_string();
+    assert!(err.contains("scale_factor") && err.contains("weight \"genWeight * scale_factor\""), "{err}");
+}
