@@ -7,6 +7,7 @@ pub mod efficiency;
 pub mod expr;
 pub mod files;
 pub mod gaussian;
+pub mod input;
 pub mod npy;
 pub mod phiomega;
 pub mod phiomega_nd;
@@ -133,32 +134,10 @@ impl EventSet {
         self.weights.as_ref().map(|w| self.normalize_weights(w, source)).transpose()
     }
 
-    /// `w` (one weight per event of this set) rescaled per label point to mean 1;
-    /// an error naming the first label whose weights sum to zero or less.
+    /// `w` (one weight per event of this set) rescaled per label point to mean 1
+    /// ([`normalize_weights`]).
     pub fn normalize_weights(&self, w: &Array1<f32>, source: &str) -> Result<Array1<f32>> {
-        if w.len() != self.len() {
-            return Err(Error::Data(format!("{source}: {} weights for {} events", w.len(), self.len())));
-        }
-        let groups = self.label_groups();
-        let mut out = Array1::<f32>::zeros(self.len());
-        for (label, members) in groups.labels.iter().zip(&groups.members) {
-            let sum: f64 = members.iter().map(|&i| f64::from(w[i])).sum();
-            if sum.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-                let names: Vec<String> =
-                    self.label_names.iter().zip(label).map(|(n, v)| format!("{n} = {v}")).collect();
-                return Err(Error::Data(format!(
-                    "{source}: the weights of the {} events at label [{}] sum to {sum}: \
-                     a label's weights must sum to a positive number",
-                    members.len(),
-                    names.join(", ")
-                )));
-            }
-            let scale = members.len() as f64 / sum;
-            for &i in members {
-                out[i] = (f64::from(w[i]) * scale) as f32;
-            }
-        }
-        Ok(out)
+        normalize_weights(&self.labels, &self.label_names, w, source)
     }
 
     /// The weights averaged over each event's `k` nearest neighbours at its
@@ -249,20 +228,28 @@ impl EventSet {
 
     /// Groups events by identical label rows (bitwise), groups sorted by label.
     pub fn label_groups(&self) -> LabelGroups {
-        let mut keyed: Vec<(Vec<u32>, usize)> = self
-            .labels
+        group_labels(&self.labels)
+    }
+}
+
+/// Groups the rows of `labels` by identical values (bitwise), groups sorted
+/// by label, members ascending: [`EventSet::label_groups`] of labels alone
+/// (a shard-local read groups its index before it reads any feature).
+pub fn group_labels(labels: &Array2<f32>) -> LabelGroups {
+    {
+        let mut keyed: Vec<(Vec<u32>, usize)> = labels
             .rows()
             .into_iter()
             .enumerate()
             .map(|(i, r)| (r.iter().map(|v| total_key(*v)).collect(), i))
             .collect();
         keyed.sort();
-        let mut labels: Vec<Vec<f32>> = Vec::new();
+        let mut out: Vec<Vec<f32>> = Vec::new();
         let mut members: Vec<Vec<usize>> = Vec::new();
         let mut last: Option<&Vec<u32>> = None;
         for (key, i) in &keyed {
             if last != Some(key) {
-                labels.push(self.labels.row(*i).to_vec());
+                out.push(labels.row(*i).to_vec());
                 members.push(Vec::new());
                 last = Some(key);
             }
@@ -270,7 +257,7 @@ impl EventSet {
                 m.push(*i);
             }
         }
-        LabelGroups { labels, members }
+        LabelGroups { labels: out, members }
     }
 }
 
@@ -322,4 +309,37 @@ pub fn same_label_value(x: f64, y: f64) -> bool {
 /// [`same_label`] of two float32 labels.
 pub fn same_label_f32(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| same_label_value(f64::from(x), f64::from(y)))
+}
+
+/// `w` (one weight per row of `labels`) rescaled per label point to mean 1
+/// (`w · n_label / Σ_label w`); an error naming the first label (with
+/// `label_names`) whose weights sum to zero or less.
+pub fn normalize_weights(
+    labels: &Array2<f32>,
+    label_names: &[String],
+    w: &Array1<f32>,
+    source: &str,
+) -> Result<Array1<f32>> {
+    if w.len() != labels.nrows() {
+        return Err(Error::Data(format!("{source}: {} weights for {} events", w.len(), labels.nrows())));
+    }
+    let groups = group_labels(labels);
+    let mut out = Array1::<f32>::zeros(w.len());
+    for (label, members) in groups.labels.iter().zip(&groups.members) {
+        let sum: f64 = members.iter().map(|&i| f64::from(w[i])).sum();
+        if sum.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            let names: Vec<String> = label_names.iter().zip(label).map(|(n, v)| format!("{n} = {v}")).collect();
+            return Err(Error::Data(format!(
+                "{source}: the weights of the {} events at label [{}] sum to {sum}: \
+                 a label's weights must sum to a positive number",
+                members.len(),
+                names.join(", ")
+            )));
+        }
+        let scale = members.len() as f64 / sum;
+        for &i in members {
+            out[i] = (f64::from(w[i]) * scale) as f32;
+        }
+    }
+    Ok(out)
 }
