@@ -1,9 +1,16 @@
 //! Generation at requested labels from a loaded model: whitens the labels,
 //! samples in network calls of bounded size, de-whitens, and hands the events
 //! over in chunks ([`stream_samples`]) or all at once ([`sample_with_cuts`]).
-//! Seeded: the same seed gives the same events.
+//! Seeded: the same seed gives the same events, and a label's events depend
+//! on its number in the request, not on who generates it
+//! ([`stream_samples_from`]).
+//!
+//! - [`request`]: what to generate ([`SampleArgs`], shared by `fedhex sample`
+//!   and `fedhex-worker sample`), resolved against a model.
+//! - [`distributed`]: the labels split over ranks, a file per rank and a
+//!   manifest (`fedhex-worker sample`).
 
-
+pub mod distributed;
 pub mod request;
 
 pub use request::{SampleArgs, SampleRequest};
