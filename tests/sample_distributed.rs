@@ -6,8 +6,11 @@
 //! error and leaves no output directory.
 
 mod common;
-use common::{gaussian_grid_npz, tmpdir};
+use clap::Parser;
+use common::{gaussian_grid_npz, random_model, tmpdir};
+use fedhex::comm::SingleProcess;
 use fedhex::data::EventSet;
+use fedhex::generate::distributed::{sample_parts, PartsArgs};
 use fedhex::generate::distributed::{Manifest, Part};
 use fedhex::generate::LabelDraws;
 use std::path::Path;
@@ -281,4 +284,60 @@ fn check_manifest_files(dir: &Path, want: &[&str]) {
     assert_eq!(names, want);
     let m = Manifest::read(dir).unwrap();
     assert_eq!(m.events, 10);
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: PartsArgs,
+}
+
+/// The library alone (`sample_parts` with a single-process communicator):
+/// three `--part`s of a request in one process give, in order, the events
+/// and draws of `sample_with_draws` on the whole request.
+#[test]
+fn parts_in_one_process_are_the_events_of_the_whole_request() {
+    let dir = tmpdir();
+    let d = dir.path();
+    let model = random_model(2, &[8], 3);
+    model.save(&d.join("model")).unwrap();
+    let labels = fedhex::generate::label_grid(&["0:1:5".into(), "0.25:0.75:2".into()]).unwrap();
+    let (want, want_draws) = fedhex::generate::sample_with_draws(&model, &labels, 120, 9, 50, &[]).unwrap();
+    let (mut union, mut draws) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        let out = d.join(format!("part-{i}"));
+        let (m, o, p) = (d.join("model"), out.display().to_string(), format!("{i}/3"));
+        let cli = Cli::parse_from([
+            "x",
+            "--model",
+            m.to_str().unwrap(),
+            "--grid",
+            "0:1:5",
+            "--grid",
+            "0.25:0.75:2",
+            "-n",
+            "120",
+            "--seed",
+            "9",
+            "--batch",
+            "50",
+            "--device",
+            "cpu",
+            "--format",
+            "npz",
+            "--part",
+            &p,
+            "--out",
+            &o,
+        ]);
+        let manifest = sample_parts(&SingleProcess, &cli.args).unwrap();
+        assert_eq!(manifest, Manifest::read(&out).unwrap(), "returned = written manifest");
+        assert_eq!(manifest.files.len(), 1);
+        union.extend(manifest.paths(&out));
+        draws.extend(manifest.draws());
+    }
+    let got = fedhex::data::files::read_events(&union, &model.features.names(), &model.labels.names(), "Events", true)
+        .unwrap();
+    assert_same_events(&got, &want, "three parts in one process");
+    assert_eq!(draws, want_draws);
 }

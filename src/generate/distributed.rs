@@ -255,9 +255,8 @@ pub fn sample_parts(comm: &dyn Communicator, args: &PartsArgs) -> Result<Manifes
         if args.threads == 0 { (crate::device::available_cores() / local_size().max(1)).max(1) } else { args.threads };
     crate::device::set_threads(threads);
     // 1. Every rank loads the model and resolves the labels; one error for all.
-    let req = agree(comm, prepare(args))?;
-    let (slice_range, agreed) = req;
-    let SampleRequest { model, labels, cuts, warnings, device } = agreed;
+    let (slice_range, request) = agree(comm, prepare(args))?;
+    let SampleRequest { model, labels, cuts, warnings, device } = request;
     let s = &args.sample;
     let support_margin = s.support_margin.is_finite().then_some(s.support_margin);
     let same = Agreed {
