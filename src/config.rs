@@ -589,6 +589,22 @@ impl RunConfig {
     }
 }
 
+/// The `[data.root]` selection of the run configuration at `config`, if one
+/// is given: how `sample --labels-from`, `analyze` and `fit` read ROOT
+/// references the way training read its input.
+///
+/// # Errors
+/// An unreadable or invalid configuration, or one without `[data.root]`.
+pub fn root_selection(config: Option<&Path>) -> Result<Option<crate::data::source::RootInput>> {
+    let Some(path) = config else { return Ok(None) };
+    match RunConfig::load(path, &[])?.data.root {
+        Some(root) => Ok(Some(root)),
+        None => {
+            Err(Error::Config(format!("--config {}: no [data.root] section to read the events with", path.display())))
+        }
+    }
+}
+
 /// The arguments of `fedhex train` and `fedhex-worker train`, declared once.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainArgs {

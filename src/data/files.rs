@@ -11,8 +11,9 @@ use super::EventSet;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// The format of an event file, from its extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The format of an event file, from its extension (or named: `root`, `npz`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// `.root` (any case): a ROOT TTree.
     Root,
@@ -27,6 +28,14 @@ impl Format {
             Format::Root
         } else {
             Format::Npz
+        }
+    }
+
+    /// The file extension written for this format (`root`, `npz`).
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Root => "root",
+            Format::Npz => "npz",
         }
     }
 }
