@@ -310,7 +310,7 @@ fn run_with(
         resume: loaded,
         gather_rank_facts: cfg.control.enabled,
     };
-    let outcome = agree(comm, train(cfg, &local, &plan, comm, device, hooks))?;
+    let outcome = agree(comm, train(cfg, local, &plan, comm, device, hooks))?;
     if comm.is_root() {
         let cfg_path = run_dir.join("config.toml");
         std::fs::write(&cfg_path, cfg.to_toml()?).map_err(|e| Error::io(&cfg_path, e))?;

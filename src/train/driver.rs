@@ -47,7 +47,7 @@ pub fn single_process_plan(cfg: &RunConfig, events: &EventSet) -> Result<(EventS
 pub fn train_events(cfg: &RunConfig, events: &EventSet) -> Result<TrainOutcome> {
     let (ordered, plan) = single_process_plan(cfg, events)?;
     let device = crate::device::resolve(crate::device::parse_device(&cfg.training.device)?, 0)?;
-    train(cfg, &ordered, &plan, &SingleProcess, device, Hooks::default())
+    train(cfg, ordered, &plan, &SingleProcess, device, Hooks::default())
 }
 
 /// How an epoch ended.
@@ -105,13 +105,31 @@ struct Trainer<'a> {
     show_bar: bool,
     /// Steps between reads of the loss from the device (1 on the CPU or with several ranks).
     check_every: usize,
+    /// What the run records of this rank's events.
+    shard: ShardFacts,
+}
+
+/// What training keeps of this rank's events besides the whitened tensors.
+pub(super) struct ShardFacts {
+    /// Whether the events are weighted.
+    pub weighted: bool,
+    /// The distinct labels of the rank's events, sorted.
+    pub labels: Vec<Vec<f32>>,
+    /// Feature count.
+    pub n_features: usize,
+    /// Label count.
+    pub n_labels: usize,
+    /// Feature names.
+    pub feature_names: Vec<String>,
+    /// Label names.
+    pub label_names: Vec<String>,
 }
 
 /// Trains across the ranks of `comm`. `local` holds this rank's events in plan
 /// order (group by group, its chunk of each group).
 pub fn train(
     cfg: &RunConfig,
-    local: &EventSet,
+    local: EventSet,
     plan: &ShardPlan,
     comm: &dyn Communicator,
     device: Device,
@@ -129,13 +147,13 @@ pub fn train(
             break;
         }
     }
-    tr.finish(local, finish)
+    tr.finish(finish)
 }
 
 impl<'a> Trainer<'a> {
     fn new(
         cfg: &'a RunConfig,
-        local: &EventSet,
+        local: EventSet,
         plan: &'a ShardPlan,
         comm: &'a dyn Communicator,
         device: Device,
@@ -157,12 +175,24 @@ impl<'a> Trainer<'a> {
         let val_rows: Vec<usize> = (0..local.len()).filter(|&i| plan.local_is_val[i]).collect();
         let train_set = local.select(&train_rows);
         let val_set = local.select(&val_rows);
+        let shard = ShardFacts {
+            weighted: local.weights.is_some(),
+            labels: local.label_groups().labels,
+            n_features: local.n_features(),
+            n_labels: local.n_labels(),
+            feature_names: local.feature_names.clone(),
+            label_names: local.label_names.clone(),
+        };
+        // The events live on as the training and validation sets only (memory: one copy).
+        drop(local);
         let Hooks { checkpoint_dir, controls, observer, resume, gather_rank_facts } = hooks;
-        let start = setup::start(cfg, local, &train_set, comm, device, resume)?;
+        let start = setup::start(cfg, &shard, &train_set, comm, device, resume)?;
         controls.start_at(start.state.epoch as u64);
         let model = start.model;
-        let train = setup::whitened(&model, &train_set, "training events")?;
-        let val = setup::whitened(&model, &val_set, "validation events")?;
+        // Raw labels are kept only for the acceptance terms' flow samples.
+        let keep_raw = !model.acceptance.is_empty() && cfg.training.acceptance_samples != 0.0;
+        let train = setup::whitened(&model, &train_set, "training events", keep_raw)?;
+        let val = setup::whitened(&model, &val_set, "validation events", false)?;
         let acceptance = AcceptanceTerms::new(cfg, &model, &train_set)?;
         let opt = setup::optimizer(cfg, &model, start.optimizer.as_ref())?;
         let state = start.state;
@@ -200,6 +230,7 @@ impl<'a> Trainer<'a> {
             busy: (0.0, 0),
             show_bar: comm.is_root() && cfg.outputs.progress && std::io::stderr().is_terminal(),
             check_every: if device == Device::Cpu || comm.size() > 1 { 1 } else { 32 },
+            shard,
         })
     }
 
@@ -516,7 +547,7 @@ impl<'a> Trainer<'a> {
 
     /// The final model: the best epoch's weights (early stopping) or the weight
     /// average, and the training facts it carries.
-    fn finish(mut self, local: &EventSet, finish: Finish) -> Result<TrainOutcome> {
+    fn finish(mut self, finish: Finish) -> Result<TrainOutcome> {
         let (cfg, comm, plan) = (self.cfg, self.comm, self.plan);
         let t = &cfg.training;
         // The saved model carries the weight average (checkpoints keep both) or, with
@@ -550,14 +581,12 @@ impl<'a> Trainer<'a> {
             "world_size": comm.size(),
             "train_events": plan.n_train,
             "validation_events": plan.n_val,
-            "weighted": local.weights.is_some(),
+            "weighted": self.shard.weighted,
             "weight_smoothing": cfg.data.weight_smoothing,
             "labels": plan.group_sizes.len(),
             "holdout_labels": cfg.data.holdout_labels,
             "validation_labels": cfg.data.validation_labels,
-            "training_labels": local
-                .label_groups()
-                .labels
+            "training_labels": std::mem::take(&mut self.shard.labels)
                 .into_iter()
                 .filter(|l| !cfg.data.validation_labels.iter().any(|v| super::plan::is_label(l, v)))
                 .collect::<Vec<_>>(),

@@ -36,7 +36,7 @@ pub(super) struct Start {
 /// configuration, or a fresh model fitted to `train_set`.
 pub(super) fn start(
     cfg: &RunConfig,
-    local: &EventSet,
+    local: &super::driver::ShardFacts,
     train_set: &EventSet,
     comm: &dyn Communicator,
     device: Device,
@@ -61,7 +61,7 @@ pub(super) fn start(
         let model = fresh_model(cfg, local, train_set, comm, device)?;
         return Ok(Start { model, state: fresh, optimizer: None, best: None, resumed_world: comm.size() });
     };
-    if loaded.model.flow.config() != &cfg.network.maf(local.n_features(), local.n_labels()) {
+    if loaded.model.flow.config() != &cfg.network.maf(local.n_features, local.n_labels) {
         return Err(Error::Train(format!(
             "checkpoint {} has a different network than the configuration; \
              resume with the same [network] section or start a new run directory",
@@ -94,7 +94,7 @@ pub(super) fn start(
 /// on every rank's training events, initial weights from `training.seed`.
 fn fresh_model(
     cfg: &RunConfig,
-    local: &EventSet,
+    local: &super::driver::ShardFacts,
     train_set: &EventSet,
     comm: &dyn Communicator,
     device: Device,
@@ -108,20 +108,17 @@ fn fresh_model(
     let lx = transformed_labels(&lt, train_set, "training events")?;
     let fspec = WhitenSpec {
         names: local.feature_names.clone(),
-        logit: vec![d.logit_features; local.n_features()],
+        logit: vec![d.logit_features; local.n_features],
         eps: d.logit_eps,
     };
-    let lspec = WhitenSpec {
-        names: local.label_names.clone(),
-        logit: vec![d.logit_labels; local.n_labels()],
-        eps: d.logit_eps,
-    };
+    let lspec =
+        WhitenSpec { names: local.label_names.clone(), logit: vec![d.logit_labels; local.n_labels], eps: d.logit_eps };
     let w = train_set.weights.as_ref().map(|w| w.view());
     let fw = Whitening::fit_weighted(fx.view(), w, &fspec, comm)?;
     let lw = Whitening::fit_weighted(lx.view(), w, &lspec, comm)?;
     let flow = {
         let _rng = crate::rng::seeded(cfg.training.seed);
-        Maf::new(cfg.network.maf(local.n_features(), local.n_labels()), device)?
+        Maf::new(cfg.network.maf(local.n_features, local.n_labels), device)?
     };
     Model::new(flow, fw, lw)?.with_preprocessing(ft, lt, acceptance)
 }
@@ -143,13 +140,45 @@ pub(super) struct Whitened {
 
 /// `set` in the flow's space, with clear errors for values outside a
 /// transform's domain or the acceptance.
-pub(super) fn whitened(m: &Model, set: &EventSet, what: &str) -> Result<Whitened> {
+/// `keep_raw`: keep the raw labels (for the acceptance terms); otherwise
+/// `raw_c` is an empty tensor.
+pub(super) fn whitened(m: &Model, set: &EventSet, what: &str, keep_raw: bool) -> Result<Whitened> {
     transformed_features(&m.feature_transforms, set, what)?;
     check_acceptance(&m.acceptance, set, what)?;
     let raw_c = to_tensor(&set.labels).to_device(m.flow.device());
-    let (x, c) = tch::no_grad(|| (m.to_flow_space(&to_tensor(&set.samples), &raw_c).0, m.condition(&raw_c)));
+    let (x, c) = to_flow_space_chunked(m, set, &raw_c);
+    let raw_c = if keep_raw { raw_c } else { Tensor::new() };
     let w = set.weights.as_ref().map(|w| Tensor::from_slice(&w.to_vec()).to_device(m.flow.device()));
     Ok(Whitened { x, c, raw_c, w, w_sum: set.weight_sum() })
+}
+
+/// Rows whitened at a time: the transforms' temporaries stay a few MB
+/// whatever the number of events (the results are elementwise, so the bits
+/// do not depend on the chunking).
+const WHITEN_CHUNK: usize = 65536;
+
+/// `set`'s features and conditions in the flow's space, computed a chunk of
+/// rows at a time into preallocated tensors.
+fn to_flow_space_chunked(m: &Model, set: &EventSet, raw_c: &Tensor) -> (Tensor, Tensor) {
+    let (n, d) = set.samples.dim();
+    let l = set.labels.ncols();
+    let dev = m.flow.device();
+    tch::no_grad(|| {
+        let x = Tensor::empty([n as i64, d as i64], (Kind::Float, dev));
+        let c = Tensor::empty([n as i64, l as i64], (Kind::Float, dev));
+        let mut i = 0;
+        while i < n {
+            let k = WHITEN_CHUNK.min(n - i);
+            let rows = set.samples.slice(ndarray::s![i..i + k, ..]);
+            let flat: Vec<f32> = rows.iter().copied().collect();
+            let xs = Tensor::from_slice(&flat).view([k as i64, d as i64]);
+            let cs = raw_c.narrow(0, i as i64, k as i64);
+            x.narrow(0, i as i64, k as i64).copy_(&m.to_flow_space(&xs, &cs).0);
+            c.narrow(0, i as i64, k as i64).copy_(&m.condition(&cs));
+            i += k;
+        }
+        (x, c)
+    })
 }
 
 /// Adam over the model's variables, with the checkpoint's state when resuming.

@@ -143,10 +143,10 @@ pub enum GradientPass {
     Cpu {
         /// The pass.
         trainer: Box<FastTrainer>,
-        /// Host copy of the features.
-        x: Vec<f32>,
-        /// Host copy of the conditions.
-        c: Vec<f32>,
+        /// The features, read in place (a CPU tensor) or copied to the host.
+        x: HostBuf,
+        /// The conditions, likewise.
+        c: HostBuf,
         /// Host copy of the event weights (weighted events only).
         w: Option<Vec<f32>>,
     },
@@ -167,7 +167,9 @@ impl GradientPass {
     /// the batch (`w` `[N]`, one weight per event of `x`); `None` is unweighted.
     pub fn weighted(flow: &Maf, opt: &Adam, x: &Tensor, c: &Tensor, w: Option<&Tensor>) -> Self {
         match crate::flow::engine::trainer(flow, opt.names(), opt.numels()) {
-            Some(t) => GradientPass::Cpu { trainer: Box::new(t), x: to_host(x), c: to_host(c), w: w.map(to_host) },
+            Some(t) => {
+                GradientPass::Cpu { trainer: Box::new(t), x: HostBuf::of(x), c: HostBuf::of(c), w: w.map(to_host) }
+            }
             None => GradientPass::Autograd { w: w.map(Tensor::shallow_clone) },
         }
     }
@@ -189,7 +191,8 @@ impl GradientPass {
         extra_term: impl FnOnce(&mut Adam) -> Option<Tensor>,
     ) -> Gradient {
         match self {
-            GradientPass::Cpu { trainer, x: hx, c: hc, w: hw } => {
+            GradientPass::Cpu { trainer, x, c, w: hw } => {
+                let (hx, hc) = (x.as_slice(), c.as_slice());
                 let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
                 let loss = match hw {
                     None => trainer.loss_and_grad(opt.flat_params(), hx, hc, rows, threads, packet.gradients_mut()),
@@ -230,6 +233,44 @@ impl GradientPass {
                 }
                 Gradient::Device { loss, flat: opt.flat_grad() }
             }
+        }
+    }
+}
+
+/// Row-major `f32` data the CPU pass reads: a contiguous float CPU tensor in
+/// place (no second copy of the training events), or a host copy of any other.
+pub enum HostBuf {
+    /// The tensor itself (kept alive here; its storage is read, never written).
+    InPlace(Tensor),
+    /// A host copy.
+    Copied(Vec<f32>),
+}
+
+impl HostBuf {
+    /// `t` in place when it is a contiguous float tensor on the CPU, else a copy.
+    pub fn of(t: &Tensor) -> Self {
+        if t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() {
+            HostBuf::InPlace(t.shallow_clone())
+        } else {
+            HostBuf::Copied(to_host(t))
+        }
+    }
+
+    /// The values.
+    pub fn as_slice(&self) -> &[f32] {
+        match self {
+            HostBuf::InPlace(t) => {
+                let n = t.numel();
+                if n == 0 {
+                    return &[];
+                }
+                // SAFETY: `t` is a contiguous float32 CPU tensor (checked in `of`)
+                // holding `n` elements; this enum owns a handle to it, so its
+                // storage outlives the slice, and nothing writes to it (the
+                // training events are never modified in place).
+                unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) }
+            }
+            HostBuf::Copied(v) => v,
         }
     }
 }
