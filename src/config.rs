@@ -349,6 +349,12 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "known acceptance cuts of the data, e.g. [\"omega > 0.415\"]: truncated-likelihood training, generated events cut alike",
     ),
     (
+        "data.weight_smoothing",
+        "weighted input only: average each event's weight over its k nearest neighbours at its label before training \
+         (0: weights as read); lowers the noise of negative weights that cancel positive ones locally, at the cost of \
+         smoothing over the neighbours' distance; reads the whole input on every rank",
+    ),
+    (
         "training.acceptance_samples",
         "flow samples per event and step for the acceptance normaliser of the truncated likelihood: 1, 2, ... per event, or a fraction in (0, 1) of the step's events (cheaper, noisier; docs/speed.md); 0: off",
     ),
