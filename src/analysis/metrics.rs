@@ -126,9 +126,17 @@
 //!
 //! * **Moments** ([`moments_weighted`]): `x̄ = Σwx/W`; the variance with
 //!   reliability weights `s² = Σw(x−x̄)² / (W − W₂/W)` (NumPy's
-//!   `np.cov(x, aweights=w)`; `n − 1` for unit weights); `σ(x̄) = s/√n_eff`,
-//!   and `σ(s)` the unweighted formula with `n → n_eff` and the weighted
-//!   fourth moment `m₄ = Σw(x−x̄)⁴/W`.
+//!   `np.cov(x, aweights=w)`; `n − 1` for unit weights). Uncertainties: the
+//!   linearised (sandwich) variances of these ratio estimators,
+//!   `σ(x̄)² = c Σw²(x−x̄)²` and `σ(s²)² = c Σw²((x−x̄)² − s²)²`,
+//!   `σ(s) = σ(s²)/2s`, with `c = n_eff/((n_eff − 1) W²)`. Where the weights
+//!   do not depend on x this is `σ(x̄) = s/√n_eff`; for unit weights it is
+//!   `s/√n` exactly (and `σ(s)` the unweighted formula up to `O(1/n²)`).
+//!   Where they do (importance weights such as `p/q`), `s/√n_eff` is wrong:
+//!   for a N(0.4, 1.3²) sample weighted to N(0, 1) (4000 events, 200
+//!   repetitions) the pulls of the mean had an RMS of 0.83 with
+//!   `s/√n_eff` and 0.97 with the linearised variance, those of the width
+//!   0.71 with `s/√(2(n_eff−1))` and 0.93 with it.
 //! * **Quantiles** ([`quantiles_weighted`]): values sorted ascending (ties
 //!   by weight), each value placed at the centre of its weight,
 //!   `M_k = Σ_{j<k} w_j + w_k/2`, rescaled so the smallest value sits at 0

@@ -120,11 +120,9 @@ pub(super) fn wmoments(s: &WSample, which: &'static str) -> MetricsResult<Moment
     positive_sum(s, which)?;
     let sw = s.sum;
     let mean = s.x.iter().zip(&s.w).map(|(x, w)| w * x).sum::<f64>() / sw;
-    let (mut m2, mut m4) = (0.0, 0.0);
+    let mut m2 = 0.0;
     for (&x, &w) in s.x.iter().zip(&s.w) {
-        let d2 = (x - mean) * (x - mean);
-        m2 += w * d2;
-        m4 += w * d2 * d2;
+        m2 += w * (x - mean) * (x - mean);
     }
     let denom = sw - s.sum_sq / sw;
     let n_eff = s.n_eff();
@@ -139,14 +137,22 @@ pub(super) fn wmoments(s: &WSample, which: &'static str) -> MetricsResult<Moment
             "{which} sample: the weighted variance is {var} (negative weights dominate)"
         )));
     }
-    let m4 = m4 / sw;
+    // Linearised (sandwich) variances of the two ratio estimators,
+    // Σw²(x−x̄)²/W² and Σw²((x−x̄)² − s²)²/W², times n_eff/(n_eff − 1)
+    // (so that σ(x̄) = s/√n exactly for unit weights).
+    let scale = n_eff / (n_eff - 1.0) / (sw * sw);
+    let (mut v_mean, mut v_var) = (0.0, 0.0);
+    for (&x, &w) in s.x.iter().zip(&s.w) {
+        let d2 = (x - mean) * (x - mean);
+        v_mean += w * w * d2;
+        v_var += w * w * (d2 - var) * (d2 - var);
+    }
     let std = var.sqrt();
-    let var_s2 = ((m4 - var * var * (n_eff - 3.0) / (n_eff - 1.0)) / n_eff).max(0.0);
-    let std_err = if var > 0.0 { (var_s2 / (4.0 * var)).sqrt() } else { 0.0 };
+    let std_err = if var > 0.0 { (v_var * scale / (4.0 * var)).sqrt() } else { 0.0 };
     Ok(Moments {
         n: s.x.len(),
         mean,
-        mean_err: std / n_eff.sqrt(),
+        mean_err: (v_mean * scale).sqrt(),
         std,
         std_err,
         sum_weights: Some(sw),
