@@ -399,3 +399,206 @@ fn weighted_reference_equal_in_distribution_passes_where_the_unweighted_reading_
     assert!(e_w < 0.25 * e_u, "weighted energy {e_w} vs unweighted {e_u}");
     eprintln!("equal-in-distribution test: {:.2} s", t0.elapsed().as_secs_f64());
 }
+
+const HIST_CHECK: &str = r#"
+import sys, json
+import numpy as np
+import uproot
+npz, root, report = sys.argv[1], sys.argv[2], sys.argv[3]
+d = np.load(npz)
+x, lab, w = d["samples"].astype(float), d["labels"], d["weights"].astype(float)
+rep = json.load(open(report))
+f = uproot.open(root)
+out = {"checked": 0, "max_diff": 0.0, "weighted_differs": 0, "generated_equal": 0}
+for h in rep["histograms"]:
+    th = f[h["name"]]
+    values, variances = th.values(flow=True), th.variances(flow=True)
+    edges = th.axis().edges()
+    if h["sample"] == "reference":
+        label = np.asarray(h["label"], dtype=np.float32)
+        sel = np.all(lab == label, axis=1)
+        col = x[sel, rep["features"].index(h["feature"])]
+        ws = w[sel]
+        idx = np.searchsorted(edges, col, side="right")   # ROOT bin number: 0 underflow, n+1 overflow
+        n = len(edges) + 1
+        sw = np.bincount(idx, weights=ws, minlength=n)
+        sw2 = np.bincount(idx, weights=ws * ws, minlength=n)
+        out["max_diff"] = max(out["max_diff"], float(np.abs(sw - values).max()), float(np.abs(sw2 - variances).max()))
+        out["checked"] += 1
+        out["weighted_differs"] += int(not np.allclose(values, variances))
+    elif h["sample"] == "generated":
+        out["generated_equal"] += int(np.array_equal(values, variances))
+print(json.dumps(out))
+"#;
+
+#[test]
+fn analyze_cli_on_a_weighted_npz_reference() {
+    let t0 = Instant::now();
+    let dir = common::tmpdir();
+    let model_dir = dir.path().join("model");
+    common::random_model(2, &[8], 3).save(&model_dir).unwrap();
+    // Two labels, 300 events each, 12 % negative weights.
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let labels = [[0.25f32, 0.5], [0.75, 0.5]];
+    let n = 300;
+    let samples = Array2::from_shape_fn((2 * n, 2), |_| normal(&mut rng) as f32);
+    let label_rows = Array2::from_shape_fn((2 * n, 2), |(i, j)| labels[i / n][j]);
+    let w: Vec<f32> = weights(&mut rng, 2 * n, 0.12).into_iter().map(|v| v as f32).collect();
+    let reference = dir.path().join("reference.npz");
+    fedhex::data::npy::write_npz_weighted(&reference, &samples, &label_rows, Some(&Array1::from(w.clone()))).unwrap();
+    let out = dir.path().join("report");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_fedhex"))
+        .args(["analyze", "--model"])
+        .arg(&model_dir)
+        .arg("--reference")
+        .arg(&reference)
+        .arg("--out")
+        .arg(&out)
+        .args(["--max-plot-labels", "1"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "fedhex analyze failed:\n{}", String::from_utf8_lossy(&run.stderr));
+    let hist = out.join(fedhex::analysis::histograms::HISTOGRAMS_ROOT);
+    let report = out.join(fedhex::analysis::report::REPORT_JSON);
+    let check: Value = serde_json::from_str(&common::run_python(
+        HIST_CHECK,
+        &[reference.to_str().unwrap(), hist.to_str().unwrap(), report.to_str().unwrap()],
+    ))
+    .unwrap();
+    eprintln!("histograms.root vs numpy: {check}");
+    assert_eq!(check["checked"], 4, "2 labels × 2 features of reference histograms");
+    assert!(num(&check["max_diff"]) < 1e-4, "Σw / Σw² differ from numpy: {check}");
+    assert_eq!(check["weighted_differs"], 4, "weighted reference: Σw² ≠ Σw");
+    assert_eq!(check["generated_equal"], 4, "unweighted generated: Σw² = counts");
+
+    // report.json says the reference is weighted, with Σw, n_eff and the negative fraction.
+    let json: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let rw = &json["reference_weights"];
+    let s = metrics::weight_summary(&w.iter().map(|&v| f64::from(v)).collect::<Vec<_>>());
+    close(num(&rw["sum"]), s.sum, 1e-12, "Σw in report.json");
+    close(num(&rw["n_eff"]), s.n_eff, 1e-12, "n_eff in report.json");
+    close(num(&rw["negative_fraction"]), s.negative_fraction, 1e-12, "negative fraction");
+    assert!(s.negative_fraction > 0.05, "{s:?}");
+    let m = &json["labels"][0]["metrics"];
+    assert!(m["reference_weights"]["n_eff"].is_number(), "per-label weights: {m}");
+    assert!(m["features"][0]["reference"]["n_eff"].is_number());
+    assert!(m["features"][0]["generated"].get("n_eff").is_none(), "generated events are unweighted");
+    assert!(m["energy"].is_null());
+    assert!(m["energy_weighted"]["note"].as_str().unwrap().contains("no p-value"));
+    assert!(m["classifier"]["n_eff_reference"].is_number());
+    // Round trip and the readable pages.
+    let back: fedhex::analysis::report::Report = serde_json::from_value(json).unwrap();
+    assert!(back.reference_weights.is_some());
+    let txt = std::fs::read_to_string(out.join(fedhex::analysis::report::REPORT_TXT)).unwrap();
+    assert!(txt.contains("reference is weighted"), "{txt}");
+    let html = std::fs::read_to_string(out.join(fedhex::analysis::report::REPORT_HTML)).unwrap();
+    assert!(html.contains("reference is weighted"));
+    eprintln!("fedhex analyze, weighted reference: {:.2} s", t0.elapsed().as_secs_f64());
+}
+
+/// Per-event `∇_θ log p(xᵢ | θ)` by central differences (the check of the
+/// sandwich's autograd scores).
+fn fd_scores(model: &fedhex::flow::Model, xs: &Tensor, theta: &[f64], h: f64) -> Vec<[f64; 2]> {
+    let n = xs.size()[0];
+    let lp = |t: &[f64]| -> Vec<f64> {
+        let cs = Tensor::from_slice(&[t[0] as f32, t[1] as f32]).view([1, 2]).expand([n, 2], false);
+        let v = tch::no_grad(|| model.log_prob(xs, &cs)).to_kind(Kind::Double);
+        Vec::<f64>::try_from(v).unwrap()
+    };
+    let mut g = vec![[0.0; 2]; n as usize];
+    for k in 0..2 {
+        let (mut a, mut b) = (theta.to_vec(), theta.to_vec());
+        a[k] += h;
+        b[k] -= h;
+        let (pa, pb) = (lp(&a), lp(&b));
+        for i in 0..n as usize {
+            g[i][k] = (pa[i] - pb[i]) / (2.0 * h);
+        }
+    }
+    g
+}
+
+fn inv2(m: &[Vec<f64>]) -> [[f64; 2]; 2] {
+    let det = m[0][0] * m[1][1] - m[0][1] * m[1][0];
+    [[m[1][1] / det, -m[0][1] / det], [-m[1][0] / det, m[0][0] / det]]
+}
+
+#[test]
+fn weighted_fit_sandwich_covariance_and_reweighting() {
+    let t0 = Instant::now();
+    let model = common::random_model(2, &[8], 3);
+    let sample_at = |theta: [f32; 2], n: i64, seed: u64| -> Tensor {
+        let _g = fedhex::rng::seeded(seed);
+        let cs = Tensor::from_slice(&theta).view([1, 2]).expand([n, 2], false);
+        tch::no_grad(|| model.sample(&cs))
+    };
+    let opts = FitOptions { scan: ScanKind::None, acceptance_samples: 0, ..Default::default() };
+    let to_array = |t: &Tensor| -> Array2<f32> {
+        let v = Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
+        Array2::from_shape_vec((t.size()[0] as usize, 2), v).unwrap()
+    };
+
+    // (1) Events at θ₁ reweighted by p(x|θ₀)/p(x|θ₁) are events at θ₀: the weighted
+    // fit finds θ₀ within its (sandwich) uncertainty, the unweighted one θ₁.
+    let (th0, th1) = ([0.6f32, 0.4], [0.4f32, 0.6]);
+    let n = 2000;
+    let xs = sample_at(th1, n, 21);
+    let lp = |t: [f32; 2]| {
+        let cs = Tensor::from_slice(&t).view([1, 2]).expand([n, 2], false);
+        tch::no_grad(|| model.log_prob(&xs, &cs)).to_kind(Kind::Double)
+    };
+    let w = Vec::<f64>::try_from((lp(th0) - lp(th1)).exp()).unwrap();
+    let w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+    let events = to_array(&xs);
+    let t1 = Instant::now();
+    let wf = fit_label_weighted(&model, events.view(), Some(Array1::from(w32).view()), &opts).unwrap();
+    eprintln!("weighted fit of {n} events: {:.2} s", t1.elapsed().as_secs_f64());
+    let uf = fit_label(&model, events.view(), &opts).unwrap();
+    eprintln!(
+        "reweighted to {th0:?}: weighted fit {:?} ± {:?} (scaled {:?}; n_eff {:.0}), unweighted fit {:?} ± {:?}",
+        wf.best,
+        wf.uncertainty,
+        wf.uncertainty_scaled,
+        wf.weights.unwrap().n_eff,
+        uf.best,
+        uf.uncertainty
+    );
+    assert!(wf.covariance_method.as_deref().unwrap().contains("sandwich"));
+    for k in 0..2 {
+        let pull_w = (wf.best[k] - f64::from(th0[k])) / wf.uncertainty[k];
+        let pull_u = (uf.best[k] - f64::from(th0[k])) / uf.uncertainty[k];
+        assert!(pull_w.abs() < 3.0, "dimension {k}: weighted fit {} ± {} vs {}", wf.best[k], wf.uncertainty[k], th0[k]);
+        assert!(pull_u.abs() > 5.0, "dimension {k}: the unweighted fit should miss θ₀ (pull {pull_u})");
+    }
+
+    // (2) The sandwich H⁻¹ J H⁻¹ with J = Σ wᵢ² uᵢuᵢᵀ from finite-difference scores
+    // at the best fit (no acceptance cuts: uᵢ = −∇ log p).
+    let g = fd_scores(&model, &xs, &wf.best, 1e-3);
+    let mut j = [[0.0; 2]; 2];
+    for i in 0..n as usize {
+        for a in 0..2 {
+            for b in 0..2 {
+                j[a][b] += w[i] * w[i] * g[i][a] * g[i][b];
+            }
+        }
+    }
+    let hi = inv2(&wf.hessian);
+    for a in 0..2 {
+        for b in 0..2 {
+            let v: f64 =
+                (0..2).flat_map(|k| (0..2).map(move |l| (k, l))).map(|(k, l)| hi[a][k] * j[k][l] * hi[l][b]).sum();
+            close(wf.covariance[a][b], v, 2e-3, &format!("sandwich covariance [{a}][{b}] vs finite differences"));
+        }
+    }
+    // (3) Equal weights c: the same fit, the scaled uncertainty is the unweighted one.
+    let ev = to_array(&sample_at([0.5, 0.5], 800, 4));
+    let two = Array1::from(vec![2.0f32; 800]);
+    let f2 = fit_label_weighted(&model, ev.view(), Some(two.view()), &opts).unwrap();
+    let f1 = fit_label(&model, ev.view(), &opts).unwrap();
+    for k in 0..2 {
+        assert!((f2.best[k] - f1.best[k]).abs() < 0.05 * f1.uncertainty[k], "c = 2: {:?} vs {:?}", f2.best, f1.best);
+        close(f2.uncertainty_scaled.as_ref().unwrap()[k], f1.uncertainty[k], 2e-2, "Σw²/Σw-scaled uncertainty");
+        close(f2.nll_per_event, f1.nll_per_event, 1e-4, "NLL per unit weight");
+    }
+    eprintln!("weighted fits: {:.2} s", t0.elapsed().as_secs_f64());
+}

@@ -61,7 +61,10 @@
 //!   gradients by one backward pass through a per-event copy of the label),
 //!   as RooFit's `SumW2Error(true)`. For unit weights at the maximum of a
 //!   correct model it tends to `H⁻¹`. [`FitResult::uncertainty_scaled`] also
-//!   gives the simpler `√(H⁻¹ᵢᵢ Σw²/Σw)` (exact for equal weights). The
+//!   gives the simpler `√(H⁻¹ᵢᵢ Σw²/Σw)` (exact for equal weights, wrong
+//!   where the weights depend on x: events at θ₁ reweighted by
+//!   `p(x|θ₀)/p(x|θ₁)`, 1000 events, 24 repetitions, gave pulls of RMS
+//!   1.18 and 0.90 with the sandwich, 1.94 and 0.84 with the scaling). The
 //!   scans show `ΔNLL_w · Σw/Σw²`, so that their `½` crossing is the 1σ
 //!   interval of the same scaling; `nll_per_event` is `NLL_w/Σw`.
 //!

@@ -44,6 +44,21 @@
 //! two reference samples, and a label is *at the statistical floor* when for
 //! every feature `|Δ_gen| ≤ |Δ_floor| + 2 σ(Δ_gen)` (mean and width) and
 //! `AUC_gen ≤ AUC_floor + 3 σ_null(AUC)`.
+//!
+//! # Weighted references
+//!
+//! A reference (or second reference) with per-event weights
+//! ([`EventSet::weights`]) is compared as weighted everywhere: the weighted
+//! metrics of [`metrics`] (section *Weighted samples*: moments, quantiles,
+//! χ², KS, Wasserstein-1, the classifier with weighted votes and AUC, the
+//! pair χ²; the energy distance as a V-statistic without a p-value, in
+//! [`SampleMetrics::energy_weighted`]), weighted plots, and `TH1D`s filled
+//! with the weights in `histograms.root` (Σw² = sum of squared weights).
+//! Generated events are unweighted. `report.json` carries the
+//! [`WeightSummary`] of the reference ([`Report::reference_weights`]) and of
+//! each label's ([`SampleMetrics::reference_weights`]): Σw, n_eff and the
+//! fraction of negative weights; the text and HTML pages say so. Every label's
+//! reference weights must sum to a positive number.
 
 use super::metrics::{
     self, ClassifierTestResult, CompareConfig, Comparison, EnergyTestResult, WeightSummary, WeightedEnergyResult,
