@@ -446,12 +446,19 @@ fn analyze_cli_on_a_weighted_npz_reference() {
     let w: Vec<f32> = weights(&mut rng, 2 * n, 0.12).into_iter().map(|v| v as f32).collect();
     let reference = dir.path().join("reference.npz");
     fedhex::data::npy::write_npz_weighted(&reference, &samples, &label_rows, Some(&Array1::from(w.clone()))).unwrap();
+    // A weighted second reference (the statistical floor), all weights positive.
+    let samples2 = Array2::from_shape_fn((2 * n, 2), |_| normal(&mut rng) as f32);
+    let w2: Vec<f32> = weights(&mut rng, 2 * n, 0.0).into_iter().map(|v| v as f32).collect();
+    let reference2 = dir.path().join("reference2.npz");
+    fedhex::data::npy::write_npz_weighted(&reference2, &samples2, &label_rows, Some(&Array1::from(w2))).unwrap();
     let out = dir.path().join("report");
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_fedhex"))
         .args(["analyze", "--model"])
         .arg(&model_dir)
         .arg("--reference")
         .arg(&reference)
+        .arg("--reference2")
+        .arg(&reference2)
         .arg("--out")
         .arg(&out)
         .args(["--max-plot-labels", "1"])
@@ -486,6 +493,14 @@ fn analyze_cli_on_a_weighted_npz_reference() {
     assert!(m["energy"].is_null());
     assert!(m["energy_weighted"]["note"].as_str().unwrap().contains("no p-value"));
     assert!(m["classifier"]["n_eff_reference"].is_number());
+    // The floor compares two weighted references.
+    assert!(json["reference2_weights"]["n_eff"].is_number());
+    let floor = &json["labels"][0]["floor"];
+    assert!(floor["compared_weights"]["sum"].is_number() && floor["reference_weights"]["sum"].is_number());
+    assert!(floor["features"][0]["generated"]["n_eff"].is_number(), "the second reference is weighted");
+    for h in json["histograms"].as_array().unwrap().iter().filter(|h| h["sample"] == "reference2") {
+        assert_ne!(h["counts"], h["sumw2"], "weighted second reference: Σw² ≠ Σw");
+    }
     // Round trip and the readable pages.
     let back: fedhex::analysis::report::Report = serde_json::from_value(json).unwrap();
     assert!(back.reference_weights.is_some());

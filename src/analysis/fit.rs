@@ -620,7 +620,7 @@ pub fn fit_label_weighted(
             return Err(Error::Data(format!("fit: weight {i} is {v}")));
         }
         let sum: f64 = w.iter().sum();
-        if !(sum > 0.0) {
+        if sum.is_nan() || sum <= 0.0 {
             return Err(Error::Data(format!("fit: the weights sum to {sum}; a positive sum is needed")));
         }
     }

@@ -49,13 +49,16 @@ pub struct HistogramRecord {
     pub sumw2: Vec<f64>,
 }
 
-/// The samples at one label: (sample name, events as rows of features).
+/// One sample at a label: its name, its events as rows of features and
+/// their per-event weights (`None`: unweighted).
+pub(crate) type SampleRows<'a> = (&'static str, &'a [Vec<f64>], Option<&'a [f64]>);
+
+/// The samples at one label.
 pub(crate) struct LabelSamples<'a> {
     /// The label values.
     pub label: &'a [f32],
-    /// Reference first (it sets the binning), then the others; each with
-    /// its per-event weights (`None`: unweighted).
-    pub samples: Vec<(&'static str, &'a [Vec<f64>], Option<&'a [f64]>)>,
+    /// Reference first (it sets the binning), then the others.
+    pub samples: Vec<SampleRows<'a>>,
 }
 
 fn sanitize(s: &str) -> String {

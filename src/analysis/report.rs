@@ -993,7 +993,7 @@ pub fn analyze(opts: &AnalyzeOptions) -> Result<Report> {
         }
         if let Some(w) = weights_f64(&opts.reference, m) {
             let sum: f64 = w.iter().sum();
-            if !(sum > 0.0) {
+            if sum.is_nan() || sum <= 0.0 {
                 return Err(Error::Data(format!(
                     "reference label {}: the weights of its {} events sum to {sum}; a positive sum is needed",
                     fmt_label(l),
@@ -1114,7 +1114,11 @@ fn build(
         };
         let floor = match (r2_groups, &opts.reference2) {
             (Some(rg), Some(r2)) => match find_group(rg, label) {
-                Some(m) if weights_f64(r2, m).is_some_and(|w| !(w.iter().sum::<f64>() > 0.0)) => {
+                Some(m)
+                    if weights_f64(r2, m).is_some_and(|w| {
+                        w.iter().sum::<f64>().partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+                    }) =>
+                {
                     warnings.push(format!(
                         "second reference at {}: its weights sum to ≤ 0; no floor there",
                         fmt_label(label)

@@ -132,7 +132,7 @@ pub(super) fn wmoments(s: &WSample, which: &'static str) -> MetricsResult<Moment
         )));
     }
     let var = m2 / denom;
-    if !(var >= 0.0) {
+    if var.is_nan() || var < 0.0 {
         return Err(MetricsError::InvalidArgument(format!(
             "{which} sample: the weighted variance is {var} (negative weights dominate)"
         )));
