@@ -236,27 +236,32 @@ impl EventSet {
 /// by label, members ascending: [`EventSet::label_groups`] of labels alone
 /// (a shard-local read groups its index before it reads any feature).
 pub fn group_labels(labels: &Array2<f32>) -> LabelGroups {
-    // Flat keys and a sort of indices: ~20 bytes per event beside the labels
-    // (a key vector per event cost ~80, the largest transient of loading).
-    let (n, l) = labels.dim();
-    let keys: Vec<u32> = labels.iter().map(|v| total_key(*v)).collect();
-    let key = |i: usize| &keys[i * l..(i + 1) * l];
-    let mut order: Vec<usize> = (0..n).collect();
-    // Ties keep index order: the groups' members stay ascending.
-    order.sort_by(|&a, &b| key(a).cmp(key(b)).then(a.cmp(&b)));
-    let mut out: Vec<Vec<f32>> = Vec::new();
-    let mut members: Vec<Vec<usize>> = Vec::new();
-    let mut last: Option<&[u32]> = None;
-    for &i in &order {
-        let k = key(i);
-        if last != Some(k) {
-            out.push(labels.row(i).to_vec());
-            members.push(Vec::new());
-            last = Some(k);
-        }
-        if let Some(m) = members.last_mut() {
-            m.push(i);
-        }
+    // One pass with a map from label key to group (a data set has few
+    // distinct labels), then the groups sorted by key: beside the labels only
+    // the members' indices are held (a sort of per-event keys cost ~20 bytes
+    // per event more, the largest transient of loading at 10^7 events).
+    let mut map: std::collections::HashMap<Vec<u32>, usize> = std::collections::HashMap::new();
+    let mut keyed: Vec<(Vec<u32>, Vec<usize>)> = Vec::new();
+    let mut key: Vec<u32> = Vec::with_capacity(labels.ncols());
+    for (i, row) in labels.rows().into_iter().enumerate() {
+        key.clear();
+        key.extend(row.iter().map(|v| total_key(*v)));
+        let g = match map.get(key.as_slice()) {
+            Some(&g) => g,
+            None => {
+                map.insert(key.clone(), keyed.len());
+                keyed.push((key.clone(), Vec::new()));
+                keyed.len() - 1
+            }
+        };
+        keyed[g].1.push(i);
+    }
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Vec::with_capacity(keyed.len());
+    let mut members = Vec::with_capacity(keyed.len());
+    for (_, m) in keyed {
+        out.push(labels.row(m[0]).to_vec());
+        members.push(m);
     }
     LabelGroups { labels: out, members }
 }
