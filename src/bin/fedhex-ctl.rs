@@ -93,7 +93,7 @@ fn dur(s: f64) -> String {
     if !s.is_finite() || s < 0.0 {
         return "?".into();
     }
-    let s = s as u64;
+    let s = s.round() as u64;
     match s {
         0..=59 => format!("{s}s"),
         60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
@@ -103,8 +103,8 @@ fn dur(s: f64) -> String {
 
 fn print_ranks(st: &pb::StatusReply) {
     println!(
-        "  {:>4}  {:<20} {:>8} {:<8} {:>10} {:>7} {:>12} {:>7} {:>9}  {}",
-        "rank", "host", "pid", "device", "rss MiB", "cpu %", "last step ms", "threads", "idle", "activity"
+        "  {:>4}  {:<20} {:>8} {:<8} {:>10} {:>7} {:>12} {:>7} {:>9}  activity",
+        "rank", "host", "pid", "device", "rss MiB", "cpu %", "last step ms", "threads", "idle"
     );
     for r in &st.ranks {
         println!(
