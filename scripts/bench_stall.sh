@@ -6,7 +6,8 @@
 # times (default 5) on a network small enough that a per-step cost would show
 # (2 affine blocks of [16], batch 64: steps of tens of microseconds).
 # Prints the best epoch's events/s of each run and the median on/off ratio.
-# Usage: bash scripts/bench_stall.sh [epochs]   (binaries from FEDHEX_BIN_DIR, default target/release)
+# Usage: bash scripts/bench_stall.sh [epochs]   (binaries from FEDHEX_BIN_DIR, default target/release;
+# on a machine shared with other work, NICE="nice -n -15" as root steadies the figures)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EPOCHS=${1:-30}
@@ -40,7 +41,7 @@ for i in $(seq 1 "$REPEATS"); do
     else
       sets=(--set control.enabled=true --set training.step_timeout=60)
     fi
-    mpirun --allow-run-as-root --oversubscribe --bind-to none -n 2 "$BIN/fedhex-worker" train --config "$W/run.toml" \
+    ${NICE:-} mpirun --allow-run-as-root --oversubscribe --bind-to none -n 2 "$BIN/fedhex-worker" train --config "$W/run.toml" \
       --set "outputs.run_dir=\"$W/$mode-$i\"" "${sets[@]}" >/dev/null 2>&1
     eps=$(tail -n +2 "$W/$mode-$i/history.csv" | cut -d, -f6 | sort -n | tail -n 1)
     echo "$eps" > "$W/eps-$mode"

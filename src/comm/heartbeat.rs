@@ -13,9 +13,10 @@
 //! it has itself made no progress for two seconds (when it moves, every rank
 //! has reached its last collective), at most every
 //! `clamp(control.stall_seconds / 10, 1, 10)` seconds; a rank whose step
-//! timeout expires reads the files of lower ranks until it finds a live one
-//! waiting with it (that one reports), and the reporting rank reads them all
-//! once.
+//! timeout expires reads the files of the lower ranks (a live one that got
+//! as far reports instead), and the reporting rank reads them all once. The
+//! files are read and written on a thread of their own (`Io`): a file
+//! system that hangs delays no decision of the watchdog.
 //!
 //! Why files and not MPI or gRPC: the run directory is already shared by
 //! every rank (checkpoints, resume), a file is read while its writer is
@@ -415,10 +416,11 @@ impl Watchdog {
                 Err(e) => tracing::warn!("heartbeat: {e}; stalled ranks will not be named"),
             }
         }
+        let io = Io::start(dir, cfg.job.clone())?;
         let (tx, rx) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("fedhex-watchdog".into())
-            .spawn(move || watch(cfg, dir, &progress, &rx))
+            .spawn(move || watch(cfg, io, &progress, &rx))
             .map_err(|e| Error::Comm(format!("cannot start the watchdog thread: {e}")))?;
         Ok(Watchdog { stop: Some(tx), thread: Some(thread), beat_file })
     }
@@ -464,14 +466,79 @@ fn beat_of(cfg: &WatchdogConfig, s: &ProgressSnapshot, now_ms: u64) -> Beat {
     }
 }
 
-fn read_all(dir: &Path, cfg: &WatchdogConfig) -> Vec<Option<Beat>> {
-    (0..cfg.size).map(|r| if r == cfg.rank { None } else { read_beat(dir, r, &cfg.job) }).collect()
+/// How long the watchdog waits for heartbeats to be read before it goes on
+/// without them (a hung file system must not stop a step timeout).
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A heartbeat file job for [`Io`]'s thread.
+enum IoJob {
+    /// Write this beat.
+    Write(Beat),
+    /// Read the beats of these ranks (`None`: skip) and send them back.
+    Read(Vec<Option<usize>>, mpsc::SyncSender<Vec<Option<Beat>>>),
+}
+
+/// The heartbeat files, read and written on a thread of their own: on a
+/// shared file system that hangs (a common cause of stalls), the watchdog's
+/// own decisions never wait for it. A job that finds the queue full is
+/// dropped (a write) or fails at once (a read), and a read not answered in
+/// [`READ_TIMEOUT`] is given up.
+struct Io {
+    jobs: mpsc::SyncSender<IoJob>,
+}
+
+impl Io {
+    fn start(dir: PathBuf, job: String) -> Result<Self> {
+        // Room for a tick's jobs (a write and up to three reads): a full queue
+        // means the thread is stuck in the file system.
+        let (tx, rx) = mpsc::sync_channel::<IoJob>(8);
+        std::thread::Builder::new()
+            .name("fedhex-heartbeat".into())
+            .spawn(move || {
+                let mut failing = false;
+                for j in rx {
+                    match j {
+                        IoJob::Write(b) => match write_beat(&dir, &b) {
+                            Ok(()) => failing = false,
+                            Err(e) if !failing => {
+                                tracing::warn!("heartbeat: {e}");
+                                failing = true;
+                            }
+                            Err(_) => {}
+                        },
+                        IoJob::Read(ranks, reply) => {
+                            let beats = ranks.iter().map(|r| r.and_then(|r| read_beat(&dir, r, &job))).collect();
+                            let _ = reply.send(beats);
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::Comm(format!("cannot start the heartbeat thread: {e}")))?;
+        Ok(Io { jobs: tx })
+    }
+
+    /// Hands a beat to the thread; dropped when it is still busy with the last one.
+    fn write(&self, beat: Beat) {
+        let _ = self.jobs.try_send(IoJob::Write(beat));
+    }
+
+    /// The beats of `ranks` (`None` entries stay `None`), or `None` when the
+    /// files cannot be read within [`READ_TIMEOUT`].
+    fn read(&self, ranks: Vec<Option<usize>>) -> Option<Vec<Option<Beat>>> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.jobs.try_send(IoJob::Read(ranks, tx)).ok()?;
+        rx.recv_timeout(READ_TIMEOUT).ok()
+    }
+
+    /// Every other rank's beat.
+    fn read_others(&self, cfg: &WatchdogConfig) -> Option<Vec<Option<Beat>>> {
+        self.read((0..cfg.size).map(|r| (r != cfg.rank).then_some(r)).collect())
+    }
 }
 
 /// The thread's loop: heartbeat, report, step timeout, once a [`BEAT_EVERY`].
-fn watch(mut cfg: WatchdogConfig, dir: PathBuf, progress: &Progress, stop: &mpsc::Receiver<()>) {
+fn watch(mut cfg: WatchdogConfig, io: Io, progress: &Progress, stop: &mpsc::Receiver<()>) {
     let mut last_write = unix_ms();
-    let mut write_failed = false;
     // Rank 0's cache of the others' heartbeats and when it read them.
     let mut cached: (Vec<Option<Beat>>, u64) = (vec![None; cfg.size], 0);
     let reread_ms = (cfg.stall_seconds / 10.0).clamp(1.0, 10.0) as u64 * 1000;
@@ -488,14 +555,7 @@ fn watch(mut cfg: WatchdogConfig, dir: PathBuf, progress: &Progress, stop: &mpsc
         last_tick = now;
         let still_ms = now.saturating_sub(snap.since_ms);
         if cfg.write_beats && still_ms >= 1000 && now.saturating_sub(last_write) >= 900 {
-            match write_beat(&dir, &beat_of(&cfg, &snap, now)) {
-                Ok(()) => write_failed = false,
-                Err(e) if !write_failed => {
-                    tracing::warn!("heartbeat: {e}");
-                    write_failed = true;
-                }
-                Err(_) => {}
-            }
+            io.write(beat_of(&cfg, &snap, now));
             last_write = now;
         }
         if cfg.report.is_some() {
@@ -503,9 +563,12 @@ fn watch(mut cfg: WatchdogConfig, dir: PathBuf, progress: &Progress, stop: &mpsc
                 Diagnosis::moving(cfg.rank, &snap, &cfg.hosts, cfg.size, now)
             } else {
                 if cfg.size > 1 && now.saturating_sub(cached.1) >= reread_ms {
-                    cached = (read_all(&dir, &cfg), unix_ms());
+                    if let Some(beats) = io.read_others(&cfg) {
+                        cached = (beats, unix_ms());
+                    }
                 }
-                diagnose(Some((cfg.rank, &snap)), &cached.0, &cfg.hosts, cached.1.max(now), now)
+                // Silence is judged as of the reading.
+                diagnose(Some((cfg.rank, &snap)), &cached.0, &cfg.hosts, cached.1, now)
             };
             if let Some(report) = cfg.report.as_mut() {
                 report(&diag);
@@ -514,7 +577,7 @@ fn watch(mut cfg: WatchdogConfig, dir: PathBuf, progress: &Progress, stop: &mpsc
         if let Some(timeout) = cfg.step_timeout {
             let waited_ms = now.saturating_sub(snap.since_ms.max(thawed));
             if snap.armed && snap.inside() && waited_ms as f64 >= timeout * 1000.0 {
-                step_timeout(&mut cfg, &dir, &snap, timeout, waited_ms);
+                step_timeout(&mut cfg, &io, &snap, timeout, waited_ms);
             }
         }
     }
@@ -526,18 +589,29 @@ fn watch(mut cfg: WatchdogConfig, dir: PathBuf, progress: &Progress, stop: &mpsc
 /// The reporter is this rank unless a lower one is alive and as far as it
 /// (waiting in the same or a later collective): reading those few files
 /// decides it, so not every rank reads every heartbeat.
-fn step_timeout(cfg: &mut WatchdogConfig, dir: &Path, snap: &ProgressSnapshot, timeout: f64, still_ms: u64) {
+fn step_timeout(cfg: &mut WatchdogConfig, io: &Io, snap: &ProgressSnapshot, timeout: f64, still_ms: u64) {
     let read_ms = unix_ms();
     let as_far_and_alive =
         |b: &Beat| b.mark >= snap.mark && (read_ms.saturating_sub(b.beat_ms) as f64) / 1000.0 <= SILENT_AFTER_S;
-    let reporter = (0..cfg.rank).all(|r| !read_beat(dir, r, &cfg.job).is_some_and(|b| as_far_and_alive(&b)));
+    // Unreadable heartbeats: rank 0 reports, the others back it up.
+    let reporter = match io.read((0..cfg.rank).map(Some).collect()) {
+        Some(lower) => lower.iter().flatten().all(|b| !as_far_and_alive(b)),
+        None => cfg.rank == 0,
+    };
     if !reporter && (still_ms as f64) < (timeout + BACKUP_S) * 1000.0 {
         return;
     }
-    let beats = read_all(dir, cfg);
+    let (beats, readable) = match io.read_others(cfg) {
+        Some(b) => (b, true),
+        None => (vec![None; cfg.size], false),
+    };
     let diag = diagnose(Some((cfg.rank, snap)), &beats, &cfg.hosts, unix_ms(), unix_ms());
     let mut summary = diag.summary();
-    if summary.is_empty() {
+    if !readable {
+        summary = "the heartbeat files cannot be read (the run directory's file system does not answer), \
+                   so the rank that holds the run up is unknown"
+            .into();
+    } else if summary.is_empty() {
         summary = "no heartbeat names the rank that holds the run up".into();
     }
     let msg = format!(
@@ -622,6 +696,25 @@ mod tests {
         assert!((d.ranks[0].seconds_since_progress - 8.0).abs() < 1e-9);
         let moving = Diagnosis::moving(0, &me, &[], 1, 9_000);
         assert_eq!(moving.holding_up().count(), 0);
+    }
+
+    #[test]
+    fn a_file_system_that_hangs_does_not_hold_up_the_watchdog() {
+        // A FIFO without a writer: opening it to read blocks, as a hung file system does.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = beat_path(dir.path(), 0);
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let io = Io::start(dir.path().to_path_buf(), "j".into()).unwrap();
+        let t0 = std::time::Instant::now();
+        assert_eq!(io.read(vec![None, Some(0)]), None, "a read that hangs is given up");
+        let waited = t0.elapsed();
+        assert!(waited >= READ_TIMEOUT && waited < READ_TIMEOUT * 2, "{waited:?}");
+        for _ in 0..20 {
+            io.write(beat(1, 1, 1, 1));
+        }
+        let t1 = std::time::Instant::now();
+        assert_eq!(io.read(vec![Some(1)]), None);
+        assert!(t1.elapsed() < READ_TIMEOUT * 2, "writes and reads never block the caller");
     }
 
     #[test]
