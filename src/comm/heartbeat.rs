@@ -396,7 +396,8 @@ pub struct WatchdogConfig {
 /// stops it and removes this rank's heartbeat.
 pub struct Watchdog {
     stop: Option<mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// The watchdog thread; it hands back the heartbeat thread when it ends.
+    thread: Option<std::thread::JoinHandle<Io>>,
     beat_file: Option<PathBuf>,
 }
 
@@ -418,9 +419,13 @@ impl Watchdog {
         }
         let io = Io::start(dir, cfg.job.clone())?;
         let (tx, rx) = mpsc::channel::<()>();
+        let mut cfg = cfg;
         let thread = std::thread::Builder::new()
             .name("fedhex-watchdog".into())
-            .spawn(move || watch(cfg, io, &progress, &rx))
+            .spawn(move || {
+                watch(&mut cfg, &io, &progress, &rx);
+                io
+            })
             .map_err(|e| Error::Comm(format!("cannot start the watchdog thread: {e}")))?;
         Ok(Watchdog { stop: Some(tx), thread: Some(thread), beat_file })
     }
@@ -434,7 +439,10 @@ impl Watchdog {
     fn stop_thread(&mut self) {
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // The last heartbeat is written before the file is removed.
+            if let Ok(io) = t.join() {
+                io.close();
+            }
         }
         if let Some(f) = self.beat_file.take() {
             let _ = std::fs::remove_file(&f);
@@ -485,6 +493,7 @@ enum IoJob {
 /// [`READ_TIMEOUT`] is given up.
 struct Io {
     jobs: mpsc::SyncSender<IoJob>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Io {
@@ -492,7 +501,7 @@ impl Io {
         // Room for a tick's jobs (a write and up to three reads): a full queue
         // means the thread is stuck in the file system.
         let (tx, rx) = mpsc::sync_channel::<IoJob>(8);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("fedhex-heartbeat".into())
             .spawn(move || {
                 let mut failing = false;
@@ -514,7 +523,13 @@ impl Io {
                 }
             })
             .map_err(|e| Error::Comm(format!("cannot start the heartbeat thread: {e}")))?;
-        Ok(Io { jobs: tx })
+        Ok(Io { jobs: tx, thread })
+    }
+
+    /// Lets the thread finish its jobs and end.
+    fn close(self) {
+        drop(self.jobs);
+        let _ = self.thread.join();
     }
 
     /// Hands a beat to the thread; dropped when it is still busy with the last one.
@@ -537,7 +552,7 @@ impl Io {
 }
 
 /// The thread's loop: heartbeat, report, step timeout, once a [`BEAT_EVERY`].
-fn watch(mut cfg: WatchdogConfig, io: Io, progress: &Progress, stop: &mpsc::Receiver<()>) {
+fn watch(cfg: &mut WatchdogConfig, io: &Io, progress: &Progress, stop: &mpsc::Receiver<()>) {
     let mut last_write = unix_ms();
     // Rank 0's cache of the others' heartbeats and when it read them.
     let mut cached: (Vec<Option<Beat>>, u64) = (vec![None; cfg.size], 0);
@@ -555,7 +570,7 @@ fn watch(mut cfg: WatchdogConfig, io: Io, progress: &Progress, stop: &mpsc::Rece
         last_tick = now;
         let still_ms = now.saturating_sub(snap.since_ms);
         if cfg.write_beats && still_ms >= 1000 && now.saturating_sub(last_write) >= 900 {
-            io.write(beat_of(&cfg, &snap, now));
+            io.write(beat_of(cfg, &snap, now));
             last_write = now;
         }
         if cfg.report.is_some() {
@@ -563,7 +578,7 @@ fn watch(mut cfg: WatchdogConfig, io: Io, progress: &Progress, stop: &mpsc::Rece
                 Diagnosis::moving(cfg.rank, &snap, &cfg.hosts, cfg.size, now)
             } else {
                 if cfg.size > 1 && now.saturating_sub(cached.1) >= reread_ms {
-                    if let Some(beats) = io.read_others(&cfg) {
+                    if let Some(beats) = io.read_others(cfg) {
                         cached = (beats, unix_ms());
                     }
                 }
@@ -577,7 +592,7 @@ fn watch(mut cfg: WatchdogConfig, io: Io, progress: &Progress, stop: &mpsc::Rece
         if let Some(timeout) = cfg.step_timeout {
             let waited_ms = now.saturating_sub(snap.since_ms.max(thawed));
             if snap.armed && snap.inside() && waited_ms as f64 >= timeout * 1000.0 {
-                step_timeout(&mut cfg, &io, &snap, timeout, waited_ms);
+                step_timeout(cfg, io, &snap, timeout, waited_ms);
             }
         }
     }
