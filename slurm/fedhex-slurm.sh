@@ -5,6 +5,8 @@
 #   fedhex_preflight    refuse bad set-ups with one clear error each
 #   fedhex_train ARGS   srun fedhex-worker train ... --resume ARGS, forwarding the
 #                       time-limit warning and requeueing the job when it stopped early
+#   fedhex_sample ARGS  srun fedhex-worker sample --model $FEDHEX_MODEL --out <dir> ARGS
+#                       (the labels split over the ranks; an array task takes --part I/N)
 #
 # Settings (environment; all optional except where a script sets them):
 #   FEDHEX_HOME      checkout or install prefix (default: the directory above slurm/)
@@ -22,6 +24,13 @@
 #   FEDHEX_ALLOW_GPU_SHARING=1  accept fewer GPUs than tasks on a node
 #   FEDHEX_SELF_REQUEUE=0       do not requeue after the time-limit warning
 #   FEDHEX_CHECK_SHARED=1       check run dir + worker on every node even for a one-node job (always done for more)
+#   FEDHEX_JOB       train (default) | sample   (set by each script)
+# Generation (FEDHEX_JOB=sample, slurm/sample*.sbatch):
+#   FEDHEX_MODEL     model directory (default: $SLURM_SUBMIT_DIR/run/model)
+#   SAMPLE_OUT       output directory on shared storage (one job, default: $SLURM_SUBMIT_DIR/samples/<job name>-<job id>);
+#                    an array job needs it set: task I writes SAMPLE_OUT/task-IIIII
+#   FEDHEX_PARTS     array jobs: the number of slices N of --part I/N (default: the array's task count, which
+#                    must then be --array=0-(N-1)); set it when resubmitting some tasks (sbatch --array=3,7)
 
 fedhex_log() { echo "fedhex-slurm $(date +%H:%M:%S): $*"; }
 fedhex_fail() {
@@ -79,6 +88,10 @@ fedhex_setup() {
   FEDHEX_CONFIG=${FEDHEX_CONFIG:-$submit/run.toml}
   RUN_DIR=${RUN_DIR:-$submit/runs/${SLURM_JOB_NAME:-fedhex}-${SLURM_JOB_ID:-local}}
   case "$RUN_DIR" in /*) ;; *) RUN_DIR=$submit/$RUN_DIR ;; esac
+  FEDHEX_JOB=${FEDHEX_JOB:-train}
+  if [ "$FEDHEX_JOB" = sample ]; then
+    fedhex_setup_sample "$submit"
+  fi
   FEDHEX_GPUS=${FEDHEX_GPUS:-auto}
   FEDHEX_LAUNCHER=${FEDHEX_LAUNCHER:-srun}
   FEDHEX_SRUN_MPI=${FEDHEX_SRUN_MPI:-pmix}
@@ -89,7 +102,38 @@ fedhex_setup() {
   export NO_COLOR=${NO_COLOR:-1}
   fedhex_log "job ${SLURM_JOB_ID:-?} (${SLURM_JOB_NAME:-?}) restart ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST:-$(hostname)}:" \
     "${SLURM_NTASKS:-1} task(s), ${SLURM_CPUS_PER_TASK:-?} cpu(s)/task, GPUs ${FEDHEX_GPUS}"
-  fedhex_log "worker $FEDHEX_WORKER, config $FEDHEX_CONFIG, run dir $RUN_DIR"
+  if [ "$FEDHEX_JOB" = sample ]; then
+    fedhex_log "worker $FEDHEX_WORKER, model $FEDHEX_MODEL, output $SAMPLE_DIR${FEDHEX_PART:+ (--part $FEDHEX_PART)}"
+  else
+    fedhex_log "worker $FEDHEX_WORKER, config $FEDHEX_CONFIG, run dir $RUN_DIR"
+  fi
+}
+
+# Generation settings: the model, the output directory (an array task's own
+# task-IIIII inside SAMPLE_OUT) and the slice of the labels (--part I/N).
+# RUN_DIR becomes the directory the output is created in, which the preflight
+# checks like a run directory (writable, on storage every node sees).
+fedhex_setup_sample() {
+  local submit=$1
+  FEDHEX_MODEL=${FEDHEX_MODEL:-$submit/run/model}
+  case "$FEDHEX_MODEL" in /*) ;; *) FEDHEX_MODEL=$submit/$FEDHEX_MODEL ;; esac
+  FEDHEX_PART=""
+  if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
+    [ -n "${SAMPLE_OUT:-}" ] || fedhex_fail "an array job needs SAMPLE_OUT (a directory on shared storage; task I writes SAMPLE_OUT/task-IIIII)"
+    if [ -z "${FEDHEX_PARTS:-}" ]; then
+      local min=${SLURM_ARRAY_TASK_MIN:-0} max=${SLURM_ARRAY_TASK_MAX:-0} count=${SLURM_ARRAY_TASK_COUNT:-0}
+      [ "$min" = 0 ] && [ $((max + 1)) = "$count" ] ||
+        fedhex_fail "array tasks $min..$max ($count of them): use --array=0-(N-1), or set FEDHEX_PARTS=N (the number of slices) when submitting some tasks of an N-task array"
+      FEDHEX_PARTS=$count
+    fi
+    FEDHEX_PART=$SLURM_ARRAY_TASK_ID/$FEDHEX_PARTS
+    SAMPLE_DIR=$SAMPLE_OUT/task-$(printf %05d "$SLURM_ARRAY_TASK_ID")
+  else
+    SAMPLE_DIR=${SAMPLE_OUT:-$submit/samples/${SLURM_JOB_NAME:-fedhex}-${SLURM_JOB_ID:-local}}
+  fi
+  case "$SAMPLE_DIR" in /*) ;; *) SAMPLE_DIR=$submit/$SAMPLE_DIR ;; esac
+  RUN_DIR=$(dirname "$SAMPLE_DIR")
+  export FEDHEX_MODEL SAMPLE_DIR
 }
 
 # Runs a command on this node the way the ranks will run it (inside FEDHEX_WRAP, if any).
@@ -123,13 +167,21 @@ fedhex_preflight() {
       command -v mpirun >/dev/null 2>&1 || fedhex_fail "mpirun not found on PATH (load the OpenMPI module FEDHEX was built with)" ;;
     *) fedhex_fail "FEDHEX_LAUNCHER must be srun or mpirun, not '$FEDHEX_LAUNCHER'" ;;
   esac
-  # 3. The configuration.
-  [ -r "$FEDHEX_CONFIG" ] || fedhex_fail "run configuration $FEDHEX_CONFIG not readable (set FEDHEX_CONFIG)"
-  # 4. The run directory: writable here, and not node-local when the job spans nodes or may be requeued elsewhere.
-  case "$RUN_DIR" in *\"* | *\\*) fedhex_fail "run directory '$RUN_DIR' contains a quote or backslash" ;; esac
-  mkdir -p "$RUN_DIR" 2>/dev/null || fedhex_fail "cannot create the run directory $RUN_DIR"
+  # 3. The configuration (training) or the model (generation).
+  local dir_what="run directory"
+  if [ "${FEDHEX_JOB:-train}" = sample ]; then
+    dir_what="output's parent directory"
+    [ -r "$FEDHEX_MODEL/model.json" ] || { [ -f "$FEDHEX_MODEL" ] && [ -r "$FEDHEX_MODEL" ]; } ||
+      fedhex_fail "model $FEDHEX_MODEL not readable (set FEDHEX_MODEL to a model directory, e.g. RUN_DIR/model)"
+  else
+    [ -r "$FEDHEX_CONFIG" ] || fedhex_fail "run configuration $FEDHEX_CONFIG not readable (set FEDHEX_CONFIG)"
+  fi
+  # 4. The run directory (generation: where the output directory is created): writable here,
+  # and not node-local when the job spans nodes or may be requeued elsewhere.
+  case "$RUN_DIR" in *\"* | *\\*) fedhex_fail "$dir_what '$RUN_DIR' contains a quote or backslash" ;; esac
+  mkdir -p "$RUN_DIR" 2>/dev/null || fedhex_fail "cannot create the $dir_what $RUN_DIR"
   local probe="$RUN_DIR/.fedhex-write-test.$$"
-  if ! (: >"$probe") 2>/dev/null; then fedhex_fail "run directory $RUN_DIR is not writable by $(id -un)"; fi
+  if ! (: >"$probe") 2>/dev/null; then fedhex_fail "$dir_what $RUN_DIR is not writable by $(id -un)"; fi
   rm -f "$probe"
   if [ "$FEDHEX_LAUNCHER" = srun ] && { [ "${SLURM_JOB_NUM_NODES:-1}" -gt 1 ] || [ "${FEDHEX_CHECK_SHARED:-0}" = 1 ]; }; then
     # Every rank reads the checkpoint when resuming: the run directory and the
@@ -139,14 +191,15 @@ fedhex_preflight() {
     # shellcheck disable=SC2016 # the snippet runs on each node
     out=$(srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 --cpus-per-task=1 \
       --mpi=none --kill-on-bad-exit=0 \
-      bash -c 'test -e "$1" || echo "$(hostname): run directory not visible ($1)"; $3 test -x "$2" || echo "$(hostname): no $2"' \
-      _ "$mark" "$FEDHEX_WORKER" "${FEDHEX_WRAP:-}" 2>&1)
+      bash -c 'test -e "$1" || echo "$(hostname): $4 not visible ($1)"; $3 test -x "$2" || echo "$(hostname): no $2"' \
+      _ "$mark" "$FEDHEX_WORKER" "${FEDHEX_WRAP:-}" "$dir_what" 2>&1)
     rm -f "$mark"
-    [ -z "$out" ] || fedhex_fail "not every node sees the run directory and the worker (shared storage?): $(tr '\n' ';' <<<"$out")"
+    [ -z "$out" ] || fedhex_fail "not every node sees the $dir_what and the worker (shared storage?): $(tr '\n' ';' <<<"$out")"
   fi
   case "$RUN_DIR" in
     /tmp/* | /dev/shm/* | /var/tmp/* | /scratch/local/*)
-      fedhex_log "warning: $RUN_DIR looks node-local; a requeued job may start on another node and not find its checkpoints" ;;
+      [ "${FEDHEX_JOB:-train}" = sample ] ||
+        fedhex_log "warning: $RUN_DIR looks node-local; a requeued job may start on another node and not find its checkpoints" ;;
   esac
   # 5. GPUs.
   local gpus tasks
@@ -187,6 +240,27 @@ _fedhex_forward() {
   fi
 }
 
+# The launcher and its options (cmd) and the wrapper in front of the worker
+# (wrap), into the caller's local arrays of those names.
+fedhex_launch_cmd() {
+  # shellcheck disable=SC2206 # FEDHEX_WRAP is a command line
+  [ -n "${FEDHEX_WRAP:-}" ] && wrap=($FEDHEX_WRAP)
+  case "$FEDHEX_LAUNCHER" in
+    srun)
+      cmd=(srun --kill-on-bad-exit=1)
+      [ "$FEDHEX_SRUN_MPI" != none ] && cmd+=(--mpi="$FEDHEX_SRUN_MPI")
+      # Slurm >= 22.05: srun no longer inherits --cpus-per-task from the allocation.
+      [ -n "${SLURM_CPUS_PER_TASK:-}" ] && cmd+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
+      # shellcheck disable=SC2206 # extra srun options, e.g. "--gpu-bind=closest"
+      [ -n "${FEDHEX_SRUN_ARGS:-}" ] && cmd+=($FEDHEX_SRUN_ARGS)
+      ;;
+    mpirun)
+      cmd=(mpirun)
+      [ "$(id -u)" -eq 0 ] && cmd+=(--allow-run-as-root)
+      ;;
+  esac
+}
+
 fedhex_train() {
   local args=(train --config "$FEDHEX_CONFIG"
     --set "outputs.run_dir=\"$RUN_DIR\""
@@ -205,24 +279,8 @@ fedhex_train() {
   else
     fedhex_log "no checkpoint in $RUN_DIR/checkpoints yet: starting a fresh run"
   fi
-  local wrap=()
-  # shellcheck disable=SC2206 # FEDHEX_WRAP is a command line
-  [ -n "${FEDHEX_WRAP:-}" ] && wrap=($FEDHEX_WRAP)
-  local cmd
-  case "$FEDHEX_LAUNCHER" in
-    srun)
-      cmd=(srun --kill-on-bad-exit=1)
-      [ "$FEDHEX_SRUN_MPI" != none ] && cmd+=(--mpi="$FEDHEX_SRUN_MPI")
-      # Slurm >= 22.05: srun no longer inherits --cpus-per-task from the allocation.
-      [ -n "${SLURM_CPUS_PER_TASK:-}" ] && cmd+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
-      # shellcheck disable=SC2206 # extra srun options, e.g. "--gpu-bind=closest"
-      [ -n "${FEDHEX_SRUN_ARGS:-}" ] && cmd+=($FEDHEX_SRUN_ARGS)
-      ;;
-    mpirun)
-      cmd=(mpirun)
-      [ "$(id -u)" -eq 0 ] && cmd+=(--allow-run-as-root)
-      ;;
-  esac
+  local wrap=() cmd=()
+  fedhex_launch_cmd
   local stamp="$RUN_DIR/.fedhex-step-start.${SLURM_JOB_ID:-0}"
   : >"$stamp"
   _FEDHEX_SIGNALLED=""
@@ -256,6 +314,28 @@ fedhex_train() {
     fedhex_log "requeueing job $SLURM_JOB_ID to continue from the newest checkpoint"
     scontrol requeue "$SLURM_JOB_ID" || fedhex_log "warning: scontrol requeue failed; resume by hand (see slurm/README.md)"
     sleep 5
+  fi
+  return "$rc"
+}
+
+# Generation over the job's ranks: each rank writes one file of its slice of
+# the labels into $SAMPLE_DIR, rank 0 the manifest; the directory appears only
+# when complete, so a failed, cancelled or timed-out job leaves none and is
+# simply submitted again (no requeue or resume: the events are the same).
+fedhex_sample() {
+  local args=(sample --model "$FEDHEX_MODEL" --out "$SAMPLE_DIR" --threads "$FEDHEX_THREADS")
+  [ "$FEDHEX_GPUS" = none ] && args+=(--device cpu)
+  [ -n "$FEDHEX_PART" ] && args+=(--part "$FEDHEX_PART")
+  args+=("$@")
+  local wrap=() cmd=()
+  fedhex_launch_cmd
+  fedhex_log "launching: ${cmd[*]} ${wrap[*]} $FEDHEX_WORKER ${args[*]}"
+  "${cmd[@]}" "${wrap[@]}" "$FEDHEX_WORKER" "${args[@]}"
+  local rc=$?
+  if [ "$rc" -eq 0 ]; then
+    fedhex_log "job step ended: exit 0, events and manifest in $SAMPLE_DIR"
+  else
+    fedhex_log "job step ended: exit $rc, no output written (submit again once the error above is fixed)"
   fi
   return "$rc"
 }

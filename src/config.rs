@@ -108,6 +108,11 @@ pub struct DataConfig {
     /// learns how much of the distribution the cut removed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acceptance_efficiency: Option<PathBuf>,
+    /// Weighted events only (`data.root.weight`, or a `weights` array in the `.npz`):
+    /// average each event's weight over its k nearest neighbours at its label before
+    /// training (0 = the weights as read). For samples whose negative weights cancel
+    /// positive ones locally (subtractions, NLO); see `EventSet::smoothed_weights`.
+    pub weight_smoothing: usize,
     /// ROOT input (files, tree, branch expressions, cut); replaces `path` when present.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root: Option<crate::data::source::RootInput>,
@@ -129,6 +134,7 @@ impl Default for DataConfig {
             label_transforms: Default::default(),
             acceptance: vec![],
             acceptance_efficiency: None,
+            weight_smoothing: 0,
             root: None,
         }
     }
@@ -621,6 +627,22 @@ impl RunConfig {
             return bad(format!("control.stall_seconds must be at least {min} seconds, got {stall}"));
         }
         Ok(())
+    }
+}
+
+/// The `[data.root]` selection of the run configuration at `config`, if one
+/// is given: how `sample --labels-from`, `analyze` and `fit` read ROOT
+/// references the way training read its input.
+///
+/// # Errors
+/// An unreadable or invalid configuration, or one without `[data.root]`.
+pub fn root_selection(config: Option<&Path>) -> Result<Option<crate::data::source::RootInput>> {
+    let Some(path) = config else { return Ok(None) };
+    match RunConfig::load(path, &[])?.data.root {
+        Some(root) => Ok(Some(root)),
+        None => {
+            Err(Error::Config(format!("--config {}: no [data.root] section to read the events with", path.display())))
+        }
     }
 }
 

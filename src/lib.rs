@@ -14,10 +14,11 @@
 //! - [`app`]: the composition root: a whole run with its input, control plane, signals.
 //! - [`analysis`]: metrics between sample sets and plots.
 //! - [`logging`]: the binaries' log output (rank on every line, colour only on a terminal).
-//! - [`generate`]: sampling at requested labels; [`bench`]: throughput measurement.
+//! - [`generate`]: sampling at requested labels, in one process or over ranks
+//!   ([`generate::distributed`]); [`bench`]: throughput measurement.
 //!
-//! Model code knows nothing of MPI or gRPC; the training driver sees other
-//! ranks only through a `Communicator`.
+//! Model code knows nothing of MPI or gRPC; the training driver and
+//! generation over ranks see other ranks only through a `Communicator`.
 #![warn(missing_docs)]
 
 pub mod analysis;
@@ -32,6 +33,7 @@ pub mod device;
 pub mod error;
 pub mod flow;
 pub mod generate;
+pub mod knn;
 pub mod logging;
 pub mod resources;
 pub mod rng;

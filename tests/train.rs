@@ -201,7 +201,7 @@ fn a_mid_epoch_resume_finishes_the_epoch_with_its_own_batches() {
     let (ordered, plan) = single_process_plan(&cfg, &events).unwrap();
     let digest = |m: &Model| format!("{:x}", weight_digest(m));
     // Uninterrupted: one epoch of two-strata batches, as a 2-rank job draws them.
-    let whole = train(&cfg, &ordered, &plan, &SingleProcess, Device::Cpu, Hooks::default()).unwrap();
+    let whole = train(&cfg, ordered.clone(), &plan, &SingleProcess, Device::Cpu, Hooks::default()).unwrap();
     // Stopped after a few steps of the same batches...
     let dir = tmpdir();
     let controls = std::sync::Arc::new(fedhex::train::Controls::default());
@@ -211,7 +211,7 @@ fn a_mid_epoch_resume_finishes_the_epoch_with_its_own_batches() {
         observer: Some(std::sync::Arc::new(StopAt(controls, 4))),
         ..Hooks::default()
     };
-    let stopped = train(&cfg, &ordered, &plan, &SingleProcess, Device::Cpu, hooks).unwrap();
+    let stopped = train(&cfg, ordered.clone(), &plan, &SingleProcess, Device::Cpu, hooks).unwrap();
     assert_eq!(stopped.finish, fedhex::train::Finish::StoppedMidEpoch);
     // ...then resumed by one rank with the default strata (the world size, 1),
     // from a checkpoint that a 2-rank job would have written.
@@ -222,7 +222,7 @@ fn a_mid_epoch_resume_finishes_the_epoch_with_its_own_batches() {
         let mut cfg = cfg.clone();
         cfg.training.batch_strata = 0;
         let hooks = Hooks { resume: Some(loaded), ..Hooks::default() };
-        digest(&train(&cfg, &ordered, &plan, &SingleProcess, Device::Cpu, hooks).unwrap().model)
+        digest(&train(&cfg, ordered.clone(), &plan, &SingleProcess, Device::Cpu, hooks).unwrap().model)
     };
     assert_eq!(resumed(2), digest(&whole.model), "the resumed epoch must keep the 2-rank batches");
     assert_ne!(resumed(1), digest(&whole.model), "one stratum gives other batches: the check above proves nothing");

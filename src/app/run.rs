@@ -11,8 +11,10 @@ use crate::comm::{agree, check_same, local_rank, local_size, Communicator};
 use crate::config::{Resume, RunConfig};
 use crate::control::grpc::ControlServer;
 use crate::control::{ControlObserver, ControlState, RankActivity, RankInfo};
+use crate::data::input::InputIndex;
 use crate::data::npy::read_npz;
 use crate::data::EventSet;
+use crate::data::LabelGroups;
 use crate::error::{Error, Result};
 use crate::train::checkpoint;
 use crate::train::driver::train;
@@ -118,25 +120,82 @@ pub fn read_input(cfg: &RunConfig) -> Result<EventSet> {
     }
 }
 
-/// Reads the input and keeps this rank's shard; every rank computes the same
-/// label grouping and plan, and rank 0's grouping is checked against the others'.
+/// This rank's shard of the input and the plan: every rank indexes the
+/// input (labels, weights, where each event lives; [`InputIndex`]), computes
+/// the same label grouping and plan (rank 0's grouping is checked against
+/// the others'), and reads the features of its own events only. The local
+/// events equal those of [`load_shard_full`], so training gives the same
+/// weights. With `data.weight_smoothing` (which needs every event's
+/// features at a label) the whole input is read ([`load_shard_full`]).
 pub fn load_shard(cfg: &RunConfig, comm: &dyn Communicator) -> Result<(EventSet, ShardPlan)> {
-    let events = agree(comm, read_input(cfg).and_then(|e| drop_holdout(e, &cfg.data.holdout_labels)))?;
+    if cfg.data.weight_smoothing > 1 {
+        return load_shard_full(cfg, comm);
+    }
+    let index = agree(comm, training_index(cfg))?;
+    let groups = crate::data::group_labels(&index.labels);
+    let plan = shard_plan(cfg, comm, &groups, index.len(), index.labels.ncols())?;
+    let rows = local_rows(&plan, &groups);
+    let mut local = agree(comm, index.read(&rows))?;
+    local.weights = index.weights.as_ref().map(|w| w.select(ndarray::Axis(0), &rows));
+    Ok((local, plan))
+}
+
+/// The input's index with the held-out labels removed and the weights
+/// rescaled for training ([`crate::train::plan::normalized_training_weights`]).
+fn training_index(cfg: &RunConfig) -> Result<InputIndex> {
+    let d = &cfg.data;
+    let index = InputIndex::build(d.root.as_ref(), &d.path, &d.features, &d.labels)?;
+    let mut index = match crate::train::plan::holdout_keep(&index.labels, &d.holdout_labels)? {
+        Some(keep) => index.select(&keep),
+        None => index,
+    };
+    if let Some(w) = &index.weights {
+        index.weights =
+            Some(crate::train::plan::normalized_training_weights(cfg, &index.labels, &index.label_names, w)?);
+    }
+    Ok(index)
+}
+
+/// Reads the whole input, then keeps this rank's shard: the loader
+/// [`load_shard`] falls back to with `data.weight_smoothing`, and its reference in tests.
+pub fn load_shard_full(cfg: &RunConfig, comm: &dyn Communicator) -> Result<(EventSet, ShardPlan)> {
+    let events = agree(
+        comm,
+        read_input(cfg).and_then(|e| drop_holdout(e, &cfg.data.holdout_labels)).and_then(|mut e| {
+            // Smoothed and rescaled to mean 1 per label, before sharding.
+            e.weights = crate::train::plan::training_weights(cfg, &e)?;
+            Ok(e)
+        }),
+    )?;
     let groups = events.label_groups();
+    let plan = shard_plan(cfg, comm, &groups, events.len(), events.n_labels())?;
+    let rows = local_rows(&plan, &groups);
+    Ok((events.select(&rows), plan))
+}
+
+/// The plan of this rank, after checking every rank grouped the input alike.
+fn shard_plan(
+    cfg: &RunConfig,
+    comm: &dyn Communicator,
+    groups: &LabelGroups,
+    n_events: usize,
+    n_labels: usize,
+) -> Result<ShardPlan> {
     let sizes: Vec<usize> = groups.members.iter().map(Vec::len).collect();
     let digest: Vec<u8> = sizes.iter().flat_map(|s| (*s as u64).to_le_bytes()).collect();
     check_same(comm, "input data (events per label)", &digest)?;
-    if comm.size() > events.len() {
+    if comm.size() > n_events {
         return Err(Error::Data(format!(
-            "{} ranks but only {} events in the input: use at most as many ranks as events",
+            "{} ranks but only {n_events} events in the input: use at most as many ranks as events",
             comm.size(),
-            events.len()
         )));
     }
-    let plan = make_plan(cfg, &groups, events.n_labels(), comm.size(), comm.rank())?;
-    let rows: Vec<usize> =
-        plan.local_rows().into_iter().flat_map(|(g, lo, hi)| groups.members[g][lo..hi].iter().copied()).collect();
-    Ok((events.select(&rows), plan))
+    make_plan(cfg, groups, n_labels, comm.size(), comm.rank())
+}
+
+/// The input rows of this rank's shard, group by group.
+fn local_rows(plan: &ShardPlan, groups: &LabelGroups) -> Vec<usize> {
+    plan.local_rows().into_iter().flat_map(|(g, lo, hi)| groups.members[g][lo..hi].iter().copied()).collect()
 }
 
 /// An identifier of this start of a run, the same on every rank (rank 0's
@@ -358,7 +417,7 @@ fn run_with(
     // model may keep ranks apart for longer.
     progress.set_activity(Activity::Training);
     progress.arm(true);
-    let trained = train(cfg, &local, &plan, comm, device, hooks);
+    let trained = train(cfg, local, &plan, comm, device, hooks);
     progress.arm(false);
     progress.set_activity(Activity::Finishing);
     let outcome = agree(comm, trained)?;

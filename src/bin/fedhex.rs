@@ -35,47 +35,11 @@ enum Cmd {
     Train(fedhex::config::TrainArgs),
     /// Generate events from a trained model at given labels.
     Sample {
-        /// Model directory (or its model.json).
-        #[arg(long)]
-        model: PathBuf,
-        /// A label point, comma separated (repeatable).
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// A regular grid of labels: one lo:hi:n per label dimension (repeat the flag per dimension).
-        #[arg(long = "grid")]
-        grid: Vec<String>,
-        /// Use the distinct labels of this reference file (.npz or .root with the model's label branches).
-        #[arg(long = "labels-from")]
-        labels_from: Option<PathBuf>,
-        /// Read --labels-from through this run configuration's [data.root] selection (tree, expressions, cut).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Range cut on a generated feature, name=lo:hi (either side may be empty); events are
-        /// resampled so n survive (repeatable).
-        #[arg(long = "range")]
-        ranges: Vec<String>,
-        /// Events per label.
-        #[arg(short = 'n', long, default_value_t = 10000)]
-        n: usize,
+        #[command(flatten)]
+        args: fedhex::generate::SampleArgs,
         /// Output: .root (tree Events, one branch per feature and label) or .npz.
         #[arg(long)]
         out: PathBuf,
-        /// Seed of the sampler.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Device: auto, cpu, cuda, cuda:N.
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// Events written per chunk (ROOT basket): bounds the memory held; does not change the events.
-        #[arg(long, default_value_t = fedhex::generate::DEFAULT_CHUNK)]
-        chunk: usize,
-        /// Events per network call: with the seed and device it fixes the events.
-        #[arg(long, default_value_t = fedhex::generate::DEFAULT_BATCH)]
-        batch: usize,
-        /// Drop (and redraw) events whose transformed features lie more than this many
-        /// training-range widths outside the training range; `inf` keeps every finite event.
-        #[arg(long = "support-margin", default_value_t = fedhex::generate::DEFAULT_SUPPORT_MARGIN)]
-        support_margin: f64,
     },
     /// Compare generated events with a Gaussian generator's true mean and covariance.
     Moments {
@@ -222,12 +186,7 @@ fn draws_path(out: &Path) -> PathBuf {
 
 /// The `[data.root]` selection of the run configuration `config`, if given.
 fn selection(config: Option<&Path>) -> Result<Option<fedhex::data::source::RootInput>> {
-    let Some(path) = config else { return Ok(None) };
-    let cfg = fedhex::config::RunConfig::load(path, &[])?;
-    match cfg.data.root {
-        Some(root) => Ok(Some(root)),
-        None => bail!("--config {}: no [data.root] section to read the events with", path.display()),
-    }
+    Ok(fedhex::config::root_selection(config)?)
 }
 
 fn truth_path(out: &Path) -> PathBuf {
@@ -363,81 +322,18 @@ fn train(args: &fedhex::config::TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Where `fedhex sample` generates.
-struct SampleAt<'a> {
-    labels: &'a [String],
-    grid: &'a [String],
-    labels_from: Option<&'a Path>,
-    /// A run configuration whose `[data.root]` reads `labels_from`.
-    selection: Option<&'a Path>,
-    ranges: &'a [String],
-}
-
-/// How `fedhex sample` generates and where it writes.
-struct SampleRun<'a> {
-    n: usize,
-    out: &'a Path,
-    seed: u64,
-    device: &'a str,
-    chunk: usize,
-    batch: usize,
-    support_margin: f64,
-}
-
-fn sample(model: &Path, at: &SampleAt<'_>, run: &SampleRun<'_>) -> Result<()> {
-    let (n, out) = (run.n, run.out);
-    if run.chunk == 0 || run.batch == 0 {
-        bail!("--chunk and --batch must be at least 1");
-    }
-    if run.support_margin.is_nan() || run.support_margin < 0.0 {
-        bail!("--support-margin must be >= 0 (inf disables the support check)");
-    }
-    let dev = fedhex::device::resolve(fedhex::device::parse_device(run.device)?, 0)?;
-    let model = Model::load(model, dev)?;
-    let mut labels: Vec<Vec<f32>> =
-        at.labels.iter().map(|s| fedhex::generate::parse_label(s)).collect::<Result<_, _>>()?;
-    if !at.grid.is_empty() {
-        labels.extend(fedhex::generate::label_grid(at.grid)?);
-    }
-    if let Some(p) = at.labels_from {
-        let reference = fedhex::data::files::read_events_selected(
-            &[p.to_path_buf()],
-            &model.features.names(),
-            &model.labels.names(),
-            "Events",
-            true,
-            selection(at.selection)?.as_ref(),
-        )?;
-        labels.extend(reference.label_groups().labels);
-    }
-    if labels.is_empty() {
-        bail!("no labels to generate at: give --label, --grid or --labels-from");
-    }
-    let cuts: Vec<fedhex::generate::RangeCut> = at
-        .ranges
-        .iter()
-        .map(|r| fedhex::generate::RangeCut::parse(r, &model.features.names()))
-        .collect::<Result<_, _>>()?;
-    for w in fedhex::generate::check_labels(&model, &labels)? {
+fn sample(args: &fedhex::generate::SampleArgs, out: &Path) -> Result<()> {
+    let req = args.resolve(0)?;
+    for w in &req.warnings {
         tracing::warn!("{w}");
     }
-    if n == 0 {
-        bail!("-n must be at least 1");
-    }
-    let total = (labels.len() as u64).checked_mul(n as u64).context("too many events")?;
+    let (model, labels) = (&req.model, &req.labels);
+    let total = req.total(args.n);
     let (features, label_names) = (model.features.names(), model.labels.names());
     let mut writer =
-        fedhex::data::files::EventFileWriter::create(out, "Events", &features, &label_names, total, run.chunk)?;
-    let opts = fedhex::generate::StreamOptions {
-        n_per_label: n,
-        cuts: &cuts,
-        seed: run.seed,
-        batch: run.batch,
-        chunk: run.chunk,
-        support_margin: run.support_margin,
-    };
-    let draws =
-        fedhex::generate::stream_samples(&model, &labels, &opts, |c| writer.write(c.samples, c.labels, c.rows))?;
+        fedhex::data::files::EventFileWriter::create(out, "Events", &features, &label_names, total, args.chunk)?;
+    let opts = args.stream_options(&req.cuts);
+    let draws = fedhex::generate::stream_samples(model, labels, &opts, |c| writer.write(c.samples, c.labels, c.rows))?;
     writer.finish()?;
     let stats = draws_path(out);
     fedhex::atomic::write_synced(&stats, serde_json::to_string_pretty(&draws)?.as_bytes())?;
@@ -541,33 +437,7 @@ fn main() {
         })(),
         Cmd::Gen(a) => gen(a),
         Cmd::Train(args) => train(args),
-        Cmd::Sample {
-            model,
-            labels,
-            grid,
-            labels_from,
-            config,
-            ranges,
-            n,
-            out,
-            seed,
-            device,
-            chunk,
-            batch,
-            support_margin,
-        } => sample(
-            model,
-            &SampleAt { labels, grid, labels_from: labels_from.as_deref(), selection: config.as_deref(), ranges },
-            &SampleRun {
-                n: *n,
-                out,
-                seed: *seed,
-                device,
-                chunk: *chunk,
-                batch: *batch,
-                support_margin: *support_margin,
-            },
-        ),
+        Cmd::Sample { args, out } => sample(args, out),
         Cmd::Moments { truth, samples, max_pull } => moments(truth, samples, *max_pull),
         Cmd::Doctor => doctor(),
         Cmd::Bench { threads, batches, device, seconds, blocks, hidden, dim, transform, permutation, json } => {

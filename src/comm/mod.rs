@@ -29,6 +29,18 @@ pub trait Communicator {
     fn broadcast_bytes(&self, root: usize, buf: &mut Vec<u8>) -> Result<()>;
     /// Waits for every rank.
     fn barrier(&self) -> Result<()>;
+    /// Every rank's `bytes`, indexed by rank, on every rank. The default makes
+    /// one [`broadcast_bytes`](Self::broadcast_bytes) per rank: meant for
+    /// small records (a manifest entry per rank), not for bulk data.
+    fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let mut all = Vec::with_capacity(self.size());
+        for root in 0..self.size() {
+            let mut buf = if root == self.rank() { bytes.to_vec() } else { Vec::new() };
+            self.broadcast_bytes(root, &mut buf)?;
+            all.push(buf);
+        }
+        Ok(all)
+    }
     /// Ends the whole job with `code`; used on a fatal error so no rank is left
     /// waiting in a collective.
     fn abort(&self, code: i32) -> !;

@@ -259,6 +259,9 @@ impl Communicator for Watched<'_> {
     fn barrier(&self) -> Result<()> {
         self.around(|c| c.barrier())
     }
+    fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+        self.around(|c| c.all_gather_bytes(bytes))
+    }
     fn abort(&self, code: i32) -> ! {
         self.inner.abort(code)
     }

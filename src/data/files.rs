@@ -11,8 +11,9 @@ use super::EventSet;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// The format of an event file, from its extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The format of an event file, from its extension (or named: `root`, `npz`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// `.root` (any case): a ROOT TTree.
     Root,
@@ -27,6 +28,14 @@ impl Format {
             Format::Root
         } else {
             Format::Npz
+        }
+    }
+
+    /// The file extension written for this format (`root`, `npz`).
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Root => "root",
+            Format::Npz => "npz",
         }
     }
 }
@@ -147,14 +156,24 @@ pub fn concat(parts: Vec<EventSet>) -> Result<EventSet> {
     l.extend(rest.iter().map(|r| r.labels.view()));
     let samples = ndarray::concatenate(ndarray::Axis(0), &s).map_err(|e| Error::Data(format!("concatenate: {e}")))?;
     let labels = ndarray::concatenate(ndarray::Axis(0), &l).map_err(|e| Error::Data(format!("concatenate: {e}")))?;
-    EventSet::new(samples, labels, first.feature_names.clone(), first.label_names.clone(), "event files")
+    // Weighted when any part is (the unweighted parts' events weigh 1).
+    let weights = (first.weights.is_some() || rest.iter().any(|r| r.weights.is_some())).then(|| {
+        let all: Vec<f32> =
+            std::iter::once(&first).chain(&rest).flat_map(|r| (0..r.len()).map(|i| r.weight(i))).collect();
+        ndarray::Array1::from(all)
+    });
+    let es = EventSet::new(samples, labels, first.feature_names.clone(), first.label_names.clone(), "event files")?;
+    match weights {
+        Some(w) => es.with_weights(w, "event files"),
+        None => Ok(es),
+    }
 }
 
 /// Writes `events` in the format of `path` ([`Format::of`]); `tree` names the ROOT tree.
 pub fn write_events(path: &Path, events: &EventSet, tree: &str) -> Result<()> {
     match Format::of(path) {
         Format::Root => write_root(path, events, tree),
-        Format::Npz => super::npy::write_npz(path, &events.samples, &events.labels),
+        Format::Npz => super::npy::write_npz_weighted(path, &events.samples, &events.labels, events.weights.as_ref()),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod efficiency;
 pub mod expr;
 pub mod files;
 pub mod gaussian;
+pub mod input;
 pub mod npy;
 pub mod phiomega;
 pub mod phiomega_nd;
@@ -16,7 +17,7 @@ pub mod transform;
 pub mod whiten;
 
 use crate::error::{Error, Result};
-use ndarray::{Array2, Axis};
+use ndarray::{Array1, Array2, Axis};
 
 /// A set of events: features and the labels (generator parameters) they were simulated at.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +30,10 @@ pub struct EventSet {
     pub feature_names: Vec<String>,
     /// Name of each label column.
     pub label_names: Vec<String>,
+    /// Per-event weights (Monte Carlo weights, possibly negative), or `None`
+    /// for unweighted events (every weight 1; the arithmetic then stays the
+    /// unweighted one, bit for bit). See [`EventSet::with_weights`].
+    pub weights: Option<Array1<f32>>,
 }
 
 /// Default names `prefix0, prefix1, ...`.
@@ -86,7 +91,108 @@ impl EventSet {
         }
         check_finite("samples", source, &samples)?;
         check_finite("labels", source, &labels)?;
-        Ok(EventSet { samples, labels, feature_names, label_names })
+        Ok(EventSet { samples, labels, feature_names, label_names, weights: None })
+    }
+
+    /// The same events with per-event `weights` (one per event, finite;
+    /// negative allowed). `source` names the data for error messages.
+    pub fn with_weights(mut self, weights: Array1<f32>, source: &str) -> Result<Self> {
+        if weights.len() != self.len() {
+            return Err(Error::Data(format!("{source}: {} weights for {} events", weights.len(), self.len())));
+        }
+        if let Some((i, v)) = weights.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::Data(format!("{source}: weights[{i}] is {v} (non-finite weights are not accepted)")));
+        }
+        self.weights = Some(weights);
+        Ok(self)
+    }
+
+    /// The weight of event `i` (1 for unweighted events).
+    pub fn weight(&self, i: usize) -> f32 {
+        self.weights.as_ref().map_or(1.0, |w| w[i])
+    }
+
+    /// Every label point's sum of weights must be positive: a label whose
+    /// weights sum to zero or less has no probability density to learn. The
+    /// error names the label and its sum. Unweighted events always pass.
+    pub fn check_label_weights(&self, source: &str) -> Result<()> {
+        match &self.weights {
+            Some(w) => self.normalize_weights(w, source).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// The weights rescaled per label point to mean 1 (`w · n_label / Σ_label w`),
+    /// or `None` for unweighted events. Training uses these: each label keeps the
+    /// share of the loss its number of events gives it, as without weights,
+    /// whatever the cross-section normalisation of its sample; within a label the
+    /// loss is the weighted NLL `Σ wᵢ (−log pᵢ) / Σ wᵢ`.
+    ///
+    /// # Errors
+    /// A label whose weights sum to zero or less ([`EventSet::check_label_weights`]).
+    pub fn normalized_weights(&self, source: &str) -> Result<Option<Array1<f32>>> {
+        self.weights.as_ref().map(|w| self.normalize_weights(w, source)).transpose()
+    }
+
+    /// `w` (one weight per event of this set) rescaled per label point to mean 1
+    /// ([`normalize_weights`]).
+    pub fn normalize_weights(&self, w: &Array1<f32>, source: &str) -> Result<Array1<f32>> {
+        normalize_weights(&self.labels, &self.label_names, w, source)
+    }
+
+    /// The weights averaged over each event's `k` nearest neighbours at its
+    /// label (itself included; distances in the features scaled by the
+    /// label's weighted standard deviation), or `None` for unweighted events.
+    ///
+    /// Why: where positive and negative weights cancel (a subtraction, NLO
+    /// samples), the weighted NLL is right only on average; its per-batch
+    /// noise drives the flow's density in those regions on a random walk.
+    /// Averaging over neighbours cancels the weights locally first, at the
+    /// price of smoothing the distribution over the neighbours' distance
+    /// (choose `k` well below the events per label). `k ≤ 1` leaves the
+    /// weights as they are.
+    pub fn smoothed_weights(&self, k: usize) -> Option<Array1<f32>> {
+        let w = self.weights.as_ref()?;
+        if k <= 1 {
+            return Some(w.clone());
+        }
+        let d = self.n_features();
+        let mut out = w.clone();
+        let groups = self.label_groups();
+        let mut heap = std::collections::BinaryHeap::with_capacity(k + 1);
+        for members in &groups.members {
+            let n = members.len();
+            // Scale each feature by its spread at this label (unweighted, so
+            // negative weights cannot make it vanish).
+            let mut scale = vec![0f64; d];
+            for (j, s) in scale.iter_mut().enumerate() {
+                let mean = members.iter().map(|&i| f64::from(self.samples[[i, j]])).sum::<f64>() / n as f64;
+                let var =
+                    members.iter().map(|&i| (f64::from(self.samples[[i, j]]) - mean).powi(2)).sum::<f64>() / n as f64;
+                *s = if var > 0.0 { 1.0 / var.sqrt() } else { 1.0 };
+            }
+            let points: Vec<f64> = members
+                .iter()
+                .flat_map(|&i| (0..d).map(move |j| (i, j)))
+                .map(|(i, j)| f64::from(self.samples[[i, j]]) * scale[j])
+                .collect();
+            let tree = crate::knn::KdTree::new(&points, d, (0..n).collect());
+            let kk = k.min(n);
+            for (a, &i) in members.iter().enumerate() {
+                tree.knn(&points[a * d..(a + 1) * d], kk, &mut heap);
+                let sum: f64 = heap.iter().map(|h| f64::from(w[members[h.1]])).sum();
+                out[i] = (sum / heap.len().max(1) as f64) as f32;
+            }
+        }
+        Some(out)
+    }
+
+    /// Sum of the weights (the number of events when unweighted).
+    pub fn weight_sum(&self) -> f64 {
+        match &self.weights {
+            Some(w) => w.iter().map(|&v| f64::from(v)).sum(),
+            None => self.len() as f64,
+        }
     }
 
     /// Number of events.
@@ -116,25 +222,34 @@ impl EventSet {
             labels: self.labels.select(Axis(0), rows),
             feature_names: self.feature_names.clone(),
             label_names: self.label_names.clone(),
+            weights: self.weights.as_ref().map(|w| w.select(Axis(0), rows)),
         }
     }
 
     /// Groups events by identical label rows (bitwise), groups sorted by label.
     pub fn label_groups(&self) -> LabelGroups {
-        let mut keyed: Vec<(Vec<u32>, usize)> = self
-            .labels
+        group_labels(&self.labels)
+    }
+}
+
+/// Groups the rows of `labels` by identical values (bitwise), groups sorted
+/// by label, members ascending: [`EventSet::label_groups`] of labels alone
+/// (a shard-local read groups its index before it reads any feature).
+pub fn group_labels(labels: &Array2<f32>) -> LabelGroups {
+    {
+        let mut keyed: Vec<(Vec<u32>, usize)> = labels
             .rows()
             .into_iter()
             .enumerate()
             .map(|(i, r)| (r.iter().map(|v| total_key(*v)).collect(), i))
             .collect();
         keyed.sort();
-        let mut labels: Vec<Vec<f32>> = Vec::new();
+        let mut out: Vec<Vec<f32>> = Vec::new();
         let mut members: Vec<Vec<usize>> = Vec::new();
         let mut last: Option<&Vec<u32>> = None;
         for (key, i) in &keyed {
             if last != Some(key) {
-                labels.push(self.labels.row(*i).to_vec());
+                out.push(labels.row(*i).to_vec());
                 members.push(Vec::new());
                 last = Some(key);
             }
@@ -142,7 +257,7 @@ impl EventSet {
                 m.push(*i);
             }
         }
-        LabelGroups { labels, members }
+        LabelGroups { labels: out, members }
     }
 }
 
@@ -194,4 +309,37 @@ pub fn same_label_value(x: f64, y: f64) -> bool {
 /// [`same_label`] of two float32 labels.
 pub fn same_label_f32(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| same_label_value(f64::from(x), f64::from(y)))
+}
+
+/// `w` (one weight per row of `labels`) rescaled per label point to mean 1
+/// (`w · n_label / Σ_label w`); an error naming the first label (with
+/// `label_names`) whose weights sum to zero or less.
+pub fn normalize_weights(
+    labels: &Array2<f32>,
+    label_names: &[String],
+    w: &Array1<f32>,
+    source: &str,
+) -> Result<Array1<f32>> {
+    if w.len() != labels.nrows() {
+        return Err(Error::Data(format!("{source}: {} weights for {} events", w.len(), labels.nrows())));
+    }
+    let groups = group_labels(labels);
+    let mut out = Array1::<f32>::zeros(w.len());
+    for (label, members) in groups.labels.iter().zip(&groups.members) {
+        let sum: f64 = members.iter().map(|&i| f64::from(w[i])).sum();
+        if sum.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            let names: Vec<String> = label_names.iter().zip(label).map(|(n, v)| format!("{n} = {v}")).collect();
+            return Err(Error::Data(format!(
+                "{source}: the weights of the {} events at label [{}] sum to {sum}: \
+                 a label's weights must sum to a positive number",
+                members.len(),
+                names.join(", ")
+            )));
+        }
+        let scale = members.len() as f64 / sum;
+        for &i in members {
+            out[i] = (f64::from(w[i]) * scale) as f32;
+        }
+    }
+    Ok(out)
 }

@@ -1,5 +1,6 @@
-//! NumPy input and output: `.npz` archives holding `samples` `[N, D]` and
-//! `labels` `[N, L]` (float32 or float64; a 1-D array is one column).
+//! NumPy input and output: `.npz` archives holding `samples` `[N, D]`,
+//! `labels` `[N, L]` (float32 or float64; a 1-D array is one column) and,
+//! optionally, per-event `weights` `[N]` (or `[N, 1]`).
 
 use super::EventSet;
 use crate::error::{Error, Result};
@@ -70,12 +71,42 @@ fn read_npz_with(
     } else {
         (Array2::zeros((samples.nrows(), 0)), Vec::new())
     };
-    EventSet::new(samples, labels, feature_names, label_names, &path.display().to_string())
+    let has_weights = npz
+        .names()
+        .map_err(|e| Error::Data(format!("{}: not a readable .npz archive: {e}", path.display())))?
+        .iter()
+        .any(|n| n == "weights" || n == "weights.npy");
+    let source = path.display().to_string();
+    let events = EventSet::new(samples, labels, feature_names, label_names, &source)?;
+    if !has_weights {
+        return Ok(events);
+    }
+    let w = read_array(&mut npz, path, "weights")?;
+    if w.ncols() != 1 {
+        return Err(Error::Data(format!(
+            "{source}: array 'weights' has shape [{}, {}]: need one weight per event ([N] or [N, 1])",
+            w.nrows(),
+            w.ncols()
+        )));
+    }
+    let events = events.with_weights(w.column(0).to_owned(), &format!("{source}: array 'weights'"))?;
+    events.check_label_weights(&source)?;
+    Ok(events)
 }
 
 /// Writes `samples` and `labels` as float32 arrays to an `.npz`, through a
 /// temporary file renamed into place when complete.
 pub fn write_npz(path: &Path, samples: &Array2<f32>, labels: &Array2<f32>) -> Result<()> {
+    write_npz_weighted(path, samples, labels, None)
+}
+
+/// [`write_npz`] plus, when given, the per-event `weights` as a 1-D float32 array.
+pub fn write_npz_weighted(
+    path: &Path,
+    samples: &Array2<f32>,
+    labels: &Array2<f32>,
+    weights: Option<&Array1<f32>>,
+) -> Result<()> {
     let tmp = crate::atomic::sibling(path, "tmp");
     let result = (|| {
         let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -83,6 +114,9 @@ pub fn write_npz(path: &Path, samples: &Array2<f32>, labels: &Array2<f32>) -> Re
         let werr = |e: ndarray_npy::WriteNpzError| Error::Data(format!("{}: {e}", path.display()));
         npz.add_array("samples", samples).map_err(werr)?;
         npz.add_array("labels", labels).map_err(werr)?;
+        if let Some(w) = weights {
+            npz.add_array("weights", w).map_err(werr)?;
+        }
         let file = npz.finish().map_err(werr)?;
         file.sync_all().map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
@@ -357,4 +391,187 @@ impl Drop for NpzStreamWriter {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// Where a stored (uncompressed) 1-D or 2-D little-endian float array lies in an `.npz`.
+struct StoredArray {
+    /// Byte offset of the first element in the archive file.
+    data_at: u64,
+    /// Bytes per element (4 or 8).
+    item: usize,
+    rows: usize,
+    cols: usize,
+}
+
+/// Finds the array `name` in the archive and parses its `.npy` header;
+/// `None` when it is compressed or of a layout the row reader does not
+/// handle (big-endian, Fortran order, not float32/float64, more than two
+/// dimensions): the caller then reads the whole array.
+fn stored_array(path: &Path, name: &str) -> Result<Option<StoredArray>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let open = |p: &Path| std::fs::File::open(p).map_err(|e| Error::io(p, e));
+    let bad = |e: zip::result::ZipError| Error::Data(format!("{}: not a readable .npz archive: {e}", path.display()));
+    let mut zip = zip::ZipArchive::new(open(path)?).map_err(bad)?;
+    let entry = [format!("{name}.npy"), name.to_string()].into_iter().find(|n| zip.index_for_name(n).is_some());
+    let Some(entry) = entry else {
+        return Err(Error::Data(format!("{}: no array '{name}'", path.display())));
+    };
+    let (data_start, stored) = {
+        let f = zip.by_name(&entry).map_err(bad)?;
+        (f.data_start(), f.compression() == zip::CompressionMethod::Stored)
+    };
+    if !stored {
+        return Ok(None);
+    }
+    let mut file = open(path)?;
+    let mut head = [0u8; 12];
+    file.seek(SeekFrom::Start(data_start)).and_then(|_| file.read_exact(&mut head)).map_err(|e| Error::io(path, e))?;
+    if &head[..6] != b"\x93NUMPY" {
+        return Ok(None);
+    }
+    let (len, skip) = match head[6] {
+        1 => (usize::from(u16::from_le_bytes([head[8], head[9]])), 10),
+        2 | 3 => (u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize, 12),
+        _ => return Ok(None),
+    };
+    let mut dict = vec![0u8; len];
+    file.seek(SeekFrom::Start(data_start + skip as u64))
+        .and_then(|_| file.read_exact(&mut dict))
+        .map_err(|e| Error::io(path, e))?;
+    let dict = String::from_utf8_lossy(&dict).replace(' ', "");
+    let item = if dict.contains("'descr':'<f4'") {
+        4
+    } else if dict.contains("'descr':'<f8'") {
+        8
+    } else {
+        return Ok(None);
+    };
+    if !dict.contains("'fortran_order':False") {
+        return Ok(None);
+    }
+    let shape = dict.split("'shape':(").nth(1).and_then(|r| r.split(')').next()).unwrap_or("");
+    let dims: Vec<usize> = shape.split(',').filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect();
+    let (rows, cols) = match dims.as_slice() {
+        [n] => (*n, 1),
+        [n, d] => (*n, *d),
+        _ => return Ok(None),
+    };
+    Ok(Some(StoredArray { data_at: data_start + (skip + len) as u64, item, rows, cols }))
+}
+
+/// Rows and columns of the array `name` (a 1-D array is one column), read
+/// from its header alone where the array is stored uncompressed.
+pub fn npz_shape(path: &Path, name: &str) -> Result<(usize, usize)> {
+    match stored_array(path, name)? {
+        Some(a) => Ok((a.rows, a.cols)),
+        None => {
+            let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            let mut npz = NpzReader::new(file)
+                .map_err(|e| Error::Data(format!("{}: not a readable .npz archive: {e}", path.display())))?;
+            Ok(read_array(&mut npz, path, name)?.dim())
+        }
+    }
+}
+
+/// The rows `rows` (in that order) of the array `name`, as float32 `[rows, D]`.
+/// A stored array is read by seeking, a run of consecutive rows at a time, so
+/// memory holds only the rows asked for; a compressed one is read whole and
+/// then selected.
+///
+/// # Errors
+/// A row beyond the array, an unreadable archive or array.
+pub fn read_npz_rows(path: &Path, name: &str, rows: &[usize]) -> Result<Array2<f32>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Some(a) = stored_array(path, name)? else {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut npz = NpzReader::new(file)
+            .map_err(|e| Error::Data(format!("{}: not a readable .npz archive: {e}", path.display())))?;
+        let all = read_array(&mut npz, path, name)?;
+        if let Some(&r) = rows.iter().find(|&&r| r >= all.nrows()) {
+            return Err(Error::Data(format!(
+                "{}: array '{name}' has {} rows, row {r} asked",
+                path.display(),
+                all.nrows()
+            )));
+        }
+        return Ok(all.select(ndarray::Axis(0), rows));
+    };
+    if let Some(&r) = rows.iter().find(|&&r| r >= a.rows) {
+        return Err(Error::Data(format!("{}: array '{name}' has {} rows, row {r} asked", path.display(), a.rows)));
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let row_bytes = a.cols * a.item;
+    let mut out = Vec::with_capacity(rows.len() * a.cols);
+    let mut buf = Vec::new();
+    let mut k = 0;
+    while k < rows.len() {
+        // A run of consecutive rows.
+        let start = rows[k];
+        let mut end = k + 1;
+        while end < rows.len() && rows[end] == rows[end - 1] + 1 && end - k < 65536 {
+            end += 1;
+        }
+        let n = end - k;
+        buf.resize(n * row_bytes, 0);
+        file.seek(SeekFrom::Start(a.data_at + (start * row_bytes) as u64))
+            .and_then(|_| file.read_exact(&mut buf))
+            .map_err(|e| Error::io(path, e))?;
+        if a.item == 4 {
+            out.extend(buf.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        } else {
+            out.extend(
+                buf.chunks_exact(8)
+                    .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32),
+            );
+        }
+        k = end;
+    }
+    Array2::from_shape_vec((rows.len(), a.cols), out).map_err(|e| Error::Data(format!("internal: {e}")))
+}
+
+/// The labels and weights of an `.npz` (`labels`, optional `weights`) and its
+/// number of events, without its `samples`: the index of a shard-local read.
+///
+/// # Errors
+/// As [`read_npz`] for the arrays read; `samples` and `labels` of different lengths.
+pub fn index_npz(path: &Path) -> Result<(Array2<f32>, Option<Array1<f32>>)> {
+    let source = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut npz = NpzReader::new(file)
+        .map_err(|e| Error::Data(format!("{}: not a readable .npz archive: {e}", path.display())))?;
+    let labels = read_array(&mut npz, path, "labels")?;
+    let (n, _) = npz_shape(path, "samples")?;
+    if n == 0 {
+        return Err(Error::Data(format!("{source}: no events")));
+    }
+    if labels.nrows() != n {
+        return Err(Error::Data(format!("{source}: {n} rows of samples but {} rows of labels", labels.nrows())));
+    }
+    if let Some(((i, j), v)) = labels.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        return Err(Error::Data(format!("{source}: labels[{i}, {j}] is {v} (non-finite values are not accepted)")));
+    }
+    let has_weights = npz
+        .names()
+        .map_err(|e| Error::Data(format!("{source}: not a readable .npz archive: {e}")))?
+        .iter()
+        .any(|n| n == "weights" || n == "weights.npy");
+    let weights = if has_weights {
+        let w = read_array(&mut npz, path, "weights")?;
+        if w.ncols() != 1 || w.nrows() != n {
+            return Err(Error::Data(format!(
+                "{source}: array 'weights' has shape [{}, {}]: need one weight per event ([{n}] or [{n}, 1])",
+                w.nrows(),
+                w.ncols()
+            )));
+        }
+        if let Some((i, v)) = w.column(0).iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::Data(format!(
+                "{source}: array 'weights': weights[{i}] is {v} (non-finite weights are not accepted)"
+            )));
+        }
+        Some(w.column(0).to_owned())
+    } else {
+        None
+    };
+    Ok((labels, weights))
 }

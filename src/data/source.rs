@@ -18,6 +18,7 @@
 //! tree = "Events"
 //! cut = "CBL_Region == 1 and Photon_pt[CBL_RecoPhi_photonindex] > 220"
 //! thresh = 100
+//! weight = "genWeight"      # optional per-event weight expression
 //! features = [
 //!     { name = "phi",   expr = "CBL_RecoPhi_mass" },
 //!     { name = "omega", expr = "TwoProng_massPi0[CBL_RecoPhi_twoprongindex]" },
@@ -51,7 +52,8 @@
 //!    rejects the event and is counted in [`LoadReport::cut_invalid`]). An
 //!    event that passes but for which some feature or label expression is
 //!    invalid (an index out of range, negative or not an integer) is dropped
-//!    and counted in [`LoadReport::dropped_invalid`]. An event whose values,
+//!    and counted in [`LoadReport::dropped_invalid`] (so is one whose
+//!    `weight` expression is invalid). An event whose values (weight included),
 //!    converted to `f32`, include a NaN or an infinity (also a finite `f64`
 //!    beyond the `f32` range) is dropped and counted in
 //!    [`LoadReport::dropped_nonfinite`]: real productions carry the odd NaN
@@ -157,6 +159,10 @@ pub struct RootInput {
     /// How many directory levels a directory entry is searched: 1 = only the
     /// files directly in it, 3 (default) = down to `dir/a/b/*.root`.
     pub max_depth: usize,
+    /// Per-event weight expression (e.g. `"genWeight * sf"`); empty means
+    /// unweighted. Negative weights are kept; an event whose weight is not
+    /// finite is dropped and counted with the non-finite events.
+    pub weight: String,
 }
 
 impl Default for RootInput {
@@ -169,6 +175,7 @@ impl Default for RootInput {
             cut: String::new(),
             thresh: 0,
             max_depth: 3,
+            weight: String::new(),
         }
     }
 }
@@ -366,16 +373,18 @@ pub fn resolve_files(files: &[String], max_depth: usize) -> Result<Vec<PathBuf>>
 struct Plan {
     tree: String,
     cut: Option<Expr>,
-    /// Features then labels.
+    /// Features, labels, then the weight (when there is one).
     vars: Vec<(String, Expr)>,
     n_features: usize,
+    /// Whether the last entry of `vars` is the weight.
+    weighted: bool,
     /// Branch name → what uses it (for error messages).
     branches: BTreeMap<String, Vec<String>>,
 }
 
 fn describe(kind: &str, name: &str, e: &Expr) -> String {
-    if kind == "cut" {
-        format!("cut \"{}\"", e.source())
+    if kind == "cut" || kind == "weight" {
+        format!("{kind} \"{}\"", e.source())
     } else {
         format!("{kind} '{name}' = \"{}\"", e.source())
     }
@@ -411,6 +420,14 @@ impl Plan {
                 vars.push((v.name.clone(), e));
             }
         }
+        let weighted = !input.weight.trim().is_empty();
+        if weighted {
+            let e = Expr::parse(&input.weight).map_err(|e| Error::Config(format!("data.root: weight: {e}")))?;
+            for b in e.branches() {
+                branches.entry(b).or_default().push(describe("weight", "weight", &e));
+            }
+            vars.push(("weight".to_string(), e));
+        }
         let cut = if input.cut.trim().is_empty() {
             None
         } else {
@@ -420,19 +437,38 @@ impl Plan {
             }
             Some(e)
         };
-        Ok(Plan { tree: input.tree.clone(), cut, vars, n_features: input.features.len(), branches })
+        Ok(Plan { tree: input.tree.clone(), cut, vars, n_features: input.features.len(), weighted, branches })
     }
 
     fn width(&self) -> usize {
         self.vars.len()
     }
+
+    /// Columns of features and labels (the weight excluded).
+    fn n_columns(&self) -> usize {
+        self.vars.len() - usize::from(self.weighted)
+    }
+}
+
+/// What [`load_file`] keeps of each selected event.
+#[derive(Clone, Copy)]
+enum Keep<'a> {
+    /// Features, labels and weight of every selected event.
+    All,
+    /// Labels and weight only (the index of a shard-local read), plus entry numbers.
+    Index,
+    /// Features, labels and weight of the selected events among these entry numbers (ascending).
+    Entries(&'a [u64]),
 }
 
 /// The events one file contributes.
 #[derive(Default)]
 struct Part {
-    /// Row-major `[kept, features + labels]`.
+    /// Row-major `[kept, columns]`: features, labels, weight (`Keep::All`,
+    /// `Keep::Entries`) or labels, weight (`Keep::Index`).
     rows: Vec<f32>,
+    /// Entry number of each kept row (`Keep::Index`, `Keep::Entries`).
+    entries: Vec<u64>,
     read: u64,
     passed: u64,
     cut_invalid: u64,
@@ -485,7 +521,7 @@ fn open_root(path: &Path) -> Result<RootFile> {
     file.map_err(|e| Error::Data(e.to_string()))
 }
 
-fn load_file(path: &Path, plan: &Plan) -> Result<Part> {
+fn load_file(path: &Path, plan: &Plan, keep: Keep<'_>) -> Result<Part> {
     let ps = path.display();
     let file = open_root(path)?;
     // A TTree or an RNTuple: both give one column per branch/field.
@@ -523,13 +559,29 @@ fn load_file(path: &Path, plan: &Plan) -> Result<Part> {
         .iter()
         .enumerate()
         .map(|(j, (name, e))| {
-            let kind = if j < plan.n_features { "feature" } else { "label" };
+            let kind = if j < plan.n_features {
+                "feature"
+            } else if j < plan.n_columns() {
+                "label"
+            } else {
+                "weight"
+            };
             e.eval(&cols, n).map_err(|err| ctx(format!("{kind} '{name}'"), err))
         })
         .collect::<Result<_>>()?;
     let width = plan.width();
     let mut row = Vec::with_capacity(width);
+    let mut wanted = match keep {
+        Keep::Entries(e) => e.iter().peekable(),
+        _ => [].iter().peekable(),
+    };
     for (i, _) in pass.iter().enumerate().filter(|(_, p)| **p) {
+        if let Keep::Entries(_) = keep {
+            while wanted.next_if(|&&e| e < i as u64).is_some() {}
+            if wanted.peek() != Some(&&(i as u64)) {
+                continue;
+            }
+        }
         part.passed += 1;
         row.clear();
         let mut valid = true;
@@ -547,7 +599,17 @@ fn load_file(path: &Path, plan: &Plan) -> Result<Part> {
         } else if row.iter().any(|x| !x.is_finite()) {
             part.nonfinite += 1;
         } else {
-            part.rows.extend_from_slice(&row);
+            match keep {
+                Keep::All => part.rows.extend_from_slice(&row),
+                Keep::Index => {
+                    part.rows.extend_from_slice(&row[plan.n_features..]);
+                    part.entries.push(i as u64);
+                }
+                Keep::Entries(_) => {
+                    part.rows.extend_from_slice(&row);
+                    part.entries.push(i as u64);
+                }
+            }
         }
     }
     Ok(part)
@@ -610,35 +672,79 @@ pub(crate) fn parallel_map<T: Send>(n: usize, f: impl Fn(usize) -> Result<T> + S
 pub fn load(input: &RootInput) -> Result<(EventSet, LoadReport)> {
     let plan = Plan::new(input)?;
     let files = resolve_files(&input.files, input.max_depth)?;
-    let parts = parallel_map(files.len(), |i| load_file(&files[i], &plan))?;
-    let width = plan.width();
+    let parts = parallel_map(files.len(), |i| load_file(&files[i], &plan, Keep::All))?;
+    let describe_input = || format!("tree '{}' in {} file(s) ({})", plan.tree, files.len(), input.files.join(", "));
     let mut report = LoadReport { files: files.len(), thresh: input.thresh, ..LoadReport::default() };
+    let (flat, _) = gather(parts, &mut report);
+    let width = plan.width();
+    let n = flat.len() / width;
+    no_events_left(&plan, n, &report, &describe_input)?;
+    let all = Array2::from_shape_vec((n, width), flat).map_err(|e| Error::Data(format!("internal: {e}")))?;
+    let events = plan.events(all, &describe_input())?;
+    let rows = thresh_rows(&events.labels, input.thresh, &mut report, &describe_input)?;
+    let events = if rows.len() == n { events } else { events.select(&rows) };
+    events.check_label_weights(&describe_input())?;
+    Ok((events, report))
+}
+
+/// Sums the parts' counts into `report`; their rows and entry numbers, concatenated in file order,
+/// with the file index of each entry.
+fn gather(parts: Vec<Part>, report: &mut LoadReport) -> (Vec<f32>, Vec<(u32, u64)>) {
     let total: usize = parts.iter().map(|p| p.rows.len()).sum();
     let mut flat = Vec::with_capacity(total);
-    for p in parts {
+    let mut at = Vec::new();
+    for (f, p) in parts.into_iter().enumerate() {
         report.events_read += p.read;
         report.passed_cut += p.passed;
         report.cut_invalid += p.cut_invalid;
         report.dropped_invalid += p.invalid;
         report.dropped_nonfinite += p.nonfinite;
         flat.extend_from_slice(&p.rows);
+        at.extend(p.entries.iter().map(|&e| (f as u32, e)));
     }
-    let n = flat.len() / width;
-    let describe_input = || format!("tree '{}' in {} file(s) ({})", plan.tree, files.len(), input.files.join(", "));
+    (flat, at)
+}
+
+fn no_events_left(plan: &Plan, n: usize, report: &LoadReport, describe_input: &dyn Fn() -> String) -> Result<()> {
     if n == 0 {
         let cut = plan.cut.as_ref().map(|c| format!(" with cut \"{}\"", c.source())).unwrap_or_default();
         return Err(Error::Data(format!("{}: no events left{cut}: {report}", describe_input())));
     }
-    let all = Array2::from_shape_vec((n, width), flat).map_err(|e| Error::Data(format!("internal: {e}")))?;
-    let samples = all.slice(ndarray::s![.., ..plan.n_features]).to_owned();
-    let labels = all.slice(ndarray::s![.., plan.n_features..]).to_owned();
-    let names = |r: std::ops::Range<usize>| -> Vec<String> { plan.vars[r].iter().map(|(n, _)| n.clone()).collect() };
-    let events =
-        EventSet::new(samples, labels, names(0..plan.n_features), names(plan.n_features..width), &describe_input())?;
-    let groups = events.label_groups();
+    Ok(())
+}
+
+impl Plan {
+    /// The event set of rows `[features | labels | weight]`.
+    fn events(&self, all: Array2<f32>, source: &str) -> Result<EventSet> {
+        let cols = self.n_columns();
+        let samples = all.slice(ndarray::s![.., ..self.n_features]).to_owned();
+        let labels = all.slice(ndarray::s![.., self.n_features..cols]).to_owned();
+        let events =
+            EventSet::new(samples, labels, self.names(0..self.n_features), self.names(self.n_features..cols), source)?;
+        if self.weighted {
+            return events.with_weights(all.column(cols).to_owned(), source);
+        }
+        Ok(events)
+    }
+
+    fn names(&self, r: std::ops::Range<usize>) -> Vec<String> {
+        self.vars[r].iter().map(|(n, _)| n.clone()).collect()
+    }
+}
+
+/// The rows of `labels` whose label point has at least `thresh` events, in
+/// order; the dropped points go into `report` and a warning.
+fn thresh_rows(
+    labels: &Array2<f32>,
+    thresh: usize,
+    report: &mut LoadReport,
+    describe_input: &dyn Fn() -> String,
+) -> Result<Vec<usize>> {
+    let n = labels.nrows();
+    let groups = super::group_labels(labels);
     let mut keep = vec![false; n];
     for (label, members) in groups.labels.iter().zip(&groups.members) {
-        if members.len() < input.thresh {
+        if members.len() < thresh {
             report.labels_dropped.push(DroppedLabel { label: label.clone(), events: members.len() });
             report.dropped_thresh += members.len() as u64;
         } else {
@@ -657,19 +763,153 @@ pub fn load(input: &RootInput) -> Result<(EventSet, LoadReport)> {
             "{}: {} label point(s) with fewer than thresh = {} events dropped: {}",
             describe_input(),
             report.labels_dropped.len(),
-            input.thresh,
+            thresh,
             list.join(", ")
         );
     }
     if rows.is_empty() {
         return Err(Error::Data(format!(
-            "{}: every label point has fewer than thresh = {} events: {report}",
-            describe_input(),
-            input.thresh
+            "{}: every label point has fewer than thresh = {thresh} events: {report}",
+            describe_input()
         )));
     }
-    let events = if rows.len() == n { events } else { events.select(&rows) };
-    Ok((events, report))
+    Ok(rows)
+}
+
+/// The events [`load`] would return, without their features: labels,
+/// weights and where each event lives (file and entry). A shard-local read
+/// plans on this index and then reads only its events' features
+/// ([`read_indexed`]).
+#[derive(Debug, Clone)]
+pub struct RootIndex {
+    /// The resolved input files, in read order.
+    pub files: Vec<PathBuf>,
+    /// Labels of the events, in [`load`]'s order.
+    pub labels: Array2<f32>,
+    /// Their weights (`weight` configured).
+    pub weights: Option<ndarray::Array1<f32>>,
+    /// File (index into `files`) and entry number of each event.
+    pub at: Vec<(u32, u64)>,
+    /// Feature names.
+    pub feature_names: Vec<String>,
+    /// Label names.
+    pub label_names: Vec<String>,
+}
+
+/// Indexes the events selected by `input`: the same selection, drops,
+/// threshold and order as [`load`], reading every file once but keeping only
+/// labels, weights and entry numbers (a file's feature values live only
+/// while it is read).
+///
+/// # Errors
+/// As [`load`].
+pub fn index(input: &RootInput) -> Result<(RootIndex, LoadReport)> {
+    let plan = Plan::new(input)?;
+    let files = resolve_files(&input.files, input.max_depth)?;
+    let parts = parallel_map(files.len(), |i| load_file(&files[i], &plan, Keep::Index))?;
+    let describe_input = || format!("tree '{}' in {} file(s) ({})", plan.tree, files.len(), input.files.join(", "));
+    let mut report = LoadReport { files: files.len(), thresh: input.thresh, ..LoadReport::default() };
+    let (flat, at) = gather(parts, &mut report);
+    let width = plan.width() - plan.n_features;
+    let n = at.len();
+    no_events_left(&plan, n, &report, &describe_input)?;
+    let all = Array2::from_shape_vec((n, width), flat).map_err(|e| Error::Data(format!("internal: {e}")))?;
+    let n_labels = plan.n_columns() - plan.n_features;
+    let labels = all.slice(ndarray::s![.., ..n_labels]).to_owned();
+    let weights = plan.weighted.then(|| all.column(n_labels).to_owned());
+    let rows = thresh_rows(&labels, input.thresh, &mut report, &describe_input)?;
+    let what = describe_input();
+    let index = RootIndex {
+        files,
+        labels,
+        weights,
+        at,
+        feature_names: plan.names(0..plan.n_features),
+        label_names: plan.names(plan.n_features..plan.n_columns()),
+    };
+    let index = if rows.len() == n { index } else { index.select(&rows) };
+    if let Some(w) = &index.weights {
+        // The label check of `load`, on the index.
+        super::normalize_weights(&index.labels, &index.label_names, w, &what)?;
+    }
+    Ok((index, report))
+}
+
+impl RootIndex {
+    /// Number of indexed events.
+    pub fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+
+    /// The indexed events at `rows`, in that order.
+    pub fn select(&self, rows: &[usize]) -> RootIndex {
+        RootIndex {
+            files: self.files.clone(),
+            labels: self.labels.select(ndarray::Axis(0), rows),
+            weights: self.weights.as_ref().map(|w| w.select(ndarray::Axis(0), rows)),
+            at: rows.iter().map(|&r| self.at[r]).collect(),
+            feature_names: self.feature_names.clone(),
+            label_names: self.label_names.clone(),
+        }
+    }
+}
+
+/// Reads the events `rows` of `index` (built by [`index`] from the same
+/// `input`), in that order: only the files holding them are opened, and of
+/// each only those entries are kept. The result equals
+/// `load(input).select(rows)` value for value.
+///
+/// # Errors
+/// As [`load`]; an indexed entry that is no longer selected (the file
+/// changed since it was indexed) is an error naming the file.
+pub fn read_indexed(input: &RootInput, index: &RootIndex, rows: &[usize]) -> Result<EventSet> {
+    let plan = Plan::new(input)?;
+    // Wanted entries per file, ascending.
+    let mut per_file: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for &r in rows {
+        let (f, e) = *index.at.get(r).ok_or_else(|| Error::Data(format!("internal: index row {r} out of range")))?;
+        per_file.entry(f).or_default().push(e);
+    }
+    for v in per_file.values_mut() {
+        v.sort_unstable();
+        v.dedup();
+    }
+    let list: Vec<(u32, Vec<u64>)> = per_file.into_iter().collect();
+    let parts = parallel_map(list.len(), |k| {
+        let (f, wanted) = &list[k];
+        let path = index.files.get(*f as usize).ok_or_else(|| Error::Data(format!("internal: file {f}")))?;
+        let part = load_file(path, &plan, Keep::Entries(wanted))?;
+        if part.entries != *wanted {
+            return Err(Error::Data(format!(
+                "{}: {} of {} indexed entries are no longer selected: the file changed while it was read",
+                path.display(),
+                wanted.len() - part.entries.len().min(wanted.len()),
+                wanted.len()
+            )));
+        }
+        Ok((*f, part))
+    })?;
+    // Row of (file, entry) in the parts.
+    let width = plan.width();
+    let mut slot: std::collections::HashMap<(u32, u64), (usize, usize)> = std::collections::HashMap::new();
+    for (k, (f, part)) in parts.iter().enumerate() {
+        for (j, &e) in part.entries.iter().enumerate() {
+            slot.insert((*f, e), (k, j));
+        }
+    }
+    let mut flat = Vec::with_capacity(rows.len() * width);
+    for &r in rows {
+        let (k, j) = slot[&index.at[r]];
+        flat.extend_from_slice(&parts[k].1.rows[j * width..(j + 1) * width]);
+    }
+    let all = Array2::from_shape_vec((rows.len(), width), flat).map_err(|e| Error::Data(format!("internal: {e}")))?;
+    let what = format!("tree '{}' in {} file(s) ({})", plan.tree, index.files.len(), input.files.join(", "));
+    plan.events(all, &what)
 }
 
 // ---------------------------------------------------------------------------

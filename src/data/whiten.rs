@@ -17,7 +17,7 @@
 
 use crate::comm::Communicator;
 use crate::error::{Error, Result};
-use ndarray::ArrayView2;
+use ndarray::{ArrayView1, ArrayView2};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -72,7 +72,25 @@ impl Whitening {
     /// Degenerate dimensions (a single value) get a unit range and unit width so
     /// the transform stays invertible.
     pub fn fit(data: ArrayView2<'_, f32>, spec: &WhitenSpec, comm: &dyn Communicator) -> Result<Self> {
+        Self::fit_weighted(data, None, spec, comm)
+    }
+
+    /// [`Whitening::fit`] with per-event weights: the range is the events'
+    /// (whatever their weight), the moments are weighted (`Σ w y / Σ w`); with
+    /// `None` every weight is 1 and the result is [`Whitening::fit`]'s, bit for bit.
+    pub fn fit_weighted(
+        data: ArrayView2<'_, f32>,
+        weights: Option<ArrayView1<'_, f32>>,
+        spec: &WhitenSpec,
+        comm: &dyn Communicator,
+    ) -> Result<Self> {
         let d = data.ncols();
+        if let Some(w) = &weights {
+            if w.len() != data.nrows() {
+                return Err(Error::Data(format!("whitening: {} weights for {} events", w.len(), data.nrows())));
+            }
+        }
+        let weight = |i: usize| weights.as_ref().map_or(1.0, |w| f64::from(w[i]));
         if spec.names.len() != d || spec.logit.len() != d {
             return Err(Error::Data(format!(
                 "whitening: {} columns but {} names and {} logit flags",
@@ -92,12 +110,18 @@ impl Whitening {
                 hi[j] = hi[j].max(f64::from(v));
             }
         }
-        let mut count = [data.nrows() as f64];
+        let mut count = [match &weights {
+            Some(w) => w.iter().map(|&v| f64::from(v)).sum(),
+            None => data.nrows() as f64,
+        }];
         comm.allreduce_min_f64(&mut lo)?;
         comm.allreduce_max_f64(&mut hi)?;
         comm.allreduce_sum_f64(&mut count)?;
-        if count[0] == 0.0 {
-            return Err(Error::Data("whitening: no events to fit the statistics on".into()));
+        if count[0] <= 0.0 || !count[0].is_finite() {
+            return Err(Error::Data(format!(
+                "whitening: no events (or a weight sum of {}) to fit the statistics on",
+                count[0]
+            )));
         }
         let mut dims: Vec<DimWhitening> = (0..d)
             .map(|j| {
@@ -115,11 +139,17 @@ impl Whitening {
             .collect();
         // Second pass: moments of the intermediate value.
         let mut sums = vec![0.0f64; 2 * d];
-        for row in data.rows() {
+        for (i, row) in data.rows().into_iter().enumerate() {
+            let w = weight(i);
             for (j, &v) in row.iter().enumerate() {
                 let y = dims[j].pre(f64::from(v));
-                sums[2 * j] += y;
-                sums[2 * j + 1] += y * y;
+                if weights.is_some() {
+                    sums[2 * j] += w * y;
+                    sums[2 * j + 1] += w * y * y;
+                } else {
+                    sums[2 * j] += y;
+                    sums[2 * j + 1] += y * y;
+                }
             }
         }
         comm.allreduce_sum_f64(&mut sums)?;

@@ -134,11 +134,11 @@ fn acceptance_event_weights(groups: &LabelGroups, group_weights: &[f32], n_event
 fn acceptance_term(
     model: &Model,
     (c, raw_c, gid): (&Tensor, &Tensor, &Tensor),
-    w: &Tensor,
+    (w, ev): (&Tensor, Option<&Tensor>),
     reps: f64,
     seed: u64,
 ) -> Tensor {
-    match acceptance_samples(model, (c, raw_c, gid), w, reps, seed) {
+    match acceptance_samples(model, (c, raw_c, gid), (w, ev), reps, seed) {
         Some((z, cz, wk)) => (model.flow.log_prob(&z, &cz) * wk).sum(Kind::Float),
         None => Tensor::zeros([], (Kind::Float, c.device())),
     }
@@ -146,10 +146,12 @@ fn acceptance_term(
 
 /// The samples of [`acceptance_term`] (flow space), their labels and their
 /// weights: the term is `Σ wk log p(z | cz)`. `None` where no sample is used.
+/// With event weights `ev`, each event's samples carry its weight too (the
+/// event's `log Z` term is weighted like its `log p`).
 fn acceptance_samples(
     model: &Model,
     (c, raw_c, gid): (&Tensor, &Tensor, &Tensor),
-    w: &Tensor,
+    (w, ev): (&Tensor, Option<&Tensor>),
     reps: f64,
     seed: u64,
 ) -> Option<(Tensor, Tensor, Tensor)> {
@@ -191,6 +193,9 @@ fn acceptance_samples(
                 let ratio = (samples / rejected.clamp_min(1.0)).index_select(0, &g_sel);
                 wk = wk.where_self(&truncated, &(&wk * ratio));
             }
+            if let Some(ev) = ev {
+                wk *= ev.index_select(0, &sel);
+            }
             let keep = use_sample.nonzero().squeeze_dim(1);
             let wk = wk.index_select(0, &keep);
             (z, keep, wk)
@@ -218,6 +223,8 @@ pub(super) struct AcceptanceTerms {
     /// Flow samples per event and step, or the fraction of events sampled
     /// (`training.acceptance_samples`).
     reps: f64,
+    /// The training events' weights (weighted events only).
+    event_w: Option<Tensor>,
 }
 
 impl AcceptanceTerms {
@@ -247,6 +254,7 @@ impl AcceptanceTerms {
             weights: Tensor::new(),
             by_label: Vec::new(),
             reps: cfg.training.acceptance_samples,
+            event_w: train_set.weights.as_ref().map(|w| Tensor::from_slice(&w.to_vec()).to_device(device)),
         }))
     }
 
@@ -282,10 +290,17 @@ impl AcceptanceTerms {
     }
 
     /// A step's inputs: `(c, raw_c, gid)` of its events and their weights.
-    fn step_inputs(&self, c: &Tensor, raw_c: &Tensor, local: &[i64]) -> ((Tensor, Tensor, Tensor), Tensor) {
+    #[allow(clippy::type_complexity)]
+    fn step_inputs(
+        &self,
+        c: &Tensor,
+        raw_c: &Tensor,
+        local: &[i64],
+    ) -> ((Tensor, Tensor, Tensor), (Tensor, Option<Tensor>)) {
         let idx = Tensor::from_slice(local).to_device(c.device());
         let data = (c.index_select(0, &idx), raw_c.index_select(0, &idx), self.gid.index_select(0, &idx));
-        (data, self.weights.index_select(0, &idx))
+        let ev = self.event_w.as_ref().map(|w| w.index_select(0, &idx));
+        (data, (self.weights.index_select(0, &idx), ev))
     }
 
     /// The step's flow samples, their labels and weights ([`acceptance_samples`]).
@@ -296,8 +311,8 @@ impl AcceptanceTerms {
         local: &[i64],
         seed: u64,
     ) -> Option<(Tensor, Tensor, Tensor)> {
-        let ((c, raw_c, gid), w) = self.step_inputs(c, raw_c, local);
-        acceptance_samples(model, (&c, &raw_c, &gid), &w, self.reps, seed)
+        let ((c, raw_c, gid), (w, ev)) = self.step_inputs(c, raw_c, local);
+        acceptance_samples(model, (&c, &raw_c, &gid), (&w, ev.as_ref()), self.reps, seed)
     }
 
     /// The step's term by autograd ([`acceptance_term`]); `None` when it carries no gradient.
@@ -308,8 +323,8 @@ impl AcceptanceTerms {
         local: &[i64],
         seed: u64,
     ) -> Option<Tensor> {
-        let ((c, raw_c, gid), w) = self.step_inputs(c, raw_c, local);
-        let norm = acceptance_term(model, (&c, &raw_c, &gid), &w, self.reps, seed);
+        let ((c, raw_c, gid), (w, ev)) = self.step_inputs(c, raw_c, local);
+        let norm = acceptance_term(model, (&c, &raw_c, &gid), (&w, ev.as_ref()), self.reps, seed);
         norm.requires_grad().then_some(norm)
     }
 }

@@ -37,14 +37,17 @@ pub fn single_process_plan(cfg: &RunConfig, events: &EventSet) -> Result<(EventS
     let groups = events.label_groups();
     let order: Vec<usize> = groups.members.iter().flatten().copied().collect();
     let plan = super::plan::make_plan(cfg, &groups, events.n_labels(), 1, 0)?;
-    Ok((events.select(&order), plan))
+    let mut ordered = events.select(&order);
+    // Weights rescaled to mean 1 per label, as `app::run::load_shard` does.
+    ordered.weights = super::plan::training_weights(cfg, &ordered)?;
+    Ok((ordered, plan))
 }
 
 /// Trains on one process without checkpoints (tests, small jobs).
 pub fn train_events(cfg: &RunConfig, events: &EventSet) -> Result<TrainOutcome> {
     let (ordered, plan) = single_process_plan(cfg, events)?;
     let device = crate::device::resolve(crate::device::parse_device(&cfg.training.device)?, 0)?;
-    train(cfg, &ordered, &plan, &SingleProcess, device, Hooks::default())
+    train(cfg, ordered, &plan, &SingleProcess, device, Hooks::default())
 }
 
 /// How an epoch ended.
@@ -102,13 +105,31 @@ struct Trainer<'a> {
     show_bar: bool,
     /// Steps between reads of the loss from the device (1 on the CPU or with several ranks).
     check_every: usize,
+    /// What the run records of this rank's events.
+    shard: ShardFacts,
+}
+
+/// What training keeps of this rank's events besides the whitened tensors.
+pub(super) struct ShardFacts {
+    /// Whether the events are weighted.
+    pub weighted: bool,
+    /// The distinct labels of the rank's events, sorted.
+    pub labels: Vec<Vec<f32>>,
+    /// Feature count.
+    pub n_features: usize,
+    /// Label count.
+    pub n_labels: usize,
+    /// Feature names.
+    pub feature_names: Vec<String>,
+    /// Label names.
+    pub label_names: Vec<String>,
 }
 
 /// Trains across the ranks of `comm`. `local` holds this rank's events in plan
 /// order (group by group, its chunk of each group).
 pub fn train(
     cfg: &RunConfig,
-    local: &EventSet,
+    local: EventSet,
     plan: &ShardPlan,
     comm: &dyn Communicator,
     device: Device,
@@ -126,13 +147,13 @@ pub fn train(
             break;
         }
     }
-    tr.finish(local, finish)
+    tr.finish(finish)
 }
 
 impl<'a> Trainer<'a> {
     fn new(
         cfg: &'a RunConfig,
-        local: &EventSet,
+        local: EventSet,
         plan: &'a ShardPlan,
         comm: &'a dyn Communicator,
         device: Device,
@@ -154,19 +175,31 @@ impl<'a> Trainer<'a> {
         let val_rows: Vec<usize> = (0..local.len()).filter(|&i| plan.local_is_val[i]).collect();
         let train_set = local.select(&train_rows);
         let val_set = local.select(&val_rows);
+        let shard = ShardFacts {
+            weighted: local.weights.is_some(),
+            labels: local.label_groups().labels,
+            n_features: local.n_features(),
+            n_labels: local.n_labels(),
+            feature_names: local.feature_names.clone(),
+            label_names: local.label_names.clone(),
+        };
+        // The events live on as the training and validation sets only (memory: one copy).
+        drop(local);
         let Hooks { checkpoint_dir, controls, observer, resume, gather_rank_facts } = hooks;
-        let start = setup::start(cfg, local, &train_set, comm, device, resume)?;
+        let start = setup::start(cfg, &shard, &train_set, comm, device, resume)?;
         controls.start_at(start.state.epoch as u64);
         let model = start.model;
-        let train = setup::whitened(&model, &train_set, "training events")?;
-        let val = setup::whitened(&model, &val_set, "validation events")?;
+        // Raw labels are kept only for the acceptance terms' flow samples.
+        let keep_raw = !model.acceptance.is_empty() && cfg.training.acceptance_samples != 0.0;
+        let train = setup::whitened(&model, &train_set, "training events", keep_raw)?;
+        let val = setup::whitened(&model, &val_set, "validation events", false)?;
         let acceptance = AcceptanceTerms::new(cfg, &model, &train_set)?;
         let opt = setup::optimizer(cfg, &model, start.optimizer.as_ref())?;
         let state = start.state;
         let clip = GradClip { avg: state.grad_norm_avg, ..GradClip::new(t.clip_grad_norm, t.clip_grad_relative) };
         let early = (t.early_stopping_patience > 0).then(|| state.early_stopping.clone().unwrap_or_default());
         let best_weights = best_weights(&early, &state, start.best.as_ref(), &opt, comm, model.flow.device())?;
-        let pass = GradientPass::new(&model.flow, &opt, &train.x, &train.c);
+        let pass = GradientPass::weighted(&model.flow, &opt, &train.x, &train.c, train.w.as_ref());
         let n_params = opt.numel() as usize;
         Ok(Trainer {
             cfg,
@@ -197,6 +230,7 @@ impl<'a> Trainer<'a> {
             busy: (0.0, 0),
             show_bar: comm.is_root() && cfg.outputs.progress && std::io::stderr().is_terminal(),
             check_every: if device == Device::Cpu || comm.size() > 1 { 1 } else { 32 },
+            shard,
         })
     }
 
@@ -375,21 +409,24 @@ impl<'a> Trainer<'a> {
         // last step cannot make the ranks leave the loop at different epochs.
         let mut agreed = [
             if comm.size() > 1 { 0.0 } else { sums.loss_sum },
-            nll_sum(&self.model, &self.val.x, &self.val.c, 65536),
+            nll_sum(&self.model, &self.val.x, &self.val.c, self.val.w.as_ref(), 65536),
             f64::from(u8::from(self.controls.stop_after_epoch.load(Ordering::Relaxed))),
+            self.val.w_sum,
         ];
         comm.allreduce_sum_f64(&mut agreed)?;
         let stop = agreed[2] > 0.0;
         if self.early.is_some() && comm.size() > 1 {
             // MPI does not promise bit-identical all-reduce results on every rank;
             // early stopping acts on rank 0's value, so all ranks stop at the same epoch.
-            let mut bytes = agreed[1].to_le_bytes().to_vec();
-            comm.broadcast_bytes(0, &mut bytes)?;
-            let arr: [u8; 8] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| Error::Train("validation NLL broadcast: expected 8 bytes".into()))?;
-            agreed[1] = f64::from_le_bytes(arr);
+            for slot in [1, 3] {
+                let mut bytes = agreed[slot].to_le_bytes().to_vec();
+                comm.broadcast_bytes(0, &mut bytes)?;
+                let arr: [u8; 8] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Train("validation NLL broadcast: expected 8 bytes".into()))?;
+                agreed[slot] = f64::from_le_bytes(arr);
+            }
         }
         if comm.size() > 1 {
             agreed[0] = sums.loss_sum;
@@ -398,7 +435,8 @@ impl<'a> Trainer<'a> {
         let rec = EpochRecord {
             epoch: epoch + 1,
             train_nll: agreed[0] / plan.n_train as f64,
-            val_nll: if plan.n_val > 0 { agreed[1] / plan.n_val as f64 } else { f64::NAN },
+            // The weighted mean (Σ w NLL / Σ w); the plain mean when unweighted (Σ w = n_val).
+            val_nll: if plan.n_val > 0 { agreed[1] / agreed[3] } else { f64::NAN },
             lr: sums.lr,
             seconds,
             events_per_s: plan.n_train as f64 * (n_steps - first) as f64 / n_steps as f64 / seconds.max(1e-9),
@@ -509,7 +547,7 @@ impl<'a> Trainer<'a> {
 
     /// The final model: the best epoch's weights (early stopping) or the weight
     /// average, and the training facts it carries.
-    fn finish(mut self, local: &EventSet, finish: Finish) -> Result<TrainOutcome> {
+    fn finish(mut self, finish: Finish) -> Result<TrainOutcome> {
         let (cfg, comm, plan) = (self.cfg, self.comm, self.plan);
         let t = &cfg.training;
         // The saved model carries the weight average (checkpoints keep both) or, with
@@ -523,9 +561,9 @@ impl<'a> Trainer<'a> {
         };
         let averaged = if restored_best { self.opt.has_ema() } else { self.opt.swap_in_ema() };
         let ema_val_nll = if averaged {
-            let mut v = [nll_sum(&self.model, &self.val.x, &self.val.c, 65536)];
+            let mut v = [nll_sum(&self.model, &self.val.x, &self.val.c, self.val.w.as_ref(), 65536), self.val.w_sum];
             comm.allreduce_sum_f64(&mut v)?;
-            let v = (plan.n_val > 0).then(|| v[0] / plan.n_val as f64);
+            let v = (plan.n_val > 0).then(|| v[0] / v[1]);
             if comm.is_root() {
                 tracing::info!(val_nll = v.unwrap_or(f64::NAN), "weights replaced by their moving average");
             }
@@ -543,12 +581,12 @@ impl<'a> Trainer<'a> {
             "world_size": comm.size(),
             "train_events": plan.n_train,
             "validation_events": plan.n_val,
+            "weighted": self.shard.weighted,
+            "weight_smoothing": cfg.data.weight_smoothing,
             "labels": plan.group_sizes.len(),
             "holdout_labels": cfg.data.holdout_labels,
             "validation_labels": cfg.data.validation_labels,
-            "training_labels": local
-                .label_groups()
-                .labels
+            "training_labels": std::mem::take(&mut self.shard.labels)
                 .into_iter()
                 .filter(|l| !cfg.data.validation_labels.iter().any(|v| super::plan::is_label(l, v)))
                 .collect::<Vec<_>>(),

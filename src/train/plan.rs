@@ -104,10 +104,19 @@ pub fn make_plan(
 
 /// Removes the events at the held-out labels; every held-out label must exist in the data.
 pub fn drop_holdout(events: EventSet, holdout: &[Vec<f64>]) -> Result<EventSet> {
-    if holdout.is_empty() {
-        return Ok(events);
+    match holdout_keep(&events.labels, holdout)? {
+        Some(keep) => Ok(events.select(&keep)),
+        None => Ok(events),
     }
-    let l = events.n_labels();
+}
+
+/// The rows of `labels` outside the held-out labels (`None`: no label held
+/// out, keep all); every held-out label must exist in the data.
+pub fn holdout_keep(labels: &ndarray::Array2<f32>, holdout: &[Vec<f64>]) -> Result<Option<Vec<usize>>> {
+    if holdout.is_empty() {
+        return Ok(None);
+    }
+    let l = labels.ncols();
     let same = |row: ndarray::ArrayView1<'_, f32>, h: &[f64]| is_label(row, h);
     for h in holdout {
         if h.len() != l {
@@ -116,19 +125,50 @@ pub fn drop_holdout(events: EventSet, holdout: &[Vec<f64>]) -> Result<EventSet> 
                 h.len()
             )));
         }
-        if !events.labels.rows().into_iter().any(|r| same(r, h)) {
+        if !labels.rows().into_iter().any(|r| same(r, h)) {
             return Err(Error::Config(format!("data.holdout_labels: no events at label {h:?} in the input")));
         }
     }
-    let keep: Vec<usize> =
-        (0..events.len()).filter(|&i| !holdout.iter().any(|h| same(events.labels.row(i), h))).collect();
+    let keep: Vec<usize> = (0..labels.nrows()).filter(|&i| !holdout.iter().any(|h| same(labels.row(i), h))).collect();
     if keep.is_empty() {
         return Err(Error::Data("data.holdout_labels leave no events for training".into()));
     }
     tracing::info!(
-        held_out = events.len() - keep.len(),
+        held_out = labels.nrows() - keep.len(),
         labels = holdout.len(),
         "held-out labels removed from training"
     );
-    Ok(events.select(&keep))
+    Ok(Some(keep))
+}
+
+/// The training weights of `events`: smoothed over `data.weight_smoothing`
+/// neighbours ([`EventSet::smoothed_weights`]), then rescaled to mean 1 per
+/// label ([`EventSet::normalized_weights`]); `None` for unweighted events.
+/// Every rank computes them on the whole input, before sharding, so they do
+/// not depend on the world size.
+pub fn training_weights(cfg: &RunConfig, events: &EventSet) -> Result<Option<ndarray::Array1<f32>>> {
+    let Some(raw) = &events.weights else { return Ok(None) };
+    let smoothed = events.smoothed_weights(cfg.data.weight_smoothing).unwrap_or_else(|| raw.clone());
+    normalized_training_weights(cfg, &events.labels, &events.label_names, &smoothed).map(Some)
+}
+
+/// Weights `w` of events at `labels`, rescaled to mean 1 per label (what
+/// [`training_weights`] does after its smoothing); notes negative weights in the log.
+pub fn normalized_training_weights(
+    cfg: &RunConfig,
+    labels: &ndarray::Array2<f32>,
+    label_names: &[String],
+    w: &ndarray::Array1<f32>,
+) -> Result<ndarray::Array1<f32>> {
+    let negative = w.iter().filter(|&&v| v < 0.0).count();
+    if negative > 0 {
+        tracing::info!(
+            negative,
+            events = w.len(),
+            smoothing = cfg.data.weight_smoothing,
+            "negative event weights: the weighted NLL is right on average, its noise is larger \
+             (data.weight_smoothing averages weights over neighbours)"
+        );
+    }
+    crate::data::normalize_weights(labels, label_names, w, "training events")
 }

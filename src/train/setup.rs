@@ -36,7 +36,7 @@ pub(super) struct Start {
 /// configuration, or a fresh model fitted to `train_set`.
 pub(super) fn start(
     cfg: &RunConfig,
-    local: &EventSet,
+    local: &super::driver::ShardFacts,
     train_set: &EventSet,
     comm: &dyn Communicator,
     device: Device,
@@ -61,7 +61,7 @@ pub(super) fn start(
         let model = fresh_model(cfg, local, train_set, comm, device)?;
         return Ok(Start { model, state: fresh, optimizer: None, best: None, resumed_world: comm.size() });
     };
-    if loaded.model.flow.config() != &cfg.network.maf(local.n_features(), local.n_labels()) {
+    if loaded.model.flow.config() != &cfg.network.maf(local.n_features, local.n_labels) {
         return Err(Error::Train(format!(
             "checkpoint {} has a different network than the configuration; \
              resume with the same [network] section or start a new run directory",
@@ -94,7 +94,7 @@ pub(super) fn start(
 /// on every rank's training events, initial weights from `training.seed`.
 fn fresh_model(
     cfg: &RunConfig,
-    local: &EventSet,
+    local: &super::driver::ShardFacts,
     train_set: &EventSet,
     comm: &dyn Communicator,
     device: Device,
@@ -108,19 +108,17 @@ fn fresh_model(
     let lx = transformed_labels(&lt, train_set, "training events")?;
     let fspec = WhitenSpec {
         names: local.feature_names.clone(),
-        logit: vec![d.logit_features; local.n_features()],
+        logit: vec![d.logit_features; local.n_features],
         eps: d.logit_eps,
     };
-    let lspec = WhitenSpec {
-        names: local.label_names.clone(),
-        logit: vec![d.logit_labels; local.n_labels()],
-        eps: d.logit_eps,
-    };
-    let fw = Whitening::fit(fx.view(), &fspec, comm)?;
-    let lw = Whitening::fit(lx.view(), &lspec, comm)?;
+    let lspec =
+        WhitenSpec { names: local.label_names.clone(), logit: vec![d.logit_labels; local.n_labels], eps: d.logit_eps };
+    let w = train_set.weights.as_ref().map(|w| w.view());
+    let fw = Whitening::fit_weighted(fx.view(), w, &fspec, comm)?;
+    let lw = Whitening::fit_weighted(lx.view(), w, &lspec, comm)?;
     let flow = {
         let _rng = crate::rng::seeded(cfg.training.seed);
-        Maf::new(cfg.network.maf(local.n_features(), local.n_labels()), device)?
+        Maf::new(cfg.network.maf(local.n_features, local.n_labels), device)?
     };
     Model::new(flow, fw, lw)?.with_preprocessing(ft, lt, acceptance)
 }
@@ -133,16 +131,54 @@ pub(super) struct Whitened {
     pub c: Tensor,
     /// Raw labels `[N, L]`.
     pub raw_c: Tensor,
+    /// Per-event weights `[N]` (normalised per label, [`EventSet::normalized_weights`]),
+    /// `None` for unweighted events.
+    pub w: Option<Tensor>,
+    /// The sum of the weights (the number of events when unweighted).
+    pub w_sum: f64,
 }
 
 /// `set` in the flow's space, with clear errors for values outside a
 /// transform's domain or the acceptance.
-pub(super) fn whitened(m: &Model, set: &EventSet, what: &str) -> Result<Whitened> {
+/// `keep_raw`: keep the raw labels (for the acceptance terms); otherwise
+/// `raw_c` is an empty tensor.
+pub(super) fn whitened(m: &Model, set: &EventSet, what: &str, keep_raw: bool) -> Result<Whitened> {
     transformed_features(&m.feature_transforms, set, what)?;
     check_acceptance(&m.acceptance, set, what)?;
     let raw_c = to_tensor(&set.labels).to_device(m.flow.device());
-    let (x, c) = tch::no_grad(|| (m.to_flow_space(&to_tensor(&set.samples), &raw_c).0, m.condition(&raw_c)));
-    Ok(Whitened { x, c, raw_c })
+    let (x, c) = to_flow_space_chunked(m, set, &raw_c);
+    let raw_c = if keep_raw { raw_c } else { Tensor::new() };
+    let w = set.weights.as_ref().map(|w| Tensor::from_slice(&w.to_vec()).to_device(m.flow.device()));
+    Ok(Whitened { x, c, raw_c, w, w_sum: set.weight_sum() })
+}
+
+/// Rows whitened at a time: the transforms' temporaries stay a few MB
+/// whatever the number of events (the results are elementwise, so the bits
+/// do not depend on the chunking).
+const WHITEN_CHUNK: usize = 65536;
+
+/// `set`'s features and conditions in the flow's space, computed a chunk of
+/// rows at a time into preallocated tensors.
+fn to_flow_space_chunked(m: &Model, set: &EventSet, raw_c: &Tensor) -> (Tensor, Tensor) {
+    let (n, d) = set.samples.dim();
+    let l = set.labels.ncols();
+    let dev = m.flow.device();
+    tch::no_grad(|| {
+        let x = Tensor::empty([n as i64, d as i64], (Kind::Float, dev));
+        let c = Tensor::empty([n as i64, l as i64], (Kind::Float, dev));
+        let mut i = 0;
+        while i < n {
+            let k = WHITEN_CHUNK.min(n - i);
+            let rows = set.samples.slice(ndarray::s![i..i + k, ..]);
+            let flat: Vec<f32> = rows.iter().copied().collect();
+            let xs = Tensor::from_slice(&flat).view([k as i64, d as i64]);
+            let cs = raw_c.narrow(0, i as i64, k as i64);
+            x.narrow(0, i as i64, k as i64).copy_(&m.to_flow_space(&xs, &cs).0);
+            c.narrow(0, i as i64, k as i64).copy_(&m.condition(&cs));
+            i += k;
+        }
+        (x, c)
+    })
 }
 
 /// Adam over the model's variables, with the checkpoint's state when resuming.
@@ -165,15 +201,29 @@ fn to_tensor(a: &Array2<f32>) -> Tensor {
     Tensor::from_slice(&flat).view([n as i64, d as i64])
 }
 
-/// Sum of `-log p` over `xs` in chunks, without gradients.
-pub(super) fn nll_sum(model: &Model, xs: &Tensor, cs: &Tensor, chunk: i64) -> f64 {
+/// Sum of `-log p` over `xs` (weighted by `ws` where given, negative weights
+/// with training's floor) in chunks, without gradients.
+pub(super) fn nll_sum(model: &Model, xs: &Tensor, cs: &Tensor, ws: Option<&Tensor>, chunk: i64) -> f64 {
     tch::no_grad(|| {
         let n = xs.size()[0];
         let mut total = 0.0;
         let mut i = 0;
         while i < n {
             let m = chunk.min(n - i);
-            total -= model.flow_log_prob(&xs.narrow(0, i, m), &cs.narrow(0, i, m)).sum(Kind::Double).double_value(&[]);
+            let lp = model.flow_log_prob(&xs.narrow(0, i, m), &cs.narrow(0, i, m));
+            let lp = match ws {
+                Some(w) => {
+                    // Negatively weighted events count no lower than training's floor.
+                    let wb = w.narrow(0, i, m).to_kind(Kind::Double);
+                    let d = xs.size()[1] as f64;
+                    let floor = -(crate::flow::engine::cpu::NEGATIVE_WEIGHT_NLL_CEIL
+                        + 0.5 * d * (2.0 * std::f64::consts::PI).ln());
+                    let lp = lp.to_kind(Kind::Double);
+                    lp.where_self(&wb.ge(0.0), &lp.clamp_min(floor)) * wb
+                }
+                None => lp,
+            };
+            total -= lp.sum(Kind::Double).double_value(&[]);
             i += m;
         }
         total

@@ -10,7 +10,7 @@ use super::observe::Controls;
 use super::optim::Adam;
 use crate::comm::Communicator;
 use crate::error::Result;
-use crate::flow::engine::cpu::{to_host, FastTrainer};
+use crate::flow::engine::cpu::{to_host, FastTrainer, NEGATIVE_WEIGHT_NLL_CEIL};
 use crate::flow::Maf;
 use std::sync::atomic::Ordering;
 use tch::{Device, Kind, Tensor};
@@ -143,21 +143,34 @@ pub enum GradientPass {
     Cpu {
         /// The pass.
         trainer: Box<FastTrainer>,
-        /// Host copy of the features.
-        x: Vec<f32>,
-        /// Host copy of the conditions.
-        c: Vec<f32>,
+        /// The features, read in place (a CPU tensor) or copied to the host.
+        x: HostBuf,
+        /// The conditions, likewise.
+        c: HostBuf,
+        /// Host copy of the event weights (weighted events only).
+        w: Option<Vec<f32>>,
     },
     /// libtorch autograd on the flow's device.
-    Autograd,
+    Autograd {
+        /// The event weights `[N]` (weighted events only).
+        w: Option<Tensor>,
+    },
 }
 
 impl GradientPass {
     /// The pass for `flow` trained by `opt` on the events `(x, c)`.
     pub fn new(flow: &Maf, opt: &Adam, x: &Tensor, c: &Tensor) -> Self {
+        Self::weighted(flow, opt, x, c, None)
+    }
+
+    /// [`GradientPass::new`] for weighted events: the loss is `Σ wᵢ NLLᵢ` over
+    /// the batch (`w` `[N]`, one weight per event of `x`); `None` is unweighted.
+    pub fn weighted(flow: &Maf, opt: &Adam, x: &Tensor, c: &Tensor, w: Option<&Tensor>) -> Self {
         match crate::flow::engine::trainer(flow, opt.names(), opt.numels()) {
-            Some(t) => GradientPass::Cpu { trainer: Box::new(t), x: to_host(x), c: to_host(c) },
-            None => GradientPass::Autograd,
+            Some(t) => {
+                GradientPass::Cpu { trainer: Box::new(t), x: HostBuf::of(x), c: HostBuf::of(c), w: w.map(to_host) }
+            }
+            None => GradientPass::Autograd { w: w.map(Tensor::shallow_clone) },
         }
     }
 
@@ -178,9 +191,18 @@ impl GradientPass {
         extra_term: impl FnOnce(&mut Adam) -> Option<Tensor>,
     ) -> Gradient {
         match self {
-            GradientPass::Cpu { trainer, x: hx, c: hc } => {
+            GradientPass::Cpu { trainer, x, c, w: hw } => {
+                let (hx, hc) = (x.as_slice(), c.as_slice());
                 let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
-                let loss = trainer.loss_and_grad(opt.flat_params(), hx, hc, rows, threads, packet.gradients_mut());
+                let loss = match hw {
+                    None => trainer.loss_and_grad(opt.flat_params(), hx, hc, rows, threads, packet.gradients_mut()),
+                    Some(hw) => {
+                        let wts: Vec<f32> = rows.iter().map(|&r| usize::try_from(r).map_or(0.0, |r| hw[r])).collect();
+                        let grad = packet.gradients_mut();
+                        let loss = trainer.loss_and_grad_weighted(opt.flat_params(), hx, hc, rows, &wts, threads, grad);
+                        loss
+                    }
+                };
                 if let Some((z, cz, wk)) = extra() {
                     // + Σ wk log p(z) = Σ (-wk) NLL(z).
                     let (hz, hcz, hw) = (to_host(&z), to_host(&cz), to_host(&-wk));
@@ -188,18 +210,67 @@ impl GradientPass {
                 }
                 Gradient::Host { loss }
             }
-            GradientPass::Autograd => {
+            GradientPass::Autograd { w } => {
                 let idx = Tensor::from_slice(rows).to_device(flow.device());
                 let (xb, cb) = (x.index_select(0, &idx), c.index_select(0, &idx));
                 let norm = extra_term(opt);
                 opt.zero_grad();
-                let loss = flow.log_prob(&xb, &cb).sum(Kind::Float).neg();
+                let lp = flow.log_prob(&xb, &cb);
+                let lp = match w {
+                    Some(w) => {
+                        // A negatively weighted event counts no lower than the floor (the CPU pass's rule).
+                        let wb = w.index_select(0, &idx);
+                        let d = xb.size()[1] as f64;
+                        let floor = -(NEGATIVE_WEIGHT_NLL_CEIL + 0.5 * d * (2.0 * std::f64::consts::PI).ln());
+                        lp.where_self(&wb.ge(0.0), &lp.clamp_min(floor)) * wb
+                    }
+                    None => lp,
+                };
+                let loss = lp.sum(Kind::Float).neg();
                 match norm {
                     Some(norm) => (&loss + norm).backward(),
                     None => loss.backward(),
                 }
                 Gradient::Device { loss, flat: opt.flat_grad() }
             }
+        }
+    }
+}
+
+/// Row-major `f32` data the CPU pass reads: a contiguous float CPU tensor in
+/// place (no second copy of the training events), or a host copy of any other.
+pub enum HostBuf {
+    /// The tensor itself (kept alive here; its storage is read, never written).
+    InPlace(Tensor),
+    /// A host copy.
+    Copied(Vec<f32>),
+}
+
+impl HostBuf {
+    /// `t` in place when it is a contiguous float tensor on the CPU, else a copy.
+    pub fn of(t: &Tensor) -> Self {
+        if t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() {
+            HostBuf::InPlace(t.shallow_clone())
+        } else {
+            HostBuf::Copied(to_host(t))
+        }
+    }
+
+    /// The values.
+    pub fn as_slice(&self) -> &[f32] {
+        match self {
+            HostBuf::InPlace(t) => {
+                let n = t.numel();
+                if n == 0 {
+                    return &[];
+                }
+                // SAFETY: `t` is a contiguous float32 CPU tensor (checked in `of`)
+                // holding `n` elements; this enum owns a handle to it, so its
+                // storage outlives the slice, and nothing writes to it (the
+                // training events are never modified in place).
+                unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) }
+            }
+            HostBuf::Copied(v) => v,
         }
     }
 }

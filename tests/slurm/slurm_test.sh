@@ -17,7 +17,12 @@
 #   and checks: the job completed after 2 restarts, `fedhex-ctl status` answered
 #   while it ran, both restarts resumed from a checkpoint (log + history.csv
 #   continuity), epoch checkpoints at the scheduled epochs, the losses and the
-#   final weights (model.safetensors, byte for byte) equal the reference run's.
+#   final weights (model.safetensors, byte for byte) equal the reference run's;
+#   4. generation with the trained model: `sbatch slurm/sample.sbatch` (2 tasks)
+#      and `sbatch --array=0-2 slurm/sample-array.sbatch`; the part files in
+#      manifest (and task) order equal one `fedhex sample`, value for value
+#      (uproot), and the generation preflight refuses a missing model and an
+#      array that does not start at 0.
 # Tears everything down at the end (KEEP=1 keeps $FEDHEX_SLURM_TEST_DIR) and
 # prints PASS/FAIL per check with timings. Needs root (apt-get, daemons).
 set -uo pipefail
@@ -110,6 +115,9 @@ mkdir -p "$SLT/nompi-bin"
 for f in /usr/bin/*; do case "${f##*/}" in mpirun* | mpiexec* | orterun*) ;; *) ln -sf "$f" "$SLT/nompi-bin/" ;; esac; done
 pf "mpirun missing" "mpirun not found" FEDHEX_LAUNCHER=mpirun PATH="$SLT/nompi-bin:/usr/sbin:/sbin"
 pf "srun MPI plugin missing" "no 'pmix5' MPI plugin" FEDHEX_SRUN_MPI=pmix5
+pf "generation: model missing" "model /nonexistent/model not readable" FEDHEX_JOB=sample FEDHEX_MODEL=/nonexistent/model
+pf "generation: array not 0-(N-1)" "use --array=0-(N-1)" FEDHEX_JOB=sample SAMPLE_OUT="$SLT/pf-samples" \
+  SLURM_ARRAY_TASK_ID=1 SLURM_ARRAY_TASK_MIN=1 SLURM_ARRAY_TASK_MAX=3 SLURM_ARRAY_TASK_COUNT=3
 ok=$(env -u SLURM_JOB_ID SLURM_SUBMIT_DIR="$SLT" FEDHEX_HOME="$ROOT" FEDHEX_BIN="$BIN" FEDHEX_CONFIG="$CONFIG" \
   RUN_DIR="$SLT/pf-run" FEDHEX_GPUS=none bash -c 'source "$FEDHEX_HOME/slurm/fedhex-slurm.sh"; fedhex_setup; fedhex_preflight' 2>&1)
 check "preflight: a good set-up passes" $? "$(tail -1 <<<"$ok")"
@@ -250,3 +258,49 @@ check "final weights identical to the uninterrupted mpirun run (model.safetensor
 rc=$?
 check "fedhex-ctl status after the end says finished (exit 5)" "$([ $rc = 5 ] && echo 0 || echo 1)" "exit $rc"
 say "timings: reference ${REF_S} s, batch job incl. 2 requeues ${JOB_S} s"
+
+# ---------------------------------------------------------------- 4. generation over ranks
+say "generation: slurm/sample.sbatch (2 tasks) and slurm/sample-array.sbatch (--array=0-2), against fedhex sample"
+MODEL=$RUN/model
+GEN=(--grid 1000:3250:3 --grid 0.5:9.5:3 -n 3000 --seed 5 --batch 1024)
+"$BIN/fedhex" sample --model "$MODEL" "${GEN[@]}" --device cpu --out "$SLT/sample-ref.root" >"$SLT/sample-ref.log" 2>&1
+check "generation reference: fedhex sample" $?
+SOUT=$SLT/shared/samples
+t=$(date +%s)
+J1=$(FEDHEX_MODEL=$MODEL SAMPLE_OUT=$SOUT/one FEDHEX_BIN=$BIN sbatch --parsable -p test -N1 -n2 --ntasks-per-node=2 -c1 \
+  --time=5 -o "$SLT/job-%j.out" -e "$SLT/job-%j.err" "$ROOT/slurm/sample.sbatch" "${GEN[@]}")
+J2=$(FEDHEX_MODEL=$MODEL SAMPLE_OUT=$SOUT/array FEDHEX_BIN=$BIN sbatch --parsable -p test --array=0-2 -N1 -n1 --ntasks-per-node=1 -c1 \
+  --time=5 -o "$SLT/job-%A_%a.out" -e "$SLT/job-%A_%a.err" "$ROOT/slurm/sample-array.sbatch" "${GEN[@]}")
+[ -n "$J1" ] && [ -n "$J2" ]
+check "sbatch accepted the generation jobs" $? "jobs $J1, $J2 (array)"
+for _ in $(seq 600); do
+  [ -z "$(squeue -h -j "$J1,$J2" -t PD,R,CG,CF,S 2>/dev/null)" ] && break
+  sleep 0.5
+done
+GEN_S=$(($(date +%s) - t))
+st1=$([ -n "$J1" ] && scontrol show job "$J1" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p')
+n2=$([ -n "$J2" ] && scontrol show job "$J2" 2>/dev/null | grep -c "JobState=COMPLETED")
+[ "$st1" = COMPLETED ] && [ "$n2" = 3 ]
+check "generation jobs COMPLETED (one job, 3 array tasks)" $? "job $J1 $st1, $n2 of 3 array tasks completed, ${GEN_S} s"
+SAME='
+import json, os, sys
+import numpy as np, uproot
+ref, dirs = sys.argv[1], sys.argv[2:]
+paths = []
+for d in dirs:
+    m = json.load(open(os.path.join(d, "manifest.json")))
+    paths += [os.path.join(d, f["file"]) for f in m["files"]]
+def cols(ps):
+    a = [uproot.open(p)["Events"].arrays(library="np") for p in ps]
+    return {k: np.concatenate([x[k] for x in a]) for k in a[0]}
+r, g = cols([ref]), cols(paths)
+assert sorted(r) == sorted(g), (sorted(r), sorted(g))
+for k in r:
+    assert r[k].dtype == g[k].dtype and np.array_equal(r[k].view(np.uint32), g[k].view(np.uint32)), k
+print(f"{len(paths)} files, {len(next(iter(r.values())))} events identical")
+'
+PY=${FEDHEX_PYTHON:-python3}
+msg=$("$PY" -c "$SAME" "$SLT/sample-ref.root" "$SOUT/one" 2>&1)
+check "sample.sbatch: the part files in manifest order are fedhex sample's events" $? "$(tail -1 <<<"$msg")"
+msg=$("$PY" -c "$SAME" "$SLT/sample-ref.root" "$SOUT"/array/task-0000{0,1,2} 2>&1)
+check "sample-array.sbatch: the tasks' files in task and manifest order are fedhex sample's events" $? "$(tail -1 <<<"$msg")"

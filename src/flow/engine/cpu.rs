@@ -607,11 +607,11 @@ fn train_chunk_impl<const AVX: bool>(
     x: &[f32],
     c: &[f32],
     rows: &[i64],
-    wts: Option<&[f32]>,
+    (wts, ceil): (Option<&[f32]>, f64),
     grad: &mut [f32],
 ) -> f64 {
     if let Some(e) = &p.ext {
-        return spline_lu::train_chunk::<AVX>(p, e, w, x, c, rows, wts, grad);
+        return spline_lu::train_chunk::<AVX>(p, e, w, x, c, rows, (wts, ceil), grad);
     }
     let (d, l) = (p.d, p.l);
     let nb = p.blocks.len();
@@ -658,14 +658,23 @@ fn train_chunk_impl<const AVX: bool>(
         for e in 0..te {
             let rec = &recs[e * er..(e + 1) * er];
             let uk = &rec[er - d..];
-            let wt = wts.map_or(1.0, |v| v[ti * TILE + e]);
+            let mut wt = wts.map_or(1.0, |v| v[ti * TILE + e]);
             let mut sq = 0f32;
-            for j in 0..d {
-                g[j] = uk[j] * wt;
-                sq += uk[j] * uk[j];
+            for v in &uk[..d] {
+                sq += v * v;
             }
             let nll = f64::from(0.5 * sq + s_sum[e]) + cst;
-            total += if wts.is_some() { nll * f64::from(wt) } else { nll };
+            total += match wts {
+                None => nll,
+                Some(_) => {
+                    let (nll, w) = floored(nll, wt, ceil + cst);
+                    wt = w;
+                    nll * f64::from(wts.map_or(1.0, |v| v[ti * TILE + e]))
+                }
+            };
+            for j in 0..d {
+                g[j] = uk[j] * wt;
+            }
             for (k, layers) in p.blocks.iter().enumerate().rev() {
                 let rk = &rec[k * p.rec..(k + 1) * p.rec];
                 block_backward::<AVX>(p, layers, w, grad, rk, &mut g, &mut dscratch, wt);
@@ -1221,7 +1230,25 @@ macro_rules! dispatch {
     };
 }
 
-dispatch!(train_chunk, train_chunk_impl, (p: &Plan, w: &[f32], x: &[f32], c: &[f32], rows: &[i64], wts: Option<&[f32]>, grad: &mut [f32]) -> f64);
+dispatch!(train_chunk, train_chunk_impl, (p: &Plan, w: &[f32], x: &[f32], c: &[f32], rows: &[i64], wts: (Option<&[f32]>, f64), grad: &mut [f32]) -> f64);
+
+/// Above this `−log p − D/2 · ln 2π` (the standard normal's density at radius 6
+/// in the flow's space) a negatively weighted data event stops pulling its
+/// density down: with negative weights the weighted NLL is unbounded below (a
+/// flow can push such an event's density to zero), and this floor bounds it
+/// while leaving every density above it untouched.
+pub const NEGATIVE_WEIGHT_NLL_CEIL: f64 = 18.0;
+
+/// A negatively weighted event's `(nll, weight)` with the floor: beyond
+/// `ceil` it counts `ceil` and gets no gradient.
+#[inline(always)]
+pub(crate) fn floored(nll: f64, wt: f32, ceil: f64) -> (f64, f32) {
+    if wt < 0.0 && nll > ceil {
+        (ceil, 0.0)
+    } else {
+        (nll, wt)
+    }
+}
 dispatch!(log_prob_chunk, log_prob_chunk_impl, (p: &Plan, w: &[f32], x: &[f32], c: &[f32], out: &mut [f32]) -> ());
 dispatch!(inverse_chunk, inverse_chunk_impl, (p: &Plan, w: &[f32], us: &[f32], c: &[f32], xs: &mut [f32], ld: &mut [f32]) -> ());
 
@@ -1386,7 +1413,34 @@ impl FastTrainer {
         threads: usize,
         grad: &mut [f32],
     ) -> f64 {
-        match self.run(flat, x, c, rows, None, threads) {
+        match self.run(flat, x, c, rows, (None, f64::INFINITY), threads) {
+            Some((loss, g, w)) => {
+                self.scatter(&g, &w, grad);
+                loss
+            }
+            None => f64::NAN,
+        }
+    }
+
+    /// [`FastTrainer::loss_and_grad`] with a weight per row (`wts[k]` for
+    /// `rows[k]`): `Σ wts[k] NLL(rows[k])` and its gradient, written into `grad`;
+    /// a negatively weighted event counts at most [`NEGATIVE_WEIGHT_NLL_CEIL`]
+    /// (above `D/2 ln 2π`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_and_grad_weighted(
+        &mut self,
+        flat: &Tensor,
+        x: &[f32],
+        c: &[f32],
+        rows: &[i64],
+        wts: &[f32],
+        threads: usize,
+        grad: &mut [f32],
+    ) -> f64 {
+        if wts.len() != rows.len() {
+            return f64::NAN;
+        }
+        match self.run(flat, x, c, rows, (Some(wts), NEGATIVE_WEIGHT_NLL_CEIL), threads) {
             Some((loss, g, w)) => {
                 self.scatter(&g, &w, grad);
                 loss
@@ -1409,7 +1463,7 @@ impl FastTrainer {
         grad: &mut [f32],
     ) -> f64 {
         let rows: Vec<i64> = (0..wts.len() as i64).collect();
-        match self.run(flat, x, c, &rows, Some(wts), threads) {
+        match self.run(flat, x, c, &rows, (Some(wts), f64::INFINITY), threads) {
             Some((loss, g, w)) => {
                 let mut mapped = vec![0f32; grad.len()];
                 self.scatter(&g, &w, &mut mapped);
@@ -1428,7 +1482,7 @@ impl FastTrainer {
         x: &[f32],
         c: &[f32],
         rows: &[i64],
-        wts: Option<&[f32]>,
+        (wts, ceil): (Option<&[f32]>, f64),
         threads: usize,
     ) -> Option<(f64, Vec<f32>, Vec<f32>)> {
         let n = self.n_params;
@@ -1447,7 +1501,7 @@ impl FastTrainer {
         let parts = par_chunks(n_chunks, threads, |i| {
             let (a, b) = (i * CHUNK, ((i + 1) * CHUNK).min(rows.len()));
             let mut g = vec![0f32; plan.len];
-            let loss = train_chunk(plan, wr, x, c, &rows[a..b], wts.map(|v| &v[a..b]), &mut g);
+            let loss = train_chunk(plan, wr, x, c, &rows[a..b], (wts.map(|v| &v[a..b]), ceil), &mut g);
             (loss, g)
         });
         let mut total_g = vec![0f32; plan.len];

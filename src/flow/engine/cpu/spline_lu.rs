@@ -761,7 +761,7 @@ pub(super) fn train_chunk<const AVX: bool>(
     xd: &[f32],
     c: &[f32],
     rows: &[i64],
-    wts: Option<&[f32]>,
+    (wts, ceil): (Option<&[f32]>, f64),
     grad: &mut [f32],
 ) -> f64 {
     let d = p.d;
@@ -786,7 +786,15 @@ pub(super) fn train_chunk<const AVX: bool>(
                 wt[e] = wts.map_or(1.0, |v| v[ti * TILE + e]);
                 let sq: f32 = uk.iter().map(|v| v * v).sum();
                 let nll = f64::from(0.5 * sq) - f64::from(ld[e]) + cst;
-                total += if wts.is_some() { nll * f64::from(wt[e]) } else { nll };
+                total += match wts {
+                    None => nll,
+                    Some(_) => {
+                        let w0 = wt[e];
+                        let (nll, w) = super::floored(nll, w0, ceil + cst);
+                        wt[e] = w;
+                        nll * f64::from(w0)
+                    }
+                };
             }
             for (gj, u) in g[e * d..(e + 1) * d].iter_mut().zip(uk) {
                 *gj = u * wt[e];

@@ -1,7 +1,19 @@
 //! Generation at requested labels from a loaded model: whitens the labels,
 //! samples in network calls of bounded size, de-whitens, and hands the events
 //! over in chunks ([`stream_samples`]) or all at once ([`sample_with_cuts`]).
-//! Seeded: the same seed gives the same events.
+//! Seeded: the same seed gives the same events, and a label's events depend
+//! on its number in the request, not on who generates it
+//! ([`stream_samples_from`]).
+//!
+//! - [`request`]: what to generate ([`SampleArgs`], shared by `fedhex sample`
+//!   and `fedhex-worker sample`), resolved against a model.
+//! - [`distributed`]: the labels split over ranks, a file per rank and a
+//!   manifest (`fedhex-worker sample`).
+
+pub mod distributed;
+pub mod request;
+
+pub use request::{SampleArgs, SampleRequest};
 
 use crate::data::EventSet;
 use crate::error::{Error, Result};
@@ -247,6 +259,27 @@ pub fn stream_samples(
     model: &Model,
     labels: &[Vec<f32>],
     opts: &StreamOptions<'_>,
+    sink: impl FnMut(&EventChunk<'_>) -> Result<()>,
+) -> Result<Vec<LabelDraws>> {
+    stream_samples_from(model, labels, 0, opts, sink)
+}
+
+/// [`stream_samples`] for a contiguous slice of a larger request: `labels`
+/// are labels number `first_label..first_label + labels.len()` of it, and
+/// label `i` of the slice is seeded as label number `first_label + i`. The
+/// events at a label depend only on the model, the label, its number in the
+/// request, the seed, the batch size and the device, so generating a request
+/// slice by slice (on several ranks, in several jobs) and concatenating the
+/// slices in order gives the events of [`stream_samples`] on the whole
+/// request, bit for bit ([`distributed`]).
+///
+/// # Errors
+/// Those of [`stream_samples`].
+pub fn stream_samples_from(
+    model: &Model,
+    labels: &[Vec<f32>],
+    first_label: usize,
+    opts: &StreamOptions<'_>,
     mut sink: impl FnMut(&EventChunk<'_>) -> Result<()>,
 ) -> Result<Vec<LabelDraws>> {
     check_labels(model, labels)?;
@@ -302,7 +335,7 @@ pub fn stream_samples(
             .clamp(1, batch);
             {
                 let _rng = crate::rng::seeded(0);
-                tch::manual_seed(block_seed(opts.seed, i, block));
+                tch::manual_seed(block_seed(opts.seed, first_label + i, block));
                 let cs = Tensor::from_slice(lab).view([1, l as i64]).expand([m as i64, l as i64], false);
                 let (xs, ok) = model.sample_in_support(&cs, opts.support_margin);
                 let xs = xs.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
