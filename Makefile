@@ -15,7 +15,7 @@ CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 BIN_DIR := $(TARGET_DIR)/release
 
-.PHONY: setup build test lint python demo bench bench-stream bench-nd zuko-compare gpu-check fidelity fidelity-nd clean
+.PHONY: setup build test lint python demo bench bench-stream bench-nd bench-scale zuko-compare gpu-check fidelity fidelity-nd clean
 
 setup:
 	@bash scripts/setup.sh
@@ -61,6 +61,11 @@ bench-stream: setup
 # Throughput at D = 2..12 beside zuko MAF and NSF (issue #19): a Markdown table (~3 min).
 bench-nd: build
 	@bash scripts/bench_nd.sh
+
+# Scale-out (issue #22): a generated grid of N events (default 2e7), 1/2/4 ranks:
+# index and read seconds, peak RSS per rank against the raw shard, training events/s.
+bench-scale: build
+	@bash scripts/bench_scale.sh $(N)
 
 zuko-compare: build
 	@bash scripts/zuko_compare.sh

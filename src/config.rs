@@ -358,11 +358,6 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("data.logit_labels", "logit after min-max scaling of labels"),
     ("data.logit_eps", "margin keeping the logit finite at the range ends, in [0, 0.5)"),
     (
-        "data.weight_smoothing",
-        "weighted events only: average each weight over its k nearest neighbours at its label before training \
-         (0: the weights as read), for samples whose negative weights cancel positive ones locally",
-    ),
-    (
         "data.feature_transforms",
         "per-feature chains, e.g. { omega = \"log_ratio(labelomega)\" }: log, shift(a), scale(a), bounded(lo), \
          logit(lo, hi), div(LABEL), sub(LABEL), log_ratio(LABEL), joined by |",
@@ -371,6 +366,12 @@ const KEY_DOCS: &[(&str, &str)] = &[
     (
         "data.acceptance",
         "known acceptance cuts of the data, e.g. [\"omega > 0.415\"]: truncated-likelihood training, generated events cut alike",
+    ),
+    (
+        "data.weight_smoothing",
+        "weighted input only: average each event's weight over its k nearest neighbours at its label before training \
+         (0: weights as read); lowers the noise of negative weights that cancel positive ones locally, at the cost of \
+         smoothing over the neighbours' distance; reads the whole input on every rank",
     ),
     (
         "training.acceptance_samples",

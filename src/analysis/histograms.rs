@@ -8,7 +8,10 @@
 //! equal bins), shared by all samples of that label and feature. Bins follow
 //! ROOT (`[low, high)`); events outside go to the underflow and overflow
 //! bins, so the contents, flows included, sum to the sample's events at the
-//! label. Events are unweighted, so Σw² equals the contents.
+//! label (its sum of weights, for a weighted reference). Unweighted samples
+//! fill weight 1, so their Σw² equals the contents; a weighted reference
+//! (`reference`, `reference2`) fills each event's weight, and its Σw² is the
+//! sum of the squared weights (`h.variances()` in uproot).
 //!
 //! Names: `h_<label index>_<feature>_<sample>` (label index as in the report,
 //! held-out labels first; feature sanitised to `[A-Za-z0-9_]`; sample
@@ -39,18 +42,23 @@ pub struct HistogramRecord {
     pub sample: String,
     /// Bin edges (`bins + 1` values).
     pub edges: Vec<f64>,
-    /// Events per bin, underflow first and overflow last (`bins + 2` values).
+    /// Sum of the weights per bin (events, for an unweighted sample),
+    /// underflow first and overflow last (`bins + 2` values).
     pub counts: Vec<f64>,
     /// Σw² per bin, laid out as `counts`.
     pub sumw2: Vec<f64>,
 }
 
-/// The samples at one label: (sample name, events as rows of features).
+/// One sample at a label: its name, its events as rows of features and
+/// their per-event weights (`None`: unweighted).
+pub(crate) type SampleRows<'a> = (&'static str, &'a [Vec<f64>], Option<&'a [f64]>);
+
+/// The samples at one label.
 pub(crate) struct LabelSamples<'a> {
     /// The label values.
     pub label: &'a [f32],
     /// Reference first (it sets the binning), then the others.
-    pub samples: Vec<(&'static str, &'a [Vec<f64>])>,
+    pub samples: Vec<SampleRows<'a>>,
 }
 
 fn sanitize(s: &str) -> String {
@@ -89,12 +97,12 @@ pub(crate) fn write_report_histograms(
             .collect();
         for (j, feature) in features.iter().enumerate() {
             let column = |rows: &[Vec<f64>]| -> Vec<f64> { rows.iter().map(|r| r[j]).collect() };
-            let Some((_, reference)) = ls.samples.first() else { continue };
+            let Some((_, reference, _)) = ls.samples.first() else { continue };
             let Some((lo, hi)) = plots::four_panel_range(&column(reference)) else {
                 warnings.push(format!("no finite reference value of {feature} at label {i}; no histograms there"));
                 continue;
             };
-            for (sample, rows) in &ls.samples {
+            for (sample, rows, weights) in &ls.samples {
                 let mut name = format!("h_{i}_{}_{sample}", sanitize(feature));
                 if !taken.insert(name.clone()) {
                     name = format!("h_{i}_{}_{j}_{sample}", sanitize(feature));
@@ -103,8 +111,9 @@ pub(crate) fn write_report_histograms(
                 let title = format!("{}; {feature}; {sample}", label_text.join(", "));
                 let mut h = Th1d::uniform(&name, &title, bins.max(1), lo, hi)
                     .map_err(|e| Error::Data(format!("histogram {name}: {e}")))?;
-                for x in column(rows) {
-                    h.fill(x);
+                match weights {
+                    None => column(rows).into_iter().for_each(|x| h.fill(x)),
+                    Some(w) => column(rows).into_iter().zip(w.iter()).for_each(|(x, &wi)| h.fill_weighted(x, wi)),
                 }
                 records.push(HistogramRecord {
                     name,

@@ -115,6 +115,68 @@
 //! [`compare_feature`] gives a [`Comparison`] (serde-serialisable) with all
 //! one-dimensional metrics of one feature; [`compare_samples`] compares whole
 //! sample sets (every feature plus the two multivariate tests).
+//!
+//! # Weighted samples
+//!
+//! The `*_weighted` functions take per-event weights `wᵢ` (any sign; `None`
+//! = unweighted) for either sample: a weighted reference (Monte Carlo with
+//! generator weights) against the unweighted generated events, or two
+//! weighted references (the statistical floor). With `W = Σw`, `W₂ = Σw²`
+//! and the effective (Kish) size `n_eff = W²/W₂` (`= n` without weights):
+//!
+//! * **Moments** ([`moments_weighted`]): `x̄ = Σwx/W`; the variance with
+//!   reliability weights `s² = Σw(x−x̄)² / (W − W₂/W)` (NumPy's
+//!   `np.cov(x, aweights=w)`; `n − 1` for unit weights). Uncertainties: the
+//!   linearised (sandwich) variances of these ratio estimators,
+//!   `σ(x̄)² = c Σw²(x−x̄)²` and `σ(s²)² = c Σw²((x−x̄)² − s²)²`,
+//!   `σ(s) = σ(s²)/2s`, with `c = n_eff/((n_eff − 1) W²)`. Where the weights
+//!   do not depend on x this is `σ(x̄) = s/√n_eff`; for unit weights it is
+//!   `s/√n` exactly (and `σ(s)` the unweighted formula up to `O(1/n²)`).
+//!   Where they do (importance weights such as `p/q`), `s/√n_eff` is wrong:
+//!   for a N(0.4, 1.3²) sample weighted to N(0, 1) (4000 events, 200
+//!   repetitions) the pulls of the mean had an RMS of 0.83 with
+//!   `s/√n_eff` and 0.97 with the linearised variance, those of the width
+//!   0.71 with `s/√(2(n_eff−1))` and 0.93 with it.
+//! * **Quantiles** ([`quantiles_weighted`]): values sorted ascending (ties
+//!   by weight), each value placed at the centre of its weight,
+//!   `M_k = Σ_{j<k} w_j + w_k/2`, rescaled so the smallest value sits at 0
+//!   and the largest at 1: `p_k = (M_k − M_1)/(M_n − M_1)`; negative weights
+//!   can make `p_k` decrease, so the running maximum is taken. `Q(p)`
+//!   interpolates linearly between the values around the first `p_k ≥ p`.
+//!   With equal weights `p_k = (k−1)/(n−1)`: Hyndman & Fan type 7, the
+//!   unweighted definition. Quantile uncertainties use `n_eff`.
+//! * **χ²** ([`chi2_test_weighted`]): the same bins (inner edges at the
+//!   weighted reference quantiles), per-bin `Σw` and `Σw²` (`Σw² = count`
+//!   for an unweighted sample), and [`chi2_weighted`].
+//! * **KS and Wasserstein-1** ([`ks_test_weighted`],
+//!   [`wasserstein1_weighted`]): the weighted ECDFs
+//!   `F(x) = Σ_{xᵢ ≤ x} wᵢ / W` (with negative weights not monotone; the sup
+//!   and the integral are taken over every value of both samples); the KS
+//!   p-value with `nₑ = n_eff,r n_eff,g / (n_eff,r + n_eff,g)`.
+//! * **Classifier test** ([`classifier_test_weighted`]): weighted k-NN votes
+//!   (generated weight over all weight among the `k` neighbours, each
+//!   class's weights rescaled to mean 1 over the rows used, a class's
+//!   neighbourhood weight below zero counted as zero) and the weighted
+//!   Mann–Whitney AUC ([`auc_weighted`]); `auc_null_std` with the effective
+//!   sizes. Standardisation and neighbours are unweighted (geometry only).
+//! * **Energy distance** ([`energy_test_weighted`]): the weighted
+//!   V-statistic ([`WeightedEnergyResult`]) **without a p-value**: the
+//!   permutation test is unsound with weights, because the weighted
+//!   reference's events are drawn from another distribution than the one
+//!   they represent, so they are not exchangeable with the other sample's
+//!   under the null ([`WEIGHTED_ENERGY_NOTE`] says so in every result).
+//!
+//! Where neither sample is weighted, [`compare_feature_weighted`],
+//! [`compare_samples_weighted`] and [`pair_chi2_weighted`] return the
+//! unweighted functions' results bit for bit.
+
+mod weighted;
+pub use weighted::{
+    auc_weighted, chi2_test_weighted, classifier_test_weighted, compare_feature_weighted, compare_samples_weighted,
+    energy_test_weighted, ks_test_weighted, moments_weighted, pair_chi2_weighted, quantile_shifts_weighted,
+    quantiles_weighted, wasserstein1_weighted, weight_summary, WeightSummary, WeightedEnergyResult,
+    WeightedSampleComparison, WEIGHTED_ENERGY_NOTE,
+};
 
 use crate::knn::KdTree;
 use std::cmp::Ordering;
@@ -240,6 +302,13 @@ pub struct Moments {
     pub std: f64,
     /// Large-sample uncertainty of `std` (see module docs).
     pub std_err: f64,
+    /// Weighted samples only: the sum of the weights `Σw`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sum_weights: Option<f64>,
+    /// Weighted samples only: the effective sample size `(Σw)²/Σw²` that the
+    /// uncertainties use in place of `n`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_eff: Option<f64>,
 }
 
 /// Mean, standard deviation and their uncertainties of the finite values.
@@ -267,7 +336,7 @@ fn moments_finite(v: &[f64], which: &'static str) -> MetricsResult<Moments> {
     let std = var.sqrt();
     let var_s2 = ((m4 - var * var * (nf - 3.0) / (nf - 1.0)) / nf).max(0.0);
     let std_err = if var > 0.0 { (var_s2 / (4.0 * var)).sqrt() } else { 0.0 };
-    Ok(Moments { n, mean, mean_err: std / nf.sqrt(), std, std_err })
+    Ok(Moments { n, mean, mean_err: std / nf.sqrt(), std, std_err, sum_weights: None, n_eff: None })
 }
 
 /// Relative differences of the first two moments, generated versus reference.
@@ -559,13 +628,24 @@ pub struct Chi2Result {
 
 /// Bin edges (including the outer edges) for two sorted, finite, non-empty samples.
 fn bin_edges(binning: Binning, r: &[f64], g: &[f64]) -> MetricsResult<Vec<f64>> {
+    bin_edges_with(binning, r, g, &|p| quantile_sorted(r, p))
+}
+
+/// [`bin_edges`] with the reference quantile function `ref_quantile`
+/// (weighted samples pass their weighted quantile).
+fn bin_edges_with(
+    binning: Binning,
+    r: &[f64],
+    g: &[f64],
+    ref_quantile: &dyn Fn(f64) -> f64,
+) -> MetricsResult<Vec<f64>> {
     let lo = r[0].min(g[0]);
     let hi = r[r.len() - 1].max(g[g.len() - 1]);
     let mut inner: Vec<f64> = match binning {
         Binning::ReferenceQuantiles { bins } | Binning::Uniform { bins } if bins < 2 => {
             return Err(MetricsError::InvalidArgument(format!("number of bins must be ≥ 2, got {bins}")))
         }
-        Binning::ReferenceQuantiles { bins } => (1..bins).map(|i| quantile_sorted(r, i as f64 / bins as f64)).collect(),
+        Binning::ReferenceQuantiles { bins } => (1..bins).map(|i| ref_quantile(i as f64 / bins as f64)).collect(),
         Binning::Uniform { bins } => (1..bins).map(|i| lo + (hi - lo) * i as f64 / bins as f64).collect(),
     };
     inner.dedup();
@@ -904,9 +984,21 @@ fn common_dim<R: AsRef<[f64]>>(reference: &[R], generated: &[R]) -> MetricsResul
 
 /// Random subsample (without replacement) of at most `max` rows.
 fn subsample(data: &[f64], dim: usize, max: usize, rng: &mut ChaCha8Rng) -> Vec<f64> {
+    subsample_weighted(data, None, dim, max, rng).0
+}
+
+/// [`subsample`] of rows and, when given, their weights (the same rows, the
+/// same random numbers as without weights).
+fn subsample_weighted(
+    data: &[f64],
+    weights: Option<&[f64]>,
+    dim: usize,
+    max: usize,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<f64>, Option<Vec<f64>>) {
     let n = data.len() / dim;
     if n <= max {
-        return data.to_vec();
+        return (data.to_vec(), weights.map(<[f64]>::to_vec));
     }
     let mut idx: Vec<usize> = (0..n).collect();
     let (chosen, _) = idx.partial_shuffle(rng, max);
@@ -914,7 +1006,7 @@ fn subsample(data: &[f64], dim: usize, max: usize, rng: &mut ChaCha8Rng) -> Vec<
     for &i in chosen.iter() {
         out.extend_from_slice(&data[i * dim..(i + 1) * dim]);
     }
-    out
+    (out, weights.map(|w| chosen.iter().map(|&i| w[i]).collect()))
 }
 
 /// Standardises the pooled rows (`a` then `b`) in place with pooled mean/std.
@@ -1099,6 +1191,13 @@ pub struct ClassifierTestResult {
     pub k: usize,
     /// Folds used.
     pub folds: usize,
+    /// Weighted test only: the effective reference size `(Σw)²/Σw²` of the
+    /// rows used (it replaces `N` in `auc_null_std`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_eff_reference: Option<f64>,
+    /// Weighted test only: the effective generated size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_eff_generated: Option<f64>,
 }
 
 /// Mann–Whitney AUC `P(score₁ > score₀) + ½ P(=)` with mid-ranks for ties.
@@ -1149,6 +1248,19 @@ pub fn classifier_test<R: AsRef<[f64]>>(
 }
 
 fn classifier_flat(r: &[f64], g: &[f64], dim: usize, config: &ClassifierConfig) -> MetricsResult<ClassifierTestResult> {
+    classifier_core(r, None, g, None, dim, config)
+}
+
+/// The classifier test with optional per-row weights of either sample (see
+/// [`classifier_test_weighted`]); without weights the unweighted arithmetic.
+fn classifier_core(
+    r: &[f64],
+    rw: Option<&[f64]>,
+    g: &[f64],
+    gw: Option<&[f64]>,
+    dim: usize,
+    config: &ClassifierConfig,
+) -> MetricsResult<ClassifierTestResult> {
     let (k, folds) = (config.k, config.folds);
     if k == 0 || folds < 2 || config.max_per_sample < folds {
         return Err(MetricsError::InvalidArgument(format!(
@@ -1160,9 +1272,10 @@ fn classifier_flat(r: &[f64], g: &[f64], dim: usize, config: &ClassifierConfig) 
     require(REF, r.len() / dim, folds)?;
     require(GEN, g.len() / dim, folds)?;
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let mut pooled = subsample(r, dim, config.max_per_sample, &mut rng);
+    let (mut pooled, r_w) = subsample_weighted(r, rw, dim, config.max_per_sample, &mut rng);
     let n = pooled.len() / dim;
-    pooled.extend(subsample(g, dim, config.max_per_sample, &mut rng));
+    let (g_rows, g_w) = subsample_weighted(g, gw, dim, config.max_per_sample, &mut rng);
+    pooled.extend(g_rows);
     let total = pooled.len() / dim;
     let m = total - n;
     if total.saturating_sub(total / folds + 2) < k {
@@ -1170,6 +1283,30 @@ fn classifier_flat(r: &[f64], g: &[f64], dim: usize, config: &ClassifierConfig) 
     }
     standardize_pooled(&mut pooled, dim);
     let labels: Vec<bool> = (0..total).map(|i| i >= n).collect();
+    // Weighted: every row's weight, each class rescaled to mean 1 (the votes
+    // then compare densities, not the classes' arbitrary weight totals).
+    let weighted = r_w.is_some() || g_w.is_some();
+    let mut sizes = None;
+    let weights: Option<Vec<f64>> = if weighted {
+        let mut all = Vec::with_capacity(total);
+        let mut eff = [0.0; 2];
+        for (c, (w, len, which)) in [(r_w, n, REF), (g_w, m, GEN)].into_iter().enumerate() {
+            let w = w.unwrap_or_else(|| vec![1.0; len]);
+            let sum: f64 = w.iter().sum();
+            if !(sum > 0.0 && sum.is_finite()) {
+                return Err(MetricsError::InvalidArgument(format!(
+                    "classifier test: the {which} weights of the rows used sum to {sum}; a positive sum is needed"
+                )));
+            }
+            eff[c] = sum * sum / w.iter().map(|v| v * v).sum::<f64>();
+            let scale = len as f64 / sum;
+            all.extend(w.iter().map(|v| v * scale));
+        }
+        sizes = Some(eff);
+        Some(all)
+    } else {
+        None
+    };
 
     // Stratified fold assignment.
     let mut fold_of = vec![0usize; total];
@@ -1188,12 +1325,35 @@ fn classifier_flat(r: &[f64], g: &[f64], dim: usize, config: &ClassifierConfig) 
         let tree = KdTree::new(&pooled, dim, train);
         for i in (0..total).filter(|&i| fold_of[i] == f) {
             tree.knn(&pooled[i * dim..(i + 1) * dim], k, &mut heap);
-            let n_gen = heap.iter().filter(|h| labels[h.1]).count();
-            scores[i] = n_gen as f64 / heap.len().max(1) as f64;
+            scores[i] = match &weights {
+                None => {
+                    let n_gen = heap.iter().filter(|h| labels[h.1]).count();
+                    n_gen as f64 / heap.len().max(1) as f64
+                }
+                Some(w) => {
+                    let (mut wg, mut wr) = (0.0, 0.0);
+                    for h in heap.iter() {
+                        if labels[h.1] {
+                            wg += w[h.1];
+                        } else {
+                            wr += w[h.1];
+                        }
+                    }
+                    // A neighbourhood whose weights cancel to ≤ 0 has no density of that class.
+                    let (wg, wr) = (wg.max(0.0), wr.max(0.0));
+                    if wg + wr > 0.0 {
+                        wg / (wg + wr)
+                    } else {
+                        0.5
+                    }
+                }
+            };
         }
     }
-    let a = auc(&scores, &labels);
-    let (nf, mf) = (n as f64, m as f64);
+    let (a, (nf, mf)) = match (&weights, sizes) {
+        (Some(w), Some([ne, me])) => (auc_weighted(&scores, &labels, w), (ne, me)),
+        _ => (auc(&scores, &labels), (n as f64, m as f64)),
+    };
     let null_std = ((nf + mf + 1.0) / (12.0 * nf * mf)).sqrt();
     Ok(ClassifierTestResult {
         auc: a,
@@ -1203,6 +1363,8 @@ fn classifier_flat(r: &[f64], g: &[f64], dim: usize, config: &ClassifierConfig) 
         n_generated_used: m,
         k,
         folds,
+        n_eff_reference: sizes.map(|s| s[0]),
+        n_eff_generated: sizes.map(|s| s[1]),
     })
 }
 

@@ -23,6 +23,10 @@
 //!   histogram range is the reference's 0.1 %–99.9 % quantile range padded by
 //!   5 %; entries outside are counted in the title as overflow.
 //! * [`compare_2d`]: the same pull, per 2-D bin, clipped to ±5.
+//! * Weighted samples ([`four_panel_weighted`], [`compare_2d_weighted`]):
+//!   `nᵢ` becomes the bin's sum of weights, `N` the sample's, and the pull's
+//!   variance uses the sums of squared weights,
+//!   `(gᵢ/M − rᵢ/N) / √(g₂ᵢ/M² + r₂ᵢ/N²)` (`g₂ = g` unweighted).
 //! * [`likelihood_scan`]: the curve, its minimum and the level `min + 0.5`
 //!   (the 1σ crossing when the curve is `−ln L`).
 
@@ -189,10 +193,64 @@ fn histogram(values: &[f64], lo: f64, hi: f64, bins: usize) -> (Vec<f64>, usize)
     (counts, outside)
 }
 
-/// Pull `(g/M − r/N)/√(g/M² + r/N²)`; `None` if both counts are zero.
-fn pull(r: f64, g: f64, n: f64, m: f64) -> Option<f64> {
-    let var = g / (m * m) + r / (n * n);
+/// Pull of (weighted) bins `(g/M − r/N)/√(g₂/M² + r₂/N²)` with the sums of
+/// squared weights `r₂`, `g₂` (the counts for unweighted bins) and the
+/// totals `N`, `M` (sums of weights); `None` where the variance is zero.
+fn pull_weighted(r: f64, r2: f64, g: f64, g2: f64, n: f64, m: f64) -> Option<f64> {
+    let var = g2 / (m * m) + r2 / (n * n);
     (var > 0.0).then(|| (g / m - r / n) / var.sqrt())
+}
+
+/// Per-bin `Σw`, `Σw²` over `[lo, hi]` (as [`histogram`]), the values
+/// outside and the total weight of the finite values; unweighted values
+/// count 1 (and then the numbers are [`histogram`]'s).
+fn histogram_weighted(
+    values: &[f64],
+    weights: Option<&[f64]>,
+    lo: f64,
+    hi: f64,
+    bins: usize,
+) -> (Vec<f64>, Vec<f64>, usize, f64) {
+    let Some(w) = weights else {
+        let (c, out) = histogram(values, lo, hi, bins);
+        let n = values.iter().filter(|v| v.is_finite()).count() as f64;
+        return (c.clone(), c, out, n);
+    };
+    let (mut c, mut c2) = (vec![0.0; bins], vec![0.0; bins]);
+    let (mut outside, mut total) = (0, 0.0);
+    let width = (hi - lo) / bins as f64;
+    for (&v, &wi) in values.iter().zip(w).filter(|(v, _)| v.is_finite()) {
+        total += wi;
+        if v < lo || v > hi {
+            outside += 1;
+            continue;
+        }
+        let i = (((v - lo) / width) as usize).min(bins - 1);
+        c[i] += wi;
+        c2[i] += wi * wi;
+    }
+    (c, c2, outside, total)
+}
+
+/// `weights` (when given) has one finite entry per value; the sum of the
+/// weights of the finite values is positive.
+fn check_plot_weights(path: &Path, what: &str, values: &[f64], weights: Option<&[f64]>) -> Result<(), PlotError> {
+    let Some(w) = weights else { return Ok(()) };
+    if w.len() != values.len() {
+        return Err(invalid(path, format!("{what}: {} weights for {} values", w.len(), values.len())));
+    }
+    if w.iter().any(|v| !v.is_finite()) {
+        return Err(invalid(path, format!("{what}: non-finite weight")));
+    }
+    Ok(())
+}
+
+/// Sample caption: `N = 400` or, weighted, `N = 400, Σw = 12.3`.
+fn sample_size_text(n: usize, weights: Option<f64>) -> String {
+    match weights {
+        None => format!("N = {n}"),
+        Some(sw) => format!("N = {n}, Σw = {}", fmt_num(sw)),
+    }
 }
 
 /// Three significant digits, scientific notation outside `[1e-3, 1e5)`.
@@ -549,26 +607,52 @@ pub fn four_panel(
     generated: &[f64],
     bins: usize,
 ) -> Result<(), PlotError> {
+    four_panel_weighted(path, feature_name, reference, None, generated, None, bins)
+}
+
+/// [`four_panel`] with per-value weights of either sample (`None`:
+/// unweighted, and then exactly [`four_panel`]): weighted histograms
+/// `Σw/(W Δx)` and the pulls with the sums of squared weights,
+/// `(g/M − r/N)/√(g₂/M² + r₂/N²)` (`N`, `M` the sums of weights). The x range
+/// is the reference values' (unweighted) quantile range, the span of the
+/// events. Each weighted sample's weights must sum to a positive number.
+pub fn four_panel_weighted(
+    path: impl AsRef<Path>,
+    feature_name: &str,
+    reference: &[f64],
+    reference_weights: Option<&[f64]>,
+    generated: &[f64],
+    generated_weights: Option<&[f64]>,
+    bins: usize,
+) -> Result<(), PlotError> {
     let path = path.as_ref();
     if bins == 0 {
         return Err(invalid(path, "bins must be ≥ 1"));
     }
+    check_plot_weights(path, "reference", reference, reference_weights)?;
+    check_plot_weights(path, "generated", generated, generated_weights)?;
     let rs = sorted_finite(reference.iter().copied());
     let gs = sorted_finite(generated.iter().copied());
     if rs.is_empty() || gs.is_empty() {
         return Err(invalid(path, "both samples need at least one finite value"));
     }
     let (lo, hi) = panel_range(&rs);
-    let (rc, r_out) = histogram(&rs, lo, hi, bins);
-    let (gc, g_out) = histogram(&gs, lo, hi, bins);
-    let (n, m) = (rs.len() as f64, gs.len() as f64);
+    let (rc, rc2, r_out, n) = histogram_weighted(reference, reference_weights, lo, hi, bins);
+    let (gc, gc2, g_out, m) = histogram_weighted(generated, generated_weights, lo, hi, bins);
+    if !(n > 0.0 && m > 0.0) {
+        return Err(invalid(
+            path,
+            format!("the weights sum to {n} (reference) and {m} (generated); both must be positive"),
+        ));
+    }
     let w = (hi - lo) / bins as f64;
     let edge = |i: usize| lo + w * i as f64;
     let rd: Vec<f64> = rc.iter().map(|c| c / (n * w)).collect();
     let gd: Vec<f64> = gc.iter().map(|c| c / (m * w)).collect();
     let ymax = rd.iter().chain(&gd).fold(0.0f64, |a, &b| a.max(b)).max(1e-300) * 1.15;
-    let pulls: Vec<(f64, f64)> =
-        (0..bins).filter_map(|i| pull(rc[i], gc[i], n, m).map(|p| (edge(i) + 0.5 * w, p))).collect();
+    let pulls: Vec<(f64, f64)> = (0..bins)
+        .filter_map(|i| pull_weighted(rc[i], rc2[i], gc[i], gc2[i], n, m).map(|p| (edge(i) + 0.5 * w, p)))
+        .collect();
     let ndf = pulls.len().saturating_sub(1).max(1);
     let chi2_ndf = pulls.iter().map(|p| p.1 * p.1).sum::<f64>() / ndf as f64;
     let pmax = pulls.iter().fold(3.0f64, |a, p| a.max(p.1.abs() + 1.5)).min(50.0);
@@ -626,12 +710,12 @@ pub fn four_panel(
             };
         hist_panel(
             &panels[0],
-            format!("reference (N = {}, {} outside)", rs.len(), r_out),
+            format!("reference ({}, {} outside)", sample_size_text(rs.len(), reference_weights.map(|_| n)), r_out),
             &[(&rd, &rstep, REF_COLOR, "reference")],
         )?;
         hist_panel(
             &panels[1],
-            format!("generated (N = {}, {} outside)", gs.len(), g_out),
+            format!("generated ({}, {} outside)", sample_size_text(gs.len(), generated_weights.map(|_| m)), g_out),
             &[(&gd, &gstep, GEN_COLOR, "generated")],
         )?;
         hist_panel(
@@ -681,11 +765,40 @@ pub fn compare_2d(
     generated: &[[f64; 2]],
     names: [&str; 2],
 ) -> Result<(), PlotError> {
+    compare_2d_weighted(path, reference, None, generated, None, names)
+}
+
+/// [`compare_2d`] with per-event weights of either sample (`None`:
+/// unweighted, and then exactly [`compare_2d`]): cells of `Σw/W`, pulls with
+/// the sums of squared weights (as [`four_panel_weighted`]); cells with
+/// `Σw ≤ 0` are left white.
+pub fn compare_2d_weighted(
+    path: impl AsRef<Path>,
+    reference: &[[f64; 2]],
+    reference_weights: Option<&[f64]>,
+    generated: &[[f64; 2]],
+    generated_weights: Option<&[f64]>,
+    names: [&str; 2],
+) -> Result<(), PlotError> {
     let path = path.as_ref();
-    let finite = |v: &[[f64; 2]]| -> Vec<[f64; 2]> {
-        v.iter().filter(|p| p[0].is_finite() && p[1].is_finite()).copied().collect()
+    for (what, v, w) in [("reference", reference, reference_weights), ("generated", generated, generated_weights)] {
+        if let Some(w) = w {
+            if w.len() != v.len() || w.iter().any(|x| !x.is_finite()) {
+                return Err(invalid(
+                    path,
+                    format!("{what}: {} weights for {} events, all finite needed", w.len(), v.len()),
+                ));
+            }
+        }
+    }
+    let finite_w = |v: &[[f64; 2]], w: Option<&[f64]>| -> (Vec<[f64; 2]>, Option<Vec<f64>>) {
+        let keep = |p: &[f64; 2]| p[0].is_finite() && p[1].is_finite();
+        (
+            v.iter().filter(|p| keep(p)).copied().collect(),
+            w.map(|w| v.iter().zip(w).filter(|(p, _)| keep(p)).map(|(_, &x)| x).collect()),
+        )
     };
-    let (r, g) = (finite(reference), finite(generated));
+    let ((r, rw), (g, gw)) = (finite_w(reference, reference_weights), finite_w(generated, generated_weights));
     if r.is_empty() || g.is_empty() {
         return Err(invalid(path, "both samples need at least one finite event"));
     }
@@ -695,20 +808,31 @@ pub fn compare_2d(
     };
     let ((x0, x1), (y0, y1)) = (range(0), range(1));
     let (wx, wy) = ((x1 - x0) / BINS_2D as f64, (y1 - y0) / BINS_2D as f64);
-    let hist2 = |v: &[[f64; 2]]| -> Vec<f64> {
+    // Per cell Σw and Σw² (unweighted: the counts twice).
+    let hist2 = |v: &[[f64; 2]], w: Option<&[f64]>| -> (Vec<f64>, Vec<f64>) {
         let mut h = vec![0.0; BINS_2D * BINS_2D];
-        for p in v {
+        let mut h2 = vec![0.0; BINS_2D * BINS_2D];
+        for (k, p) in v.iter().enumerate() {
             if p[0] < x0 || p[0] > x1 || p[1] < y0 || p[1] > y1 {
                 continue;
             }
             let i = (((p[0] - x0) / wx) as usize).min(BINS_2D - 1);
             let j = (((p[1] - y0) / wy) as usize).min(BINS_2D - 1);
-            h[i * BINS_2D + j] += 1.0;
+            let wk = w.map_or(1.0, |w| w[k]);
+            h[i * BINS_2D + j] += wk;
+            h2[i * BINS_2D + j] += wk * wk;
         }
-        h
+        (h, h2)
     };
-    let (hr, hg) = (hist2(&r), hist2(&g));
-    let (n, m) = (r.len() as f64, g.len() as f64);
+    let ((hr, hr2), (hg, hg2)) = (hist2(&r, rw.as_deref()), hist2(&g, gw.as_deref()));
+    let total = |v: &[[f64; 2]], w: &Option<Vec<f64>>| w.as_ref().map_or(v.len() as f64, |w| w.iter().sum());
+    let (n, m) = (total(&r, &rw), total(&g, &gw));
+    if !(n > 0.0 && m > 0.0) {
+        return Err(invalid(
+            path,
+            format!("the weights sum to {n} (reference) and {m} (generated); both must be positive"),
+        ));
+    }
     let dmax = hr.iter().map(|c| c / n).chain(hg.iter().map(|c| c / m)).fold(0.0f64, f64::max).max(1e-300);
     let cell = |k: usize| {
         let (i, j) = (k / BINS_2D, k % BINS_2D);
@@ -717,8 +841,8 @@ pub fn compare_2d(
     render(path, (1950, 760), |root| {
         let panels = root.split_evenly((1, 3));
         let titles = [
-            format!("reference (N = {})", r.len()),
-            format!("generated (N = {})", g.len()),
+            format!("reference ({})", sample_size_text(r.len(), rw.as_ref().map(|_| n))),
+            format!("generated ({})", sample_size_text(g.len(), gw.as_ref().map(|_| m))),
             "pull (gen − ref)/σ, clipped ±5".to_string(),
         ];
         for (k, panel) in panels.iter().enumerate() {
@@ -741,7 +865,9 @@ pub fn compare_2d(
             let colors: Vec<Option<RGBColor>> = match k {
                 0 => hr.iter().map(|&c| (c > 0.0).then(|| viridis(c / n / dmax))).collect(),
                 1 => hg.iter().map(|&c| (c > 0.0).then(|| viridis(c / m / dmax))).collect(),
-                _ => hr.iter().zip(&hg).map(|(&a, &b)| pull(a, b, n, m).map(|p| diverging(p / 5.0))).collect(),
+                _ => (0..hr.len())
+                    .map(|k| pull_weighted(hr[k], hr2[k], hg[k], hg2[k], n, m).map(|p| diverging(p / 5.0)))
+                    .collect(),
             };
             c.draw_series(
                 colors

@@ -44,8 +44,25 @@
 //! two reference samples, and a label is *at the statistical floor* when for
 //! every feature `|Δ_gen| ≤ |Δ_floor| + 2 σ(Δ_gen)` (mean and width) and
 //! `AUC_gen ≤ AUC_floor + 3 σ_null(AUC)`.
+//!
+//! # Weighted references
+//!
+//! A reference (or second reference) with per-event weights
+//! ([`EventSet::weights`]) is compared as weighted everywhere: the weighted
+//! metrics of [`metrics`] (section *Weighted samples*: moments, quantiles,
+//! χ², KS, Wasserstein-1, the classifier with weighted votes and AUC, the
+//! pair χ²; the energy distance as a V-statistic without a p-value, in
+//! [`SampleMetrics::energy_weighted`]), weighted plots, and `TH1D`s filled
+//! with the weights in `histograms.root` (Σw² = sum of squared weights).
+//! Generated events are unweighted. `report.json` carries the
+//! [`WeightSummary`] of the reference ([`Report::reference_weights`]) and of
+//! each label's ([`SampleMetrics::reference_weights`]): Σw, n_eff and the
+//! fraction of negative weights; the text and HTML pages say so. Every label's
+//! reference weights must sum to a positive number.
 
-use super::metrics::{self, ClassifierTestResult, CompareConfig, Comparison, EnergyTestResult};
+use super::metrics::{
+    self, ClassifierTestResult, CompareConfig, Comparison, EnergyTestResult, WeightSummary, WeightedEnergyResult,
+};
 use super::plot_backend::PlotFormat;
 use super::plots::{self, PlotError};
 use crate::atomic::{replace_dir, sibling};
@@ -197,7 +214,11 @@ impl HeatMetric {
             HeatMetric::Ks => worst(&|c| Some(c.ks.statistic)),
             HeatMetric::Chi2Ndf => worst(&|c| Some(c.chi2.chi2_per_ndf)),
             HeatMetric::Wasserstein => worst(&|c| Some(c.wasserstein1_in_std)),
-            HeatMetric::Energy => m.energy.map_or(f64::NAN, |e| e.statistic),
+            HeatMetric::Energy => match (&m.energy, &m.energy_weighted) {
+                (Some(e), _) => e.statistic,
+                (None, Some(e)) => e.statistic,
+                (None, None) => f64::NAN,
+            },
         }
     }
 }
@@ -294,12 +315,23 @@ pub struct SampleMetrics {
     pub n_compared: usize,
     /// One-dimensional metrics per feature (features whose metrics failed are missing, see `errors`).
     pub features: Vec<Comparison>,
-    /// Energy-distance test on all features.
+    /// Energy-distance test on all features (neither sample weighted).
     pub energy: Option<EnergyTestResult>,
+    /// The weighted energy distance, without a p-value, where a sample is
+    /// weighted (see [`metrics::WeightedEnergyResult`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_weighted: Option<WeightedEnergyResult>,
     /// Classifier two-sample test on all features.
     pub classifier: Option<ClassifierTestResult>,
     /// Metrics that could not be computed, and why.
     pub errors: Vec<String>,
+    /// The reference's weights at this label, when weighted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_weights: Option<WeightSummary>,
+    /// The compared sample's weights at this label, when weighted (a
+    /// weighted second reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compared_weights: Option<WeightSummary>,
 }
 
 /// The worst deviations of one comparison, in the units of the goal.
@@ -391,21 +423,21 @@ const WORST_PAIRS: usize = 3;
 /// The [`WORST_PAIRS`] pairs of features with the largest 2-D χ²/ndf (none below three features).
 fn worst_pairs(
     names: &[String],
-    reference: &[Vec<f64>],
+    reference: Weighted<'_>,
     generated: &[Vec<f64>],
-    floor: Option<&Vec<Vec<f64>>>,
+    floor: Option<Weighted<'_>>,
 ) -> Vec<(usize, usize, PairDiscrepancy)> {
     let d = names.len();
     if d < 3 {
         return Vec::new();
     }
-    let chi = |a: &[Vec<f64>], i, j| {
-        crate::analysis::metrics::pair_chi2(reference, a, i, j, PAIR_BINS).ok().map(|c| c.chi2_per_ndf)
+    let chi = |a: Weighted<'_>, i, j| {
+        metrics::pair_chi2_weighted(reference.0, reference.1, a.0, a.1, i, j, PAIR_BINS).ok().map(|c| c.chi2_per_ndf)
     };
     let mut all: Vec<(usize, usize, PairDiscrepancy)> = (0..d)
         .flat_map(|i| (i + 1..d).map(move |j| (i, j)))
         .filter_map(|(i, j)| {
-            let c = chi(generated, i, j)?;
+            let c = chi((generated, None), i, j)?;
             let features = [names[i].clone(), names[j].clone()];
             Some((
                 i,
@@ -489,6 +521,13 @@ pub struct Report {
     /// Every histogram of `histograms.root` (see [`super::histograms`]).
     #[serde(default)]
     pub histograms: Vec<super::histograms::HistogramRecord>,
+    /// The reference's weights (all labels), when the reference is weighted:
+    /// every metric then uses them (see [`metrics`], *Weighted samples*).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_weights: Option<WeightSummary>,
+    /// The second reference's weights, when it is weighted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference2_weights: Option<WeightSummary>,
 }
 
 // ---------------------------------------------------------------------------
@@ -571,25 +610,81 @@ fn column(rows: &[Vec<f64>], j: usize) -> Vec<f64> {
     rows.iter().map(|r| r[j]).collect()
 }
 
+/// The weights of rows `idx` of `es` as f64, `None` when unweighted.
+fn weights_f64(es: &EventSet, idx: &[usize]) -> Option<Vec<f64>> {
+    es.weights.as_ref().map(|w| idx.iter().map(|&i| f64::from(w[i])).collect())
+}
+
+/// Rows of events with their weights (`None`: unweighted).
+type Weighted<'a> = (&'a [Vec<f64>], Option<&'a [f64]>);
+
+/// The [`WeightSummary`] of a weighted event set, `None` when unweighted.
+fn summary_of(es: &EventSet) -> Option<WeightSummary> {
+    es.weights.as_ref().map(|w| metrics::weight_summary(&w.iter().map(|&v| f64::from(v)).collect::<Vec<_>>()))
+}
+
+/// `reference weighted: Σw …, n_eff …, negative weights: …` for the text and HTML pages.
+fn weights_line(what: &str, w: &WeightSummary) -> String {
+    format!(
+        "{what} is weighted: {} events, Σw = {:.6}, n_eff = (Σw)²/Σw² = {:.1}, negative weights: {:.2} % of the events \
+         ({:.2} % of Σ|w|); every metric uses the weights (the energy distance without a p-value)",
+        w.events,
+        w.sum,
+        w.n_eff,
+        100.0 * w.negative_fraction,
+        100.0 * w.negative_weight_fraction
+    )
+}
+
 // ---------------------------------------------------------------------------
 // Metrics and verdicts
 // ---------------------------------------------------------------------------
 
-fn sample_metrics(names: &[String], reference: &[Vec<f64>], other: &[Vec<f64>], cfg: &CompareConfig) -> SampleMetrics {
+fn sample_metrics(
+    names: &[String],
+    reference: Weighted<'_>,
+    other: Weighted<'_>,
+    cfg: &CompareConfig,
+) -> SampleMetrics {
+    let ((reference, rw), (other, ow)) = (reference, other);
     let mut errors = Vec::new();
     let mut features = Vec::new();
     for (j, name) in names.iter().enumerate() {
-        match metrics::compare_feature(name, &column(reference, j), &column(other, j), cfg) {
+        match metrics::compare_feature_weighted(name, &column(reference, j), rw, &column(other, j), ow, cfg) {
             Ok(c) => features.push(c),
             Err(e) => errors.push(format!("{name}: {e}")),
         }
     }
-    let energy =
-        metrics::energy_test(reference, other, &cfg.energy).map_err(|e| errors.push(format!("energy test: {e}"))).ok();
-    let classifier = metrics::classifier_test(reference, other, &cfg.classifier)
-        .map_err(|e| errors.push(format!("classifier test: {e}")))
-        .ok();
-    SampleMetrics { n_reference: reference.len(), n_compared: other.len(), features, energy, classifier, errors }
+    let weighted = rw.is_some() || ow.is_some();
+    let (energy, energy_weighted) = if weighted {
+        let e = metrics::energy_test_weighted(reference, rw, other, ow, &cfg.energy)
+            .map_err(|e| errors.push(format!("energy distance: {e}")))
+            .ok();
+        (None, e)
+    } else {
+        let e = metrics::energy_test(reference, other, &cfg.energy)
+            .map_err(|e| errors.push(format!("energy test: {e}")))
+            .ok();
+        (e, None)
+    };
+    let classifier = if weighted {
+        metrics::classifier_test_weighted(reference, rw, other, ow, &cfg.classifier)
+    } else {
+        metrics::classifier_test(reference, other, &cfg.classifier)
+    }
+    .map_err(|e| errors.push(format!("classifier test: {e}")))
+    .ok();
+    SampleMetrics {
+        n_reference: reference.len(),
+        n_compared: other.len(),
+        features,
+        energy,
+        energy_weighted,
+        classifier,
+        errors,
+        reference_weights: rw.map(metrics::weight_summary),
+        compared_weights: ow.map(metrics::weight_summary),
+    }
 }
 
 /// Mean deviation of one feature: (value, uncertainty, relative?) with relative
@@ -858,6 +953,10 @@ pub fn analyze(opts: &AnalyzeOptions) -> Result<Report> {
     check_dims(&opts.reference, &model, "reference")?;
     if let Some(g) = &opts.generated {
         check_dims(g, &model, "generated")?;
+        if g.weights.is_some() {
+            warnings
+                .push("the generated events carry weights: ignored (generated events are compared unweighted)".into());
+        }
     }
     if let Some(r2) = &opts.reference2 {
         check_dims(r2, &model, "second reference")?;
@@ -891,6 +990,16 @@ pub fn analyze(opts: &AnalyzeOptions) -> Result<Report> {
                 fmt_label(l),
                 m.len()
             )));
+        }
+        if let Some(w) = weights_f64(&opts.reference, m) {
+            let sum: f64 = w.iter().sum();
+            if sum.is_nan() || sum <= 0.0 {
+                return Err(Error::Data(format!(
+                    "reference label {}: the weights of its {} events sum to {sum}; a positive sum is needed",
+                    fmt_label(l),
+                    m.len()
+                )));
+            }
         }
     }
     let labels: Vec<Vec<f32>> = ref_groups.iter().map(|(l, _)| l.clone()).collect();
@@ -972,8 +1081,12 @@ fn build(
         label: Vec<f32>,
         kind: LabelKind,
         reference: Vec<Vec<f64>>,
+        /// The reference's weights, when weighted.
+        ref_w: Option<Vec<f64>>,
         generated: Vec<Vec<f64>>,
         floor: Option<Vec<Vec<f64>>>,
+        /// The second reference's weights, when weighted.
+        floor_w: Option<Vec<f64>>,
         generated_here: bool,
         draws: Option<crate::generate::LabelDraws>,
     }
@@ -983,6 +1096,7 @@ fn build(
             || trained.is_some_and(|t| !t.iter().any(|x| same_label(x, label)));
         let kind = if held { LabelKind::Interpolation } else { LabelKind::Reproduction };
         let reference = rows_f64(&opts.reference, members);
+        let ref_w = weights_f64(&opts.reference, members);
         let (generated, generated_here, draws) = match (gen_groups, &opts.generated) {
             (Some(gg), Some(g)) => {
                 let m = find_group(gg, label)
@@ -1000,7 +1114,18 @@ fn build(
         };
         let floor = match (r2_groups, &opts.reference2) {
             (Some(rg), Some(r2)) => match find_group(rg, label) {
-                Some(m) if m.len() >= MIN_EVENTS_PER_LABEL => Some(rows_f64(r2, m)),
+                Some(m)
+                    if weights_f64(r2, m).is_some_and(|w| {
+                        w.iter().sum::<f64>().partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+                    }) =>
+                {
+                    warnings.push(format!(
+                        "second reference at {}: its weights sum to ≤ 0; no floor there",
+                        fmt_label(label)
+                    ));
+                    None
+                }
+                Some(m) if m.len() >= MIN_EVENTS_PER_LABEL => Some((rows_f64(r2, m), weights_f64(r2, m))),
                 Some(m) => {
                     warnings.push(format!(
                         "second reference at {}: only {} event(s); no floor there",
@@ -1016,15 +1141,31 @@ fn build(
             },
             _ => None,
         };
-        work.push(Work { label: label.clone(), kind, reference, generated, floor, generated_here, draws });
+        let (floor, floor_w) = match floor {
+            Some((rows, w)) => (Some(rows), w),
+            None => (None, None),
+        };
+        work.push(Work {
+            label: label.clone(),
+            kind,
+            reference,
+            ref_w,
+            generated,
+            floor,
+            floor_w,
+            generated_here,
+            draws,
+        });
     }
     // Held-out labels first, then training labels (each group in label order).
     work.sort_by_key(|w| w.kind != LabelKind::Interpolation);
 
     let mut labels = Vec::with_capacity(work.len());
     for w in &work {
-        let m = sample_metrics(&names, &w.reference, &w.generated, &opts.compare);
-        let f = w.floor.as_ref().map(|r2| sample_metrics(&names, &w.reference, r2, &opts.compare));
+        let reference: Weighted<'_> = (&w.reference, w.ref_w.as_deref());
+        let floor: Option<Weighted<'_>> = w.floor.as_deref().map(|r2| (r2, w.floor_w.as_deref()));
+        let m = sample_metrics(&names, reference, (&w.generated, None), &opts.compare);
+        let f = floor.map(|r2| sample_metrics(&names, reference, r2, &opts.compare));
         let extrapolation = outside(&w.label);
         let verdict = verdict(&w.label, w.kind, extrapolation, &m, f.as_ref(), &opts.goals);
         labels.push(LabelReport {
@@ -1037,10 +1178,7 @@ fn build(
             floor: f,
             verdict,
             plots: Vec::new(),
-            worst_pairs: worst_pairs(&names, &w.reference, &w.generated, w.floor.as_ref())
-                .into_iter()
-                .map(|(_, _, p)| p)
-                .collect(),
+            worst_pairs: worst_pairs(&names, reference, &w.generated, floor).into_iter().map(|(_, _, p)| p).collect(),
         });
     }
 
@@ -1159,11 +1297,13 @@ fn build(
     for (i, (lr, w)) in labels.iter_mut().zip(&work).enumerate().take(opts.max_plot_labels) {
         for (j, name) in names.iter().enumerate() {
             let file = format!("label{i:02}_{}.{ext}", safe_name(name));
-            let r = plots::four_panel(
+            let r = plots::four_panel_weighted(
                 pdir.join(&file),
                 name,
                 &column(&w.reference, j),
+                w.ref_w.as_deref(),
                 &column(&w.generated, j),
+                None,
                 opts.bins,
             );
             if plot_result(r, &mut warnings)? {
@@ -1191,7 +1331,15 @@ fn build(
             let pick = |r: &Vec<f64>| [r[a], r[b]];
             let rp: Vec<[f64; 2]> = w.reference.iter().map(pick).collect();
             let gp: Vec<[f64; 2]> = w.generated.iter().map(pick).collect();
-            if plot_result(plots::compare_2d(pdir.join(&file), &rp, &gp, [&names[a], &names[b]]), &mut warnings)? {
+            let r = plots::compare_2d_weighted(
+                pdir.join(&file),
+                &rp,
+                w.ref_w.as_deref(),
+                &gp,
+                None,
+                [&names[a], &names[b]],
+            );
+            if plot_result(r, &mut warnings)? {
                 lr.plots.push(rel(&file));
             }
         }
@@ -1204,12 +1352,12 @@ fn build(
             .map(|w| LabelSamples {
                 label: &w.label,
                 samples: [
-                    ("reference", Some(&w.reference)),
-                    ("generated", Some(&w.generated)),
-                    ("reference2", w.floor.as_ref()),
+                    ("reference", Some(&w.reference), w.ref_w.as_deref()),
+                    ("generated", Some(&w.generated), None),
+                    ("reference2", w.floor.as_ref(), w.floor_w.as_deref()),
                 ]
                 .into_iter()
-                .filter_map(|(s, rows)| Some((s, rows?.as_slice())))
+                .filter_map(|(s, rows, weights)| Some((s, rows?.as_slice(), weights)))
                 .collect(),
             })
             .collect();
@@ -1235,6 +1383,8 @@ fn build(
         heat_metric: opts.heat_metric,
         out: opts.out.display().to_string(),
         histograms,
+        reference_weights: summary_of(&opts.reference),
+        reference2_weights: opts.reference2.as_ref().and_then(summary_of),
     };
     let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Data(format!("report.json: {e}")))?;
     crate::atomic::write_synced(&dir.join(REPORT_JSON), &json)?;
@@ -1272,12 +1422,24 @@ fn feature_row(c: &Comparison) -> [String; 12] {
     ]
 }
 
+/// ` (weighted: Σw …, n_eff …)` of a label's reference, empty when unweighted.
+fn label_weights_note(m: &SampleMetrics) -> String {
+    m.reference_weights.map_or(String::new(), |w| {
+        format!(" (weighted: Σw {:.4}, n_eff {:.1}, {:.1} % negative)", w.sum, w.n_eff, 100.0 * w.negative_fraction)
+    })
+}
+
 fn multi_line(m: &SampleMetrics) -> String {
     let c = m.classifier.map_or("classifier n/a".into(), |c| {
         format!("classifier AUC {:.4} ± {:.4} (z {:+.1})", c.auc, c.auc_null_std, c.z_score)
     });
-    let e =
-        m.energy.map_or("energy n/a".into(), |e| format!("energy distance {:.3e} (p {:.3})", e.statistic, e.p_value));
+    let e = match (&m.energy, &m.energy_weighted) {
+        (Some(e), _) => format!("energy distance {:.3e} (p {:.3})", e.statistic, e.p_value),
+        (None, Some(e)) => {
+            format!("weighted energy distance {:.3e} (V-statistic; no p-value with weights)", e.statistic)
+        }
+        (None, None) => "energy n/a".into(),
+    };
     format!("{c}; {e}")
 }
 
@@ -1318,6 +1480,11 @@ fn render_text(r: &Report) -> String {
         r.goals.auc,
         r.goals.mean_in_std
     );
+    for (what, w) in [("reference", &r.reference_weights), ("second reference", &r.reference2_weights)] {
+        if let Some(w) = w {
+            let _ = writeln!(s, "{}", weights_line(what, w));
+        }
+    }
     let _ = writeln!(s);
     let _ = writeln!(s, "SUMMARY");
     let _ = writeln!(s, "  {}", r.interpolation.line);
@@ -1333,9 +1500,10 @@ fn render_text(r: &Report) -> String {
         for l in r.labels.iter().filter(|l| l.kind == kind) {
             let _ = writeln!(
                 s,
-                "\nlabel {} — {} reference / {} generated events{}",
+                "\nlabel {} — {} reference{} / {} generated events{}",
                 fmt_label(&l.label),
                 l.metrics.n_reference,
+                label_weights_note(&l.metrics),
                 l.metrics.n_compared,
                 if l.extrapolation { " — EXTRAPOLATION" } else { "" }
             );
@@ -1402,6 +1570,11 @@ fn render_html(r: &Report) -> String {
         r.goals.auc,
         r.goals.mean_in_std
     );
+    for (what, w) in [("reference", &r.reference_weights), ("second reference", &r.reference2_weights)] {
+        if let Some(w) = w {
+            let _ = writeln!(h, "<p>{}</p>", esc(&weights_line(what, w)));
+        }
+    }
     let _ = writeln!(
         h,
         "<h2>Summary</h2><ul><li>{}</li><li>{}</li></ul>",
@@ -1452,10 +1625,11 @@ fn render_html(r: &Report) -> String {
         for (i, l) in r.labels.iter().enumerate().filter(|(_, l)| l.kind == kind) {
             let _ = writeln!(
                 h,
-                "<h3 id=\"label{i}\">label {}{}</h3><p>{} reference / {} generated events{}{}</p>",
+                "<h3 id=\"label{i}\">label {}{}</h3><p>{} reference{} / {} generated events{}{}</p>",
                 esc(&fmt_label(&l.label)),
                 if l.extrapolation { " (extrapolation)" } else { "" },
                 l.metrics.n_reference,
+                esc(&label_weights_note(&l.metrics)),
                 l.metrics.n_compared,
                 if l.generated_here { " (generated for this report)" } else { "" },
                 esc(&l.draws.as_ref().map(draws_note).unwrap_or_default())

@@ -131,12 +131,23 @@ pub fn load_shard(cfg: &RunConfig, comm: &dyn Communicator) -> Result<(EventSet,
     if cfg.data.weight_smoothing > 1 {
         return load_shard_full(cfg, comm);
     }
+    let t0 = std::time::Instant::now();
     let index = agree(comm, training_index(cfg))?;
     let groups = crate::data::group_labels(&index.labels);
     let plan = shard_plan(cfg, comm, &groups, index.len(), index.labels.ncols())?;
     let rows = local_rows(&plan, &groups);
+    let t1 = std::time::Instant::now();
     let mut local = agree(comm, index.read(&rows))?;
     local.weights = index.weights.as_ref().map(|w| w.select(ndarray::Axis(0), &rows));
+    tracing::info!(
+        rank = comm.rank(),
+        events = index.len(),
+        local_events = local.len(),
+        index_seconds = format!("{:.2}", (t1 - t0).as_secs_f64()),
+        read_seconds = format!("{:.2}", t1.elapsed().as_secs_f64()),
+        peak_rss_mib = format!("{:.0}", crate::resources::peak_rss_mib()),
+        "input indexed and this rank's shard read"
+    );
     Ok((local, plan))
 }
 

@@ -619,7 +619,7 @@ struct FitArgs {
 }
 
 fn fit(a: &FitArgs) -> Result<()> {
-    use fedhex::analysis::fit::{fit_label, FitOptions};
+    use fedhex::analysis::fit::{fit_label_weighted, FitOptions};
     let dev = fedhex::device::resolve(fedhex::device::parse_device(&a.device)?, 0)?;
     let model = Model::load(&a.model, dev)?;
     // ROOT: label branches are optional in observed data; read them only when grouping.
@@ -663,12 +663,14 @@ fn fit(a: &FitArgs) -> Result<()> {
             seed: a.seed,
             ..Default::default()
         };
-        let r = fit_label(&model, sel.samples.view(), &opts)?;
+        // Weighted events (a .npz `weights` array or `[data.root] weight`): the weighted NLL and the sandwich covariance.
+        let r = fit_label_weighted(&model, sel.samples.view(), sel.weights.as_ref().map(|w| w.view()), &opts)?;
         let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.6}")).collect::<Vec<_>>().join(", ");
         println!(
-            "{}{} events: best ({}) ± ({}), NLL {:.4}{}",
+            "{}{} events{}: best ({}) ± ({}), NLL {:.4}{}",
             label.as_ref().map_or(String::new(), |l| format!("label {l:?}: ")),
             r.n_events,
+            r.weights.map_or(String::new(), |w| format!(" (weighted: Σw {:.4}, n_eff {:.1})", w.sum, w.n_eff)),
             fmt(&r.best),
             fmt(&r.uncertainty),
             r.nll,

@@ -236,29 +236,29 @@ impl EventSet {
 /// by label, members ascending: [`EventSet::label_groups`] of labels alone
 /// (a shard-local read groups its index before it reads any feature).
 pub fn group_labels(labels: &Array2<f32>) -> LabelGroups {
-    {
-        let mut keyed: Vec<(Vec<u32>, usize)> = labels
-            .rows()
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| (r.iter().map(|v| total_key(*v)).collect(), i))
-            .collect();
-        keyed.sort();
-        let mut out: Vec<Vec<f32>> = Vec::new();
-        let mut members: Vec<Vec<usize>> = Vec::new();
-        let mut last: Option<&Vec<u32>> = None;
-        for (key, i) in &keyed {
-            if last != Some(key) {
-                out.push(labels.row(*i).to_vec());
-                members.push(Vec::new());
-                last = Some(key);
-            }
-            if let Some(m) = members.last_mut() {
-                m.push(*i);
-            }
+    // Flat keys and a sort of indices: ~20 bytes per event beside the labels
+    // (a key vector per event cost ~80, the largest transient of loading).
+    let (n, l) = labels.dim();
+    let keys: Vec<u32> = labels.iter().map(|v| total_key(*v)).collect();
+    let key = |i: usize| &keys[i * l..(i + 1) * l];
+    let mut order: Vec<usize> = (0..n).collect();
+    // Ties keep index order: the groups' members stay ascending.
+    order.sort_by(|&a, &b| key(a).cmp(key(b)).then(a.cmp(&b)));
+    let mut out: Vec<Vec<f32>> = Vec::new();
+    let mut members: Vec<Vec<usize>> = Vec::new();
+    let mut last: Option<&[u32]> = None;
+    for &i in &order {
+        let k = key(i);
+        if last != Some(k) {
+            out.push(labels.row(i).to_vec());
+            members.push(Vec::new());
+            last = Some(k);
         }
-        LabelGroups { labels: out, members }
+        if let Some(m) = members.last_mut() {
+            m.push(i);
+        }
     }
+    LabelGroups { labels: out, members }
 }
 
 /// Order-preserving integer key of a float (sorts like `f32::total_cmp`).
