@@ -4,7 +4,8 @@
 //! network (the same with `affine_spline` blocks and learned LU mixing) on
 //! the CPU with 1 and 2 intra-op threads, through the hand-written CPU pass
 //! where it applies (as training does). Throughput is reported in events
-//! (elements) per second. Run: `make bench`.
+//! (elements) per second; and what the stall watchdog's progress marks add
+//! to a collective (`collective/*`). Run: `make bench`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fedhex::bench::train_step;
@@ -52,9 +53,26 @@ fn flow_benches(c: &mut Criterion) {
     }
 }
 
+/// What the stall watchdog adds to every collective: the progress marks
+/// [`fedhex::comm::progress::Watched`] records around it (two clock reads,
+/// four relaxed atomic stores), measured around the single-process
+/// all-reduce of the reference network's packet (which does nothing), so the
+/// difference is the wrapper alone.
+fn comm_benches(c: &mut Criterion) {
+    use fedhex::comm::progress::{Progress, Watched};
+    use fedhex::comm::{Communicator, SingleProcess};
+    let mut buf = vec![0f32; 20_000];
+    let plain: &dyn Communicator = &SingleProcess;
+    let watched = Watched::new(&SingleProcess, Progress::new());
+    let mut g = c.benchmark_group("collective");
+    g.bench_function("allreduce_single_process", |b| b.iter(|| plain.allreduce_sum_f32(&mut buf)));
+    g.bench_function("allreduce_single_process_watched", |b| b.iter(|| watched.allreduce_sum_f32(&mut buf)));
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(4));
-    targets = flow_benches
+    targets = flow_benches, comm_benches
 }
 criterion_main!(benches);

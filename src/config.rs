@@ -43,7 +43,19 @@ pub struct ControlConfig {
     /// PEM certificate of the CA that signed `tls_cert`, recorded in control.json for clients
     /// (empty: `tls_cert` itself).
     pub tls_ca: PathBuf,
+    /// Seconds without progress after which a rank that holds the run up is reported
+    /// stalled (`fedhex-ctl status` and `watch`, rank 0's log); at least 5.
+    pub stall_seconds: f64,
 }
+
+/// The default of `control.stall_seconds`: longer than any healthy pause of a
+/// run (a validation pass, a checkpoint), short enough to be noticed.
+pub const DEFAULT_STALL_SECONDS: f64 = 300.0;
+
+/// The smallest `control.stall_seconds` and `training.step_timeout`: time for
+/// a few heartbeats, so a silent rank is told from a live one
+/// ([`crate::comm::heartbeat`] deems a rank silent after 3 s).
+pub const MIN_WATCH_SECONDS: f64 = 5.0;
 
 impl Default for ControlConfig {
     fn default() -> Self {
@@ -53,6 +65,7 @@ impl Default for ControlConfig {
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             tls_ca: PathBuf::new(),
+            stall_seconds: DEFAULT_STALL_SECONDS,
         }
     }
 }
@@ -257,6 +270,11 @@ pub struct TrainingConfig {
     /// Cap on the mean gradient's norm as a multiple of the running average of recent
     /// norms (0: none); adapts to any model's and data set's gradient scale.
     pub clip_grad_relative: f64,
+    /// Seconds a rank may wait in a collective during training (in practice the per-step
+    /// all-reduce) before the job is aborted, naming the rank that holds it up (0: off, the
+    /// default; else at least 5). Several ranks only; must exceed the longest checkpoint
+    /// write and validation pass.
+    pub step_timeout: f64,
 }
 
 /// Whether a run continues from an existing checkpoint.
@@ -293,6 +311,7 @@ impl Default for TrainingConfig {
             clip_grad_norm: 0.0,
             clip_grad_relative: 10.0,
             early_stopping_patience: 0,
+            step_timeout: 0.0,
         }
     }
 }
@@ -408,6 +427,12 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("training.adam_beta2", "Adam beta2"),
     ("training.adam_eps", "Adam epsilon"),
     ("training.resume", "never, or auto: continue from the newest complete checkpoint in the run directory"),
+    (
+        "training.step_timeout",
+        "seconds a rank may wait in a collective while training (the per-step all-reduce) before the job aborts, \
+         naming the rank that holds it up and its host (0: off; else >= 5, above the longest checkpoint write; \
+         several ranks only)",
+    ),
     ("outputs.run_dir", "run directory: model/, history.csv, config.toml, checkpoints/"),
     ("outputs.progress", "show a progress bar when attached to a terminal"),
     ("outputs.checkpoint_every", "checkpoint every this many epochs (0: only at the end and on request)"),
@@ -416,6 +441,11 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ("control.tls_cert", "PEM certificate for TLS (rustls); empty = plaintext"),
     ("control.tls_key", "PEM private key for TLS"),
     ("control.tls_ca", "PEM certificate of the CA clients should trust (empty: tls_cert)"),
+    (
+        "control.stall_seconds",
+        "seconds without progress after which a rank that holds the run up is reported stalled \
+         (fedhex-ctl status/watch, rank 0's log); >= 5",
+    ),
     ("outputs.keep_checkpoints", "checkpoints kept: the newest this many plus the best by validation loss"),
 ];
 
@@ -591,6 +621,17 @@ impl RunConfig {
             return bad("training.adam_beta1/beta2 must be in [0, 1) and adam_eps > 0".into());
         }
         crate::device::parse_device(&t.device)?;
+        let min = MIN_WATCH_SECONDS;
+        if !(t.step_timeout == 0.0 || (t.step_timeout >= min && t.step_timeout.is_finite())) {
+            return bad(format!(
+                "training.step_timeout must be 0 (off) or at least {min} seconds, got {}",
+                t.step_timeout
+            ));
+        }
+        let stall = self.control.stall_seconds;
+        if !(stall >= min && stall.is_finite()) {
+            return bad(format!("control.stall_seconds must be at least {min} seconds, got {stall}"));
+        }
         Ok(())
     }
 }

@@ -7,7 +7,8 @@
 //! - [`config`]: the run configuration (TOML), defaults and `--set` overrides.
 //! - [`data`]: [`data::EventSet`], readers/writers, generators, whitening.
 //! - [`flow`]: the conditional MAF in tch and the self-describing model file.
-//! - [`comm`]: the [`comm::Communicator`] trait between training ranks.
+//! - [`comm`]: the [`comm::Communicator`] trait between training ranks, and
+//!   the stall watchdog (progress marks, heartbeat files, step timeout).
 //! - [`train`]: shard plan, schedule, Adam with saveable state, the driver.
 //! - [`device`]: device and thread selection; [`resources`]: memory and CPU use of this process.
 //! - [`app`]: the composition root: a whole run with its input, control plane, signals.

@@ -48,4 +48,22 @@ fn unknown_keys_and_bad_values_are_errors_naming_them() {
     assert!(e.contains("tpu"), "{e}");
     let e = RunConfig::from_toml("", &["network".into()], "t").unwrap_err().to_string();
     assert!(e.contains("section.key=value"), "{e}");
+    for bad in ["training.step_timeout=2", "training.step_timeout=-1", "training.step_timeout=nan"] {
+        let e = RunConfig::from_toml("", &[bad.into()], "t").unwrap_err().to_string();
+        assert!(e.contains("training.step_timeout must be 0 (off) or at least 5"), "{bad}: {e}");
+    }
+    for bad in ["control.stall_seconds=0", "control.stall_seconds=inf"] {
+        let e = RunConfig::from_toml("", &[bad.into()], "t").unwrap_err().to_string();
+        assert!(e.contains("control.stall_seconds must be at least 5"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn the_stall_keys_default_to_a_report_after_five_minutes_and_no_timeout() {
+    let cfg = RunConfig::default();
+    assert_eq!((cfg.control.stall_seconds, cfg.training.step_timeout), (300.0, 0.0));
+    // Whole numbers are seconds too.
+    let cfg =
+        RunConfig::from_toml("[training]\nstep_timeout = 600\n[control]\nstall_seconds = 60\n", &[], "t").unwrap();
+    assert_eq!((cfg.control.stall_seconds, cfg.training.step_timeout), (60.0, 600.0));
 }

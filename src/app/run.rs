@@ -5,10 +5,12 @@
 //! write the final model (rank 0). The composition root: it uses `train` and
 //! `control`, neither of which knows the other's wiring.
 
+use crate::comm::heartbeat::{BeforeAbort, Diagnosis, Report, Watchdog, WatchdogConfig};
+use crate::comm::progress::{unix_ms, Activity, Progress, Watched};
 use crate::comm::{agree, check_same, local_rank, local_size, Communicator};
 use crate::config::{Resume, RunConfig};
 use crate::control::grpc::ControlServer;
-use crate::control::{ControlObserver, ControlState, RankInfo};
+use crate::control::{ControlObserver, ControlState, RankActivity, RankInfo};
 use crate::data::input::InputIndex;
 use crate::data::npy::read_npz;
 use crate::data::EventSet;
@@ -54,6 +56,22 @@ impl Observer for Fanout {
     }
 }
 
+/// Tells this rank's [`Progress`] about steps and checkpoints (every rank),
+/// for the stall watchdog: two atomic stores per step.
+struct ProgressObserver(Arc<Progress>);
+
+impl Observer for ProgressObserver {
+    fn on_step(&self, _e: usize, _s: usize, _n: usize, global_step: u64, _l: f64) {
+        self.0.step_done(global_step);
+    }
+    fn on_checkpoint_start(&self) {
+        self.0.set_activity(Activity::Checkpoint);
+    }
+    fn on_checkpoint(&self, _s: &checkpoint::TrainState, _p: &std::path::Path) {
+        self.0.set_activity(Activity::Training);
+    }
+}
+
 /// Collects every rank's host, device and threads on rank 0 (once, at start).
 fn rank_infos(comm: &dyn Communicator, device: tch::Device, threads: usize) -> Result<Vec<RankInfo>> {
     let (dev, mem) = match device {
@@ -64,8 +82,13 @@ fn rank_infos(comm: &dyn Communicator, device: tch::Device, threads: usize) -> R
             ("cpu".to_string(), sys.total_memory())
         }
     };
-    let mine =
-        serde_json::json!({"host": crate::control::grpc::host_name(), "device": dev, "mem": mem, "threads": threads});
+    let mine = serde_json::json!({
+        "host": crate::control::grpc::host_name(),
+        "device": dev,
+        "mem": mem,
+        "threads": threads,
+        "pid": std::process::id(),
+    });
     let mut out = Vec::with_capacity(comm.size());
     for r in 0..comm.size() {
         let mut buf = if r == comm.rank() { mine.to_string().into_bytes() } else { Vec::new() };
@@ -77,6 +100,8 @@ fn rank_infos(comm: &dyn Communicator, device: tch::Device, threads: usize) -> R
             device: v["device"].as_str().unwrap_or("?").into(),
             device_memory_bytes: v["mem"].as_u64().unwrap_or(0),
             threads: v["threads"].as_u64().unwrap_or(0) as u32,
+            pid: v["pid"].as_u64().unwrap_or(0) as u32,
+            seconds_since_progress: f64::NAN,
             ..Default::default()
         });
     }
@@ -184,9 +209,79 @@ fn local_rows(plan: &ShardPlan, groups: &LabelGroups) -> Vec<usize> {
     plan.local_rows().into_iter().flat_map(|(g, lo, hi)| groups.members[g][lo..hi].iter().copied()).collect()
 }
 
+/// An identifier of this start of a run, the same on every rank (rank 0's
+/// pid and clock): heartbeats of an earlier start are told apart by it.
+fn job_id(comm: &dyn Communicator) -> Result<String> {
+    let mut id = if comm.is_root() { format!("{}-{}", std::process::id(), unix_ms()).into_bytes() } else { vec![] };
+    comm.broadcast_bytes(0, &mut id)?;
+    Ok(String::from_utf8_lossy(&id).into_owned())
+}
+
+/// Starts this rank's stall watchdog ([`crate::comm::heartbeat`]) where it
+/// has work: heartbeats with several ranks (for the control plane's stall
+/// report or the step timeout), the report on rank 0 with a control plane.
+fn start_watchdog(
+    cfg: &RunConfig,
+    comm: &dyn Communicator,
+    progress: &Arc<Progress>,
+    job: String,
+    ranks: &[RankInfo],
+    server: Option<&ControlServer>,
+) -> Result<Option<Watchdog>> {
+    let several = comm.size() > 1;
+    let step_timeout = (several && cfg.training.step_timeout > 0.0).then_some(cfg.training.step_timeout);
+    let write_beats = several && (cfg.control.enabled || step_timeout.is_some());
+    let report = server.map(|s| {
+        let state = s.state().clone();
+        state.set_stall_seconds(cfg.control.stall_seconds);
+        Box::new(move |d: &Diagnosis| {
+            let ranks: Vec<RankActivity> = d
+                .ranks
+                .iter()
+                .map(|r| RankActivity {
+                    rank: r.rank,
+                    pid: r.pid,
+                    seconds_since_progress: r.seconds_since_progress,
+                    activity: r.activity(),
+                    holds_up: r.holds_up,
+                })
+                .collect();
+            state.report_progress(&ranks, &d.summary());
+        }) as Report
+    });
+    if !write_beats && report.is_none() {
+        return Ok(None);
+    }
+    let before_abort = server.map(|s| {
+        let failure = s.failure();
+        Box::new(move |m: &str| failure.fail(m)) as BeforeAbort
+    });
+    let ckpt_dir = cfg.outputs.run_dir.join("checkpoints");
+    let watchdog = WatchdogConfig {
+        run_dir: cfg.outputs.run_dir.clone(),
+        job,
+        rank: comm.rank(),
+        size: comm.size(),
+        host: crate::control::grpc::host_name(),
+        hosts: ranks.iter().map(|r| r.host.clone()).collect(),
+        write_beats,
+        step_timeout,
+        stall_seconds: cfg.control.stall_seconds,
+        abort: comm.aborter(),
+        abort_hint: format!("the newest complete checkpoint in {} continues the run (--resume)", ckpt_dir.display()),
+        report,
+        before_abort,
+    };
+    Watchdog::start(watchdog, progress.clone()).map(Some)
+}
+
 /// Runs training as configured; rank 0 writes `model/`, `history.csv` and
 /// `config.toml` into the run directory at the end.
 pub fn run(cfg: &RunConfig, comm: &dyn Communicator, opts: RunOptions) -> Result<TrainOutcome> {
+    // Every collective from here on is counted for the stall watchdog.
+    let progress = Progress::new();
+    let watched = Watched::new(comm, progress.clone());
+    let comm: &dyn Communicator = &watched;
     check_same(comm, "configuration", cfg.to_toml()?.as_bytes())?;
     let run_dir = cfg.outputs.run_dir.clone();
     let prepared = (|| -> Result<_> {
@@ -229,6 +324,7 @@ pub fn run(cfg: &RunConfig, comm: &dyn Communicator, opts: RunOptions) -> Result
     };
     agree(comm, made_dir)?;
     let ranks = if cfg.control.enabled { rank_infos(comm, device, threads)? } else { vec![] };
+    let job = job_id(comm)?;
     let server = if cfg.control.enabled && comm.is_root() {
         let run_id = format!(
             "{}-{}",
@@ -237,7 +333,7 @@ pub fn run(cfg: &RunConfig, comm: &dyn Communicator, opts: RunOptions) -> Result
         );
         let state =
             ControlState::new(run_id, cfg.training.epochs, comm.size(), cfg.training.batch_size, opts.controls.clone());
-        state.set_ranks(ranks);
+        state.set_ranks(ranks.clone());
         let tls = (!cfg.control.tls_cert.as_os_str().is_empty()).then(|| crate::control::grpc::Tls {
             cert: cfg.control.tls_cert.clone(),
             key: cfg.control.tls_key.clone(),
@@ -254,7 +350,12 @@ pub fn run(cfg: &RunConfig, comm: &dyn Communicator, opts: RunOptions) -> Result
         None
     };
     let server = agree(comm, server.transpose())?;
-    let result = run_with(cfg, comm, opts, device, (local, plan), server.as_ref().map(|s| s.state().clone()));
+    let watchdog = agree(comm, start_watchdog(cfg, comm, &progress, job, &ranks, server.as_ref()))?;
+    let control = server.as_ref().map(|s| s.state().clone());
+    let result = run_with(cfg, comm, opts, device, (local, plan), control, &progress);
+    if let Some(w) = watchdog {
+        w.finish();
+    }
     if let Some(s) = server {
         match &result {
             Ok(o) => s.finish(true, Some(format!("{:?}", o.finish))),
@@ -271,6 +372,7 @@ fn run_with(
     device: tch::Device,
     (local, plan): (EventSet, ShardPlan),
     control: Option<Arc<ControlState>>,
+    progress: &Arc<Progress>,
 ) -> Result<TrainOutcome> {
     let run_dir = cfg.outputs.run_dir.clone();
     let ckpt_dir = run_dir.join("checkpoints");
@@ -306,6 +408,7 @@ fn run_with(
         None
     };
     let mut observers: Vec<Arc<dyn Observer>> = opts.observer.into_iter().collect();
+    observers.push(Arc::new(ProgressObserver(progress.clone())));
     if let Some(state) = control {
         observers.push(Arc::new(ControlObserver(state)));
     }
@@ -321,7 +424,14 @@ fn run_with(
         resume: loaded,
         gather_rank_facts: cfg.control.enabled,
     };
-    let outcome = agree(comm, train(cfg, local, &plan, comm, device, hooks))?;
+    // The step timeout applies while training: reading input and writing the
+    // model may keep ranks apart for longer.
+    progress.set_activity(Activity::Training);
+    progress.arm(true);
+    let trained = train(cfg, local, &plan, comm, device, hooks);
+    progress.arm(false);
+    progress.set_activity(Activity::Finishing);
+    let outcome = agree(comm, trained)?;
     if comm.is_root() {
         let cfg_path = run_dir.join("config.toml");
         std::fs::write(&cfg_path, cfg.to_toml()?).map_err(|e| Error::io(&cfg_path, e))?;

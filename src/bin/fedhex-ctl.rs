@@ -93,7 +93,7 @@ fn dur(s: f64) -> String {
     if !s.is_finite() || s < 0.0 {
         return "?".into();
     }
-    let s = s as u64;
+    let s = s.round() as u64;
     match s {
         0..=59 => format!("{s}s"),
         60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
@@ -103,19 +103,23 @@ fn dur(s: f64) -> String {
 
 fn print_ranks(st: &pb::StatusReply) {
     println!(
-        "  {:>4}  {:<20} {:<8} {:>10} {:>7} {:>12} {:>7}",
-        "rank", "host", "device", "rss MiB", "cpu %", "last step ms", "threads"
+        "  {:>4}  {:<20} {:>8} {:<8} {:>10} {:>7} {:>12} {:>7} {:>9}  activity",
+        "rank", "host", "pid", "device", "rss MiB", "cpu %", "last step ms", "threads", "idle"
     );
     for r in &st.ranks {
         println!(
-            "  {:>4}  {:<20} {:<8} {:>10.0} {:>7.0} {:>12.1} {:>7}",
+            "  {:>4}  {:<20} {:>8} {:<8} {:>10.0} {:>7.0} {:>12.1} {:>7} {:>9}  {}{}",
             r.rank,
             r.host,
+            r.pid,
             r.device,
             r.rss_bytes as f64 / 1048576.0,
             r.cpu_percent,
             1000.0 * r.last_step_seconds,
-            r.threads
+            r.threads,
+            dur(r.seconds_since_progress),
+            if r.stalled { "STALLED: " } else { "" },
+            r.activity
         );
     }
 }
@@ -137,6 +141,9 @@ fn print_status(st: &pb::StatusReply) {
     }
     if !st.message.is_empty() {
         println!("message     {}", st.message);
+    }
+    if !st.stall.is_empty() {
+        println!("stall       {} (no progress for {} or more)", st.stall, dur(st.stall_seconds));
     }
     println!("ranks       {}", st.world_size);
     print_ranks(st);
@@ -160,7 +167,39 @@ fn event_line(ev: &pb::Event) -> Option<String> {
         ),
         Kind::Checkpoint(c) => format!("ckpt   epoch {} step {}: {}", c.epoch, c.step_in_epoch, c.path),
         Kind::State(s) => format!("state  {}", state_name(*s)),
+        Kind::Stall(s) if s.cleared => format!("stall  rank {} ({}) moves again", s.rank, s.host),
+        Kind::Stall(s) => {
+            format!("stall  rank {} ({}) no progress for {}: {}", s.rank, s.host, dur(s.seconds), s.message)
+        }
     })
+}
+
+/// When rank 0 does not answer: what the ranks' heartbeat files in the run
+/// directory tell (rank 0 itself may be the stalled one).
+fn heartbeat_diagnosis(run: &std::path::Path) -> Option<String> {
+    use fedhex::comm::heartbeat;
+    let beats = heartbeat::read_newest_job(&run.join(heartbeat::DIR))?;
+    let now = fedhex::comm::progress::unix_ms();
+    let d = heartbeat::diagnose(None, &beats, &[], now, now);
+    let mut lines = vec!["the ranks' heartbeats (RUN_DIR/heartbeat) say:".to_string()];
+    for r in &d.ranks {
+        let seen = beats[r.rank].as_ref().map_or("no heartbeat".to_string(), |b| {
+            format!("last heartbeat {} ago", dur(now.saturating_sub(b.beat_ms) as f64 / 1000.0))
+        });
+        lines.push(format!(
+            "  rank {} (host {}, pid {}): {}, idle {}, {seen}",
+            r.rank,
+            r.host,
+            r.pid,
+            r.activity(),
+            dur(r.seconds_since_progress)
+        ));
+    }
+    let summary = d.summary();
+    if !summary.is_empty() {
+        lines.push(format!("  {summary}"));
+    }
+    Some(lines.join("\n"))
 }
 
 /// Prints a control-plane message as JSON (its serde form, from the proto).
@@ -247,8 +286,16 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let run_dir = cli.run.clone();
+    let explicit = cli.endpoint.is_some();
     if let Err(e) = rt.block_on(run(cli)) {
         eprintln!("error: {e}");
+        // Rank 0 (the server) may be the rank that stalls: the heartbeats still tell.
+        if matches!(e, CtlError::Unreachable(_) | CtlError::Other(_)) && !explicit {
+            if let Some(d) = heartbeat_diagnosis(&run_dir) {
+                eprintln!("{d}");
+            }
+        }
         std::process::exit(e.exit_code());
     }
 }

@@ -6,8 +6,10 @@
 
 use crate::error::{Error, Result};
 
+pub mod heartbeat;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub mod progress;
 
 /// Collective operations the trainer needs. Buffers are host memory.
 pub trait Communicator {
@@ -42,10 +44,21 @@ pub trait Communicator {
     /// Ends the whole job with `code`; used on a fatal error so no rank is left
     /// waiting in a collective.
     fn abort(&self, code: i32) -> !;
+    /// A function that ends the whole job with `code` from any thread (the
+    /// step-timeout watchdog's; [`Communicator::abort`] needs `&self`, which
+    /// may not leave the training thread). The default ends this process.
+    fn aborter(&self) -> fn(i32) -> ! {
+        exit_process
+    }
     /// Whether this rank coordinates (writes checkpoints, serves control).
     fn is_root(&self) -> bool {
         self.rank() == 0
     }
+}
+
+/// Ends this process with `code` (the single-process [`Communicator::aborter`]).
+pub fn exit_process(code: i32) -> ! {
+    std::process::exit(code)
 }
 
 /// Makes a fallible, rank-local result collective: if any rank failed, every

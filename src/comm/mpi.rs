@@ -100,4 +100,24 @@ impl Communicator for MpiComm {
     fn abort(&self, code: i32) -> ! {
         self.world.abort(code)
     }
+
+    fn aborter(&self) -> fn(i32) -> ! {
+        abort_world
+    }
+}
+
+/// `MPI_Abort` on `MPI_COMM_WORLD`, from any thread. MPI runs
+/// `MPI_THREAD_FUNNELED`, and this is the one call made off the training
+/// thread: the step-timeout watchdog makes it when the training thread is
+/// blocked in a collective and the job is to end anyway; Open MPI carries
+/// it out through its runtime (the launcher kills every rank). Should it not
+/// return within 20 s, the process exits by itself, which the launcher also
+/// treats as the job's failure.
+fn abort_world(code: i32) -> ! {
+    let _ = std::thread::Builder::new().name("fedhex-abort".into()).spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(20));
+        // SAFETY: _exit ends the process at once; nothing is shared with it.
+        unsafe { libc::_exit(code) }
+    });
+    SimpleCommunicator::world().abort(code)
 }

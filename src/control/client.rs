@@ -47,6 +47,11 @@ impl CtlError {
                 CtlError::Unauthenticated(format!("{endpoint}: unauthenticated: {}", s.message()))
             }
             tonic::Code::Unavailable => CtlError::Unreachable(format!("{endpoint}: unreachable: {}", s.message())),
+            // The request timed out: the connection was accepted (by the kernel) but
+            // nobody answered, as when rank 0 is stopped or hung.
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+                CtlError::Unreachable(format!("{endpoint}: no answer ({}); rank 0 may be stopped or hung", s.message()))
+            }
             tonic::Code::FailedPrecondition => CtlError::Finished(format!("{endpoint}: {}", s.message())),
             _ => CtlError::Other(format!("{endpoint}: {}: {}", s.code(), s.message())),
         }

@@ -312,6 +312,13 @@ impl ControlServer {
         &self.state
     }
 
+    /// A handle that marks the run failed from another thread: the step
+    /// timeout's watchdog uses it right before it aborts the job, so
+    /// watchers and `control.json` tell why the run ended.
+    pub fn failure(&self) -> Failure {
+        Failure { state: self.state.clone(), file: self.file.clone(), file_path: self.file_path.clone() }
+    }
+
     /// Marks the run ended (watchers get the final state), records it in
     /// `control.json`, and stops the server.
     pub fn finish(mut self, ok: bool, message: Option<String>) {
@@ -332,6 +339,30 @@ impl ControlServer {
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// Marks a run failed without stopping its server (see [`ControlServer::failure`]).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    state: Arc<ControlState>,
+    file: ControlFile,
+    file_path: PathBuf,
+}
+
+impl Failure {
+    /// Sets the phase to failed with `message` (watchers get it) and records
+    /// the end in `control.json`.
+    pub fn fail(&self, message: &str) {
+        self.state.set_phase(Phase::Failed, Some(message.to_string()));
+        // Time for watchers to receive the final state.
+        std::thread::sleep(Duration::from_millis(200));
+        let mut file = self.file.clone();
+        file.finished = true;
+        file.final_state = pb::RunState::from(Phase::Failed).as_str_name().into();
+        if let Err(e) = write_control_file(&self.file_path, &file) {
+            tracing::warn!("{e}");
         }
     }
 }

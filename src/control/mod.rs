@@ -12,7 +12,7 @@ pub mod client;
 pub mod grpc;
 pub mod status;
 
-pub use status::{CheckpointInfo, Event, Phase, RankInfo, Stamped, Status};
+pub use status::{CheckpointInfo, Event, Phase, RankInfo, StallInfo, Stamped, Status};
 
 use crate::train::checkpoint::TrainState;
 use crate::train::{Controls, EpochRecord, Observer, RankFacts};
@@ -100,6 +100,8 @@ impl ControlState {
             ranks: Vec::new(),
             message: String::new(),
             started_unix_time: unix_now(),
+            stall_seconds: crate::config::DEFAULT_STALL_SECONDS,
+            stall: String::new(),
         };
         let (events, _) = broadcast::channel(EVENT_RING);
         let pace = Pace { last_event: Instant::now(), last_step: None, events_per_s: 0.0, batch: batch as f64 };
@@ -141,6 +143,52 @@ impl ControlState {
         self.update(|s| s.ranks = ranks);
     }
 
+    /// Sets `control.stall_seconds`, after how long without progress a rank
+    /// that holds the run up is stalled.
+    pub fn set_stall_seconds(&self, seconds: f64) {
+        self.update(|s| s.stall_seconds = seconds);
+    }
+
+    /// Takes every rank's progress (the watchdog thread's diagnosis, once a
+    /// second): updates the ranks' facts, marks the ranks stalled that hold
+    /// the run up and have made no progress for `stall_seconds`, with
+    /// `summary` (who holds the run up) as the status's `stall`, and logs and
+    /// tells watchers when a rank stalls or moves again.
+    pub fn report_progress(&self, ranks: &[RankActivity], summary: &str) {
+        let mut changes = Vec::new();
+        self.update(|s| {
+            let limit = s.stall_seconds;
+            for a in ranks {
+                let Some(info) = s.ranks.iter_mut().find(|i| i.rank as usize == a.rank) else { continue };
+                let stalled = a.holds_up && a.seconds_since_progress >= limit;
+                info.seconds_since_progress = a.seconds_since_progress;
+                info.activity.clone_from(&a.activity);
+                if a.pid > 0 {
+                    info.pid = a.pid;
+                }
+                if stalled != info.stalled {
+                    changes.push(StallInfo {
+                        rank: info.rank,
+                        host: info.host.clone(),
+                        seconds: a.seconds_since_progress,
+                        message: if stalled { summary.to_string() } else { String::new() },
+                        cleared: !stalled,
+                    });
+                }
+                info.stalled = stalled;
+            }
+            s.stall = if s.ranks.iter().any(|r| r.stalled) { summary.to_string() } else { String::new() };
+        });
+        for c in changes {
+            if c.cleared {
+                tracing::info!(rank = c.rank, host = %c.host, "rank {} moves again", c.rank);
+            } else {
+                tracing::warn!(rank = c.rank, host = %c.host, "stalled: {}", c.message);
+            }
+            self.emit(Event::Stall(c));
+        }
+    }
+
     /// Whether the run has ended (finished or failed).
     pub fn ended(&self) -> bool {
         self.snapshot().phase.ended()
@@ -170,6 +218,22 @@ impl ControlState {
         self.set_phase(Phase::Stopping, None);
         self.snapshot().epoch + u64::from(!now)
     }
+}
+
+/// One rank's progress as the stall watchdog sees it (see
+/// [`ControlState::report_progress`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankActivity {
+    /// The rank.
+    pub rank: usize,
+    /// Its process id (0: unknown).
+    pub pid: u32,
+    /// Seconds since its last progress (NaN: unknown).
+    pub seconds_since_progress: f64,
+    /// What it does, in words.
+    pub activity: String,
+    /// Whether the run waits for it.
+    pub holds_up: bool,
 }
 
 /// The trainer-side [`Observer`] that feeds a [`ControlState`].

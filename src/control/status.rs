@@ -48,6 +48,15 @@ pub struct RankInfo {
     pub last_step_seconds: f64,
     /// Threads of the rank.
     pub threads: u32,
+    /// Process id of the rank.
+    pub pid: u32,
+    /// Seconds since the rank last made progress (entered or left a collective,
+    /// finished a step); NaN while unknown.
+    pub seconds_since_progress: f64,
+    /// What the rank does: `computing`, `waiting in a collective`, `not responding for 12 s`, ...
+    pub activity: String,
+    /// No progress for `control.stall_seconds` while holding the run up.
+    pub stalled: bool,
 }
 
 /// A checkpoint that was written.
@@ -100,6 +109,10 @@ pub struct Status {
     pub message: String,
     /// When the run started.
     pub started_unix_time: f64,
+    /// `control.stall_seconds`: after how long without progress a rank is stalled.
+    pub stall_seconds: f64,
+    /// Who holds the run up and for how long, while some rank is stalled (else empty).
+    pub stall: String,
 }
 
 /// Something that happened in a run, for watchers.
@@ -139,6 +152,24 @@ pub enum Event {
     Checkpoint(CheckpointInfo),
     /// The phase changed.
     Phase(Phase),
+    /// A rank stalled (no progress for `control.stall_seconds` while holding
+    /// the run up), or moves again.
+    Stall(StallInfo),
+}
+
+/// A rank that stalled or moves again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StallInfo {
+    /// The rank.
+    pub rank: u32,
+    /// Its host.
+    pub host: String,
+    /// Seconds since its last progress.
+    pub seconds: f64,
+    /// Who holds the run up, in words.
+    pub message: String,
+    /// It moves again.
+    pub cleared: bool,
 }
 
 /// An event with its time.
@@ -174,6 +205,10 @@ impl From<&RankInfo> for pb::RankInfo {
             cpu_percent: r.cpu_percent,
             last_step_seconds: r.last_step_seconds,
             threads: r.threads,
+            pid: r.pid,
+            seconds_since_progress: r.seconds_since_progress,
+            activity: r.activity.clone(),
+            stalled: r.stalled,
         }
     }
 }
@@ -209,6 +244,8 @@ impl From<&Status> for pb::StatusReply {
             ranks: s.ranks.iter().map(Into::into).collect(),
             message: s.message.clone(),
             started_unix_time: s.started_unix_time,
+            stall_seconds: s.stall_seconds,
+            stall: s.stall.clone(),
         }
     }
 }
@@ -239,6 +276,13 @@ impl From<&Stamped> for pb::Event {
             }
             Event::Checkpoint(c) => Kind::Checkpoint(c.into()),
             Event::Phase(p) => Kind::State(pb::RunState::from(*p) as i32),
+            Event::Stall(st) => Kind::Stall(pb::StallEvent {
+                rank: st.rank,
+                host: st.host.clone(),
+                seconds: st.seconds,
+                message: st.message.clone(),
+                cleared: st.cleared,
+            }),
         };
         pb::Event { unix_time: e.unix_time, kind: Some(kind) }
     }

@@ -9,11 +9,15 @@ use std::sync::atomic::Ordering;
 ///   killed job fails cleanly and resumes exactly;
 /// * `stop:STEP`: rank 0 asks for a stop now, as `fedhex-ctl stop --now` does
 ///   (a mid-epoch checkpoint after that step);
-/// * `stop-after-epoch:STEP`: rank 0 asks for a stop at the end of the epoch.
+/// * `stop-after-epoch:STEP`: rank 0 asks for a stop at the end of the epoch;
+/// * `sigstop:RANK:STEP`: SIGSTOP this process (rank `RANK`): a rank that
+///   stalls without dying, until someone sends it SIGCONT (or the step
+///   timeout ends the job).
 pub(super) fn fault_at_step(rank: usize, global_step: u64, controls: &Controls) {
     #[derive(PartialEq)]
     enum Fault {
         Kill(usize),
+        SigStop(usize),
         Stop,
         StopAfterEpoch,
     }
@@ -24,6 +28,7 @@ pub(super) fn fault_at_step(rank: usize, global_step: u64, controls: &Controls) 
         let parts: Vec<&str> = f.split(':').collect();
         match parts.as_slice() {
             ["kill", r, s] => Some((Fault::Kill(r.parse().ok()?), s.parse().ok()?)),
+            ["sigstop", r, s] => Some((Fault::SigStop(r.parse().ok()?), s.parse().ok()?)),
             ["stop", s] => Some((Fault::Stop, s.parse().ok()?)),
             ["stop-after-epoch", s] => Some((Fault::StopAfterEpoch, s.parse().ok()?)),
             _ => None,
@@ -34,6 +39,12 @@ pub(super) fn fault_at_step(rank: usize, global_step: u64, controls: &Controls) 
             // SAFETY: raise() only delivers a signal to this process.
             unsafe {
                 libc::raise(libc::SIGKILL);
+            }
+        }
+        Some((Fault::SigStop(r), s)) if (*r, *s) == (rank, global_step) => {
+            // SAFETY: raise() only delivers a signal to this process.
+            unsafe {
+                libc::raise(libc::SIGSTOP);
             }
         }
         Some((Fault::Stop, s)) if *s == global_step && rank == 0 => controls.stop_now.store(true, Ordering::Relaxed),
