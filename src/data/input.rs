@@ -31,8 +31,9 @@ use std::path::PathBuf;
 enum Locator {
     /// ROOT input: the selection and its index.
     Root { input: Box<RootInput>, index: RootIndex },
-    /// An `.npz`: the archive, and the archive row of each indexed event.
-    Npz { path: PathBuf, rows: Vec<usize>, features: Vec<String> },
+    /// An `.npz`: the archive, and the archive row of each indexed event
+    /// (`None`: every row in order, stored as nothing).
+    Npz { path: PathBuf, rows: Option<Vec<usize>>, features: Vec<String> },
 }
 
 /// Labels, weights and locations of a run's input events (see the module docs).
@@ -87,12 +88,11 @@ impl InputIndex {
                 if let Some(w) = &weights {
                     super::normalize_weights(&lab, &label_names, w, &path.display().to_string())?;
                 }
-                let rows = (0..lab.nrows()).collect();
                 Ok(InputIndex {
                     labels: lab,
                     weights,
                     label_names,
-                    locator: Locator::Npz { path: path.to_path_buf(), rows, features: features.to_vec() },
+                    locator: Locator::Npz { path: path.to_path_buf(), rows: None, features: features.to_vec() },
                 })
             }
         }
@@ -118,7 +118,7 @@ impl InputIndex {
                 Locator::Root { input, index } => Locator::Root { input: input.clone(), index: index.select(rows) },
                 Locator::Npz { path, rows: at, features } => Locator::Npz {
                     path: path.clone(),
-                    rows: rows.iter().map(|&r| at[r]).collect(),
+                    rows: Some(rows.iter().map(|&r| at.as_ref().map_or(r, |a| a[r])).collect()),
                     features: features.clone(),
                 },
             },
@@ -160,7 +160,7 @@ impl InputIndex {
         match &self.locator {
             Locator::Root { input, index } => source::read_indexed(input, index, rows),
             Locator::Npz { path, rows: at, features } => {
-                let file_rows: Vec<usize> = rows.iter().map(|&r| at[r]).collect();
+                let file_rows: Vec<usize> = rows.iter().map(|&r| at.as_ref().map_or(r, |a| a[r])).collect();
                 let samples = npy::read_npz_rows(path, "samples", &file_rows)?;
                 let source = path.display().to_string();
                 if let Some(((i, j), v)) = samples.indexed_iter().find(|(_, v)| !v.is_finite()) {
