@@ -199,8 +199,7 @@ impl GradientPass {
                     Some(hw) => {
                         let wts: Vec<f32> = rows.iter().map(|&r| usize::try_from(r).map_or(0.0, |r| hw[r])).collect();
                         let grad = packet.gradients_mut();
-                        let loss = trainer.loss_and_grad_weighted(opt.flat_params(), hx, hc, rows, &wts, threads, grad);
-                        loss
+                        trainer.loss_and_grad_weighted(opt.flat_params(), hx, hc, rows, &wts, threads, grad)
                     }
                 };
                 if let Some((z, cz, wk)) = extra() {

@@ -409,13 +409,24 @@ pub fn ks_test_weighted(
     generated: &[f64],
     generated_weights: Option<&[f64]>,
 ) -> MetricsResult<KsResult> {
+    let (r, g) = two_samples(reference, reference_weights, generated, generated_weights)?;
+    Ok(wks(&r, &g))
+}
+
+/// Both samples sorted with their weights, each non-empty with a positive weight sum.
+fn two_samples(
+    reference: &[f64],
+    reference_weights: Option<&[f64]>,
+    generated: &[f64],
+    generated_weights: Option<&[f64]>,
+) -> MetricsResult<(WSample, WSample)> {
     let (r, _) = wsorted(reference, reference_weights, REF)?;
     let (g, _) = wsorted(generated, generated_weights, GEN)?;
     require(REF, r.x.len(), 1)?;
     require(GEN, g.x.len(), 1)?;
     positive_sum(&r, REF)?;
     positive_sum(&g, GEN)?;
-    Ok(wks(&r, &g))
+    Ok((r, g))
 }
 
 fn wwasserstein(a: &WSample, b: &WSample) -> f64 {
@@ -451,12 +462,7 @@ pub fn wasserstein1_weighted(
     generated: &[f64],
     generated_weights: Option<&[f64]>,
 ) -> MetricsResult<f64> {
-    let (r, _) = wsorted(reference, reference_weights, REF)?;
-    let (g, _) = wsorted(generated, generated_weights, GEN)?;
-    require(REF, r.x.len(), 1)?;
-    require(GEN, g.x.len(), 1)?;
-    positive_sum(&r, REF)?;
-    positive_sum(&g, GEN)?;
+    let (r, g) = two_samples(reference, reference_weights, generated, generated_weights)?;
     Ok(wwasserstein(&r, &g))
 }
 

@@ -658,20 +658,14 @@ fn train_chunk_impl<const AVX: bool>(
         for e in 0..te {
             let rec = &recs[e * er..(e + 1) * er];
             let uk = &rec[er - d..];
-            let mut wt = wts.map_or(1.0, |v| v[ti * TILE + e]);
+            let w0 = wts.map_or(1.0, |v| v[ti * TILE + e]);
             let mut sq = 0f32;
             for v in &uk[..d] {
                 sq += v * v;
             }
             let nll = f64::from(0.5 * sq + s_sum[e]) + cst;
-            total += match wts {
-                None => nll,
-                Some(_) => {
-                    let (nll, w) = floored(nll, wt, ceil + cst);
-                    wt = w;
-                    nll * f64::from(wts.map_or(1.0, |v| v[ti * TILE + e]))
-                }
-            };
+            let (nll_used, wt) = if wts.is_some() { floored(nll, w0, ceil + cst) } else { (nll, w0) };
+            total += if wts.is_some() { nll_used * f64::from(w0) } else { nll };
             for j in 0..d {
                 g[j] = uk[j] * wt;
             }
