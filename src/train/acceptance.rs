@@ -6,6 +6,7 @@
 //! sum of log-densities of flow samples drawn at the step's labels.
 
 use super::checkpoint::{LabelWeight, TrainState};
+use crate::comm::Communicator;
 use crate::config::RunConfig;
 use crate::data::efficiency::EfficiencyTable;
 use crate::data::transform::Acceptance;
@@ -57,36 +58,84 @@ const ACCEPTANCE_ACTIVE_BELOW: f64 = 0.995;
 ///   the acceptance;
 /// * censored likelihood (efficiency `ε` of the label known):
 ///   `-r = -(1 - ε) / ε`, the rejected events per kept event; 0 where `ε = 1`.
-fn acceptance_group_weights(model: &Model, groups: &LabelGroups, efficiency: Option<&[f64]>, seed: u64) -> Vec<f32> {
+///
+/// The probes of `Ẑ` are shared out: the ranks agree on the union of their
+/// training labels, each probes every `size`-th of them (seeded by the label,
+/// so `Ẑ` does not depend on the world size), and a sum gives every rank all
+/// of them. The probe costs `1/size` of what it would on every rank.
+fn acceptance_group_weights(
+    model: &Model,
+    groups: &LabelGroups,
+    efficiency: Option<&[f64]>,
+    seed: u64,
+    comm: &dyn Communicator,
+) -> Result<Vec<LabelWeight>> {
+    if let Some(eff) = efficiency {
+        let w = eff.iter().map(|&eps| (-(1.0 - eps) / eps) as f32);
+        return Ok(groups.labels.iter().zip(w).map(|(l, weight)| LabelWeight { label: l.clone(), weight }).collect());
+    }
+    let all = agreed_labels(&groups.labels, comm)?;
+    let mut z = vec![0f64; all.len()];
+    for (i, lab) in all.iter().enumerate().skip(comm.rank()).step_by(comm.size()) {
+        z[i] = probe_acceptance(model, lab, label_seed(seed, lab));
+    }
+    comm.allreduce_sum_f64(&mut z)?;
+    Ok(all
+        .into_iter()
+        .zip(z)
+        .map(|(label, z)| LabelWeight {
+            label,
+            weight: if z < ACCEPTANCE_ACTIVE_BELOW { (1.0 / z.max(0.05)) as f32 } else { 0.0 },
+        })
+        .collect())
+}
+
+/// The bit patterns of a label row (exact identity, a hashable key).
+fn label_bits(lab: &[f32]) -> Vec<u32> {
+    lab.iter().map(|v| v.to_bits()).collect()
+}
+
+/// The probe seed of one label in one epoch (`seed` is already the epoch's).
+fn label_seed(seed: u64, lab: &[f32]) -> u64 {
+    let parts: Vec<u64> = lab.iter().map(|v| u64::from(v.to_bits())).collect();
+    crate::rng::mix_seed_parts(seed, &parts)
+}
+
+/// The union of every rank's `labels`, sorted by bit pattern: the same list on every rank.
+fn agreed_labels(labels: &[Vec<f32>], comm: &dyn Communicator) -> Result<Vec<Vec<f32>>> {
+    let width = labels.first().map_or(0, Vec::len);
+    let mut all: Vec<Vec<u32>> = labels.iter().map(|l| label_bits(l)).collect();
+    if comm.size() > 1 {
+        let mine: Vec<u8> = all.iter().flatten().flat_map(|b| b.to_le_bytes()).collect();
+        let mut width_all = [width as f64];
+        comm.allreduce_max_f64(&mut width_all)?;
+        let width = width_all[0] as usize;
+        for bytes in comm.all_gather_bytes(&mine)? {
+            let words: Vec<u32> = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            all.extend(words.chunks(width.max(1)).map(<[u32]>::to_vec));
+        }
+    }
+    all.sort_unstable();
+    all.dedup();
+    Ok(all.into_iter().map(|l| l.into_iter().map(f32::from_bits).collect()).collect())
+}
+
+/// The flow's probability to pass the acceptance at label `lab`, from
+/// [`ACCEPTANCE_PROBE`] samples drawn with `seed`.
+fn probe_acceptance(model: &Model, lab: &[f32], seed: u64) -> f64 {
     let l = model.n_labels() as i64;
     let _rng = crate::rng::seeded(seed);
     tch::no_grad(|| {
-        groups
-            .labels
-            .iter()
-            .enumerate()
-            .map(|(g, lab)| {
-                (match efficiency.and_then(|e| e.get(g)) {
-                    Some(&eps) => -(1.0 - eps) / eps,
-                    None => {
-                        let raw = Tensor::from_slice(lab).view([1, l]).expand([ACCEPTANCE_PROBE, l], false);
-                        let x = model.sample(&raw).to_device(Device::Cpu);
-                        let pass = model.acceptance_mask(&x);
-                        let z = pass.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
-                        if z < ACCEPTANCE_ACTIVE_BELOW {
-                            1.0 / z.max(0.05)
-                        } else {
-                            0.0
-                        }
-                    }
-                }) as f32
-            })
-            .collect()
+        let raw = Tensor::from_slice(lab).view([1, l]).expand([ACCEPTANCE_PROBE, l], false);
+        let x = model.sample(&raw).to_device(Device::Cpu);
+        let pass = model.acceptance_mask(&x);
+        pass.to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
     })
 }
 
-/// The group weights of a mid-epoch checkpoint, in the order of `groups`;
-/// `None` (estimate them again) when the checkpoint lacks any of the labels.
+/// The weights of `groups` among per-label weights `stored` (every rank's
+/// labels, or a mid-epoch checkpoint's), in the order of `groups`; `None`
+/// when any label is missing.
 fn restored_group_weights(stored: &[LabelWeight], groups: &LabelGroups) -> Option<Vec<f32>> {
     groups
         .labels
@@ -218,7 +267,7 @@ pub(super) struct AcceptanceTerms {
     gid: Tensor,
     /// Per training event, the weight of its flow samples in this epoch.
     weights: Tensor,
-    /// The same weights per label group, for a mid-epoch checkpoint.
+    /// The weights of every rank's labels, for a mid-epoch checkpoint.
     by_label: Vec<LabelWeight>,
     /// Flow samples per event and step, or the fraction of events sampled
     /// (`training.acceptance_samples`).
@@ -260,28 +309,46 @@ impl AcceptanceTerms {
 
     /// Sets the sample weights of `epoch`: estimated from the model now, or,
     /// on a mid-epoch resume into that epoch, the ones its checkpoint kept.
-    pub(super) fn start_epoch(&mut self, model: &Model, seed: u64, epoch: usize, start: &TrainState) {
+    ///
+    /// # Errors
+    /// A failed collective of the shared probe.
+    pub(super) fn start_epoch(
+        &mut self,
+        model: &Model,
+        (seed, epoch): (u64, usize),
+        start: &TrainState,
+        comm: &dyn Communicator,
+    ) -> Result<()> {
         let restored = match &start.acceptance_weights {
             Some(stored) if epoch == start.epoch && start.mid_epoch() => {
-                let r = restored_group_weights(stored, &self.groups);
-                if r.is_none() {
+                restored_group_weights(stored, &self.groups).map(|gw| (gw, stored.clone()))
+            }
+            _ => None,
+        };
+        // Every rank restores, or every rank estimates (the probe is collective).
+        let mut lacking = [if restored.is_none() { 1.0 } else { 0.0 }];
+        comm.allreduce_max_f64(&mut lacking)?;
+        let (gw, by_label) = match restored {
+            Some(r) if lacking[0] == 0.0 => r,
+            _ => {
+                if start.mid_epoch() && epoch == start.epoch && start.acceptance_weights.is_some() {
                     tracing::warn!(
                         "the checkpoint lacks acceptance weights of some training labels: \
                          estimated again, so the resumed epoch is no longer bit-identical"
                     );
                 }
-                r
+                let seed = crate::rng::mix_seed_parts(seed, &[epoch as u64, 0xacc]);
+                let all = acceptance_group_weights(model, &self.groups, self.efficiency.as_deref(), seed, comm)?;
+                let gw = restored_group_weights(&all, &self.groups).ok_or_else(|| {
+                    Error::Data("acceptance probe: a training label is missing from the ranks' agreed labels".into())
+                })?;
+                (gw, all)
             }
-            _ => None,
         };
-        let gw = restored.unwrap_or_else(|| {
-            let seed = crate::rng::mix_seed_parts(seed, &[epoch as u64, 0xacc]);
-            acceptance_group_weights(model, &self.groups, self.efficiency.as_deref(), seed)
-        });
         let n = self.gid.size()[0] as usize;
         self.weights = acceptance_event_weights(&self.groups, &gw, n, model.flow.device());
-        self.by_label =
-            self.groups.labels.iter().zip(&gw).map(|(l, &w)| LabelWeight { label: l.clone(), weight: w }).collect();
+        self.by_label = by_label;
+        Ok(())
     }
 
     /// The weights of the epoch in progress per label, for a mid-epoch checkpoint.

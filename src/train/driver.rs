@@ -262,7 +262,7 @@ impl<'a> Trainer<'a> {
             lr: learning_rate(t, epoch as f64),
         };
         if let Some(a) = self.acceptance.as_mut() {
-            a.start_epoch(&self.model, t.seed, epoch, &self.start);
+            a.start_epoch(&self.model, (t.seed, epoch), &self.start, self.comm)?;
         }
         for (k, step) in steps.iter().enumerate().skip(first) {
             let stop_now = self.step(epoch, (k, steps.len()), step, &mut sums)?;
