@@ -19,7 +19,7 @@
 # 5. the table and the PASS/FAIL target checks (scripts/fidelity_nd_summary.py).
 #
 # Environment overrides (a smoke run: EPOCHS=1 NEVENTS=1000 NREF=2000 bash scripts/fidelity_nd.sh smoke):
-#   EPOCHS   training epochs (default: the config's, 8)      NEVENTS  events per grid point (8000)
+#   EPOCHS   training epochs (default: the config's, 16)      NEVENTS  events per grid point (8000)
 #   NREF     events per evaluation point (20000)             GRID     grid AxBxC (5x5x3)
 #   POINTS   evaluation points "M,m,W M,m,W ..." (default: the 12 built-in ones)
 #   RANKS    MPI ranks (2)       ZUKO=0 skips zuko          ZUKO_EPOCHS  zuko's epochs (EPOCHS or 8)
@@ -38,8 +38,10 @@ DATA=${FIDELITY_DATA:-fidelity-out/nd-data-$GRID-$NEVENTS-$NREF$PKEY}
 OUT=fidelity-out/nd-$NAME
 RANKS=${RANKS:-2}
 EPOCHS=${EPOCHS:-}
+# The config's epochs (what the run trains when EPOCHS is not set).
+CONFIG_EPOCHS=$(sed -n 's/^epochs *= *\([0-9]*\).*/\1/p' examples/phiomega_nd.toml)
 ZUKO=${ZUKO:-1}
-ZUKO_EPOCHS=${ZUKO_EPOCHS:-${EPOCHS:-8}}
+ZUKO_EPOCHS=${ZUKO_EPOCHS:-${EPOCHS:-$CONFIG_EPOCHS}}
 PY=${FEDHEX_PYTHON:-python3}
 # Seconds (one decimal) since a `date +%s%N` stamp.
 seconds_since() { local ms=$(( ($(date +%s%N) - $1) / 1000000 )); echo "$((ms / 1000)).$((ms % 1000 / 100))"; }
@@ -74,5 +76,5 @@ if [ "$ZUKO" != 0 ]; then
   ZUKO_ARGS=(--zuko "$OUT/zuko.json")
 fi
 "$PY" scripts/fidelity_nd_summary.py "$OUT/report/report.json" --train-seconds "$train_s" \
-  --ranks "$RANKS" --epochs "${EPOCHS:-8}" --history "$OUT/run/history.csv" "${ZUKO_ARGS[@]}" | tee "$OUT/summary.txt"
+  --ranks "$RANKS" --epochs "${EPOCHS:-$CONFIG_EPOCHS}" --history "$OUT/run/history.csv" "${ZUKO_ARGS[@]}" | tee "$OUT/summary.txt"
 echo "report: $OUT/report/index.html; $(cat "$DATA/gen_time.txt" 2>/dev/null || true)" | tee -a "$OUT/summary.txt"

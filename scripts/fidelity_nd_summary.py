@@ -132,10 +132,13 @@ def main():
         line += ")"
         if a.zuko:
             z = json.load(open(a.zuko))
+            # Per epoch when zuko trained another number of epochs (ZUKO_EPOCHS).
+            scale = a.epochs / z["epochs"] if a.epochs and z.get("epochs") else 1.0
+            per = " per epoch" if scale != 1.0 else ""
             for kind in ("nsf", "maf"):
                 if kind in z:
                     s = z[kind]["train_s"]
-                    line += f"; zuko {kind.upper()} {s:.1f} s (fedhex/zuko {fedhex_s / s:.2f})"
+                    line += f"; zuko {kind.upper()} {s:.1f} s (fedhex/zuko{per} {fedhex_s / (s * scale):.2f})"
             line += f" [zuko {z['zuko']}: {z['threads']} threads, {z['epochs']} epochs, batch {z['batch']}, training loop only]"
         print(line)
 

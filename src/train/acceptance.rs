@@ -74,11 +74,18 @@ fn acceptance_group_weights(
         let w = eff.iter().map(|&eps| (-(1.0 - eps) / eps) as f32);
         return Ok(groups.labels.iter().zip(w).map(|(l, weight)| LabelWeight { label: l.clone(), weight }).collect());
     }
+    let t0 = std::time::Instant::now();
     let all = agreed_labels(&groups.labels, comm)?;
     let mut z = vec![0f64; all.len()];
     for (i, lab) in all.iter().enumerate().skip(comm.rank()).step_by(comm.size()) {
         z[i] = probe_acceptance(model, lab, label_seed(seed, lab));
     }
+    tracing::debug!(
+        labels = all.len(),
+        probed_here = all.len().saturating_sub(comm.rank()).div_ceil(comm.size()),
+        seconds = format!("{:.2}", t0.elapsed().as_secs_f64()),
+        "acceptance probe"
+    );
     comm.allreduce_sum_f64(&mut z)?;
     Ok(all
         .into_iter()
