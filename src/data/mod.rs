@@ -15,6 +15,7 @@ pub mod root;
 pub mod source;
 pub mod transform;
 pub mod whiten;
+pub(crate) mod wire;
 
 use crate::error::{Error, Result};
 use ndarray::{Array1, Array2, Axis};
