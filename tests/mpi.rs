@@ -283,8 +283,10 @@ fn bad_setups_end_every_rank_with_one_clear_error() {
     let d = dir.path();
     let cfg = config(d, "bad", 2, 64, 0);
     let c = cfg.display().to_string();
-    // Missing input.
-    fails_everywhere(&mpirun(2, d, &["train", "--config", &c], &[]), "grid.npz");
+    // Missing input: rank 0 alone indexes it, and its error ends every rank; no run directory.
+    let o = mpirun(2, d, &["train", "--config", &c], &[]);
+    fails_everywhere(&o, "grid.npz");
+    assert!(!d.join("bad").exists(), "a refused run leaves no directory");
     // Ranks disagree on the configuration (MPMD launch with different seeds).
     data(d, 2, 50);
     let o = Command::new("timeout")
