@@ -124,7 +124,7 @@ pub fn read_input(cfg: &RunConfig) -> Result<EventSet> {
 /// input (labels, weights, where each event lives; [`InputIndex`]), groups
 /// the labels and sends every rank the group labels and sizes (broadcast,
 /// O(labels)) and its own [`ShardLocator`] (scatter: labels, weights and
-/// file + entry ranges of its events only). Every rank computes its plan
+/// file + entry ranges of its events only; rank 0 keeps its own). Every rank computes its plan
 /// from the groups, as before, and reads the features of its own events
 /// only. The local events equal those of [`load_shard_full`], so training
 /// gives the same weights. Rank 0's index errors reach every rank
@@ -143,17 +143,17 @@ pub fn load_shard(cfg: &RunConfig, comm: &dyn Communicator) -> Result<(EventSet,
     let summary = GroupSummary::from_bytes(&bytes)?;
     let plan = shard_plan(cfg, comm, &summary)?;
     let n_events = summary.n_events();
-    let (data, sizes) = match indexed {
+    let (own, data, sizes) = match indexed {
         Some((index, groups)) => locators(&index, &groups, comm.size()),
-        None => (Vec::new(), Vec::new()),
+        None => (None, Vec::new(), Vec::new()),
     };
-    let mine = comm.scatter_bytes(0, &data, &sizes)?;
+    let mine = comm.scatter_bytes(0, &data, &sizes);
     drop(data);
     let t1 = std::time::Instant::now();
-    let read = ShardLocator::from_bytes(&mine).and_then(|l| {
-        drop(mine);
-        l.read(cfg.data.root.as_ref())
-    });
+    // A scatter error (rank 0 only) or a read error on any rank ends every rank.
+    let read = mine
+        .and_then(|mine| own.map_or_else(|| ShardLocator::from_bytes(&mine), Ok))
+        .and_then(|l| l.read(cfg.data.root.as_ref()));
     let local = agree(comm, read)?;
     tracing::info!(
         rank = comm.rank(),
@@ -174,17 +174,19 @@ fn root_index(cfg: &RunConfig) -> Result<(InputIndex, LabelGroups)> {
     Ok((index, groups))
 }
 
-/// Every rank's [`ShardLocator`] as bytes, one after the other, and the
-/// size of each (for [`Communicator::scatter_bytes`]).
-fn locators(index: &InputIndex, groups: &LabelGroups, world: usize) -> (Vec<u8>, Vec<usize>) {
+/// Rank 0's own [`ShardLocator`], and every other rank's as bytes, one
+/// after the other, with the size of each (rank 0's: none) for
+/// [`Communicator::scatter_bytes`].
+fn locators(index: &InputIndex, groups: &LabelGroups, world: usize) -> (Option<ShardLocator>, Vec<u8>, Vec<usize>) {
+    let own = index.locator(&rank_rows(groups, world, 0));
     let mut data = Vec::new();
-    let mut sizes = Vec::with_capacity(world);
-    for r in 0..world {
-        let part = index.locator(&rank_rows(groups, world, r)).to_bytes();
-        sizes.push(part.len());
-        data.extend_from_slice(&part);
+    let mut sizes = vec![0];
+    for r in 1..world {
+        let before = data.len();
+        index.locator(&rank_rows(groups, world, r)).write_bytes(&mut data);
+        sizes.push(data.len() - before);
     }
-    (data, sizes)
+    (Some(own), data, sizes)
 }
 
 /// The input's index with the held-out labels removed and the weights

@@ -1,14 +1,19 @@
 //! A run's input indexed before it is read ([`InputIndex`]): every event's
-//! label and weight and where it lives, without its features. Training plans
-//! its shards on the index; each rank then reads the features of its own
-//! events only ([`InputIndex::read`]), so memory and reading per rank follow
-//! the shard, not the whole data set.
+//! label and weight and where it lives, without its features; and one
+//! rank's part of it ([`ShardLocator`]). Training indexes the input on rank
+//! 0 alone, plans the shards there, and sends each rank the locator of its
+//! own events (labels, weights, and runs of ROOT entries or `.npz` rows);
+//! each rank then reads the features of its own events only
+//! ([`ShardLocator::read`]). Memory and reading per rank follow the shard,
+//! not the whole data set; only rank 0 holds (and spends the time on) the
+//! index of the whole input.
 //!
 //! The index holds the events [`super::source::load`] (ROOT) or
 //! [`super::npy::read_npz`] (`.npz`) would return, in the same order, and
-//! [`InputIndex::read`] of some rows returns exactly those loaders' events
-//! at these rows: the plan, the local events and so the trained weights are
-//! the ones of a full read.
+//! [`InputIndex::read`] of some rows — or [`ShardLocator::read`] of the
+//! locator of these rows — returns exactly those loaders' events at these
+//! rows: the plan, the local events and so the trained weights are the ones
+//! of a full read.
 //!
 //! * ROOT: every file is read once for the index (cut, labels, weight and,
 //!   since an event with an invalid or non-finite feature is dropped, the
@@ -18,6 +23,11 @@
 //!   `samples`; a rank reads its rows of `samples` by seeking (stored
 //!   archives, as numpy's `savez` and fedhex write them; a compressed
 //!   archive is decompressed and selected).
+//!
+//! A locator names its events as [`Run`]s: consecutive entries (rows) of one
+//! file, in the order the events come out — a shard is a chunk of every
+//! label group, so for inputs stored label by label it is a few runs per
+//! file. Its bytes ([`ShardLocator::to_bytes`]) are checked when decoded.
 
 use super::npy;
 use super::source::{self, RootIndex, RootInput};
@@ -112,7 +122,7 @@ impl InputIndex {
     /// The indexed events at `rows`, in that order.
     pub fn select(&self, rows: &[usize]) -> InputIndex {
         InputIndex {
-            labels: self.labels.select(Axis(0), rows),
+            labels: super::select_rows(&self.labels, rows),
             weights: self.weights.as_ref().map(|w| w.select(Axis(0), rows)),
             label_names: self.label_names.clone(),
             locator: match &self.locator {
@@ -170,7 +180,7 @@ impl InputIndex {
                         file_rows[i]
                     )));
                 }
-                let labels = self.labels.select(Axis(0), rows);
+                let labels = super::select_rows(&self.labels, rows);
                 let es = EventSet::new(samples, labels, features.clone(), self.label_names.clone(), &source)?;
                 match &self.weights {
                     Some(w) => es.with_weights(w.select(Axis(0), rows), &source),
@@ -275,7 +285,7 @@ impl InputIndex {
             },
         };
         ShardLocator {
-            labels: self.labels.select(Axis(0), rows),
+            labels: super::select_rows(&self.labels, rows),
             weights: self.weights.as_ref().map(|w| w.select(Axis(0), rows)),
             label_names: self.label_names.clone(),
             place,
@@ -296,7 +306,15 @@ impl ShardLocator {
 
     /// The locator as bytes (little-endian, versioned; [`ShardLocator::from_bytes`]).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::default();
+        let mut out = Vec::new();
+        self.write_bytes(&mut out);
+        out
+    }
+
+    /// Appends [`ShardLocator::to_bytes`] to `out` (the parts of several
+    /// ranks, one after the other, without a copy of each).
+    pub fn write_bytes(&self, out: &mut Vec<u8>) {
+        let mut w = Writer(std::mem::take(out));
         w.0.extend_from_slice(LOCATOR_MAGIC);
         w.u8(1);
         w.len(self.labels.nrows());
@@ -329,7 +347,7 @@ impl ShardLocator {
             w.u64(r.first);
             w.u64(r.len);
         }
-        w.0
+        *out = w.0;
     }
 
     /// Decodes [`ShardLocator::to_bytes`]; every length and file number is
@@ -499,6 +517,20 @@ mod tests {
             let mut longer = b.clone();
             longer.push(0);
             assert!(ShardLocator::from_bytes(&longer).is_err());
+        }
+        // Parts of several ranks, one after the other.
+        let mut all = Vec::new();
+        let sizes: Vec<usize> = locators()
+            .iter()
+            .map(|l| {
+                let before = all.len();
+                l.write_bytes(&mut all);
+                all.len() - before
+            })
+            .collect();
+        let ranges = crate::comm::part_ranges(&all, &sizes, 3).unwrap();
+        for (l, r) in locators().into_iter().zip(ranges) {
+            assert_eq!(ShardLocator::from_bytes(&all[r]).unwrap(), l);
         }
         // A run past the files, runs that do not cover the events, an overflowing run.
         let mut l = locators().remove(0);

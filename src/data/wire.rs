@@ -40,6 +40,7 @@ impl Writer {
     }
     pub fn f32s<'a>(&mut self, v: impl ExactSizeIterator<Item = &'a f32>) {
         self.len(v.len());
+        self.0.reserve(4 * v.len());
         v.for_each(|x| self.0.extend_from_slice(&x.to_le_bytes()));
     }
 }
