@@ -124,9 +124,9 @@ pub fn read_input(cfg: &RunConfig) -> Result<EventSet> {
 /// input (labels, weights, where each event lives; [`InputIndex`]), groups
 /// the labels and sends every rank the group labels and sizes (broadcast,
 /// O(labels)) and its own [`ShardLocator`] (scatter: labels, weights and
-/// file + entry ranges of its events only; rank 0 keeps its own). Every rank computes its plan
-/// from the groups, as before, and reads the features of its own events
-/// only. The local events equal those of [`load_shard_full`], so training
+/// file + entry ranges of its events only; rank 0 keeps its own). Every
+/// rank computes its plan from the groups, as before, and reads the
+/// features of its own events only. The local events equal those of [`load_shard_full`], so training
 /// gives the same weights. Rank 0's index errors reach every rank
 /// ([`agree`]). With `data.weight_smoothing` > 1 the whole input is read on
 /// every rank ([`load_shard_full`]): a smoothed weight averages over an
