@@ -283,8 +283,10 @@ fn bad_setups_end_every_rank_with_one_clear_error() {
     let d = dir.path();
     let cfg = config(d, "bad", 2, 64, 0);
     let c = cfg.display().to_string();
-    // Missing input.
-    fails_everywhere(&mpirun(2, d, &["train", "--config", &c], &[]), "grid.npz");
+    // Missing input: rank 0 alone indexes it, and its error ends every rank; no run directory.
+    let o = mpirun(2, d, &["train", "--config", &c], &[]);
+    fails_everywhere(&o, "grid.npz");
+    assert!(!d.join("bad").exists(), "a refused run leaves no directory");
     // Ranks disagree on the configuration (MPMD launch with different seeds).
     data(d, 2, 50);
     let o = Command::new("timeout")
@@ -386,4 +388,58 @@ fn early_stopping_on_a_validation_label_resumes_bit_identically_on_two_ranks() {
     let h = std::fs::read_to_string(d.join("killed/history.csv")).unwrap();
     assert_eq!(h.lines().count(), 1 + vals.len(), "the resumed run stopped at another epoch");
     assert_eq!(bits(&weights(&d.join("killed/model"))), expected, "resumed run differs from an uninterrupted one");
+}
+
+/// One rank of `scatter_in_rounds_gives_each_rank_its_part` (run by it
+/// under `mpirun`; does nothing when run alone).
+#[test]
+#[ignore]
+fn scatter_rank() {
+    use fedhex::comm::mpi::MpiComm;
+    use fedhex::comm::Communicator;
+    let Ok(done) = std::env::var("FEDHEX_SCATTER_TEST") else { return };
+    let comm = MpiComm::init().unwrap();
+    let (rank, size) = (comm.rank(), comm.size());
+    // Parts of different lengths, rank 1's empty; each byte tells its rank and position.
+    let sizes: Vec<usize> = (0..size).map(|r| if r == 1 { 0 } else { 5 + 13 * r }).collect();
+    let byte = |r: usize, i: usize| (i * 31 + r * 7) as u8;
+    let data: Vec<u8> = (0..size).flat_map(|r| (0..sizes[r]).map(move |i| byte(r, i))).collect();
+    let want: Vec<u8> = (0..sizes[rank]).map(|i| byte(rank, i)).collect();
+    // Rounds of 1 byte per rank, rounds that copy, one round straight from the data.
+    for round in [1, 6, 17, 10_000] {
+        let (d, s) = if rank == 0 { (&data[..], &sizes[..]) } else { (&[][..], &[][..]) };
+        assert_eq!(comm.scatter_bytes_in_rounds(0, d, s, round).unwrap(), want, "rank {rank}, rounds of {round}");
+    }
+    // The trait's scatter from another root, and a root's bad sizes: an error there, empty parts elsewhere.
+    let root = size - 1;
+    let (d, s) = if rank == root { (&data[..], &sizes[..]) } else { (&[][..], &[][..]) };
+    assert_eq!(comm.scatter_bytes(root, d, s).unwrap(), want);
+    let bad = comm.scatter_bytes(0, &data, &sizes[1..]);
+    assert_eq!(bad.is_err(), rank == 0);
+    assert!(bad.map_or(true, |b| b.is_empty()));
+    comm.barrier().unwrap();
+    std::fs::write(Path::new(&done).join(format!("rank-{rank}")), b"ok").unwrap();
+}
+
+/// `MpiComm`'s scatter (a scatterv, in rounds below MPI's int limit) gives
+/// every rank exactly its part on 3 ranks, for any round size.
+#[test]
+fn scatter_in_rounds_gives_each_rank_its_part() {
+    let _serial = serial();
+    let dir = tmpdir();
+    let exe = std::env::current_exe().unwrap();
+    let o = Command::new("timeout")
+        .args(["-s", "KILL", "120", "mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none"])
+        .args(["-x", &format!("FEDHEX_SCATTER_TEST={}", dir.path().display()), "-n", "3"])
+        .arg(&exe)
+        .args(["--ignored", "--exact", "scatter_rank", "--test-threads", "1", "--color", "never"])
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    for r in 0..3 {
+        assert!(dir.path().join(format!("rank-{r}")).exists(), "rank {r} did not finish:\n{out}");
+    }
 }

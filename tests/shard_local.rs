@@ -1,10 +1,12 @@
-//! Shard-local reading (issue #22): a rank indexes the input and reads the
-//! features of its own events only. For 1, 2 and 3 ranks, ROOT and `.npz`,
-//! weighted or not, with held-out labels, a cut and a threshold, every
-//! rank's events (features, labels, weights, order) and plan equal those of
-//! reading the whole input and selecting the shard — so training gives the
-//! same weights (tests/golden.rs checks them bit for bit through the new
-//! loader, on 1 and 2 ranks).
+//! Shard-local reading (issue #22): rank 0 indexes the input and sends every
+//! rank the locator of its events; each rank reads the features of its own
+//! events only. For 1, 2 and 3 ranks (threads of one process, talking
+//! through an in-process communicator), ROOT and `.npz`, weighted or not,
+//! with held-out labels, a cut and a threshold, every rank's events
+//! (features, labels, weights, order) and plan equal those of reading the
+//! whole input and selecting the shard — so training gives the same weights
+//! (tests/golden.rs checks them bit for bit through the new loader, on 1 and
+//! 2 ranks under `mpirun`). Rank 0's index errors reach every rank.
 
 mod common;
 use common::*;
@@ -12,37 +14,78 @@ use fedhex::app::run::{load_shard, load_shard_full};
 use fedhex::comm::Communicator;
 use fedhex::config::RunConfig;
 use fedhex::data::source::{RootInput, Variable};
+use fedhex::data::EventSet;
 use fedhex::error::Result;
+use fedhex::train::shard::ShardPlan;
+use std::sync::{Arc, Barrier, Mutex};
 
-/// One rank of a world whose ranks all agree: collectives return the local value.
-struct RankOf {
-    rank: usize,
-    size: usize,
+/// What the ranks of one in-process world share: a barrier and one slot per rank.
+struct World {
+    barrier: Barrier,
+    slots: Mutex<Vec<Vec<u8>>>,
 }
 
-impl Communicator for RankOf {
+/// One rank (a thread) of an in-process world: every collective exchanges
+/// each rank's bytes through the shared slots, so rank 0's broadcasts and
+/// scatters really reach the other ranks.
+struct Threaded {
+    rank: usize,
+    size: usize,
+    world: Arc<World>,
+}
+
+impl Threaded {
+    /// Every rank's `mine`, indexed by rank.
+    fn exchange(&self, mine: Vec<u8>) -> Vec<Vec<u8>> {
+        self.world.slots.lock().unwrap()[self.rank] = mine;
+        self.world.barrier.wait();
+        let all = self.world.slots.lock().unwrap().clone();
+        self.world.barrier.wait();
+        all
+    }
+
+    fn reduce_f64(&self, buf: &mut [f64], op: fn(f64, f64) -> f64) {
+        let all = self.exchange(buf.iter().flat_map(|v| v.to_le_bytes()).collect());
+        for (i, v) in buf.iter_mut().enumerate() {
+            let of = |b: &Vec<u8>| f64::from_le_bytes(b[8 * i..8 * i + 8].try_into().unwrap());
+            *v = all.iter().skip(1).fold(of(&all[0]), |a, b| op(a, of(b)));
+        }
+    }
+}
+
+impl Communicator for Threaded {
     fn rank(&self) -> usize {
         self.rank
     }
     fn size(&self) -> usize {
         self.size
     }
-    fn allreduce_sum_f32(&self, _buf: &mut [f32]) -> Result<()> {
+    fn allreduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
+        let all = self.exchange(buf.iter().flat_map(|v| v.to_le_bytes()).collect());
+        for (i, v) in buf.iter_mut().enumerate() {
+            *v = all.iter().map(|b| f32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap())).sum();
+        }
         Ok(())
     }
-    fn allreduce_sum_f64(&self, _buf: &mut [f64]) -> Result<()> {
+    fn allreduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+        self.reduce_f64(buf, |a, b| a + b);
         Ok(())
     }
-    fn allreduce_min_f64(&self, _buf: &mut [f64]) -> Result<()> {
+    fn allreduce_min_f64(&self, buf: &mut [f64]) -> Result<()> {
+        self.reduce_f64(buf, f64::min);
         Ok(())
     }
-    fn allreduce_max_f64(&self, _buf: &mut [f64]) -> Result<()> {
+    fn allreduce_max_f64(&self, buf: &mut [f64]) -> Result<()> {
+        self.reduce_f64(buf, f64::max);
         Ok(())
     }
-    fn broadcast_bytes(&self, _root: usize, _buf: &mut Vec<u8>) -> Result<()> {
+    fn broadcast_bytes(&self, root: usize, buf: &mut Vec<u8>) -> Result<()> {
+        let mine = if self.rank == root { std::mem::take(buf) } else { Vec::new() };
+        *buf = self.exchange(mine).swap_remove(root);
         Ok(())
     }
     fn barrier(&self) -> Result<()> {
+        self.exchange(Vec::new());
         Ok(())
     }
     fn abort(&self, code: i32) -> ! {
@@ -50,20 +93,52 @@ impl Communicator for RankOf {
     }
 }
 
+/// `f` on every rank of a world of `size` threads, results by rank.
+fn on_ranks<T: Send>(size: usize, f: impl Fn(&dyn Communicator) -> T + Sync) -> Vec<T> {
+    let world = Arc::new(World { barrier: Barrier::new(size), slots: Mutex::new(vec![Vec::new(); size]) });
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..size)
+            .map(|rank| {
+                let comm = Threaded { rank, size, world: world.clone() };
+                let f = &f;
+                s.spawn(move || f(&comm))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a rank panicked")).collect()
+    })
+}
+
+type Shard = std::result::Result<(EventSet, ShardPlan), String>;
+
+/// Every rank's shard-local and full-read shard, on `size` ranks.
+fn shards(cfg: &RunConfig, size: usize) -> Vec<(Shard, Shard)> {
+    on_ranks(size, |comm| {
+        let local = load_shard(cfg, comm).map_err(|e| e.to_string());
+        let full = load_shard_full(cfg, comm).map_err(|e| e.to_string());
+        (local, full)
+    })
+}
+
 fn same_shards(cfg: &RunConfig, what: &str) -> usize {
     let mut total = 0;
     for size in 1..=3 {
-        for rank in 0..size {
-            let comm = RankOf { rank, size };
-            let (a, pa) = load_shard(cfg, &comm).unwrap_or_else(|e| panic!("{what}: {e}"));
-            let (b, pb) = load_shard_full(cfg, &comm).unwrap();
+        for (rank, (a, b)) in shards(cfg, size).into_iter().enumerate() {
+            let (a, pa) = a.unwrap_or_else(|e| panic!("{what}: rank {rank} of {size}: {e}"));
+            let (b, pb) = b.unwrap_or_else(|e| panic!("{what}: rank {rank} of {size}: full read: {e}"));
+            assert!(!a.is_empty(), "{what}: rank {rank} of {size}: no events");
             assert_eq!(a, b, "{what}: rank {rank} of {size}: the shard-local events differ");
+            assert_eq!((pa.world, pa.rank), (size, rank));
             assert_eq!(pa.local_is_val, pb.local_is_val, "{what}: rank {rank} of {size}");
             assert_eq!((pa.n_train, pa.n_val, &pa.group_sizes), (pb.n_train, pb.n_val, &pb.group_sizes));
             total += a.len();
         }
     }
     total
+}
+
+/// The error every rank of `size` returns from `load_shard`.
+fn errors(cfg: &RunConfig, size: usize) -> Vec<String> {
+    on_ranks(size, |comm| load_shard(cfg, comm).err().map(|e| e.to_string()).unwrap_or_default())
 }
 
 #[test]
@@ -95,8 +170,27 @@ fn npz_shards_equal_the_full_read() {
     );
     cfg.data.path = bad;
     cfg.data.features = vec![];
-    let e = load_shard(&cfg, &RankOf { rank: 0, size: 1 }).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(e.contains("bad.npz: samples[700, 1] is NaN"), "{e}");
+    for size in [1, 2] {
+        for e in errors(&cfg, size) {
+            assert!(e.contains("bad.npz: samples[700, 1] is NaN"), "{size} ranks: {e}");
+        }
+    }
+    // Rank 0's index errors reach every rank: a missing file, a label whose weights sum to < 0.
+    cfg.data.path = dir.path().join("missing.npz");
+    let e = errors(&cfg, 2);
+    assert!(e[0].contains("missing.npz") && e[1].contains("rank 0:") && e[1].contains("missing.npz"), "{e:?}");
+    let neg = dir.path().join("neg.npz");
+    run_python(
+        "import sys, numpy as np\nd = np.load(sys.argv[1])\nl = d['labels']\n\
+         w = np.where((l[:, 0] == l[0, 0]) & (l[:, 1] == l[0, 1]), -1.0, 1.0)\n\
+         np.savez(sys.argv[2], samples=d['samples'], labels=l, weights=w)",
+        &[path.to_str().unwrap(), neg.to_str().unwrap()],
+    );
+    cfg.data.path = neg;
+    cfg.data.holdout_labels = vec![];
+    for e in errors(&cfg, 2) {
+        assert!(e.contains("neg.npz") && e.contains("sum to -101"), "{e}");
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use crate::comm::{agree, check_same, local_rank, local_size, Communicator};
 use crate::config::{Resume, RunConfig};
 use crate::control::grpc::ControlServer;
 use crate::control::{ControlObserver, ControlState, RankActivity, RankInfo};
-use crate::data::input::InputIndex;
+use crate::data::input::{InputIndex, ShardLocator};
 use crate::data::npy::read_npz;
 use crate::data::EventSet;
 use crate::data::LabelGroups;
@@ -20,7 +20,7 @@ use crate::train::checkpoint;
 use crate::train::driver::train;
 use crate::train::history::write_history;
 use crate::train::observe::{Controls, Hooks, Observer, TrainOutcome};
-use crate::train::plan::{drop_holdout, make_plan};
+use crate::train::plan::{drop_holdout, make_plan, GroupSummary};
 use crate::train::shard::ShardPlan;
 use std::sync::Arc;
 
@@ -120,35 +120,73 @@ pub fn read_input(cfg: &RunConfig) -> Result<EventSet> {
     }
 }
 
-/// This rank's shard of the input and the plan: every rank indexes the
-/// input (labels, weights, where each event lives; [`InputIndex`]), computes
-/// the same label grouping and plan (rank 0's grouping is checked against
-/// the others'), and reads the features of its own events only. The local
-/// events equal those of [`load_shard_full`], so training gives the same
-/// weights. With `data.weight_smoothing` (which needs every event's
-/// features at a label) the whole input is read ([`load_shard_full`]).
+/// This rank's shard of the input and the plan. Rank 0 alone indexes the
+/// input (labels, weights, where each event lives; [`InputIndex`]), groups
+/// the labels and sends every rank the group labels and sizes (broadcast,
+/// O(labels)) and its own [`ShardLocator`] (scatter: labels, weights and
+/// file + entry ranges of its events only; rank 0 keeps its own). Every
+/// rank computes its plan from the groups, as before, and reads the
+/// features of its own events only. The local events equal those of [`load_shard_full`], so training
+/// gives the same weights. Rank 0's index errors reach every rank
+/// ([`agree`]). With `data.weight_smoothing` > 1 the whole input is read on
+/// every rank ([`load_shard_full`]): a smoothed weight averages over an
+/// event's neighbours in feature space at its label, which needs every
+/// event's features, not just the shard's.
 pub fn load_shard(cfg: &RunConfig, comm: &dyn Communicator) -> Result<(EventSet, ShardPlan)> {
     if cfg.data.weight_smoothing > 1 {
         return load_shard_full(cfg, comm);
     }
     let t0 = std::time::Instant::now();
-    let index = agree(comm, training_index(cfg))?;
-    let groups = crate::data::group_labels(&index.labels);
-    let plan = shard_plan(cfg, comm, &groups, index.len(), index.labels.ncols())?;
-    let rows = local_rows(&plan, &groups);
+    let indexed = agree(comm, if comm.is_root() { root_index(cfg).map(Some) } else { Ok(None) })?;
+    let mut bytes = indexed.as_ref().map(|(_, g)| GroupSummary::of(g).to_bytes()).unwrap_or_default();
+    comm.broadcast_bytes(0, &mut bytes)?;
+    let summary = GroupSummary::from_bytes(&bytes)?;
+    let plan = shard_plan(cfg, comm, &summary)?;
+    let n_events = summary.n_events();
+    let (own, data, sizes) = match indexed {
+        Some((index, groups)) => locators(&index, &groups, comm.size()),
+        None => (None, Vec::new(), Vec::new()),
+    };
+    let mine = comm.scatter_bytes(0, &data, &sizes);
+    drop(data);
     let t1 = std::time::Instant::now();
-    let mut local = agree(comm, index.read(&rows))?;
-    local.weights = index.weights.as_ref().map(|w| w.select(ndarray::Axis(0), &rows));
+    // A scatter error (rank 0 only) or a read error on any rank ends every rank.
+    let read = mine
+        .and_then(|mine| own.map_or_else(|| ShardLocator::from_bytes(&mine), Ok))
+        .and_then(|l| l.read(cfg.data.root.as_ref()));
+    let local = agree(comm, read)?;
     tracing::info!(
         rank = comm.rank(),
-        events = index.len(),
+        events = n_events,
         local_events = local.len(),
         index_seconds = format!("{:.2}", (t1 - t0).as_secs_f64()),
         read_seconds = format!("{:.2}", t1.elapsed().as_secs_f64()),
         peak_rss_mib = format!("{:.0}", crate::resources::peak_rss_mib()),
-        "input indexed and this rank's shard read"
+        "input indexed (rank 0) and this rank's shard read"
     );
     Ok((local, plan))
+}
+
+/// Rank 0's part of [`load_shard`]: the training index and its label groups.
+fn root_index(cfg: &RunConfig) -> Result<(InputIndex, LabelGroups)> {
+    let index = training_index(cfg)?;
+    let groups = crate::data::group_labels(&index.labels);
+    Ok((index, groups))
+}
+
+/// Rank 0's own [`ShardLocator`], and every other rank's as bytes, one
+/// after the other, with the size of each (rank 0's: none) for
+/// [`Communicator::scatter_bytes`].
+fn locators(index: &InputIndex, groups: &LabelGroups, world: usize) -> (Option<ShardLocator>, Vec<u8>, Vec<usize>) {
+    let own = index.locator(&rank_rows(groups, world, 0));
+    let mut data = Vec::new();
+    let mut sizes = vec![0];
+    for r in 1..world {
+        let before = data.len();
+        index.locator(&rank_rows(groups, world, r)).write_bytes(&mut data);
+        sizes.push(data.len() - before);
+    }
+    (Some(own), data, sizes)
 }
 
 /// The input's index with the held-out labels removed and the weights
@@ -179,34 +217,40 @@ pub fn load_shard_full(cfg: &RunConfig, comm: &dyn Communicator) -> Result<(Even
         }),
     )?;
     let groups = events.label_groups();
-    let plan = shard_plan(cfg, comm, &groups, events.len(), events.n_labels())?;
-    let rows = local_rows(&plan, &groups);
+    let summary = GroupSummary::of(&groups);
+    // Every rank read the input itself: check they all grouped it alike.
+    let digest: Vec<u8> = summary.sizes.iter().flat_map(|s| (*s as u64).to_le_bytes()).collect();
+    check_same(comm, "input data (events per label)", &digest)?;
+    let plan = shard_plan(cfg, comm, &summary)?;
+    let rows = rank_rows(&groups, comm.size(), comm.rank());
     Ok((events.select(&rows), plan))
 }
 
-/// The plan of this rank, after checking every rank grouped the input alike.
-fn shard_plan(
-    cfg: &RunConfig,
-    comm: &dyn Communicator,
-    groups: &LabelGroups,
-    n_events: usize,
-    n_labels: usize,
-) -> Result<ShardPlan> {
-    let sizes: Vec<usize> = groups.members.iter().map(Vec::len).collect();
-    let digest: Vec<u8> = sizes.iter().flat_map(|s| (*s as u64).to_le_bytes()).collect();
-    check_same(comm, "input data (events per label)", &digest)?;
+/// The plan of this rank from the input's label groups (every rank holds
+/// the same: rank 0's, or every rank's full read of the same configuration).
+fn shard_plan(cfg: &RunConfig, comm: &dyn Communicator, groups: &GroupSummary) -> Result<ShardPlan> {
+    let n_events = groups.n_events();
     if comm.size() > n_events {
         return Err(Error::Data(format!(
             "{} ranks but only {n_events} events in the input: use at most as many ranks as events",
             comm.size(),
         )));
     }
+    let n_labels = groups.labels.first().map_or(0, Vec::len);
     make_plan(cfg, groups, n_labels, comm.size(), comm.rank())
 }
 
-/// The input rows of this rank's shard, group by group.
-fn local_rows(plan: &ShardPlan, groups: &LabelGroups) -> Vec<usize> {
-    plan.local_rows().into_iter().flat_map(|(g, lo, hi)| groups.members[g][lo..hi].iter().copied()).collect()
+/// The input rows of rank `rank`'s shard of `world`, group by group (what
+/// [`ShardPlan::local_rows`] names: chunk `rank` of every group).
+fn rank_rows(groups: &LabelGroups, world: usize, rank: usize) -> Vec<usize> {
+    groups
+        .members
+        .iter()
+        .flat_map(|m| {
+            let (lo, hi) = crate::train::shard::chunk(m.len(), world, rank);
+            m[lo..hi].iter().copied()
+        })
+        .collect()
 }
 
 /// An identifier of this start of a run, the same on every rank (rank 0's

@@ -41,6 +41,30 @@ pub trait Communicator {
         }
         Ok(all)
     }
+    /// Rank `root`'s bytes `data`, cut into one part per rank (`sizes[r]`
+    /// bytes for rank `r`, in rank order): each rank returns its own part.
+    /// `data` and `sizes` are read on `root` only. The default makes one
+    /// [`broadcast_bytes`](Self::broadcast_bytes) per rank (every rank sees
+    /// every part); the MPI backend scatters, so a rank receives only its part.
+    ///
+    /// # Errors
+    /// On `root`, `sizes` that do not cut `data` into one part per rank (the
+    /// other ranks then receive empty parts).
+    fn scatter_bytes(&self, root: usize, data: &[u8], sizes: &[usize]) -> Result<Vec<u8>> {
+        let ranges = if self.rank() == root { part_ranges(data, sizes, self.size()) } else { Ok(Vec::new()) };
+        let mut mine = Vec::new();
+        for r in 0..self.size() {
+            let mut buf = match &ranges {
+                Ok(v) if !v.is_empty() => data[v[r].clone()].to_vec(),
+                _ => Vec::new(),
+            };
+            self.broadcast_bytes(root, &mut buf)?;
+            if r == self.rank() {
+                mine = buf;
+            }
+        }
+        ranges.map(|_| mine)
+    }
     /// Ends the whole job with `code`; used on a fatal error so no rank is left
     /// waiting in a collective.
     fn abort(&self, code: i32) -> !;
@@ -54,6 +78,28 @@ pub trait Communicator {
     fn is_root(&self) -> bool {
         self.rank() == 0
     }
+}
+
+/// The byte range of each rank's part of `data` cut by `sizes` (see
+/// [`Communicator::scatter_bytes`]): an error unless there is one size per
+/// rank and they add up to `data`'s length.
+pub fn part_ranges(data: &[u8], sizes: &[usize], world: usize) -> Result<Vec<std::ops::Range<usize>>> {
+    let total = sizes.iter().try_fold(0usize, |a, &s| a.checked_add(s));
+    if sizes.len() != world || total != Some(data.len()) {
+        return Err(Error::Comm(format!(
+            "scatter: {} part sizes adding up to {total:?} for {world} ranks and {} bytes",
+            sizes.len(),
+            data.len()
+        )));
+    }
+    let mut at = 0;
+    Ok(sizes
+        .iter()
+        .map(|&s| {
+            at += s;
+            at - s..at
+        })
+        .collect())
 }
 
 /// Ends this process with `code` (the single-process [`Communicator::aborter`]).
@@ -154,5 +200,21 @@ impl Communicator for SingleProcess {
     }
     fn abort(&self, code: i32) -> ! {
         std::process::exit(code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_cut_the_data_in_rank_order_and_must_cover_it() {
+        let data = [1u8, 2, 3, 4, 5];
+        assert_eq!(part_ranges(&data, &[2, 0, 3], 3).unwrap(), [0..2, 2..2, 2..5]);
+        assert!(part_ranges(&data, &[2, 3], 3).is_err());
+        assert!(part_ranges(&data, &[2, 0, 2], 3).is_err());
+        assert!(part_ranges(&data, &[usize::MAX, 6, 0], 3).is_err());
+        assert_eq!(SingleProcess.scatter_bytes(0, &data, &[5]).unwrap(), data);
+        assert!(SingleProcess.scatter_bytes(0, &data, &[4]).is_err());
     }
 }

@@ -8,6 +8,7 @@
 use super::Communicator;
 use crate::error::{Error, Result};
 use mpi::collective::SystemOperation;
+use mpi::datatype::Partition;
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator as _, CommunicatorCollectives as _, Root as _};
@@ -45,6 +46,54 @@ impl MpiComm {
     fn reduce_f64(&self, buf: &mut [f64], op: SystemOperation) {
         let send = buf.to_vec();
         self.world.all_reduce_into(&send[..], buf, op);
+    }
+
+    /// [`Communicator::scatter_bytes`] in rounds of at most `round_bytes`
+    /// bytes in all (the trait's uses `i32::MAX`, MPI's limit; tests use
+    /// small rounds): a plain scatter of each part's size, then one
+    /// scatterv per round.
+    ///
+    /// # Errors
+    /// As [`Communicator::scatter_bytes`].
+    pub fn scatter_bytes_in_rounds(
+        &self,
+        root: usize,
+        data: &[u8],
+        sizes: &[usize],
+        round_bytes: usize,
+    ) -> Result<Vec<u8>> {
+        let is_root = self.rank() == root;
+        let ranges = if is_root { super::part_ranges(data, sizes, self.size()) } else { Ok(Vec::new()) };
+        let ranges_ok = ranges.as_deref().unwrap_or_default();
+        let chunk = (round_bytes.min(i32::MAX as usize) / self.size()).max(1);
+        let root_proc = self.world.process_at_rank(root as i32);
+        // First a plain scatter of [bytes of this rank's part, rounds].
+        let mut head = [0u64; 2];
+        if is_root {
+            let lens: Vec<usize> = (0..self.size()).map(|r| ranges_ok.get(r).map_or(0, |p| p.len())).collect();
+            let rounds = lens.iter().map(|l| l.div_ceil(chunk)).max().unwrap_or(0) as u64;
+            let all: Vec<u64> = lens.iter().flat_map(|&l| [l as u64, rounds]).collect();
+            root_proc.scatter_into_root(&all[..], &mut head[..]);
+        } else {
+            root_proc.scatter_into(&mut head[..]);
+        }
+        let len = usize::try_from(head[0]).map_err(|_| Error::Comm("scatter: part too large".into()))?;
+        // A real allocation even for 0 bytes (Open MPI rejects a dangling pointer).
+        let mut out = vec![0u8; len.max(1)];
+        for k in 0..head[1] as usize {
+            let piece = |r: &std::ops::Range<usize>| {
+                (r.start + (k * chunk).min(r.len()))..(r.start + ((k + 1) * chunk).min(r.len()))
+            };
+            let (lo, hi) = ((k * chunk).min(len), ((k + 1) * chunk).min(len));
+            let recv = if hi > lo { &mut out[lo..hi] } else { &mut out[..0] };
+            if is_root {
+                scatter_round(&root_proc, data, ranges_ok, piece, round_bytes, recv);
+            } else {
+                root_proc.scatter_varcount_into(recv);
+            }
+        }
+        out.truncate(len);
+        ranges.map(|_| out)
     }
 }
 
@@ -92,6 +141,11 @@ impl Communicator for MpiComm {
         Ok(())
     }
 
+    fn scatter_bytes(&self, root: usize, data: &[u8], sizes: &[usize]) -> Result<Vec<u8>> {
+        // MPI counts and displacements are ints: rounds of at most i32::MAX bytes in all.
+        self.scatter_bytes_in_rounds(root, data, sizes, i32::MAX as usize)
+    }
+
     fn barrier(&self) -> Result<()> {
         self.world.barrier();
         Ok(())
@@ -103,6 +157,37 @@ impl Communicator for MpiComm {
 
     fn aborter(&self) -> fn(i32) -> ! {
         abort_world
+    }
+}
+
+/// Rank `root`'s side of one round of [`MpiComm::scatter_bytes_in_rounds`]:
+/// the `piece` of each rank's range of `data` to that rank. Pieces within
+/// the first `limit` bytes of `data` (all of them, below 2 GiB in all) are
+/// sent straight from `data`; otherwise the round's pieces are copied
+/// together first.
+fn scatter_round(
+    root: &mpi::topology::Process<'_>,
+    data: &[u8],
+    ranges: &[std::ops::Range<usize>],
+    piece: impl Fn(&std::ops::Range<usize>) -> std::ops::Range<usize>,
+    limit: usize,
+    recv: &mut [u8],
+) {
+    let pieces: Vec<std::ops::Range<usize>> = ranges.iter().map(&piece).collect();
+    let counts: Vec<mpi::Count> = pieces.iter().map(|p| p.len() as mpi::Count).collect();
+    let end = pieces.iter().map(|p| p.end).max().unwrap_or(0);
+    if end <= limit.min(i32::MAX as usize) && !data.is_empty() {
+        let displs: Vec<mpi::Count> = pieces.iter().map(|p| p.start as mpi::Count).collect();
+        root.scatter_varcount_into_root(&Partition::new(&data[..end.max(1)], counts, displs), recv);
+    } else {
+        let mut send: Vec<u8> = Vec::new();
+        let mut displs = Vec::with_capacity(pieces.len());
+        for p in &pieces {
+            displs.push(send.len() as mpi::Count);
+            send.extend_from_slice(&data[p.clone()]);
+        }
+        send.push(0); // never empty
+        root.scatter_varcount_into_root(&Partition::new(&send[..], counts, displs), recv);
     }
 }
 

@@ -262,6 +262,9 @@ impl Communicator for Watched<'_> {
     fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
         self.around(|c| c.all_gather_bytes(bytes))
     }
+    fn scatter_bytes(&self, root: usize, data: &[u8], sizes: &[usize]) -> Result<Vec<u8>> {
+        self.around(|c| c.scatter_bytes(root, data, sizes))
+    }
     fn abort(&self, code: i32) -> ! {
         self.inner.abort(code)
     }

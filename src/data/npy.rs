@@ -494,7 +494,7 @@ pub fn read_npz_rows(path: &Path, name: &str, rows: &[usize]) -> Result<Array2<f
                 all.nrows()
             )));
         }
-        return Ok(all.select(ndarray::Axis(0), rows));
+        return Ok(super::select_rows(&all, rows));
     };
     if let Some(&r) = rows.iter().find(|&&r| r >= a.rows) {
         return Err(Error::Data(format!("{}: array '{name}' has {} rows, row {r} asked", path.display(), a.rows)));

@@ -850,7 +850,7 @@ impl RootIndex {
     pub fn select(&self, rows: &[usize]) -> RootIndex {
         RootIndex {
             files: self.files.clone(),
-            labels: self.labels.select(ndarray::Axis(0), rows),
+            labels: super::select_rows(&self.labels, rows),
             weights: self.weights.as_ref().map(|w| w.select(ndarray::Axis(0), rows)),
             at: rows.iter().map(|&r| self.at[r]).collect(),
             feature_names: self.feature_names.clone(),

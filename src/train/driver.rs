@@ -36,7 +36,7 @@ use tch::{Device, Kind, Tensor};
 pub fn single_process_plan(cfg: &RunConfig, events: &EventSet) -> Result<(EventSet, ShardPlan)> {
     let groups = events.label_groups();
     let order: Vec<usize> = groups.members.iter().flatten().copied().collect();
-    let plan = super::plan::make_plan(cfg, &groups, events.n_labels(), 1, 0)?;
+    let plan = super::plan::make_plan(cfg, &super::plan::GroupSummary::of(&groups), events.n_labels(), 1, 0)?;
     let mut ordered = events.select(&order);
     // Weights rescaled to mean 1 per label, as `app::run::load_shard` does.
     ordered.weights = super::plan::training_weights(cfg, &ordered)?;

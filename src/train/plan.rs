@@ -5,6 +5,7 @@
 use super::shard::ShardPlan;
 use crate::config::RunConfig;
 use crate::data::same_label;
+use crate::data::wire::{Reader, Writer};
 use crate::data::{EventSet, LabelGroups};
 use crate::error::{Error, Result};
 
@@ -18,10 +19,71 @@ pub(crate) fn is_label<'a>(row: impl IntoIterator<Item = &'a f32>, h: &[f64]) ->
     all && n == h.len()
 }
 
+/// What the shard plan needs of a data set's label groups: each group's
+/// label and number of events. O(labels), not O(events): rank 0 sends it to
+/// every rank ([`GroupSummary::to_bytes`]) so that each computes its own plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSummary {
+    /// The distinct label rows, sorted (as [`LabelGroups::labels`]).
+    pub labels: Vec<Vec<f32>>,
+    /// Events per group.
+    pub sizes: Vec<usize>,
+}
+
+impl GroupSummary {
+    /// The summary of `groups`.
+    pub fn of(groups: &LabelGroups) -> Self {
+        GroupSummary { labels: groups.labels.clone(), sizes: groups.members.iter().map(Vec::len).collect() }
+    }
+
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no groups.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Number of events in all groups.
+    pub fn n_events(&self) -> usize {
+        self.sizes.iter().sum()
+    }
+
+    /// The summary as bytes ([`GroupSummary::from_bytes`]).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.len(self.labels.len());
+        for (label, &size) in self.labels.iter().zip(&self.sizes) {
+            w.f32s(label.iter());
+            w.len(size);
+        }
+        w.0
+    }
+
+    /// Decodes [`GroupSummary::to_bytes`].
+    ///
+    /// # Errors
+    /// [`Error::Comm`] for truncated or corrupt bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(bytes, "label groups");
+        let n = r.len(16)?;
+        let mut out = GroupSummary { labels: Vec::with_capacity(n), sizes: Vec::with_capacity(n) };
+        for _ in 0..n {
+            out.labels.push(r.f32s()?);
+            let size = r.u64()?;
+            out.sizes.push(usize::try_from(size).map_err(|_| Error::Comm("label groups: size out of range".into()))?);
+        }
+        r.end()?;
+        Ok(out)
+    }
+}
+
 /// Indices (into `groups`) of the label groups named by `data.validation_labels`,
 /// sorted; an error naming the key and the label for a label with the wrong number
 /// of values, one also held out, or one without events.
-pub fn validation_groups(cfg: &RunConfig, groups: &LabelGroups, n_labels: usize) -> Result<Vec<usize>> {
+pub fn validation_groups(cfg: &RunConfig, groups: &GroupSummary, n_labels: usize) -> Result<Vec<usize>> {
     let d = &cfg.data;
     let mut out = Vec::new();
     for v in &d.validation_labels {
@@ -70,14 +132,13 @@ pub fn validation_groups(cfg: &RunConfig, groups: &LabelGroups, n_labels: usize)
 /// or no validation events while early stopping needs them.
 pub fn make_plan(
     cfg: &RunConfig,
-    groups: &LabelGroups,
+    groups: &GroupSummary,
     n_labels: usize,
     world: usize,
     rank: usize,
 ) -> Result<ShardPlan> {
     let val_groups = validation_groups(cfg, groups, n_labels)?;
-    let sizes: Vec<usize> = groups.members.iter().map(Vec::len).collect();
-    let plan = ShardPlan::new(&sizes, world, rank, cfg.data.validation_fraction, &val_groups, cfg.training.seed);
+    let plan = ShardPlan::new(&groups.sizes, world, rank, cfg.data.validation_fraction, &val_groups, cfg.training.seed);
     if plan.n_train == 0 {
         return Err(Error::Config(format!(
             "data.validation_labels: {:?} leave no events for training",
@@ -171,4 +232,21 @@ pub fn normalized_training_weights(
         );
     }
     crate::data::normalize_weights(labels, label_names, w, "training events")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_summaries_round_trip() {
+        let labels = ndarray::array![[1.0f32, 2.0], [0.5, -0.0], [1.0, 2.0]];
+        let s = GroupSummary::of(&crate::data::group_labels(&labels));
+        assert_eq!((s.len(), s.n_events()), (2, 3));
+        let b = s.to_bytes();
+        assert_eq!(GroupSummary::from_bytes(&b).unwrap(), s);
+        assert!((0..b.len()).all(|cut| GroupSummary::from_bytes(&b[..cut]).is_err()));
+        let none = GroupSummary { labels: vec![], sizes: vec![] };
+        assert_eq!(GroupSummary::from_bytes(&none.to_bytes()).unwrap(), none);
+    }
 }

@@ -2,8 +2,9 @@
 //! validation, and the batches of every epoch.
 //!
 //! Everything is a pure function of (label-group sizes, world size, seed,
-//! epoch), so every rank computes the same plan without communication and a
-//! resumed run replays the same batches.
+//! epoch), so every rank computes the same plan from the group sizes alone
+//! (rank 0 broadcasts them: `app::run::load_shard`) and a resumed run
+//! replays the same batches.
 //!
 //! - **Ownership (label-stratified):** inside each label group the events (in
 //!   their canonical read order) are cut into `W` contiguous chunks, chunk `r`
