@@ -14,6 +14,7 @@
 //! | phiomega_censored | phiomega.toml | acceptance cut with efficiencies (censored likelihood), spline blocks |
 //! | reference_clipped | reference.toml | absolute gradient clipping, weight averaging |
 //! | gaussian_early_stop | gaussian.toml | early stopping (best weights), balanced batches, weight averaging, relative clipping |
+//! | phiomega_nd | phiomega_nd.toml | seven features, three labels, five acceptance cuts, a quarter of the events sampled for the normaliser, weight averaging |
 
 mod common;
 use common::{gaussian_grid_npz, mpirun_ok, phiomega_grid, tmpdir};
@@ -30,6 +31,8 @@ enum Data {
     PhiOmega,
     /// A Gaussian grid in data/grid.npz.
     Gaussian,
+    /// `fedhex gen --model phi-omega-nd` ROOT files under data/phiomega_nd.
+    PhiOmegaNd,
 }
 
 struct Case {
@@ -66,6 +69,7 @@ const CASES: &[Case] = &[
             "training.lr_initial=0.02",
         ],
     },
+    Case { name: "phiomega_nd", example: "phiomega_nd.toml", data: Data::PhiOmegaNd, sets: &[] },
 ];
 
 const EPOCHS: usize = 4;
@@ -98,6 +102,15 @@ fn make_data(dir: &Path, data: Data) {
     match data {
         Data::PhiOmega => phiomega_grid(FEDHEX, &dir.join("data/phiomega"), 400),
         Data::Gaussian => gaussian_grid_npz(&dir.join("data/grid.npz"), 250),
+        Data::PhiOmegaNd => {
+            let o = std::process::Command::new(FEDHEX)
+                .args(["gen", "--model", "phi-omega-nd", "--grid", "2x2x2", "-n", "200", "--seed", "5", "--out"])
+                .arg(dir.join("data/phiomega_nd"))
+                .env_remove("LD_LIBRARY_PATH")
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "fedhex gen: {}", String::from_utf8_lossy(&o.stderr));
+        }
     }
 }
 
