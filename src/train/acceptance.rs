@@ -65,7 +65,7 @@ const ACCEPTANCE_ACTIVE_BELOW: f64 = 0.995;
 /// of them. The probe costs `1/size` of what it would on every rank.
 fn acceptance_group_weights(
     model: &Model,
-    groups: &LabelGroups,
+    (groups, all): (&LabelGroups, &[Vec<f32>]),
     efficiency: Option<&[f64]>,
     seed: u64,
     comm: &dyn Communicator,
@@ -75,7 +75,6 @@ fn acceptance_group_weights(
         return Ok(groups.labels.iter().zip(w).map(|(l, weight)| LabelWeight { label: l.clone(), weight }).collect());
     }
     let t0 = std::time::Instant::now();
-    let all = agreed_labels(&groups.labels, comm)?;
     let mut z = vec![0f64; all.len()];
     for (i, lab) in all.iter().enumerate().skip(comm.rank()).step_by(comm.size()) {
         z[i] = probe_acceptance(model, lab, label_seed(seed, lab));
@@ -88,10 +87,10 @@ fn acceptance_group_weights(
     );
     comm.allreduce_sum_f64(&mut z)?;
     Ok(all
-        .into_iter()
+        .iter()
         .zip(z)
         .map(|(label, z)| LabelWeight {
-            label,
+            label: label.clone(),
             weight: if z < ACCEPTANCE_ACTIVE_BELOW { (1.0 / z.max(0.05)) as f32 } else { 0.0 },
         })
         .collect())
@@ -108,15 +107,12 @@ fn label_seed(seed: u64, lab: &[f32]) -> u64 {
     crate::rng::mix_seed_parts(seed, &parts)
 }
 
-/// The union of every rank's `labels`, sorted by bit pattern: the same list on every rank.
-fn agreed_labels(labels: &[Vec<f32>], comm: &dyn Communicator) -> Result<Vec<Vec<f32>>> {
-    let width = labels.first().map_or(0, Vec::len);
+/// The union of every rank's `labels` (`width` values each), sorted by bit
+/// pattern: the same list on every rank.
+fn agreed_labels(labels: &[Vec<f32>], width: usize, comm: &dyn Communicator) -> Result<Vec<Vec<f32>>> {
     let mut all: Vec<Vec<u32>> = labels.iter().map(|l| label_bits(l)).collect();
     if comm.size() > 1 {
         let mine: Vec<u8> = all.iter().flatten().flat_map(|b| b.to_le_bytes()).collect();
-        let mut width_all = [width as f64];
-        comm.allreduce_max_f64(&mut width_all)?;
-        let width = width_all[0] as usize;
         for bytes in comm.all_gather_bytes(&mine)? {
             let words: Vec<u32> = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             all.extend(words.chunks(width.max(1)).map(<[u32]>::to_vec));
@@ -144,16 +140,9 @@ fn probe_acceptance(model: &Model, lab: &[f32], seed: u64) -> f64 {
 /// labels, or a mid-epoch checkpoint's), in the order of `groups`; `None`
 /// when any label is missing.
 fn restored_group_weights(stored: &[LabelWeight], groups: &LabelGroups) -> Option<Vec<f32>> {
-    groups
-        .labels
-        .iter()
-        .map(|lab| {
-            let same = |w: &&LabelWeight| {
-                w.label.len() == lab.len() && w.label.iter().zip(lab).all(|(a, b)| a.to_bits() == b.to_bits())
-            };
-            stored.iter().find(same).map(|w| w.weight)
-        })
-        .collect()
+    let by_label: std::collections::HashMap<Vec<u32>, f32> =
+        stored.iter().map(|w| (label_bits(&w.label), w.weight)).collect();
+    groups.labels.iter().map(|lab| by_label.get(&label_bits(lab)).copied()).collect()
 }
 
 /// Per training event, its label group's weight (`group_weights`).
@@ -281,6 +270,8 @@ pub(super) struct AcceptanceTerms {
     reps: f64,
     /// The training events' weights (weighted events only).
     event_w: Option<Tensor>,
+    /// Every rank's training labels ([`agreed_labels`]), gathered at the first probe.
+    all_labels: Option<Vec<Vec<f32>>>,
 }
 
 impl AcceptanceTerms {
@@ -311,6 +302,7 @@ impl AcceptanceTerms {
             by_label: Vec::new(),
             reps: cfg.training.acceptance_samples,
             event_w: train_set.weights.as_ref().map(|w| Tensor::from_slice(&w.to_vec()).to_device(device)),
+            all_labels: None,
         }))
     }
 
@@ -345,7 +337,14 @@ impl AcceptanceTerms {
                     );
                 }
                 let seed = crate::rng::mix_seed_parts(seed, &[epoch as u64, 0xacc]);
-                let all = acceptance_group_weights(model, &self.groups, self.efficiency.as_deref(), seed, comm)?;
+                let labels = match self.all_labels.take() {
+                    Some(l) => l,
+                    None => agreed_labels(&self.groups.labels, model.n_labels(), comm)?,
+                };
+                let all =
+                    acceptance_group_weights(model, (&self.groups, &labels), self.efficiency.as_deref(), seed, comm);
+                self.all_labels = Some(labels);
+                let all = all?;
                 let gw = restored_group_weights(&all, &self.groups).ok_or_else(|| {
                     Error::Data("acceptance probe: a training label is missing from the ranks' agreed labels".into())
                 })?;
