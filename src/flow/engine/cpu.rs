@@ -64,6 +64,26 @@ struct Layer {
     /// zeroes entirely and without labels (the first feature's outputs of a
     /// MADE), whose value is its bias. Output-major layers skip those rows.
     live: Vec<bool>,
+    /// Parameter row of output `j`: hidden units are kept sorted by their
+    /// MADE degree (a stable sort), so each unit's nonzero weights form a
+    /// prefix or suffix and the kernels below skip the masked rest; the
+    /// output layer keeps the parameter order.
+    rows: Vec<usize>,
+    /// Parameter column of masked input `i` (the previous layer's `rows`).
+    cols: Vec<usize>,
+    /// Output-major: row `j` reads the combined inputs `..span[j]` (the
+    /// 8-aligned end of its nonzero weights, or `k_in`); the masked zeros
+    /// beyond add nothing, so a dot over the span has the full dot's bits.
+    span: Vec<usize>,
+    /// Input-major: per block of 8 outputs (the last one partial), the
+    /// combined inputs with a nonzero weight in the block, in order.
+    blk_rows: Vec<Vec<usize>>,
+    /// Input-major: per combined input, the 8-aligned output range of its
+    /// nonzero weights (`n_out` for the end if it reaches the last, partial block).
+    row_cols: Vec<(usize, usize)>,
+    /// Output-major: per block of 8 masked inputs, the live rows with a
+    /// nonzero weight in the block, in order (the backward's dL/d(inputs)).
+    dz_rows: Vec<Vec<usize>>,
     /// Offset of the layer's input in an event record.
     rin: usize,
     /// Offset of the layer's pre-activation in an event record (hidden layers).
@@ -72,7 +92,69 @@ struct Layer {
     names: (String, String, Option<String>),
 }
 
+/// `e` rounded up to a multiple of 8, or `n` if that passes the last full block of `n`.
+fn up8(e: usize, n: usize) -> usize {
+    let e8 = e.div_ceil(8) * 8;
+    if e8 > n / 8 * 8 {
+        n
+    } else {
+        e8
+    }
+}
+
+/// The blocks of 8 of `0..n`, the last one partial.
+fn blocks8(n: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..n.div_ceil(8)).map(move |b| 8 * b..(8 * b + 8).min(n))
+}
+
 impl Layer {
+    /// A layer with its (internal-order) `mask`; derives which weights the kernels read.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        n_in: usize,
+        l: usize,
+        cond: bool,
+        n_out: usize,
+        in_major: bool,
+        mask: Vec<f32>,
+        rows: Vec<usize>,
+        cols: Vec<usize>,
+        names: (String, String, Option<String>),
+    ) -> Layer {
+        let k_in = n_in + if cond { l } else { 0 };
+        let nz = |j: usize, k: usize| k >= n_in || mask[j * n_in + k] != 0.0;
+        let live: Vec<bool> = (0..n_out).map(|j| cond || (0..n_in).any(|k| nz(j, k))).collect();
+        let span = (0..n_out).map(|j| (0..k_in).rev().find(|&k| nz(j, k)).map_or(0, |k| up8(k + 1, k_in))).collect();
+        let blk_rows = blocks8(n_out).map(|cb| (0..k_in).filter(|&k| cb.clone().any(|j| nz(j, k))).collect()).collect();
+        let row_cols = (0..k_in)
+            .map(|k| match ((0..n_out).find(|&j| nz(j, k)), (0..n_out).rev().find(|&j| nz(j, k))) {
+                (Some(f), Some(e)) => (f / 8 * 8, up8(e + 1, n_out)),
+                _ => (0, 0),
+            })
+            .collect();
+        let dz_rows =
+            blocks8(n_in).map(|cb| (0..n_out).filter(|&j| live[j] && cb.clone().any(|k| nz(j, k))).collect()).collect();
+        Layer {
+            n_in,
+            cond,
+            k_in,
+            n_out,
+            in_major,
+            off: 0,
+            mask,
+            live,
+            rows,
+            cols,
+            span,
+            blk_rows,
+            row_cols,
+            dz_rows,
+            rin: 0,
+            rpre: 0,
+            names,
+        }
+    }
+
     fn a_len(&self) -> usize {
         self.k_in * self.n_out
     }
@@ -198,6 +280,8 @@ impl Plan {
             let mut layers = Vec::new();
             let parts = block.parts();
             let n_layers = parts.len();
+            // The previous layer's internal order of its outputs (this layer's masked inputs).
+            let mut prev_rows: Option<Vec<usize>> = None;
             for (li, p) in parts.iter().enumerate() {
                 let size = p.weight.size();
                 let (n_out, n_in) = (dim(size[0], "layer rows")?, dim(size[1], "layer columns")?);
@@ -208,26 +292,27 @@ impl Plan {
                 let k_in = n_in + if cond { l } else { 0 };
                 let last = li + 1 == n_layers;
                 let prefix = if last { format!("made{k}.out") } else { format!("made{k}.hidden{li}") };
-                let mask = host(p.mask);
-                let live =
-                    (0..n_out).map(|j| cond || mask[j * n_in..(j + 1) * n_in].iter().any(|&m| m != 0.0)).collect();
-                let layer = Layer {
-                    n_in,
-                    cond,
-                    k_in,
-                    n_out,
-                    in_major: n_out >= k_in,
-                    off: len,
-                    rin: 0,
-                    rpre: 0,
-                    mask,
-                    live,
-                    names: (
-                        format!("{prefix}.weight"),
-                        format!("{prefix}.bias"),
-                        cond.then(|| format!("{prefix}.cond")),
-                    ),
-                };
+                let mask_p = host(p.mask);
+                let cols = prev_rows.take().unwrap_or_else(|| (0..n_in).collect());
+                if cols.len() != n_in {
+                    return Err(format!("block {k}: layer {li} reads {n_in} inputs, the layer before has {}", cols.len()));
+                }
+                // Hidden units sorted by how many inputs they read, which orders
+                // them by MADE degree; the output layer in parameter order.
+                let mut rows: Vec<usize> = (0..n_out).collect();
+                if !last {
+                    rows.sort_by_key(|&j| cols.iter().filter(|&&i| mask_p[j * n_in + i] != 0.0).count());
+                }
+                let mask = rows.iter().flat_map(|&j| cols.iter().map(|&i| mask_p[j * n_in + i]).collect::<Vec<_>>()).collect();
+                let names =
+                    (format!("{prefix}.weight"), format!("{prefix}.bias"), cond.then(|| format!("{prefix}.cond")));
+                // Input-major when the outputs are the longer side, except the
+                // MADE's output layer: its rows read a prefix of the sorted
+                // hidden units, which an output-major dot skips to.
+                let in_major = n_out >= k_in && !last;
+                let mut layer = Layer::new(n_in, l, cond, n_out, in_major, mask, rows.clone(), cols, names);
+                prev_rows = Some(rows);
+                layer.off = len;
                 len += layer.len();
                 layers.push(layer);
             }
@@ -285,17 +370,17 @@ impl Plan {
                 None => None,
             };
             let dst = &mut w[y.off..y.off + y.len()];
-            for j in 0..y.n_out {
-                for i in 0..y.n_in {
-                    dst[y.idx(j, i)] = ws[j * y.n_in + i] * y.mask[j * y.n_in + i];
+            for (j, &pj) in y.rows.iter().enumerate() {
+                for (i, &pi) in y.cols.iter().enumerate() {
+                    dst[y.idx(j, i)] = ws[pj * y.n_in + pi] * y.mask[j * y.n_in + i];
                 }
                 if let Some(cs) = &cs {
                     for q in 0..self.l {
-                        dst[y.idx(j, y.n_in + q)] = cs[j * self.l + q];
+                        dst[y.idx(j, y.n_in + q)] = cs[pj * self.l + q];
                     }
                 }
+                dst[y.a_len() + j] = bs[pj];
             }
-            dst[y.a_len()..].copy_from_slice(&bs[..y.n_out]);
         }
         if let Some(x) = &self.ext {
             x.mix_weights(self.d, get, &mut w)?;
@@ -314,12 +399,12 @@ fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for q in 0..8 {
-            acc[q] += x[q] * y[q];
+            acc[q] = x[q].mul_add(y[q], acc[q]);
         }
     }
     let mut tail = 0f32;
     for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
+        tail = x.mul_add(*y, tail);
     }
     // Halves, then halves again: the usual horizontal reduction of a vector register.
     let h = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
@@ -331,7 +416,7 @@ fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
 /// order (8 lanes, multiply then add, halves reduction), so the same bits.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let n = a.len().min(b.len());
@@ -342,7 +427,7 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     while i < m {
         let x = unsafe { _mm256_loadu_ps(a.as_ptr().add(i)) };
         let y = unsafe { _mm256_loadu_ps(b.as_ptr().add(i)) };
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+        acc = _mm256_fmadd_ps(x, y, acc);
         i += 8;
     }
     let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
@@ -350,7 +435,7 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     let r = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
     let mut tail = 0f32;
     for (x, y) in a[m..n].iter().zip(&b[m..n]) {
-        tail += x * y;
+        tail = x.mul_add(*y, tail);
     }
     _mm_cvtss_f32(r) + tail
 }
@@ -369,7 +454,7 @@ fn dot<const AVX: bool>(a: &[f32], b: &[f32]) -> f32 {
 #[inline(always)]
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
+        *yi = a.mul_add(*xi, *yi);
     }
 }
 
@@ -427,24 +512,28 @@ fn layer_forward<const AVX: bool>(y: &Layer, w: &[f32], z: &[f32], out: &mut [f3
     if y.in_major {
         // Blocks of 8 outputs held in registers over all inputs; the same
         // additions in the same order as one axpy per input.
+        // (Only the inputs with a nonzero weight in the block: the others add zeros.)
         let n8 = y.n_out / 8 * 8;
         for jb in (0..n8).step_by(8) {
             let mut acc = [0f32; 8];
             acc.copy_from_slice(&out[jb..jb + 8]);
-            for (k, &zk) in z.iter().enumerate() {
-                let ak = &a[k * y.n_out + jb..k * y.n_out + jb + 8];
+            for &k in &y.blk_rows[jb / 8] {
+                let (zk, ak) = (z[k], &a[k * y.n_out + jb..k * y.n_out + jb + 8]);
                 for q in 0..8 {
-                    acc[q] += zk * ak[q];
+                    acc[q] = zk.mul_add(ak[q], acc[q]);
                 }
             }
             out[jb..jb + 8].copy_from_slice(&acc);
         }
-        for (k, &zk) in z.iter().enumerate() {
-            axpy(&mut out[n8..], zk, &a[k * y.n_out + n8..(k + 1) * y.n_out]);
+        if n8 < y.n_out {
+            for &k in &y.blk_rows[n8 / 8] {
+                axpy(&mut out[n8..], z[k], &a[k * y.n_out + n8..(k + 1) * y.n_out]);
+            }
         }
     } else {
         for (j, o) in out.iter_mut().enumerate().filter(|(j, _)| y.live[*j]) {
-            *o += dot::<AVX>(&a[j * y.k_in..(j + 1) * y.k_in], z);
+            let n = y.span[j];
+            *o += dot::<AVX>(&a[j * y.k_in..j * y.k_in + n], &z[..n]);
         }
     }
 }
@@ -458,25 +547,31 @@ fn layer_backward<const AVX: bool>(y: &Layer, w: &[f32], g: &mut [f32], z: &[f32
     for (gbj, dyj) in gb.iter_mut().zip(dy) {
         *gbj += dyj;
     }
+    // Masked weights are zero and their gradients are masked out when
+    // scattered: only the nonzero ranges are visited.
     if y.in_major {
         for (k, &zk) in z.iter().enumerate() {
-            axpy(&mut ga[k * y.n_out..(k + 1) * y.n_out], zk, dy);
+            let (lo, hi) = y.row_cols[k];
+            axpy(&mut ga[k * y.n_out + lo..k * y.n_out + hi], zk, &dy[lo..hi]);
         }
         if let Some(dz) = dz {
             for (i, dzi) in dz.iter_mut().enumerate().take(y.n_in) {
-                *dzi = dot::<AVX>(&a[i * y.n_out..(i + 1) * y.n_out], dy);
+                let (lo, hi) = y.row_cols[i];
+                *dzi = dot::<AVX>(&a[i * y.n_out + lo..i * y.n_out + hi], &dy[lo..hi]);
             }
         }
     } else {
         // A dead row's weight gradient is masked out when scattered, and its
         // weights are zero: it adds nothing anywhere.
         for (j, &dyj) in dy.iter().enumerate().filter(|(j, _)| y.live[*j]) {
-            axpy(&mut ga[j * y.k_in..(j + 1) * y.k_in], dyj, z);
+            let n = y.span[j];
+            axpy(&mut ga[j * y.k_in..j * y.k_in + n], dyj, &z[..n]);
         }
         if let Some(dz) = dz {
             dz.iter_mut().for_each(|v| *v = 0.0);
             for (j, &dyj) in dy.iter().enumerate().filter(|(j, _)| y.live[*j]) {
-                axpy(&mut dz[..y.n_in], dyj, &a[j * y.k_in..j * y.k_in + y.n_in]);
+                let n = y.span[j].min(y.n_in);
+                axpy(&mut dz[..n], dyj, &a[j * y.k_in..j * y.k_in + n]);
             }
         }
     }
@@ -760,7 +855,7 @@ fn axpy_tile<const AVX: bool>(row: &mut [f32], coef: &[f32; TILE], src: &[f32], 
 /// [`axpy_tile`] (AVX2).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn axpy_tile_avx2(row: &mut [f32], coef: &[f32; TILE], src: &[f32], stride: usize) {
     use std::arch::x86_64::*;
     let n = row.len();
@@ -771,14 +866,14 @@ unsafe fn axpy_tile_avx2(row: &mut [f32], coef: &[f32; TILE], src: &[f32], strid
         let mut acc = unsafe { _mm256_loadu_ps(rp.add(c)) };
         for (e, ce) in cs.iter().enumerate() {
             let x = unsafe { _mm256_loadu_ps(sp.add(e * stride + c)) };
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(*ce, x));
+            acc = _mm256_fmadd_ps(*ce, x, acc);
         }
         unsafe { _mm256_storeu_ps(rp.add(c), acc) };
     }
     for c in n8..n {
         let mut v = row[c];
         for (e, &ce) in coef.iter().enumerate() {
-            v += ce * src[e * stride + c];
+            v = ce.mul_add(src[e * stride + c], v);
         }
         row[c] = v;
     }
@@ -805,9 +900,10 @@ fn dz_tile<const AVX: bool>(y: &Layer, a: &[f32], dy: &[f32], dz: &mut [f32], ds
         dz[e * ds..e * ds + n_in].iter_mut().for_each(|v| *v = 0.0);
     }
     for j in (0..y.n_out).filter(|&j| y.live[j]) {
-        let arow = &a[j * k_in..j * k_in + n_in];
+        let n = y.span[j].min(n_in);
+        let arow = &a[j * k_in..j * k_in + n];
         for e in 0..TILE {
-            axpy(&mut dz[e * ds..e * ds + n_in], dy[e * ds + j], arow);
+            axpy(&mut dz[e * ds..e * ds + n], dy[e * ds + j], arow);
         }
     }
 }
@@ -815,25 +911,26 @@ fn dz_tile<const AVX: bool>(y: &Layer, a: &[f32], dy: &[f32], dz: &mut [f32], ds
 /// [`dz_tile`] (AVX2).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn dz_tile_avx2(y: &Layer, a: &[f32], dy: &[f32], dz: &mut [f32], ds: usize) {
-    let live = (0..y.n_out).filter(|&j| y.live[j]);
     // SAFETY: the caller bounds every access ([`dz_tile`]'s assert).
-    unsafe { rows_tile_avx2(None, live, a, y.k_in, dy, ds, dz, ds, y.n_in) }
+    unsafe { rows_tile_avx2(None, |b| &y.dz_rows[b], a, y.k_in, dy, ds, dz, ds, y.n_in) }
 }
 
 /// `out[e * os + c] = init[c] (or 0) + Σ_k coef[e * cs + k] · a[k * stride + c]`
-/// for `c < width` over the `rows` `k` in order, for a tile of events: 8
+/// for `c < width` over the rows `k` in order, for a tile of events: 8
 /// outputs of the 8 events held in registers over all rows, the same additions
-/// in the same order as one [`axpy`] per row. The forward of an input-major
-/// layer and the backward's dL/d(inputs) of an output-major one.
+/// in the same order as one [`axpy`] per row. `rows(b)` lists the rows of
+/// block `b` of 8 outputs (the last one partial) in order; rows left out must
+/// be zero there. The forward of an input-major layer and the backward's
+/// dL/d(inputs) of an output-major one.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows_tile_avx2<I: Iterator<Item = usize> + Clone>(
+unsafe fn rows_tile_avx2<'r>(
     init: Option<&[f32]>,
-    rows: I,
+    rows: impl Fn(usize) -> &'r [usize],
     a: &[f32],
     stride: usize,
     coef: &[f32],
@@ -851,11 +948,11 @@ unsafe fn rows_tile_avx2<I: Iterator<Item = usize> + Clone>(
             None => _mm256_setzero_ps(),
         };
         let mut acc = [start; TILE];
-        for k in rows.clone() {
+        for &k in rows(c / 8) {
             let av = unsafe { _mm256_loadu_ps(ap.add(k * stride + c)) };
             for (e, ae) in acc.iter_mut().enumerate() {
                 let g = unsafe { _mm256_broadcast_ss(&*cp.add(e * cs + k)) };
-                *ae = _mm256_add_ps(*ae, _mm256_mul_ps(g, av));
+                *ae = _mm256_fmadd_ps(g, av, *ae);
             }
         }
         for (e, ae) in acc.iter().enumerate() {
@@ -865,8 +962,8 @@ unsafe fn rows_tile_avx2<I: Iterator<Item = usize> + Clone>(
     for e in 0..TILE {
         for c in n8..width {
             let mut v = init.map_or(0.0, |b| b[c]);
-            for k in rows.clone() {
-                v += coef[e * cs + k] * a[k * stride + c];
+            for &k in rows(n8 / 8) {
+                v = coef[e * cs + k].mul_add(a[k * stride + c], v);
             }
             out[e * os + c] = v;
         }
@@ -876,11 +973,11 @@ unsafe fn rows_tile_avx2<I: Iterator<Item = usize> + Clone>(
 /// [`layer_forward_tile`] of an input-major layer (AVX2).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn in_major_tile_avx2(y: &Layer, w: &[f32], z: &[f32], zs: usize, out: &mut [f32], os: usize) {
     let (a, b) = w.split_at(y.a_len());
     // SAFETY: the caller passes a tile of `zs`-strided inputs and `os`-strided outputs.
-    unsafe { rows_tile_avx2(Some(b), 0..y.k_in, a, y.n_out, z, zs, out, os, y.n_out) }
+    unsafe { rows_tile_avx2(Some(b), |bl| &y.blk_rows[bl], a, y.n_out, z, zs, out, os, y.n_out) }
 }
 
 /// [`layer_rows_tile`] of an input-major layer (AVX2): the eight events of
@@ -890,7 +987,7 @@ unsafe fn in_major_tile_avx2(y: &Layer, w: &[f32], z: &[f32], zs: usize, out: &m
 /// passes of wide output layers (`n_out > k_in`, e.g. splines at `D >= 6`).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn in_major_rows_tile_avx2(
     y: &Layer,
     w: &[f32],
@@ -921,7 +1018,7 @@ unsafe fn in_major_rows_tile_avx2(
         for (k, zk) in zt.iter().enumerate() {
             let row = &a[k * n_out..(k + 1) * n_out];
             for (g, &j) in group.iter().enumerate() {
-                acc[g] = _mm256_add_ps(acc[g], _mm256_mul_ps(*zk, _mm256_set1_ps(row[j])));
+                acc[g] = _mm256_fmadd_ps(*zk, _mm256_set1_ps(row[j]), acc[g]);
             }
         }
         for (g, &j) in group.iter().enumerate() {
@@ -938,7 +1035,7 @@ unsafe fn in_major_rows_tile_avx2(
 /// [`dot_avx2`] of each event, eight of them side by side.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn dots_tile_avx2(
     y: &Layer,
     w: &[f32],
@@ -951,7 +1048,6 @@ unsafe fn dots_tile_avx2(
     use std::arch::x86_64::*;
     let (a, b) = w.split_at(y.a_len());
     let k = y.k_in;
-    let m = k / 8 * 8;
     let zp = z.as_ptr();
     for j in 0..y.n_out {
         if want.is_some_and(|v| !v[j]) {
@@ -963,14 +1059,17 @@ unsafe fn dots_tile_avx2(
             }
             continue;
         }
-        let aj = &a[j * k..(j + 1) * k];
+        // Only the span of the row: the masked zeros beyond add nothing.
+        let kj = y.span[j];
+        let m = kj / 8 * 8;
+        let aj = &a[j * k..j * k + kj];
         let mut acc = [_mm256_setzero_ps(); TILE];
         let mut i = 0;
         while i < m {
             let av = unsafe { _mm256_loadu_ps(aj.as_ptr().add(i)) };
             for (e, ae) in acc.iter_mut().enumerate() {
                 let zv = unsafe { _mm256_loadu_ps(zp.add(e * zs + i)) };
-                *ae = _mm256_add_ps(*ae, _mm256_mul_ps(zv, av));
+                *ae = _mm256_fmadd_ps(zv, av, *ae);
             }
             i += 8;
         }
@@ -979,8 +1078,8 @@ unsafe fn dots_tile_avx2(
             let q = _mm_add_ps(h, _mm_movehl_ps(h, h));
             let r = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
             let mut tail = 0f32;
-            for (x, yv) in z[e * zs + m..e * zs + k].iter().zip(&aj[m..]) {
-                tail += x * yv;
+            for (x, yv) in z[e * zs + m..e * zs + kj].iter().zip(&aj[m..]) {
+                tail = x.mul_add(*yv, tail);
             }
             out[e * os + j] = b[j] + (_mm_cvtss_f32(r) + tail);
         }
@@ -1076,11 +1175,12 @@ fn layer_row<const AVX: bool>(y: &Layer, w: &[f32], z: &[f32], j: usize) -> f32 
     if y.in_major {
         let mut acc = b[j];
         for (k, &zk) in z.iter().enumerate() {
-            acc += zk * a[k * y.n_out + j];
+            acc = zk.mul_add(a[k * y.n_out + j], acc);
         }
         acc
     } else if y.live[j] {
-        b[j] + dot::<AVX>(&a[j * y.k_in..(j + 1) * y.k_in], z)
+        let n = y.span[j];
+        b[j] + dot::<AVX>(&a[j * y.k_in..j * y.k_in + n], &z[..n])
     } else {
         b[j]
     }
@@ -1210,11 +1310,11 @@ macro_rules! dispatch {
         fn $name($($a: $t),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2")]
+                #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($a: $t),*) -> $ret {
                     $imp::<true>($($a),*)
                 }
-                if std::is_x86_feature_detected!("avx2") {
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU supports AVX2 (checked just above).
                     return unsafe { avx2($($a),*) };
                 }
@@ -1516,19 +1616,21 @@ impl FastTrainer {
         for y in self.plan.blocks.iter().flatten() {
             let src = &g[y.off..y.off + y.len()];
             if let Some(&o) = self.offsets.get(&y.names.0) {
-                for j in 0..y.n_out {
-                    for i in 0..y.n_in {
-                        out[o + j * y.n_in + i] = src[y.idx(j, i)] * y.mask[j * y.n_in + i];
+                for (j, &pj) in y.rows.iter().enumerate() {
+                    for (i, &pi) in y.cols.iter().enumerate() {
+                        out[o + pj * y.n_in + pi] = src[y.idx(j, i)] * y.mask[j * y.n_in + i];
                     }
                 }
             }
             if let Some(&o) = self.offsets.get(&y.names.1) {
-                out[o..o + y.n_out].copy_from_slice(&src[y.a_len()..]);
+                for (j, &pj) in y.rows.iter().enumerate() {
+                    out[o + pj] = src[y.a_len() + j];
+                }
             }
             if let Some(&o) = y.names.2.as_ref().and_then(|n| self.offsets.get(n)) {
-                for j in 0..y.n_out {
+                for (j, &pj) in y.rows.iter().enumerate() {
                     for q in 0..l {
-                        out[o + j * l + q] = src[y.idx(j, y.n_in + q)];
+                        out[o + pj * l + q] = src[y.idx(j, y.n_in + q)];
                     }
                 }
             }
@@ -1684,7 +1786,7 @@ mod tests {
     #[test]
     fn avx2_backward_tile_kernels_give_the_bits_of_the_portable_ones() {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             let val = |i: usize, m: usize| ((i * m % 101) as f32 - 50.0) * 0.0137;
             for (n_in, n_out, k_in) in [(128usize, 50usize, 130usize), (13, 9, 13), (8, 3, 10), (1, 1, 1)] {
                 let stride = k_in.max(n_out) + 3;
@@ -1696,20 +1798,24 @@ mod tests {
                 axpy_tile::<true>(&mut got, &coef, &src, stride);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "axpy_tile {n_in} {n_out} {k_in}");
-                let y = Layer {
-                    n_in,
-                    cond: k_in > n_in,
-                    k_in,
-                    n_out,
-                    in_major: false,
-                    off: 0,
-                    mask: vec![],
-                    live: (0..n_out).map(|j| j % 3 != 1).collect(),
-                    rin: 0,
-                    rpre: 0,
-                    names: (String::new(), String::new(), None),
-                };
-                let a: Vec<f32> = (0..n_out * k_in).map(|i| val(i, 29)).collect();
+                // Rows with 1 in 3 masked out entirely and the rest a growing prefix.
+                let mask = (0..n_out * n_in)
+                    .map(|q| {
+                        let (j, i) = (q / n_in, q % n_in);
+                        if j % 3 != 1 && i <= (j * 5) % n_in.max(1) {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect::<Vec<f32>>();
+                let (rows, cols) = ((0..n_out).collect(), (0..n_in).collect());
+                let names = (String::new(), String::new(), None);
+                let y = Layer::new(n_in, k_in - n_in, k_in > n_in, n_out, false, mask.clone(), rows, cols, names);
+                // The weights carry the mask, as Plan::weights builds them.
+                let a: Vec<f32> = (0..n_out * k_in)
+                    .map(|q| if q % k_in < n_in && mask[q / k_in * n_in + q % k_in] == 0.0 { 0.0 } else { val(q, 29) })
+                    .collect();
                 let (mut want, mut got) = (vec![7f32; TILE * stride], vec![7f32; TILE * stride]);
                 dz_tile::<false>(&y, &a, &src, &mut want, stride);
                 dz_tile::<true>(&y, &a, &src, &mut got, stride);
@@ -1722,7 +1828,7 @@ mod tests {
     #[test]
     fn avx2_dot_gives_the_bits_of_the_portable_dot() {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             for n in [0usize, 1, 7, 8, 9, 128, 131] {
                 let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.0137).collect();
                 let b: Vec<f32> = (0..n).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.731).collect();

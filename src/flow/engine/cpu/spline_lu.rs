@@ -729,20 +729,26 @@ fn layer_backward_tile<const AVX: bool>(
             *gbj += dyj;
         }
     }
+    // Only the nonzero ranges of the masked weights (see `Layer`): the rest
+    // adds zeros, and its gradient is masked out when scattered.
     if y.in_major {
         for k in 0..k_in {
-            let coef: [f32; TILE] = std::array::from_fn(|e| z[e * zs + k]);
-            axpy_tile::<AVX>(&mut ga[k * n_out..(k + 1) * n_out], &coef, dy, ds);
+            let (lo, hi) = y.row_cols[k];
+            if hi > lo {
+                let coef: [f32; TILE] = std::array::from_fn(|e| z[e * zs + k]);
+                axpy_tile::<AVX>(&mut ga[k * n_out + lo..k * n_out + hi], &coef, &dy[lo..], ds);
+            }
         }
         for e in 0..TILE {
             for i in 0..n_in {
-                dz[e * ds + i] = dot::<AVX>(&a[i * n_out..(i + 1) * n_out], &dy[e * ds..e * ds + n_out]);
+                let (lo, hi) = y.row_cols[i];
+                dz[e * ds + i] = dot::<AVX>(&a[i * n_out + lo..i * n_out + hi], &dy[e * ds + lo..e * ds + hi]);
             }
         }
     } else {
         for j in (0..n_out).filter(|&j| y.live[j]) {
             let coef: [f32; TILE] = std::array::from_fn(|e| dy[e * ds + j]);
-            axpy_tile::<AVX>(&mut ga[j * k_in..(j + 1) * k_in], &coef, z, zs);
+            axpy_tile::<AVX>(&mut ga[j * k_in..j * k_in + y.span[j]], &coef, z, zs);
         }
         dz_tile::<AVX>(y, a, dy, dz, ds);
     }
