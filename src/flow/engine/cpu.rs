@@ -84,6 +84,9 @@ struct Layer {
     /// Output-major: per block of 8 masked inputs, the live rows with a
     /// nonzero weight in the block, in order (the backward's dL/d(inputs)).
     dz_rows: Vec<Vec<usize>>,
+    /// Output-major: the live rows grouped by equal span, in order within a
+    /// group (the tiled forward runs two rows of a group at once).
+    span_groups: Vec<Vec<usize>>,
     /// Offset of the layer's input in an event record.
     rin: usize,
     /// Offset of the layer's pre-activation in an event record (hidden layers).
@@ -124,7 +127,8 @@ impl Layer {
         let k_in = n_in + if cond { l } else { 0 };
         let nz = |j: usize, k: usize| k >= n_in || mask[j * n_in + k] != 0.0;
         let live: Vec<bool> = (0..n_out).map(|j| cond || (0..n_in).any(|k| nz(j, k))).collect();
-        let span = (0..n_out).map(|j| (0..k_in).rev().find(|&k| nz(j, k)).map_or(0, |k| up8(k + 1, k_in))).collect();
+        let span: Vec<usize> =
+            (0..n_out).map(|j| (0..k_in).rev().find(|&k| nz(j, k)).map_or(0, |k| up8(k + 1, k_in))).collect();
         let blk_rows = blocks8(n_out).map(|cb| (0..k_in).filter(|&k| cb.clone().any(|j| nz(j, k))).collect()).collect();
         let row_cols = (0..k_in)
             .map(|k| match ((0..n_out).find(|&j| nz(j, k)), (0..n_out).rev().find(|&j| nz(j, k))) {
@@ -134,6 +138,9 @@ impl Layer {
             .collect();
         let dz_rows =
             blocks8(n_in).map(|cb| (0..n_out).filter(|&j| live[j] && cb.clone().any(|k| nz(j, k))).collect()).collect();
+        let mut by_span: Vec<usize> = (0..n_out).filter(|&j| live[j]).collect();
+        by_span.sort_by_key(|&j| span[j]);
+        let span_groups = by_span.chunk_by(|&i, &j| span[i] == span[j]).map(<[usize]>::to_vec).collect();
         Layer {
             n_in,
             cond,
@@ -149,6 +156,7 @@ impl Layer {
             blk_rows,
             row_cols,
             dz_rows,
+            span_groups,
             rin: 0,
             rpre: 0,
             names,
@@ -295,7 +303,10 @@ impl Plan {
                 let mask_p = host(p.mask);
                 let cols = prev_rows.take().unwrap_or_else(|| (0..n_in).collect());
                 if cols.len() != n_in {
-                    return Err(format!("block {k}: layer {li} reads {n_in} inputs, the layer before has {}", cols.len()));
+                    return Err(format!(
+                        "block {k}: layer {li} reads {n_in} inputs, the layer before has {}",
+                        cols.len()
+                    ));
                 }
                 // Hidden units sorted by how many inputs they read, which orders
                 // them by MADE degree; the output layer in parameter order.
@@ -303,7 +314,8 @@ impl Plan {
                 if !last {
                     rows.sort_by_key(|&j| cols.iter().filter(|&&i| mask_p[j * n_in + i] != 0.0).count());
                 }
-                let mask = rows.iter().flat_map(|&j| cols.iter().map(|&i| mask_p[j * n_in + i]).collect::<Vec<_>>()).collect();
+                let mask =
+                    rows.iter().flat_map(|&j| cols.iter().map(|&i| mask_p[j * n_in + i]).collect::<Vec<_>>()).collect();
                 let names =
                     (format!("{prefix}.weight"), format!("{prefix}.bias"), cond.then(|| format!("{prefix}.cond")));
                 // Input-major when the outputs are the longer side, except the
@@ -1046,44 +1058,79 @@ unsafe fn dots_tile_avx2(
     want: Option<&[bool]>,
 ) {
     use std::arch::x86_64::*;
+    const { assert!(TILE == 8) };
     let (a, b) = w.split_at(y.a_len());
     let k = y.k_in;
     let zp = z.as_ptr();
-    for j in 0..y.n_out {
-        if want.is_some_and(|v| !v[j]) {
-            continue;
-        }
-        if !y.live[j] {
-            for e in 0..TILE {
-                out[e * os + j] = b[j];
-            }
-            continue;
-        }
-        // Only the span of the row: the masked zeros beyond add nothing.
-        let kj = y.span[j];
-        let m = kj / 8 * 8;
-        let aj = &a[j * k..j * k + kj];
-        let mut acc = [_mm256_setzero_ps(); TILE];
-        let mut i = 0;
-        while i < m {
-            let av = unsafe { _mm256_loadu_ps(aj.as_ptr().add(i)) };
-            for (e, ae) in acc.iter_mut().enumerate() {
-                let zv = unsafe { _mm256_loadu_ps(zp.add(e * zs + i)) };
-                *ae = _mm256_fmadd_ps(zv, av, *ae);
-            }
-            i += 8;
-        }
-        for (e, ae) in acc.iter().enumerate() {
-            let h = _mm_add_ps(_mm256_castps256_ps128(*ae), _mm256_extractf128_ps(*ae, 1));
-            let q = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            let r = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
-            let mut tail = 0f32;
-            for (x, yv) in z[e * zs + m..e * zs + kj].iter().zip(&aj[m..]) {
-                tail = x.mul_add(*yv, tail);
-            }
-            out[e * os + j] = b[j] + (_mm_cvtss_f32(r) + tail);
+    let wanted = |j: usize| want.is_none_or(|v| v[j]);
+    for j in (0..y.n_out).filter(|&j| !y.live[j] && wanted(j)) {
+        for e in 0..TILE {
+            out[e * os + j] = b[j];
         }
     }
+    // Two rows of equal span by four events at a time: each weight vector
+    // is loaded once per four events and each input vector once per two rows.
+    for group in &y.span_groups {
+        let mut rows = group.iter().copied().filter(|&j| wanted(j));
+        while let Some(j0) = rows.next() {
+            let j1 = rows.next();
+            // Only the span of the rows: the masked zeros beyond add nothing.
+            let kj = y.span[j0];
+            let m = kj / 8 * 8;
+            let a0 = &a[j0 * k..j0 * k + kj];
+            let a1 = j1.map_or(a0, |j1| &a[j1 * k..j1 * k + kj]);
+            for e0 in [0, 4] {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                let mut i = 0;
+                while i < m {
+                    let (v0, v1) =
+                        unsafe { (_mm256_loadu_ps(a0.as_ptr().add(i)), _mm256_loadu_ps(a1.as_ptr().add(i))) };
+                    for e in 0..4 {
+                        let zv = unsafe { _mm256_loadu_ps(zp.add((e0 + e) * zs + i)) };
+                        acc[e] = _mm256_fmadd_ps(zv, v0, acc[e]);
+                        acc[4 + e] = _mm256_fmadd_ps(zv, v1, acc[4 + e]);
+                    }
+                    i += 8;
+                }
+                let sums = hsum8_avx2(&acc);
+                for (r, (j, ar)) in [(j0, a0)].into_iter().chain(j1.map(|j1| (j1, a1))).enumerate() {
+                    for e in 0..4 {
+                        let ze = &z[(e0 + e) * zs..];
+                        let mut tail = 0f32;
+                        for (x, yv) in ze[m..kj].iter().zip(&ar[m..]) {
+                            tail = x.mul_add(*yv, tail);
+                        }
+                        out[(e0 + e) * os + j] = b[j] + (sums[r * 4 + e] + tail);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The horizontal sums of eight vectors, each in the order of [`dot_scalar`]
+/// (`((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`), so the same bits,
+/// computed for all eight with a handful of shuffles and adds.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum8_avx2(v: &[std::arch::x86_64::__m256; 8]) -> [f32; 8] {
+    use std::arch::x86_64::*;
+    // h(v) = low half + high half, two vectors per register.
+    let h =
+        |p: __m256, q: __m256| _mm256_add_ps(_mm256_permute2f128_ps(p, q, 0x20), _mm256_permute2f128_ps(p, q, 0x31));
+    let (h01, h23, h45, h67) = (h(v[0], v[1]), h(v[2], v[3]), h(v[4], v[5]), h(v[6], v[7]));
+    // q = [h0 + h2, h1 + h3] of each.
+    let q = |p: __m256, r: __m256| {
+        _mm256_add_ps(_mm256_shuffle_ps(p, r, 0b01_00_01_00), _mm256_shuffle_ps(p, r, 0b11_10_11_10))
+    };
+    let (q0123, q4567) = (q(h01, h23), q(h45, h67));
+    // q0 + q1 of each: lanes hold v0, v2, v4, v6, v1, v3, v5, v7.
+    let r = _mm256_hadd_ps(q0123, q4567);
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` holds eight floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), r) };
+    [lanes[0], lanes[4], lanes[1], lanes[5], lanes[2], lanes[6], lanes[3], lanes[7]]
 }
 
 /// `log p(x | c)` of `rows` events into `out`, a tile of events at a time:

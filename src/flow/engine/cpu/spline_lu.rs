@@ -279,33 +279,96 @@ fn knots<const AVX: bool>(k: usize, bound: f32, r: &[f32]) -> KnotSet {
 struct KnotScratch {
     e: Vec<f32>,
     sp: Vec<f32>,
+    /// [`derivative_offset`], computed once.
+    c0: f32,
 }
 
 impl KnotScratch {
     fn new(k: usize) -> KnotScratch {
-        KnotScratch { e: vec![0.0; TILE * (3 * k - 1)], sp: vec![0.0; TILE * (k - 1)] }
+        KnotScratch { e: vec![0.0; TILE * (3 * k - 1)], sp: vec![0.0; TILE * (k - 1)], c0: derivative_offset() }
     }
 }
 
-/// [`knots`] of one feature for the `TILE` events of a tile at once (`r`:
-/// event `e`'s raw parameters at `r[e * (3K - 1)..]`) into `out`: the
-/// exponentials and logarithms of the whole tile in one vectorised call
-/// each, which give the same bits as per event (`vmath`), and nothing zeroed.
+/// [`knots`] of one feature for the `TILE` events of a tile at once, with
+/// the events side by side (`r[q * TILE + e]`: parameter `q` of event `e`)
+/// into `out`: every step is the per-event one of [`knot_exponents`] and
+/// [`knots_finish`] in the same order, on eight lanes, so the same bits
+/// (`vmath`'s exponential and logarithm give the same bits whatever the split).
 #[inline(always)]
 fn knots_tile<const AVX: bool>(k: usize, bound: f32, r: &[f32], ws: &mut KnotScratch, out: &mut [KnotSet]) {
-    let c0 = derivative_offset();
+    const T: usize = TILE;
+    let c0 = ws.c0;
     let n = 3 * k - 1;
-    for e in 0..TILE {
-        knot_exponents(k, c0, &r[e * n..(e + 1) * n], &mut ws.e[e * n..(e + 1) * n]);
+    let (ev, r) = (&mut ws.e[..T * n], &r[..T * n]);
+    let (mut mw, mut mh) = ([f32::NEG_INFINITY; T], [f32::NEG_INFINITY; T]);
+    for q in 0..k {
+        for e in 0..T {
+            mw[e] = mw[e].max(r[q * T + e]);
+            mh[e] = mh[e].max(r[(k + q) * T + e]);
+        }
     }
-    exp_in_place::<AVX>(&mut ws.e[..TILE * n]);
-    for e in 0..TILE {
-        ws.sp[e * (k - 1)..(e + 1) * (k - 1)].copy_from_slice(&ws.e[e * n + 2 * k..(e + 1) * n]);
+    for q in 0..k {
+        for e in 0..T {
+            ev[q * T + e] = r[q * T + e] - mw[e];
+            ev[(k + q) * T + e] = r[(k + q) * T + e] - mh[e];
+        }
     }
-    ln1p_in_place::<AVX>(&mut ws.sp[..TILE * (k - 1)]);
-    for (e, ks) in out.iter_mut().enumerate().take(TILE) {
-        let sp = &ws.sp[e * (k - 1)..(e + 1) * (k - 1)];
-        knots_finish(k, bound, c0, &r[e * n..(e + 1) * n], &ws.e[e * n..(e + 1) * n], sp, ks);
+    for i in 2 * k * T..n * T {
+        ev[i] = r[i] + c0;
+    }
+    exp_in_place::<AVX>(ev);
+    let sp = &mut ws.sp[..T * (k - 1)];
+    sp.copy_from_slice(&ev[2 * k * T..]);
+    ln1p_in_place::<AVX>(sp);
+    let scale = 1.0 - (MIN_BIN * k as f64) as f32;
+    let (min_bin, two_b) = (MIN_BIN as f32, 2.0 * bound);
+    for half in [0, k] {
+        let mut sum = [0f32; T];
+        for q in 0..k {
+            for e in 0..T {
+                sum[e] += ev[(half + q) * T + e];
+            }
+        }
+        let mut cum = [0f32; T];
+        for q in 0..k {
+            let (mut sv, mut pv) = ([0f32; T], [0f32; T]);
+            for e in 0..T {
+                sv[e] = ev[(half + q) * T + e] / sum[e];
+                cum[e] += sv[e] * scale + min_bin;
+                pv[e] = cum[e] * two_b - bound;
+            }
+            for (e, ks) in out.iter_mut().enumerate().take(T) {
+                ks.sm[half + q] = sv[e];
+                if q + 1 < k {
+                    let pos = if half == 0 { &mut ks.xs } else { &mut ks.ys };
+                    pos[q + 1] = pv[e];
+                }
+            }
+        }
+    }
+    for q in 0..k - 1 {
+        let (mut dv, mut gv) = ([0f32; T], [0f32; T]);
+        for e in 0..T {
+            let i = (2 * k + q) * T + e;
+            let v = r[i] + c0;
+            let x = ev[i];
+            // softplus with libtorch's threshold: the identity above 20.
+            let (spv, sg) = if v > 20.0 { (v, 1.0) } else { (sp[q * T + e], x / (1.0 + x)) };
+            dv[e] = spv + MIN_DERIVATIVE as f32;
+            gv[e] = sg;
+        }
+        for (e, ks) in out.iter_mut().enumerate().take(T) {
+            ks.ds[q + 1] = dv[e];
+            ks.sig[q] = gv[e];
+        }
+    }
+    for ks in out.iter_mut().take(T) {
+        ks.xs[0] = -bound;
+        ks.ys[0] = -bound;
+        ks.xs[k] = bound;
+        ks.ys[k] = bound;
+        ks.ds[0] = 1.0;
+        ks.ds[k] = 1.0;
     }
 }
 
@@ -485,15 +548,6 @@ fn constant_knots<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32]) -> Vec<Option<K
     out
 }
 
-/// The spline parameters of feature `j` from a block's raw outputs (parameter
-/// by parameter, each for every feature), skipping the first `skip`.
-#[inline(always)]
-fn gather(raw: &[f32], d: usize, j: usize, skip: usize, n: usize, r: &mut [f32]) {
-    for (q, v) in r[..n].iter_mut().enumerate() {
-        *v = raw[(skip + q) * d + j];
-    }
-}
-
 /// The element-wise part of block `k` for one event, after its MADE: shift
 /// and scale, spline and the learned map, from the raw outputs at the start
 /// of `tail` (the block record from `x.raw` on) and the block input `u`.
@@ -608,6 +662,7 @@ impl Scratch {
     /// `tk[j * TILE..]`, from the raw outputs `raw(e)` of event `e` (one
     /// parameter after the other, each for every feature); nothing for a
     /// feature with constant knots.
+    #[inline(always)]
     fn tile_knots<'r, const AVX: bool>(
         &mut self,
         d: usize,
@@ -621,8 +676,12 @@ impl Scratch {
             return;
         }
         let (n, skip) = (3 * nk - 1, if x.affine { 2 } else { 0 });
+        // Parameter by parameter, the tile's events side by side.
         for e in 0..TILE {
-            gather(raw(e), d, j, skip, n, &mut self.kr[e * n..(e + 1) * n]);
+            let re = raw(e);
+            for q in 0..n {
+                self.kr[q * TILE + e] = re[(skip + q) * d + j];
+            }
         }
         knots_tile::<AVX>(nk, bound, &self.kr, &mut self.kw, &mut self.tk[j * TILE..(j + 1) * TILE]);
     }
