@@ -16,7 +16,17 @@
 //! Determinism: events are processed in fixed chunks of [`CHUNK`] events, each
 //! chunk accumulating into its own buffer, and the chunk buffers are summed in
 //! chunk order. The result is therefore bit-identical for any number of
-//! threads and on any x86-64 CPU (no fused multiply-add, fixed summation order).
+//! threads and on any x86-64 CPU: the layer kernels' products and sums are
+//! fused multiply-adds, one rounding each, in the AVX2 + FMA path and in the
+//! portable one (`f32::mul_add`, correctly rounded with or without the
+//! hardware instruction), in a fixed summation order.
+//!
+//! Masks: the hidden units of every MADE layer are kept sorted by degree (the
+//! parameters keep their order; `Plan` maps between the two), so the
+//! nonzero weights of each unit form a prefix or a suffix. Every kernel skips
+//! the masked zeros (about half of a MADE's weights); skipping them only
+//! leaves out additions of exact zeros, so the bits are those of the dense
+//! product in the sorted order.
 //!
 //! Affine blocks with fixed orders (the reference network) run through the
 //! tiled kernels here; spline blocks and learned LU mixing through [`ext`],

@@ -389,32 +389,34 @@ fn log_slope(s: f32, d0: f32, d1: f32, t: f32) -> f32 {
 }
 
 /// The spline of one feature at `a` (data → base): `(y, log dy/da)`, caching
-/// what [`spline_backward`] needs in `sc`.
+/// what [`spline_backward`] needs in `sc` when `CACHE` (training).
 #[inline(always)]
-fn spline_forward(k: usize, bound: f32, ks: &KnotSet, a: f32, sc: &mut [f32]) -> (f32, f32) {
+fn spline_forward<const CACHE: bool>(k: usize, bound: f32, ks: &KnotSet, a: f32, sc: &mut [f32]) -> (f32, f32) {
     let KnotSet { xs, ys, ds, .. } = ks;
-    let (sm, rest) = sc.split_at_mut(2 * k);
-    let (sig, piece) = rest.split_at_mut(k - 1);
-    sm.copy_from_slice(&ks.sm[..2 * k]);
-    sig.copy_from_slice(&ks.sig[..k - 1]);
     let inside = a >= -bound && a <= bound;
     let b = bin(xs, k, a.clamp(-bound, bound));
     let (x0, w, y0, h, d0, d1) = (xs[b], xs[b + 1] - xs[b], ys[b], ys[b + 1] - ys[b], ds[b], ds[b + 1]);
     let t_raw = (a.clamp(-bound, bound) - x0) / w;
     let t = t_raw.clamp(0.0, 1.0);
     let t_in = (0.0..=1.0).contains(&t_raw);
-    piece[..10].copy_from_slice(&[
-        x0,
-        w,
-        y0,
-        h,
-        d0,
-        d1,
-        t,
-        f32::from(u8::from(t_in)),
-        f32::from(u8::from(inside)),
-        b as f32,
-    ]);
+    if CACHE {
+        let (sm, rest) = sc.split_at_mut(2 * k);
+        let (sig, piece) = rest.split_at_mut(k - 1);
+        sm.copy_from_slice(&ks.sm[..2 * k]);
+        sig.copy_from_slice(&ks.sig[..k - 1]);
+        piece[..10].copy_from_slice(&[
+            x0,
+            w,
+            y0,
+            h,
+            d0,
+            d1,
+            t,
+            f32::from(u8::from(t_in)),
+            f32::from(u8::from(inside)),
+            b as f32,
+        ]);
+    }
     if !inside {
         return (a, 0.0);
     }
@@ -554,7 +556,7 @@ fn constant_knots<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32]) -> Vec<Option<K
 /// Fills the rest of `tail` and returns the block's `log |det|`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn block_tail<'a, const AVX: bool>(
+fn block_tail<'a, const AVX: bool, const CACHE: bool>(
     p: &Plan,
     x: &Ext,
     w: &[f32],
@@ -592,7 +594,7 @@ fn block_tail<'a, const AVX: bool>(
             let cl = cache_len(nk);
             for j in 0..d {
                 let sc = &mut sc[j * cl..(j + 1) * cl];
-                let (y, ls) = spline_forward(nk, bound, knots_of(j), a[j], sc);
+                let (y, ls) = spline_forward::<CACHE>(nk, bound, knots_of(j), a[j], sc);
                 yo[j] = y;
                 ld += ls;
             }
@@ -704,10 +706,11 @@ impl Scratch {
 
 /// A tile of [`TILE`] events (`s.u0`, `s.c0`) through every block (data →
 /// base), each layer of a block over the whole tile ([`layer_forward_tile`]),
-/// recording into `s.recs`. Returns `log |det du/dx|` per event; `u` is the
-/// last block record's output.
+/// recording into `s.recs` (with the spline values the backward needs when
+/// `CACHE`). Returns `log |det du/dx|` per event; `u` is the last block
+/// record's output.
 #[inline(always)]
-fn tile_forward<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32], s: &mut Scratch) -> [f32; TILE] {
+fn tile_forward<const AVX: bool, const CACHE: bool>(p: &Plan, x: &Ext, w: &[f32], s: &mut Scratch) -> [f32; TILE] {
     let (d, l) = (p.d, p.l);
     let er = p.blocks.len() * p.rec;
     let mut ld = [0f32; TILE];
@@ -757,7 +760,7 @@ fn tile_forward<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32], s: &mut Scratch) 
             let u: &[f32] = if k == 0 { &s.u0[e * d..(e + 1) * d] } else { &before[e * er + kb - p.rec + x.out..] };
             let (consts, tk) = (&s.consts, &s.tk);
             let knots_of = |j: usize| consts[k * d + j].as_ref().unwrap_or_else(|| &tk[j * TILE + e]);
-            *lde += block_tail::<AVX>(p, x, w, knots_of, k, &u[..d], &mut this[x.raw..p.rec]);
+            *lde += block_tail::<AVX, CACHE>(p, x, w, knots_of, k, &u[..d], &mut this[x.raw..p.rec]);
         }
     }
     ld
@@ -843,7 +846,7 @@ pub(super) fn train_chunk<const AVX: bool>(
     let mut total = 0f64;
     for (ti, tile) in rows.chunks(TILE).enumerate() {
         let te = s.load(p, xd, c, tile.iter().map(|&r| r as usize));
-        let ld = tile_forward::<AVX>(p, x, w, &mut s);
+        let ld = tile_forward::<AVX, true>(p, x, w, &mut s);
         let mut wt = [0f32; TILE];
         for e in 0..TILE {
             let uk = &s.recs[e * er + (nb - 1) * p.rec + x.out..e * er + nb * p.rec];
@@ -944,7 +947,7 @@ pub(super) fn log_prob_chunk<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32], xd: 
     let cst = 0.5 * d as f32 * LOG_2PI as f32;
     for (ti, o_tile) in out.chunks_mut(TILE).enumerate() {
         s.load(p, xd, c, ti * TILE..ti * TILE + o_tile.len());
-        let ld = tile_forward::<AVX>(p, x, w, &mut s);
+        let ld = tile_forward::<AVX, false>(p, x, w, &mut s);
         for (e, o) in o_tile.iter_mut().enumerate() {
             let uk = &s.recs[e * er + (nb - 1) * p.rec + x.out..e * er + nb * p.rec];
             let sq: f32 = uk.iter().map(|v| v * v).sum();
