@@ -1040,3 +1040,53 @@ pub(super) fn inverse_chunk<const AVX: bool>(
         ld_tile.copy_from_slice(&logdet[..te]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The knots of a tile (events side by side) are those of [`knots`] per
+    /// event, bit for bit: constant features use the one, the others the
+    /// other, and the backward relies on both alike.
+    #[test]
+    fn knots_of_a_tile_are_the_bits_of_knots_per_event() {
+        for k in [2usize, 5, 8] {
+            let n = 3 * k - 1;
+            // Raw parameters of every size, some derivative inputs above softplus's threshold.
+            let raw: Vec<f32> =
+                (0..TILE * n).map(|i| if i % 7 == 5 { 30.0 } else { ((i * 37 % 101) as f32 - 50.0) * 0.07 }).collect();
+            let mut soa = vec![0f32; TILE * n];
+            for e in 0..TILE {
+                for q in 0..n {
+                    soa[q * TILE + e] = raw[e * n + q];
+                }
+            }
+            let above =
+                (0..TILE).any(|e| raw[e * n + 2 * k..(e + 1) * n].iter().any(|&v| v + derivative_offset() > 20.0));
+            assert!(above, "no derivative input above the threshold");
+            let mut ws = KnotScratch::new(k);
+            let mut tile = vec![KnotSet::empty(); TILE];
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            for avx in [false, true] {
+                #[cfg(target_arch = "x86_64")]
+                if avx && !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+                    continue;
+                }
+                if avx {
+                    knots_tile::<true>(k, 3.0, &soa, &mut ws, &mut tile);
+                } else {
+                    knots_tile::<false>(k, 3.0, &soa, &mut ws, &mut tile);
+                }
+                for (e, got) in tile.iter().enumerate() {
+                    let want = knots::<false>(k, 3.0, &raw[e * n..(e + 1) * n]);
+                    let what = format!("K = {k}, event {e}, avx {avx}");
+                    assert_eq!(bits(&got.xs[..=k]), bits(&want.xs[..=k]), "xs {what}");
+                    assert_eq!(bits(&got.ys[..=k]), bits(&want.ys[..=k]), "ys {what}");
+                    assert_eq!(bits(&got.ds[..=k]), bits(&want.ds[..=k]), "ds {what}");
+                    assert_eq!(bits(&got.sm[..2 * k]), bits(&want.sm[..2 * k]), "sm {what}");
+                    assert_eq!(bits(&got.sig[..k - 1]), bits(&want.sig[..k - 1]), "sig {what}");
+                }
+            }
+        }
+    }
+}
