@@ -1362,6 +1362,19 @@ fn inverse_chunk_impl<const AVX: bool>(p: &Plan, w: &[f32], us: &[f32], c: &[f32
     }
 }
 
+/// Whether this CPU runs the engine's vector kernels (x86-64 with AVX2 and
+/// FMA); elsewhere the portable kernels give the same bits, several times slower.
+pub fn vector_kernels() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 macro_rules! dispatch {
     ($name:ident, $imp:ident, ($($a:ident : $t:ty),*) -> $ret:ty) => {
         fn $name($($a: $t),*) -> $ret {

@@ -27,7 +27,18 @@ pub enum Engine {
 /// serve, a warning when it declines a CPU flow.
 fn log_choice(what: &str, flow: &Maf, declined: Option<&str>) {
     match declined {
-        None => tracing::debug!("{what}: the hand-written CPU engine"),
+        None => {
+            tracing::debug!("{what}: the hand-written CPU engine");
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            if cfg!(target_arch = "x86_64") && !cpu::vector_kernels() {
+                ONCE.call_once(|| {
+                    tracing::warn!(
+                        "this CPU lacks AVX2 and FMA: the CPU engine runs its portable kernels \
+                         (the same results, several times slower)"
+                    )
+                });
+            }
+        }
         Some(why) if flow.device() == Device::Cpu => {
             tracing::warn!("{what}: libtorch, several times slower on a CPU than the CPU engine, which declined: {why}")
         }
