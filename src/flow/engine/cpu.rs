@@ -835,17 +835,13 @@ fn layer_rows_tile<const AVX: bool>(
     want: &[bool],
 ) {
     assert!(z.len() >= (TILE - 1) * zs + y.k_in && out.len() >= (TILE - 1) * os + y.n_out && want.len() >= y.n_out);
+    // (The plan stores a MADE's output layer, the only one read row by row,
+    // output-major; an input-major layer takes the per-event loop below.)
     #[cfg(target_arch = "x86_64")]
-    if AVX {
+    if AVX && !y.in_major {
         // SAFETY: AVX is only true in code reached after detecting AVX2; the
         // slices were checked above to hold every row read or written.
-        unsafe {
-            if y.in_major {
-                in_major_rows_tile_avx2(y, w, z, zs, out, os, want);
-            } else {
-                dots_tile_avx2(y, w, z, zs, out, os, Some(want));
-            }
-        }
+        unsafe { dots_tile_avx2(y, w, z, zs, out, os, Some(want)) };
         return;
     }
     for e in 0..TILE {
@@ -1000,57 +996,6 @@ unsafe fn in_major_tile_avx2(y: &Layer, w: &[f32], z: &[f32], zs: usize, out: &m
     let (a, b) = w.split_at(y.a_len());
     // SAFETY: the caller passes a tile of `zs`-strided inputs and `os`-strided outputs.
     unsafe { rows_tile_avx2(Some(b), |bl| &y.blk_rows[bl], a, y.n_out, z, zs, out, os, y.n_out) }
-}
-
-/// [`layer_rows_tile`] of an input-major layer (AVX2): the eight events of
-/// the tile side by side in one vector (the inputs transposed once), four
-/// wanted outputs at a time as independent chains; per output and event the
-/// products and sums of [`layer_row`] in its order, so its bits. The sampling
-/// passes of wide output layers (`n_out > k_in`, e.g. splines at `D >= 6`).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn in_major_rows_tile_avx2(
-    y: &Layer,
-    w: &[f32],
-    z: &[f32],
-    zs: usize,
-    out: &mut [f32],
-    os: usize,
-    want: &[bool],
-) {
-    use std::arch::x86_64::*;
-    const { assert!(TILE == 8) };
-    let (a, b) = w.split_at(y.a_len());
-    let (k_in, n_out) = (y.k_in, y.n_out);
-    let zt: Vec<__m256> = (0..k_in)
-        .map(|k| {
-            let v: [f32; TILE] = std::array::from_fn(|e| z[e * zs + k]);
-            // SAFETY: `v` holds eight floats.
-            unsafe { _mm256_loadu_ps(v.as_ptr()) }
-        })
-        .collect();
-    let rows: Vec<usize> = (0..n_out).filter(|&j| want[j]).collect();
-    let mut lanes = [0f32; TILE];
-    for group in rows.chunks(4) {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for (g, &j) in group.iter().enumerate() {
-            acc[g] = _mm256_set1_ps(b[j]);
-        }
-        for (k, zk) in zt.iter().enumerate() {
-            let row = &a[k * n_out..(k + 1) * n_out];
-            for (g, &j) in group.iter().enumerate() {
-                acc[g] = _mm256_fmadd_ps(*zk, _mm256_set1_ps(row[j]), acc[g]);
-            }
-        }
-        for (g, &j) in group.iter().enumerate() {
-            // SAFETY: `lanes` holds eight floats.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[g]) };
-            for (e, v) in lanes.iter().enumerate() {
-                out[e * os + j] = *v;
-            }
-        }
-    }
 }
 
 /// [`layer_forward_tile`] of an output-major layer (AVX2): per output, the
