@@ -427,82 +427,113 @@ fn spline_forward<const CACHE: bool>(k: usize, bound: f32, ks: &KnotSet, a: f32,
     (y0 + num / den, log_slope(s, d0, d1, t))
 }
 
-/// Backward of [`spline_forward`] for one feature: `gy` = dL/dy and `gl` =
-/// dL/d(log slope) give dL/d(raw parameters) in `dr` (`3K - 1`) and dL/da,
-/// which it returns.
+/// Backward of [`spline_forward`] for one feature of a tile's events side by
+/// side: `sc(e)` is event `e`'s cache, `gy` = dL/dy and `gl` = dL/d(log
+/// slope) per event give dL/d(raw parameters) in `dr` (`r[q * TILE + e]`,
+/// `3K - 1` parameters) and dL/da, which it returns. Every lane computes
+/// what the per-event formula did, in the same order (the same bits): the
+/// piece's derivatives, then the softmax chains in closed form (a knot's
+/// gradient reaches the softmax entries before it), then the derivatives.
 #[inline(always)]
-fn spline_backward(k: usize, bound: f32, sc: &[f32], gy: f32, gl: f32, dr: &mut [f32]) -> f32 {
-    let (sm, rest) = sc.split_at(2 * k);
-    let (sig, piece) = rest.split_at(k - 1);
-    dr[..3 * k - 1].iter_mut().for_each(|v| *v = 0.0);
-    let [_x0, w, _y0, h, d0, d1, t, t_in, inside, b] = piece[..10] else { return gy };
-    if inside == 0.0 {
-        return gy;
+fn spline_backward_tile<'c>(
+    k: usize,
+    bound: f32,
+    sc: impl Fn(usize) -> &'c [f32],
+    gy: &[f32; TILE],
+    gl: &[f32; TILE],
+    dr: &mut [f32],
+) -> [f32; TILE] {
+    const T: usize = TILE;
+    let piece = |f: usize| -> [f32; T] { std::array::from_fn(|e| sc(e)[3 * k - 1 + f]) };
+    let (w, h, d0, d1, t) = (piece(1), piece(3), piece(4), piece(5), piece(6));
+    let (t_in, inside, bf) = (piece(7), piece(8), piece(9));
+    let b: [usize; T] = std::array::from_fn(|e| bf[e] as usize);
+    // Per lane: the gradients of the piece's knots (x then y: lower, upper)
+    // and derivatives, zero where the event lies outside [-B, B].
+    let (mut g_lo, mut g_hi) = ([[0f32; T]; 2], [[0f32; T]; 2]);
+    let (mut g_d0, mut g_d1) = ([0f32; T], [0f32; T]);
+    let mut ga = [0f32; T];
+    for e in 0..T {
+        let (w, h, d0, d1, t, gy, gl) = (w[e], h[e], d0[e], d1[e], t[e], gy[e], gl[e]);
+        let s = h / w;
+        let tt = t * (1.0 - t);
+        let one_t = 1.0 - t;
+        let dt_tt = 1.0 - 2.0 * t;
+        let c = d0 + d1 - 2.0 * s;
+        let sn = s * t * t + d0 * tt;
+        let den = s + c * tt;
+        let q = d1 * t * t + 2.0 * s * tt + d0 * one_t * one_t;
+        let den2 = den * den;
+        // y = y0 + h sn / den, log slope = 2 log s + log q - 2 log den.
+        let dy_dt = h * ((2.0 * s * t + d0 * dt_tt) * den - sn * c * dt_tt) / den2;
+        let dy_ds = h * (t * t * den - sn * (1.0 - 2.0 * tt)) / den2;
+        let dy_dd0 = h * (tt * den - sn * tt) / den2;
+        let dy_dd1 = -h * sn * tt / den2;
+        let dl_dt = 2.0 * (d1 * t + s * dt_tt - d0 * one_t) / q - 2.0 * c * dt_tt / den;
+        let dl_ds = 2.0 / s + 2.0 * tt / q - 2.0 * (1.0 - 2.0 * tt) / den;
+        let dl_dd0 = one_t * one_t / q - 2.0 * tt / den;
+        let dl_dd1 = t * t / q - 2.0 * tt / den;
+        let g_t = (gy * dy_dt + gl * dl_dt) * t_in[e];
+        let g_s = gy * dy_ds + gl * dl_ds;
+        // s = h / w, t = (a - x0) / w.
+        let g_h = gy * sn / den + g_s / w;
+        let g_w = -g_s * h / (w * w) - g_t * t / w;
+        let g_x0 = -g_t / w;
+        let g_y0 = gy;
+        if inside[e] == 0.0 {
+            ga[e] = gy;
+        } else {
+            (g_lo[0][e], g_hi[0][e]) = (g_x0 - g_w, g_w);
+            (g_lo[1][e], g_hi[1][e]) = (g_y0 - g_h, g_h);
+            g_d0[e] = gy * dy_dd0 + gl * dl_dd0;
+            g_d1[e] = gy * dy_dd1 + gl * dl_dd1;
+            ga[e] = g_t / w;
+        }
     }
-    let b = b as usize;
-    let s = h / w;
-    let tt = t * (1.0 - t);
-    let one_t = 1.0 - t;
-    let dt_tt = 1.0 - 2.0 * t;
-    let c = d0 + d1 - 2.0 * s;
-    let sn = s * t * t + d0 * tt;
-    let den = s + c * tt;
-    let q = d1 * t * t + 2.0 * s * tt + d0 * one_t * one_t;
-    let den2 = den * den;
-    // y = y0 + h sn / den, log slope = 2 log s + log q - 2 log den.
-    let dy_dt = h * ((2.0 * s * t + d0 * dt_tt) * den - sn * c * dt_tt) / den2;
-    let dy_ds = h * (t * t * den - sn * (1.0 - 2.0 * tt)) / den2;
-    let dy_dd0 = h * (tt * den - sn * tt) / den2;
-    let dy_dd1 = -h * sn * tt / den2;
-    let dl_dt = 2.0 * (d1 * t + s * dt_tt - d0 * one_t) / q - 2.0 * c * dt_tt / den;
-    let dl_ds = 2.0 / s + 2.0 * tt / q - 2.0 * (1.0 - 2.0 * tt) / den;
-    let dl_dd0 = one_t * one_t / q - 2.0 * tt / den;
-    let dl_dd1 = t * t / q - 2.0 * tt / den;
-    let g_t = (gy * dy_dt + gl * dl_dt) * t_in;
-    let g_s = gy * dy_ds + gl * dl_ds;
-    let g_d0 = gy * dy_dd0 + gl * dl_dd0;
-    let g_d1 = gy * dy_dd1 + gl * dl_dd1;
-    // s = h / w, t = (a - x0) / w.
-    let g_h = gy * sn / den + g_s / w;
-    let g_w = -g_s * h / (w * w) - g_t * t / w;
-    let g_x0 = -g_t / w;
-    let g_y0 = gy;
     // Knots: x0 = X_b, w = X_{b+1} - X_b (and y alike); the end knots are constants.
     let scale = 1.0 - (MIN_BIN * k as f64) as f32;
     let two_b = 2.0 * bound;
-    for (half, g_lo, g_hi) in [(0, g_x0 - g_w, g_w), (k, g_y0 - g_h, g_h)] {
-        // X_i = -B + 2B Σ_{q<i} (sm_q scale + min) for 0 < i < K: dL/dsm_q = 2B scale Σ_{i>q} dL/dX_i.
-        let dpos = |i: usize| -> f32 {
-            let mut v = 0.0;
-            if i == b && i > 0 && i < k {
-                v += g_lo;
+    for (hi, half) in [0, k].into_iter().enumerate() {
+        // X_i = -B + 2B Σ_{q<i} (sm_q scale + min) for 0 < i < K: dL/dsm_q =
+        // 2B scale Σ_{i>q} dL/dX_i, where only X_b (b > 0) and X_{b+1} (b + 1 < K) have one.
+        let dsm = |qi: usize, e: usize| -> f32 {
+            let mut acc = 0f32;
+            if qi <= b[e] && b[e] + 1 < k {
+                acc += g_hi[hi][e];
             }
-            if i == b + 1 && i < k {
-                v += g_hi;
+            if qi < b[e] {
+                acc += g_lo[hi][e];
             }
-            v
+            acc * two_b * scale
         };
-        let mut acc = 0f32;
-        let mut dsm = [0f32; MAX_BINS];
-        for qi in (0..k).rev() {
-            if qi + 1 < k {
-                acc += dpos(qi + 1);
-            }
-            dsm[qi] = acc * two_b * scale;
-        }
-        let dot: f32 = (0..k).map(|qi| sm[half + qi] * dsm[qi]).sum();
+        let mut dot = [-0f32; T];
         for qi in 0..k {
-            dr[half + qi] = sm[half + qi] * (dsm[qi] - dot);
+            let sm = &sc;
+            for (e, dv) in dot.iter_mut().enumerate() {
+                *dv += sm(e)[half + qi] * dsm(qi, e);
+            }
+        }
+        for qi in 0..k {
+            for e in 0..T {
+                dr[(half + qi) * T + e] = sc(e)[half + qi] * (dsm(qi, e) - dot[e]);
+            }
         }
     }
     // Interior derivatives D_i = softplus(r + c0) + min, i = 1..K-1.
-    if b > 0 {
-        dr[2 * k + b - 1] += g_d0 * sig[b - 1];
+    for qi in 0..k - 1 {
+        for e in 0..T {
+            let sig = sc(e)[2 * k + qi];
+            let mut v = 0f32;
+            if qi + 1 == b[e] {
+                v += g_d0[e] * sig;
+            }
+            if qi == b[e] {
+                v += g_d1[e] * sig;
+            }
+            dr[(2 * k + qi) * T + e] = v;
+        }
     }
-    if b + 1 < k {
-        dr[2 * k + b] += g_d1 * sig[b];
-    }
-    g_t / w
+    ga
 }
 
 /// The inverse of one feature's spline at `y` (base → data): `(x, log dy/dx)`.
@@ -839,7 +870,7 @@ pub(super) fn train_chunk<const AVX: bool>(
     let maxw = s.maxw;
     let mut g = vec![0f32; TILE * d];
     let mut gn = vec![0f32; d];
-    let mut dr = [0f32; 3 * MAX_BINS];
+    let mut dr = [0f32; 3 * MAX_BINS * TILE];
     let cst = 0.5 * d as f64 * LOG_2PI;
     let skip = if x.affine { 2 } else { 0 };
     let np = x.params * d;
@@ -889,18 +920,29 @@ pub(super) fn train_chunk<const AVX: bool>(
                     }
                     ge.copy_from_slice(&gn);
                 }
-                let dy = &mut s.dy[e * maxw..e * maxw + np];
-                dy.iter_mut().for_each(|v| *v = 0.0);
-                if let Some((nk, bound)) = x.spline {
-                    let (n, cl) = (3 * nk - 1, cache_len(nk));
-                    for j in 0..d {
-                        let sc = &rec[x.sc + j * cl..x.sc + (j + 1) * cl];
-                        ge[j] = spline_backward(nk, bound, sc, ge[j], -wt[e], &mut dr);
+                s.dy[e * maxw..e * maxw + np].iter_mut().for_each(|v| *v = 0.0);
+            }
+            if let Some((nk, bound)) = x.spline {
+                let (n, cl) = (3 * nk - 1, cache_len(nk));
+                let gl: [f32; TILE] = std::array::from_fn(|e| -wt[e]);
+                for j in 0..d {
+                    let gy: [f32; TILE] = std::array::from_fn(|e| g[e * d + j]);
+                    let at = kb + x.sc + j * cl;
+                    let recs = &s.recs;
+                    let ga =
+                        spline_backward_tile(nk, bound, |e| &recs[e * er + at..e * er + at + cl], &gy, &gl, &mut dr);
+                    for e in 0..TILE {
+                        g[e * d + j] = ga[e];
                         for q in 0..n {
-                            dy[(skip + q) * d + j] = dr[q];
+                            s.dy[e * maxw + (skip + q) * d + j] = dr[q * TILE + e];
                         }
                     }
                 }
+            }
+            for e in 0..TILE {
+                let rec = &s.recs[e * er + kb..e * er + kb + p.rec];
+                let ge = &mut g[e * d..(e + 1) * d];
+                let dy = &mut s.dy[e * maxw..e * maxw + np];
                 if x.affine {
                     let (t, ex, a) = (&rec[x.at..x.at + d], &rec[x.ae..x.ae + d], &rec[x.a..x.a + d]);
                     for j in 0..d {
