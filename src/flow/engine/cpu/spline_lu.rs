@@ -35,7 +35,6 @@ pub(super) struct Ext {
     at: usize,
     ae: usize,
     a: usize,
-    sc: usize,
     yo: usize,
     out: usize,
 }
@@ -55,13 +54,6 @@ pub(super) fn mix_len(d: usize) -> usize {
     3 * d * d + d + 1
 }
 
-/// Floats cached per feature of a spline: the two softmaxes, the sigmoids
-/// of the derivative inputs, then `x0, w, y0, h, d0, d1, t, t inside [0, 1],
-/// inside [-B, B], bin`.
-fn cache_len(k: usize) -> usize {
-    3 * k - 1 + 10
-}
-
 impl Ext {
     /// The extension for blocks with `params` raw outputs per feature, the
     /// given spline and `n_mix` learned maps; `tail` is where the MADE's part
@@ -79,16 +71,14 @@ impl Ext {
                 return None;
             }
         }
-        let sc_len = spline.map_or(0, |(k, _)| cache_len(k));
         let raw = tail;
         let at = raw + params * d;
         let ae = at + d;
         let a = ae + d;
-        let sc = a + d;
-        let yo = sc + d * sc_len;
+        let yo = a + d;
         let out = yo + d;
         let rec = out + d;
-        Some((Ext { affine, spline, params, mixes, raw, at, ae, a, sc, yo, out }, rec))
+        Some((Ext { affine, spline, params, mixes, raw, at, ae, a, yo, out }, rec))
     }
 
     /// Writes the effective weights of the maps into `w`.
@@ -177,102 +167,32 @@ impl Ext {
     }
 }
 
-/// A feature's spline knots and the values its backward needs.
-#[derive(Debug, Clone)]
-struct KnotSet {
-    /// Knot positions along x and y, and the derivatives at the knots (`K + 1`).
-    xs: [f32; MAX_BINS + 1],
-    ys: [f32; MAX_BINS + 1],
-    ds: [f32; MAX_BINS + 1],
-    /// The softmaxes of the widths and heights (`2K`).
-    sm: [f32; 2 * MAX_BINS],
-    /// The sigmoids of the interior derivatives' inputs (`K - 1`).
-    sig: [f32; MAX_BINS],
+/// Where one feature's knots for a tile lie in its slice (events side by
+/// side: value `q` of event `e` at `[q * TILE + e]`), `K + 1` knots: the
+/// positions along x and y and the derivatives at the knots, then what the
+/// backward needs, the softmaxes of the widths and heights (`2K`) and the
+/// sigmoids of the interior derivatives' inputs (`K - 1`), adjacent.
+#[derive(Debug, Clone, Copy)]
+struct KnotLayout {
+    ys: usize,
+    ds: usize,
+    sm: usize,
+    sig: usize,
+    len: usize,
 }
 
-impl KnotSet {
-    /// An empty set, filled by [`knots_tile`].
-    fn empty() -> KnotSet {
-        KnotSet {
-            xs: [0.0; MAX_BINS + 1],
-            ys: [0.0; MAX_BINS + 1],
-            ds: [0.0; MAX_BINS + 1],
-            sm: [0.0; 2 * MAX_BINS],
-            sig: [0.0; MAX_BINS],
-        }
+impl KnotLayout {
+    fn new(k: usize) -> KnotLayout {
+        let t = TILE;
+        let (ys, ds, sm) = ((k + 1) * t, 2 * (k + 1) * t, 3 * (k + 1) * t);
+        let sig = sm + 2 * k * t;
+        KnotLayout { ys, ds, sm, sig, len: sig + (k - 1) * t }
     }
 }
 
 /// `c0` with `softplus(c0) = 1 - MIN_DERIVATIVE`: a zero raw derivative input gives slope 1.
 fn derivative_offset() -> f32 {
     ((1.0 - MIN_DERIVATIVE).exp() - 1.0).ln() as f32
-}
-
-/// The arguments of the exponentials of one feature's knots from its raw
-/// parameters `r` (`K` widths, `K` heights, `K - 1` derivatives) into `e`
-/// (`3K - 1`): widths and heights less their maximum, derivatives plus `c0`.
-#[inline(always)]
-fn knot_exponents(k: usize, c0: f32, r: &[f32], e: &mut [f32]) {
-    let mw = r[..k].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mh = r[k..2 * k].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    for q in 0..k {
-        e[q] = r[q] - mw;
-        e[k + q] = r[k + q] - mh;
-    }
-    for q in 0..k - 1 {
-        e[2 * k + q] = r[2 * k + q] + c0;
-    }
-}
-
-/// One feature's knots from its raw parameters `r`, the exponentials `e` of
-/// [`knot_exponents`] and `sp = ln(1 + e)` of the derivative part (`K - 1`),
-/// into `ks`: positions `xs`, `ys` and derivatives `ds` (`K + 1` each), and
-/// the softmaxes and sigmoids the backward needs (`sm`: `2K`, `sig`: `K - 1`).
-#[inline(always)]
-fn knots_finish(k: usize, bound: f32, c0: f32, r: &[f32], e: &[f32], sp: &[f32], ks: &mut KnotSet) {
-    let KnotSet { xs, ys, ds, sm, sig } = ks;
-    let scale = 1.0 - (MIN_BIN * k as f64) as f32;
-    let (min_bin, two_b) = (MIN_BIN as f32, 2.0 * bound);
-    for (half, pos) in [(0, &mut xs[..]), (k, &mut ys[..])] {
-        let sum: f32 = e[half..half + k].iter().sum();
-        pos[0] = -bound;
-        let mut cum = 0f32;
-        for q in 0..k {
-            let s = e[half + q] / sum;
-            sm[half + q] = s;
-            cum += s * scale + min_bin;
-            if q + 1 < k {
-                pos[q + 1] = cum * two_b - bound;
-            }
-        }
-        pos[k] = bound;
-    }
-    ds[0] = 1.0;
-    ds[k] = 1.0;
-    for q in 0..k - 1 {
-        let v = r[2 * k + q] + c0;
-        let ev = e[2 * k + q];
-        // softplus with libtorch's threshold: the identity above 20.
-        let (spv, sg) = if v > 20.0 { (v, 1.0) } else { (sp[q], ev / (1.0 + ev)) };
-        ds[q + 1] = spv + MIN_DERIVATIVE as f32;
-        sig[q] = sg;
-    }
-}
-
-/// Knots of one feature's spline from its raw parameters `r` (`3K - 1`); see [`knots_finish`].
-#[inline(always)]
-fn knots<const AVX: bool>(k: usize, bound: f32, r: &[f32]) -> KnotSet {
-    let mut ks = KnotSet::empty();
-    let c0 = derivative_offset();
-    let n = 3 * k - 1;
-    let mut e = [0f32; 3 * MAX_BINS];
-    knot_exponents(k, c0, r, &mut e);
-    exp_in_place::<AVX>(&mut e[..n]);
-    let mut sp = [0f32; MAX_BINS];
-    sp[..k - 1].copy_from_slice(&e[2 * k..n]);
-    ln1p_in_place::<AVX>(&mut sp[..k - 1]);
-    knots_finish(k, bound, c0, r, &e, &sp, &mut ks);
-    ks
 }
 
 /// Scratch of [`knots_tile`]: the exponentials and logarithms of a tile.
@@ -289,17 +209,20 @@ impl KnotScratch {
     }
 }
 
-/// [`knots`] of one feature for the `TILE` events of a tile at once, with
-/// the events side by side (`r[q * TILE + e]`: parameter `q` of event `e`)
-/// into `out`: every step is the per-event one of [`knot_exponents`] and
-/// [`knots_finish`] in the same order, on eight lanes, so the same bits
-/// (`vmath`'s exponential and logarithm give the same bits whatever the split).
+/// One feature's spline knots for the `TILE` events of a tile at once, from
+/// the raw parameters `r` (`K` widths, `K` heights, `K - 1` derivative
+/// inputs; `r[q * TILE + e]`: parameter `q` of event `e`) into `out`, laid
+/// out as [`KnotLayout`]. Each lane depends on its own event only
+/// (`vmath`'s exponential and logarithm give the same bits whatever the
+/// split), so a feature whose parameters are the same for every event gets
+/// its knots from the same routine, its parameters copied to every lane.
 #[inline(always)]
-fn knots_tile<const AVX: bool>(k: usize, bound: f32, r: &[f32], ws: &mut KnotScratch, out: &mut [KnotSet]) {
+fn knots_tile<const AVX: bool>(k: usize, bound: f32, r: &[f32], ws: &mut KnotScratch, out: &mut [f32]) {
     const T: usize = TILE;
     let c0 = ws.c0;
     let n = 3 * k - 1;
-    let (ev, r) = (&mut ws.e[..T * n], &r[..T * n]);
+    let lay = KnotLayout::new(k);
+    let (ev, r, out) = (&mut ws.e[..T * n], &r[..T * n], &mut out[..lay.len]);
     let (mut mw, mut mh) = ([f32::NEG_INFINITY; T], [f32::NEG_INFINITY; T]);
     for q in 0..k {
         for e in 0..T {
@@ -307,6 +230,7 @@ fn knots_tile<const AVX: bool>(k: usize, bound: f32, r: &[f32], ws: &mut KnotScr
             mh[e] = mh[e].max(r[(k + q) * T + e]);
         }
     }
+    // Widths and heights less their maximum, derivatives plus c0.
     for q in 0..k {
         for e in 0..T {
             ev[q * T + e] = r[q * T + e] - mw[e];
@@ -322,7 +246,7 @@ fn knots_tile<const AVX: bool>(k: usize, bound: f32, r: &[f32], ws: &mut KnotScr
     ln1p_in_place::<AVX>(sp);
     let scale = 1.0 - (MIN_BIN * k as f64) as f32;
     let (min_bin, two_b) = (MIN_BIN as f32, 2.0 * bound);
-    for half in [0, k] {
+    for (half, pos) in [(0, 0), (k, lay.ys)] {
         let mut sum = [0f32; T];
         for q in 0..k {
             for e in 0..T {
@@ -330,52 +254,32 @@ fn knots_tile<const AVX: bool>(k: usize, bound: f32, r: &[f32], ws: &mut KnotScr
             }
         }
         let mut cum = [0f32; T];
+        out[pos..pos + T].fill(-bound);
+        out[pos + k * T..pos + (k + 1) * T].fill(bound);
         for q in 0..k {
-            let (mut sv, mut pv) = ([0f32; T], [0f32; T]);
             for e in 0..T {
-                sv[e] = ev[(half + q) * T + e] / sum[e];
-                cum[e] += sv[e] * scale + min_bin;
-                pv[e] = cum[e] * two_b - bound;
-            }
-            for (e, ks) in out.iter_mut().enumerate().take(T) {
-                ks.sm[half + q] = sv[e];
+                let sv = ev[(half + q) * T + e] / sum[e];
+                out[lay.sm + (half + q) * T + e] = sv;
+                cum[e] += sv * scale + min_bin;
                 if q + 1 < k {
-                    let pos = if half == 0 { &mut ks.xs } else { &mut ks.ys };
-                    pos[q + 1] = pv[e];
+                    out[pos + (q + 1) * T + e] = cum[e] * two_b - bound;
                 }
             }
         }
     }
+    out[lay.ds..lay.ds + T].fill(1.0);
+    out[lay.ds + k * T..lay.ds + (k + 1) * T].fill(1.0);
     for q in 0..k - 1 {
-        let (mut dv, mut gv) = ([0f32; T], [0f32; T]);
         for e in 0..T {
             let i = (2 * k + q) * T + e;
             let v = r[i] + c0;
             let x = ev[i];
             // softplus with libtorch's threshold: the identity above 20.
             let (spv, sg) = if v > 20.0 { (v, 1.0) } else { (sp[q * T + e], x / (1.0 + x)) };
-            dv[e] = spv + MIN_DERIVATIVE as f32;
-            gv[e] = sg;
-        }
-        for (e, ks) in out.iter_mut().enumerate().take(T) {
-            ks.ds[q + 1] = dv[e];
-            ks.sig[q] = gv[e];
+            out[lay.ds + (q + 1) * T + e] = spv + MIN_DERIVATIVE as f32;
+            out[lay.sig + q * T + e] = sg;
         }
     }
-    for ks in out.iter_mut().take(T) {
-        ks.xs[0] = -bound;
-        ks.ys[0] = -bound;
-        ks.xs[k] = bound;
-        ks.ys[k] = bound;
-        ks.ds[0] = 1.0;
-        ks.ds[k] = 1.0;
-    }
-}
-
-/// The piece containing `v` along the knots `pos` (`0..K`).
-#[inline(always)]
-fn bin(pos: &[f32], k: usize, v: f32) -> usize {
-    pos[1..k].iter().filter(|&&p| v >= p).count()
 }
 
 /// `log dy/dx` of a piece at the relative position `t`.
@@ -388,66 +292,95 @@ fn log_slope(s: f32, d0: f32, d1: f32, t: f32) -> f32 {
     (s * s * q).ln() - den.ln() * 2.0
 }
 
-/// The spline of one feature at `a` (data → base): `(y, log dy/da)`, caching
-/// what [`spline_backward`] needs in `sc` when `CACHE` (training).
-#[inline(always)]
-fn spline_forward<const CACHE: bool>(k: usize, bound: f32, ks: &KnotSet, a: f32, sc: &mut [f32]) -> (f32, f32) {
-    let KnotSet { xs, ys, ds, .. } = ks;
-    let inside = a >= -bound && a <= bound;
-    let b = bin(xs, k, a.clamp(-bound, bound));
-    let (x0, w, y0, h, d0, d1) = (xs[b], xs[b + 1] - xs[b], ys[b], ys[b + 1] - ys[b], ds[b], ds[b + 1]);
-    let t_raw = (a.clamp(-bound, bound) - x0) / w;
-    let t = t_raw.clamp(0.0, 1.0);
-    let t_in = (0.0..=1.0).contains(&t_raw);
-    if CACHE {
-        let (sm, rest) = sc.split_at_mut(2 * k);
-        let (sig, piece) = rest.split_at_mut(k - 1);
-        sm.copy_from_slice(&ks.sm[..2 * k]);
-        sig.copy_from_slice(&ks.sig[..k - 1]);
-        piece[..10].copy_from_slice(&[
-            x0,
-            w,
-            y0,
-            h,
-            d0,
-            d1,
-            t,
-            f32::from(u8::from(t_in)),
-            f32::from(u8::from(inside)),
-            b as f32,
-        ]);
-    }
-    if !inside {
-        return (a, 0.0);
-    }
-    let s = h / w;
-    let tt = t * (1.0 - t);
-    let num = h * (s * t * t + d0 * tt);
-    let den = s + (d0 + d1 - s * 2.0) * tt;
-    (y0 + num / den, log_slope(s, d0, d1, t))
+/// Fields of the per-piece part of a spline's backward cache, after the
+/// softmaxes and sigmoids: `w, h, d0, d1, t, t inside [0, 1], inside [-B, B], bin`.
+const PIECE: usize = 8;
+
+/// Floats (per lane) of one feature's backward cache: the softmaxes and
+/// sigmoids of its knots (`3K - 1`), then the [`PIECE`] fields.
+fn cache_len(k: usize) -> usize {
+    3 * k - 1 + PIECE
 }
 
-/// Backward of [`spline_forward`] for one feature of a tile's events side by
-/// side: `sc(e)` is event `e`'s cache, `gy` = dL/dy and `gl` = dL/d(log
-/// slope) per event give dL/d(raw parameters) in `dr` (`r[q * TILE + e]`,
-/// `3K - 1` parameters) and dL/da, which it returns. Every lane computes
-/// what the per-event formula did, in the same order (the same bits): the
-/// piece's derivatives, then the softmax chains in closed form (a knot's
-/// gradient reaches the softmax entries before it), then the derivatives.
+/// The spline of one feature (knots `kn`, [`KnotLayout`]) at `a` (data →
+/// base) for a tile's events side by side: `(y, log dy/da)` per event,
+/// caching what [`spline_backward_tile`] needs in `sc` (`cache_len` values
+/// of `TILE` lanes) when `CACHE` (training).
 #[inline(always)]
-fn spline_backward_tile<'c>(
+fn spline_forward_tile<const CACHE: bool>(
     k: usize,
     bound: f32,
-    sc: impl Fn(usize) -> &'c [f32],
+    kn: &[f32],
+    a: &[f32; TILE],
+    sc: &mut [f32],
+) -> ([f32; TILE], [f32; TILE]) {
+    const T: usize = TILE;
+    let lay = KnotLayout::new(k);
+    let kn = &kn[..lay.len];
+    let ac: [f32; T] = std::array::from_fn(|e| a[e].clamp(-bound, bound));
+    // The piece containing each event: the knots it is at or beyond.
+    let mut b = [0usize; T];
+    for q in 1..k {
+        for e in 0..T {
+            b[e] += usize::from(ac[e] >= kn[q * T + e]);
+        }
+    }
+    let at = |base: usize, q: [usize; T]| -> [f32; T] { std::array::from_fn(|e| kn[base + q[e] * T + e]) };
+    let b1 = b.map(|v| v + 1);
+    let (x0, x1, y0, y1) = (at(0, b), at(0, b1), at(lay.ys, b), at(lay.ys, b1));
+    let (d0, d1) = (at(lay.ds, b), at(lay.ds, b1));
+    let (mut y, mut ls) = ([0f32; T], [0f32; T]);
+    let mut piece = [[0f32; T]; PIECE];
+    for e in 0..T {
+        let inside = a[e] >= -bound && a[e] <= bound;
+        let (w, h) = (x1[e] - x0[e], y1[e] - y0[e]);
+        let t_raw = (ac[e] - x0[e]) / w;
+        let t = t_raw.clamp(0.0, 1.0);
+        let t_in = (0.0..=1.0).contains(&t_raw);
+        let s = h / w;
+        let tt = t * (1.0 - t);
+        let num = h * (s * t * t + d0[e] * tt);
+        let den = s + (d0[e] + d1[e] - s * 2.0) * tt;
+        (y[e], ls[e]) = if inside { (y0[e] + num / den, log_slope(s, d0[e], d1[e], t)) } else { (a[e], 0.0) };
+        if CACHE {
+            let fields = [w, h, d0[e], d1[e], t, f32::from(u8::from(t_in)), f32::from(u8::from(inside)), b[e] as f32];
+            for (f, v) in fields.into_iter().enumerate() {
+                piece[f][e] = v;
+            }
+        }
+    }
+    if CACHE {
+        let n = (3 * k - 1) * T;
+        sc[..n].copy_from_slice(&kn[lay.sm..lay.sm + n]);
+        for (f, lanes) in piece.iter().enumerate() {
+            sc[n + f * T..n + (f + 1) * T].copy_from_slice(lanes);
+        }
+    }
+    (y, ls)
+}
+
+/// Backward of [`spline_forward_tile`] for one feature: from its cache `sc`,
+/// `gy` = dL/dy and `gl` = dL/d(log slope) per event give dL/d(raw
+/// parameters) in `dr` (`dr[q * TILE + e]`, `3K - 1` parameters) and dL/da,
+/// which it returns. Per lane the formulas of Durkan et al. (2019) as
+/// [`crate::flow::spline`] evaluates them: the piece's derivatives, the
+/// softmax chains in closed form (a knot's gradient reaches the softmax
+/// entries before it), then the derivatives.
+#[inline(always)]
+fn spline_backward_tile(
+    k: usize,
+    bound: f32,
+    sc: &[f32],
     gy: &[f32; TILE],
     gl: &[f32; TILE],
     dr: &mut [f32],
 ) -> [f32; TILE] {
     const T: usize = TILE;
-    let piece = |f: usize| -> [f32; T] { std::array::from_fn(|e| sc(e)[3 * k - 1 + f]) };
-    let (w, h, d0, d1, t) = (piece(1), piece(3), piece(4), piece(5), piece(6));
-    let (t_in, inside, bf) = (piece(7), piece(8), piece(9));
-    let b: [usize; T] = std::array::from_fn(|e| bf[e] as usize);
+    let n = 3 * k - 1;
+    let (sc, dr) = (&sc[..cache_len(k) * T], &mut dr[..n * T]);
+    let field = |f: usize| -> [f32; T] { std::array::from_fn(|e| sc[(n + f) * T + e]) };
+    let (w, h, d0, d1, t) = (field(0), field(1), field(2), field(3), field(4));
+    let (t_in, inside, b) = (field(5), field(6), field(7));
     // Per lane: the gradients of the piece's knots (x then y: lower, upper)
     // and derivatives, zero where the event lies outside [-B, B].
     let (mut g_lo, mut g_hi) = ([[0f32; T]; 2], [[0f32; T]; 2]);
@@ -483,51 +416,53 @@ fn spline_backward_tile<'c>(
         if inside[e] == 0.0 {
             ga[e] = gy;
         } else {
-            (g_lo[0][e], g_hi[0][e]) = (g_x0 - g_w, g_w);
-            (g_lo[1][e], g_hi[1][e]) = (g_y0 - g_h, g_h);
+            // The end knots are constants: X_{b+1} has a gradient only if b + 1 < K.
+            let upper = b[e] + 1.0 < k as f32;
+            (g_lo[0][e], g_hi[0][e]) = (g_x0 - g_w, if upper { g_w } else { 0.0 });
+            (g_lo[1][e], g_hi[1][e]) = (g_y0 - g_h, if upper { g_h } else { 0.0 });
             g_d0[e] = gy * dy_dd0 + gl * dl_dd0;
             g_d1[e] = gy * dy_dd1 + gl * dl_dd1;
             ga[e] = g_t / w;
         }
     }
-    // Knots: x0 = X_b, w = X_{b+1} - X_b (and y alike); the end knots are constants.
+    // Knots: x0 = X_b, w = X_{b+1} - X_b (and y alike).
     let scale = 1.0 - (MIN_BIN * k as f64) as f32;
     let two_b = 2.0 * bound;
     for (hi, half) in [0, k].into_iter().enumerate() {
         // X_i = -B + 2B Σ_{q<i} (sm_q scale + min) for 0 < i < K: dL/dsm_q =
-        // 2B scale Σ_{i>q} dL/dX_i, where only X_b (b > 0) and X_{b+1} (b + 1 < K) have one.
-        let dsm = |qi: usize, e: usize| -> f32 {
-            let mut acc = 0f32;
-            if qi <= b[e] && b[e] + 1 < k {
-                acc += g_hi[hi][e];
-            }
-            if qi < b[e] {
-                acc += g_lo[hi][e];
-            }
-            acc * two_b * scale
-        };
+        // 2B scale Σ_{i>q} dL/dX_i, where only X_b (b > 0) and X_{b+1} have one.
+        let mut dsm = [[0f32; T]; MAX_BINS];
         let mut dot = [-0f32; T];
-        for qi in 0..k {
-            let sm = &sc;
-            for (e, dv) in dot.iter_mut().enumerate() {
-                *dv += sm(e)[half + qi] * dsm(qi, e);
+        for (qi, dq) in dsm.iter_mut().enumerate().take(k) {
+            let qf = qi as f32;
+            for e in 0..T {
+                let mut acc = 0f32;
+                if qf <= b[e] {
+                    acc += g_hi[hi][e];
+                }
+                if qf < b[e] {
+                    acc += g_lo[hi][e];
+                }
+                dq[e] = acc * two_b * scale;
+                dot[e] += sc[(half + qi) * T + e] * dq[e];
             }
         }
-        for qi in 0..k {
+        for (qi, dq) in dsm.iter().enumerate().take(k) {
             for e in 0..T {
-                dr[(half + qi) * T + e] = sc(e)[half + qi] * (dsm(qi, e) - dot[e]);
+                dr[(half + qi) * T + e] = sc[(half + qi) * T + e] * (dq[e] - dot[e]);
             }
         }
     }
     // Interior derivatives D_i = softplus(r + c0) + min, i = 1..K-1.
     for qi in 0..k - 1 {
+        let qf = qi as f32;
         for e in 0..T {
-            let sig = sc(e)[2 * k + qi];
+            let sig = sc[(2 * k + qi) * T + e];
             let mut v = 0f32;
-            if qi + 1 == b[e] {
+            if qf + 1.0 == b[e] {
                 v += g_d0[e] * sig;
             }
-            if qi == b[e] {
+            if qf == b[e] {
                 v += g_d1[e] * sig;
             }
             dr[(2 * k + qi) * T + e] = v;
@@ -536,15 +471,20 @@ fn spline_backward_tile<'c>(
     ga
 }
 
-/// The inverse of one feature's spline at `y` (base → data): `(x, log dy/dx)`.
+/// The inverse of one feature's spline (knots `kn`, [`KnotLayout`]) for
+/// event `e` of the tile at `y` (base → data): `(x, log dy/dx)`.
 #[inline(always)]
-fn spline_inverse(k: usize, bound: f32, ks: &KnotSet, y: f32) -> (f32, f32) {
+fn spline_inverse(k: usize, bound: f32, kn: &[f32], e: usize, y: f32) -> (f32, f32) {
     if !(y >= -bound && y <= bound) {
         return (y, 0.0);
     }
-    let KnotSet { xs, ys, ds, .. } = ks;
-    let b = bin(ys, k, y);
-    let (x0, w, y0, h, d0, d1) = (xs[b], xs[b + 1] - xs[b], ys[b], ys[b + 1] - ys[b], ds[b], ds[b + 1]);
+    let lay = KnotLayout::new(k);
+    let kn = &kn[..lay.len];
+    let b = (1..k).filter(|&q| y >= kn[lay.ys + q * TILE + e]).count();
+    let knot = |base: usize, q: usize| kn[base + q * TILE + e];
+    let (x0, w) = (knot(0, b), knot(0, b + 1) - knot(0, b));
+    let (y0, h) = (knot(lay.ys, b), knot(lay.ys, b + 1) - knot(lay.ys, b));
+    let (d0, d1) = (knot(lay.ds, b), knot(lay.ds, b + 1));
     let s = h / w;
     let dy = y - y0;
     let sum_d = d0 + d1 - s * 2.0;
@@ -557,10 +497,10 @@ fn spline_inverse(k: usize, bound: f32, ks: &KnotSet, y: f32) -> (f32, f32) {
 }
 
 /// The knots of every (block, feature) whose spline parameters are constant
-/// (`k * D + j`): a feature whose output rows read nothing (the first in a
-/// MADE's order) has its biases as parameters, the same for every event, so
-/// its knots are computed once per call instead of once per event.
-fn constant_knots<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32]) -> Vec<Option<KnotSet>> {
+/// (`k * D + j`), every lane alike: a feature whose output rows read nothing
+/// (the first in a MADE's order) has its biases as parameters, the same for
+/// every event, so its knots are computed once per call instead of per tile.
+fn constant_knots<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32]) -> Vec<Option<Vec<f32>>> {
     let d = p.d;
     let skip = if x.affine { 2 } else { 0 };
     let mut out = Vec::with_capacity(p.blocks.len() * d);
@@ -573,80 +513,102 @@ fn constant_knots<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32]) -> Vec<Option<K
                     return None;
                 }
                 let bias = &w[lo.off + lo.a_len()..lo.off + lo.len()];
-                let r: Vec<f32> = rows.map(|row| bias[row]).collect();
-                Some(knots::<AVX>(nk, bound, &r))
+                let r: Vec<f32> = rows.flat_map(|row| [bias[row]; TILE]).collect();
+                let mut kn = vec![0f32; KnotLayout::new(nk).len];
+                knots_tile::<AVX>(nk, bound, &r, &mut KnotScratch::new(nk), &mut kn);
+                Some(kn)
             }));
         }
     }
     out
 }
 
-/// The element-wise part of block `k` for one event, after its MADE: shift
-/// and scale, spline and the learned map, from the raw outputs at the start
-/// of `tail` (the block record from `x.raw` on) and the block input `u`.
-/// Fills the rest of `tail` and returns the block's `log |det|`.
-#[inline(always)]
+/// The element-wise part of block `k` for a tile of events, after its MADE:
+/// shift and scale, spline and the learned map, from the raw outputs in each
+/// event's block record (from `x.raw` on, `recs[e * er + kb..]`) and the
+/// block inputs `u(e)`. Fills the rest of the records, caches the splines'
+/// backward values in `cache` when `CACHE`, and adds the block's `log |det|`
+/// to `ld` (per event, summed feature by feature in the order shift and
+/// scale, spline, map).
 #[allow(clippy::too_many_arguments)]
-fn block_tail<'a, const AVX: bool, const CACHE: bool>(
+#[inline(always)]
+fn block_tail_tile<const AVX: bool, const CACHE: bool>(
     p: &Plan,
     x: &Ext,
     w: &[f32],
-    knots_of: impl Fn(usize) -> &'a KnotSet,
+    s: &mut Scratch,
     k: usize,
-    u: &[f32],
-    tail: &mut [f32],
-) -> f32 {
+    er: usize,
+    ld: &mut [f32; TILE],
+) {
     let d = p.d;
-    let mut ld = 0f32;
-    let (raw, rest) = tail.split_at_mut(x.params * d);
-    let (at, rest) = rest.split_at_mut(d);
-    let (ae, rest) = rest.split_at_mut(d);
-    let (a, rest) = rest.split_at_mut(d);
-    let (sc, rest) = rest.split_at_mut(x.yo - x.sc);
-    let (yo, out) = rest.split_at_mut(d);
-    if x.affine {
-        for j in 0..d {
-            at[j] = raw[d + j] / p.bound;
+    let kb = k * p.rec;
+    let mut ldb = [0f32; TILE];
+    for (e, lde) in ldb.iter_mut().enumerate() {
+        let (before, this) = s.recs.split_at_mut(e * er + kb);
+        let u: &[f32] = if k == 0 { &s.u0[e * d..(e + 1) * d] } else { &before[e * er + kb - p.rec + x.out..] };
+        let rec = &mut this[..p.rec];
+        if x.affine {
+            let (raw, rest) = rec[x.raw..].split_at_mut(x.params * d);
+            let (at, rest) = rest.split_at_mut(d);
+            let (ae, rest) = rest.split_at_mut(d);
+            let a = &mut rest[..d];
+            for j in 0..d {
+                at[j] = raw[d + j] / p.bound;
+            }
+            tanh_in_place::<AVX>(at);
+            for j in 0..d {
+                ae[j] = -(at[j] * p.bound);
+            }
+            exp_in_place::<AVX>(ae);
+            for j in 0..d {
+                a[j] = (u[j] - raw[j]) * ae[j];
+                *lde -= at[j] * p.bound;
+            }
+        } else {
+            rec[x.a..x.a + d].copy_from_slice(&u[..d]);
         }
-        tanh_in_place::<AVX>(at);
-        for j in 0..d {
-            ae[j] = -(at[j] * p.bound);
-        }
-        exp_in_place::<AVX>(ae);
-        for j in 0..d {
-            a[j] = (u[j] - raw[j]) * ae[j];
-            ld -= at[j] * p.bound;
-        }
-    } else {
-        a.copy_from_slice(u);
     }
+    let base = |e: usize| e * er + kb;
     match x.spline {
         Some((nk, bound)) => {
-            let cl = cache_len(nk);
+            let (kl, cl) = (KnotLayout::new(nk).len, cache_len(nk) * TILE);
             for j in 0..d {
-                let sc = &mut sc[j * cl..(j + 1) * cl];
-                let (y, ls) = spline_forward::<CACHE>(nk, bound, knots_of(j), a[j], sc);
-                yo[j] = y;
-                ld += ls;
-            }
-        }
-        None => yo.copy_from_slice(a),
-    }
-    match x.mixes.get(k) {
-        Some(m) => {
-            let wm = &w[m.off..m.off + mix_len(d)];
-            for (i, o) in out[..d].iter_mut().enumerate() {
-                let mut acc = wm[d * d + i];
-                for (j, yj) in yo.iter().enumerate() {
-                    acc += wm[i * d + j] * yj;
+                let kn = s.consts[k * d + j].as_deref().unwrap_or(&s.tk[j * kl..(j + 1) * kl]);
+                let a: [f32; TILE] = std::array::from_fn(|e| s.recs[base(e) + x.a + j]);
+                let sc = if CACHE { &mut s.cache[(k * d + j) * cl..(k * d + j + 1) * cl] } else { &mut [] };
+                let (y, ls) = spline_forward_tile::<CACHE>(nk, bound, kn, &a, sc);
+                for e in 0..TILE {
+                    s.recs[base(e) + x.yo + j] = y[e];
+                    ldb[e] += ls[e];
                 }
-                *o = acc;
             }
-            ld += wm[d * d + d];
         }
-        None => out[..d].copy_from_slice(yo),
+        None => {
+            for e in 0..TILE {
+                s.recs.copy_within(base(e) + x.a..base(e) + x.a + d, base(e) + x.yo);
+            }
+        }
     }
-    ld
+    for (e, lde) in ldb.iter_mut().enumerate() {
+        let rec = &mut s.recs[base(e)..base(e) + p.rec];
+        match x.mixes.get(k) {
+            Some(m) => {
+                let wm = &w[m.off..m.off + mix_len(d)];
+                let (yo, out) = rec[x.yo..].split_at_mut(d);
+                for (i, o) in out[..d].iter_mut().enumerate() {
+                    let mut acc = wm[d * d + i];
+                    for (j, yj) in yo.iter().enumerate() {
+                        acc += wm[i * d + j] * yj;
+                    }
+                    *o = acc;
+                }
+                *lde += wm[d * d + d];
+            }
+            None => rec.copy_within(x.yo..x.yo + d, x.out),
+        }
+        ld[e] += *lde;
+    }
 }
 
 /// Scratch of one chunk: the records of a tile of events and the layer buffers.
@@ -663,19 +625,23 @@ struct Scratch {
     u0: Vec<f32>,
     c0: Vec<f32>,
     /// [`constant_knots`] of the weights.
-    consts: Vec<Option<KnotSet>>,
-    /// The knots of a tile's events, feature-major (`j * TILE + e`), and
+    consts: Vec<Option<Vec<f32>>>,
+    /// The knots of a tile's events per feature ([`KnotLayout`] each) and
     /// what [`knots_tile`] needs: raw parameters (`TILE × (3K - 1)`) and scratch.
-    tk: Vec<KnotSet>,
+    tk: Vec<f32>,
     kr: Vec<f32>,
     kw: KnotScratch,
+    /// The splines' backward caches of a tile (training): `cache_len × TILE`
+    /// per block and feature, at `(k * D + j) * cache_len * TILE`.
+    cache: Vec<f32>,
 }
 
 impl Scratch {
-    fn new<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32]) -> Scratch {
+    fn new<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32], training: bool) -> Scratch {
         let widest = p.blocks.iter().flatten().map(|y| y.n_out.max(y.k_in)).max().unwrap_or(0);
         let maxw = widest.max(x.params * p.d);
         let nk = x.spline.map_or(0, |(k, _)| k);
+        let (kl, cl) = if nk > 0 { (KnotLayout::new(nk).len, cache_len(nk) * TILE) } else { (0, 0) };
         Scratch {
             recs: vec![0f32; TILE * p.blocks.len() * p.rec],
             tout: vec![0f32; TILE * maxw],
@@ -685,16 +651,17 @@ impl Scratch {
             u0: vec![0f32; TILE * p.d],
             c0: vec![0f32; TILE * p.l],
             consts: constant_knots::<AVX>(p, x, w),
-            tk: if nk > 0 { vec![KnotSet::empty(); TILE * p.d] } else { Vec::new() },
+            tk: vec![0f32; kl * p.d],
             kr: vec![0f32; TILE * (3 * nk).saturating_sub(1)],
             kw: KnotScratch::new(nk.max(2)),
+            cache: vec![0f32; if training { cl * p.d * p.blocks.len() } else { 0 }],
         }
     }
 
     /// The knots of feature `j` of block `k` for every event of the tile into
-    /// `tk[j * TILE..]`, from the raw outputs `raw(e)` of event `e` (one
-    /// parameter after the other, each for every feature); nothing for a
-    /// feature with constant knots.
+    /// `tk`, from the raw outputs `raw(e)` of event `e` (one parameter after
+    /// the other, each for every feature); nothing for a feature with
+    /// constant knots.
     #[inline(always)]
     fn tile_knots<'r, const AVX: bool>(
         &mut self,
@@ -716,7 +683,14 @@ impl Scratch {
                 self.kr[q * TILE + e] = re[(skip + q) * d + j];
             }
         }
-        knots_tile::<AVX>(nk, bound, &self.kr, &mut self.kw, &mut self.tk[j * TILE..(j + 1) * TILE]);
+        let kl = KnotLayout::new(nk).len;
+        knots_tile::<AVX>(nk, bound, &self.kr, &mut self.kw, &mut self.tk[j * kl..(j + 1) * kl]);
+    }
+
+    /// The knots of feature `j` of block `k` for the tile ([`KnotLayout`]).
+    fn knots(&self, d: usize, nk: usize, k: usize, j: usize) -> &[f32] {
+        let kl = KnotLayout::new(nk).len;
+        self.consts[k * d + j].as_deref().unwrap_or(&self.tk[j * kl..(j + 1) * kl])
     }
 
     /// Loads the events `rows` (at most `TILE`) of `(xd, c)` as the tile's
@@ -737,8 +711,8 @@ impl Scratch {
 
 /// A tile of [`TILE`] events (`s.u0`, `s.c0`) through every block (data →
 /// base), each layer of a block over the whole tile ([`layer_forward_tile`]),
-/// recording into `s.recs` (with the spline values the backward needs when
-/// `CACHE`). Returns `log |det du/dx|` per event; `u` is the last block
+/// recording into `s.recs` (and the splines' backward values into `s.cache`
+/// when `CACHE`). Returns `log |det du/dx|` per event; `u` is the last block
 /// record's output.
 #[inline(always)]
 fn tile_forward<const AVX: bool, const CACHE: bool>(p: &Plan, x: &Ext, w: &[f32], s: &mut Scratch) -> [f32; TILE] {
@@ -786,13 +760,7 @@ fn tile_forward<const AVX: bool, const CACHE: bool>(p: &Plan, x: &Ext, w: &[f32]
                 s.recs = recs;
             }
         }
-        for (e, lde) in ld.iter_mut().enumerate() {
-            let (before, this) = s.recs.split_at_mut(e * er + kb);
-            let u: &[f32] = if k == 0 { &s.u0[e * d..(e + 1) * d] } else { &before[e * er + kb - p.rec + x.out..] };
-            let (consts, tk) = (&s.consts, &s.tk);
-            let knots_of = |j: usize| consts[k * d + j].as_ref().unwrap_or_else(|| &tk[j * TILE + e]);
-            *lde += block_tail::<AVX, CACHE>(p, x, w, knots_of, k, &u[..d], &mut this[x.raw..p.rec]);
-        }
+        block_tail_tile::<AVX, CACHE>(p, x, w, s, k, er, &mut ld);
     }
     ld
 }
@@ -866,7 +834,7 @@ pub(super) fn train_chunk<const AVX: bool>(
     let d = p.d;
     let nb = p.blocks.len();
     let er = nb * p.rec;
-    let mut s = Scratch::new::<AVX>(p, x, w);
+    let mut s = Scratch::new::<AVX>(p, x, w, true);
     let maxw = s.maxw;
     let mut g = vec![0f32; TILE * d];
     let mut gn = vec![0f32; d];
@@ -927,10 +895,8 @@ pub(super) fn train_chunk<const AVX: bool>(
                 let gl: [f32; TILE] = std::array::from_fn(|e| -wt[e]);
                 for j in 0..d {
                     let gy: [f32; TILE] = std::array::from_fn(|e| g[e * d + j]);
-                    let at = kb + x.sc + j * cl;
-                    let recs = &s.recs;
-                    let ga =
-                        spline_backward_tile(nk, bound, |e| &recs[e * er + at..e * er + at + cl], &gy, &gl, &mut dr);
+                    let sc = &s.cache[(k * d + j) * cl * TILE..(k * d + j + 1) * cl * TILE];
+                    let ga = spline_backward_tile(nk, bound, sc, &gy, &gl, &mut dr);
                     for e in 0..TILE {
                         g[e * d + j] = ga[e];
                         for q in 0..n {
@@ -985,7 +951,7 @@ pub(super) fn log_prob_chunk<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32], xd: 
     let d = p.d;
     let nb = p.blocks.len();
     let er = nb * p.rec;
-    let mut s = Scratch::new::<AVX>(p, x, w);
+    let mut s = Scratch::new::<AVX>(p, x, w, false);
     let cst = 0.5 * d as f32 * LOG_2PI as f32;
     for (ti, o_tile) in out.chunks_mut(TILE).enumerate() {
         s.load(p, xd, c, ti * TILE..ti * TILE + o_tile.len());
@@ -1011,7 +977,7 @@ pub(super) fn inverse_chunk<const AVX: bool>(
 ) {
     let d = p.d;
     // s.recs: one block record per event of a tile (the inversion keeps nothing across blocks).
-    let mut s = Scratch::new::<AVX>(p, x, w);
+    let mut s = Scratch::new::<AVX>(p, x, w, false);
     let (mut xk, mut lds, mut v) = (vec![0f32; TILE * d], vec![0f32; TILE * d], vec![0f32; d]);
     let mut raw = vec![0f32; x.params];
     let n_out = x.params * d;
@@ -1056,10 +1022,7 @@ pub(super) fn inverse_chunk<const AVX: bool>(
                         }
                         let yj = s.u0[e * d + j];
                         let (a, ls) = match x.spline {
-                            Some((nk, bound)) => {
-                                let ks = s.consts[k * d + j].as_ref().unwrap_or(&s.tk[j * TILE + e]);
-                                spline_inverse(nk, bound, ks, yj)
-                            }
+                            Some((nk, bound)) => spline_inverse(nk, bound, s.knots(d, nk, k, j), e, yj),
                             None => (yj, 0.0),
                         };
                         let (xj, ldj) = if x.affine {
@@ -1087,47 +1050,94 @@ pub(super) fn inverse_chunk<const AVX: bool>(
 mod tests {
     use super::*;
 
-    /// The knots of a tile (events side by side) are those of [`knots`] per
-    /// event, bit for bit: constant features use the one, the others the
-    /// other, and the backward relies on both alike.
+    /// Each lane of a tile's knots depends on its own event only: lane by
+    /// lane, the knots equal those of the event's parameters copied to every
+    /// lane (how constant features get theirs), bit for bit, in the portable
+    /// and the AVX2 path, with the softplus threshold crossed; and they are
+    /// the spline's knots (the formulas in f64).
     #[test]
-    fn knots_of_a_tile_are_the_bits_of_knots_per_event() {
+    fn knots_of_a_tile_are_each_events_own() {
+        let bound = 3.0f32;
         for k in [2usize, 5, 8] {
             let n = 3 * k - 1;
+            let lay = KnotLayout::new(k);
             // Raw parameters of every size, some derivative inputs above softplus's threshold.
             let raw: Vec<f32> =
                 (0..TILE * n).map(|i| if i % 7 == 5 { 30.0 } else { ((i * 37 % 101) as f32 - 50.0) * 0.07 }).collect();
-            let mut soa = vec![0f32; TILE * n];
-            for e in 0..TILE {
-                for q in 0..n {
-                    soa[q * TILE + e] = raw[e * n + q];
+            let soa = |e0: Option<usize>| -> Vec<f32> {
+                let mut v = vec![0f32; TILE * n];
+                for e in 0..TILE {
+                    for q in 0..n {
+                        v[q * TILE + e] = raw[e0.unwrap_or(e) * n + q];
+                    }
                 }
-            }
+                v
+            };
             let above =
                 (0..TILE).any(|e| raw[e * n + 2 * k..(e + 1) * n].iter().any(|&v| v + derivative_offset() > 20.0));
             assert!(above, "no derivative input above the threshold");
             let mut ws = KnotScratch::new(k);
-            let mut tile = vec![KnotSet::empty(); TILE];
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            for avx in [false, true] {
-                #[cfg(target_arch = "x86_64")]
-                if avx && !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
-                    continue;
-                }
+            let run = |avx: bool, r: &[f32], ws: &mut KnotScratch| -> Vec<f32> {
+                let mut out = vec![0f32; lay.len];
                 if avx {
-                    knots_tile::<true>(k, 3.0, &soa, &mut ws, &mut tile);
+                    knots_tile::<true>(k, bound, r, ws, &mut out);
                 } else {
-                    knots_tile::<false>(k, 3.0, &soa, &mut ws, &mut tile);
+                    knots_tile::<false>(k, bound, r, ws, &mut out);
                 }
-                for (e, got) in tile.iter().enumerate() {
-                    let want = knots::<false>(k, 3.0, &raw[e * n..(e + 1) * n]);
+                out
+            };
+            let lane =
+                |kn: &[f32], e: usize| -> Vec<u32> { kn.iter().skip(e).step_by(TILE).map(|v| v.to_bits()).collect() };
+            let mut avx_paths = vec![false];
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                avx_paths.push(true);
+            }
+            let portable = run(false, &soa(None), &mut ws);
+            for avx in avx_paths {
+                let tile = run(avx, &soa(None), &mut ws);
+                assert_eq!(lane(&tile, 0).len(), lay.len / TILE);
+                for e in 0..TILE {
+                    let alone = run(avx, &soa(Some(e)), &mut ws);
                     let what = format!("K = {k}, event {e}, avx {avx}");
-                    assert_eq!(bits(&got.xs[..=k]), bits(&want.xs[..=k]), "xs {what}");
-                    assert_eq!(bits(&got.ys[..=k]), bits(&want.ys[..=k]), "ys {what}");
-                    assert_eq!(bits(&got.ds[..=k]), bits(&want.ds[..=k]), "ds {what}");
-                    assert_eq!(bits(&got.sm[..2 * k]), bits(&want.sm[..2 * k]), "sm {what}");
-                    assert_eq!(bits(&got.sig[..k - 1]), bits(&want.sig[..k - 1]), "sig {what}");
+                    assert_eq!(lane(&tile, e), lane(&alone, e), "{what}: tile vs the event alone");
+                    assert_eq!(lane(&tile, e), lane(&portable, e), "{what}: AVX2 vs portable");
                 }
+            }
+            // The formulas in f64, per event.
+            let scale = 1.0 - MIN_BIN * k as f64;
+            let c0 = f64::from(derivative_offset());
+            for e in 0..TILE {
+                let r = |q: usize| f64::from(raw[e * n + q]);
+                let got = |at: usize, q: usize| f64::from(portable[at + q * TILE + e]);
+                for (half, pos) in [(0, 0), (k, lay.ys)] {
+                    let m = (0..k).map(|q| r(half + q)).fold(f64::NEG_INFINITY, f64::max);
+                    let sum: f64 = (0..k).map(|q| (r(half + q) - m).exp()).sum();
+                    let mut cum = 0.0;
+                    for q in 0..=k {
+                        let want = -f64::from(bound) + 2.0 * f64::from(bound) * cum;
+                        assert!(
+                            (got(pos, q) - want).abs() < 1e-5,
+                            "K = {k}, event {e}, knot {q}: {} vs {want}",
+                            got(pos, q)
+                        );
+                        if q < k {
+                            let sm = (r(half + q) - m).exp() / sum;
+                            assert!((got(lay.sm, half + q) - sm).abs() < 1e-6);
+                            cum += sm * scale + MIN_BIN;
+                        }
+                    }
+                }
+                for q in 0..k - 1 {
+                    let v = r(2 * k + q) + c0;
+                    let sp = if v > 20.0 { v } else { v.exp().ln_1p() };
+                    assert!(
+                        (got(lay.ds, q + 1) - (sp + MIN_DERIVATIVE)).abs() < 1e-5 * (1.0 + sp),
+                        "K = {k}, derivative {q}"
+                    );
+                    assert!((got(lay.sig, q) - 1.0 / (1.0 + (-v).exp())).abs() < 1e-6);
+                }
+                assert_eq!((got(lay.ds, 0), got(lay.ds, k)), (1.0, 1.0));
             }
         }
     }
