@@ -190,6 +190,22 @@ impl KnotLayout {
     }
 }
 
+/// Row `q` of a tile-major buffer from `off` on: the `TILE` lanes
+/// `v[off + q * TILE..]` as an array, so that loops over the lanes carry no
+/// bounds checks and vectorise.
+#[inline(always)]
+fn row(v: &[f32], off: usize, q: usize) -> &[f32; TILE] {
+    let at = off + q * TILE;
+    v[at..at + TILE].try_into().expect("a row is TILE lanes")
+}
+
+/// [`row`], writable.
+#[inline(always)]
+fn row_mut(v: &mut [f32], off: usize, q: usize) -> &mut [f32; TILE] {
+    let at = off + q * TILE;
+    (&mut v[at..at + TILE]).try_into().expect("a row is TILE lanes")
+}
+
 /// `c0` with `softplus(c0) = 1 - MIN_DERIVATIVE`: a zero raw derivative input gives slope 1.
 fn derivative_offset() -> f32 {
     ((1.0 - MIN_DERIVATIVE).exp() - 1.0).ln() as f32
@@ -225,20 +241,31 @@ fn knots_tile<const AVX: bool>(k: usize, bound: f32, r: &[f32], ws: &mut KnotScr
     let (ev, r, out) = (&mut ws.e[..T * n], &r[..T * n], &mut out[..lay.len]);
     let (mut mw, mut mh) = ([f32::NEG_INFINITY; T], [f32::NEG_INFINITY; T]);
     for q in 0..k {
+        let (rw, rh) = (row(r, 0, q), row(r, 0, k + q));
         for e in 0..T {
-            mw[e] = mw[e].max(r[q * T + e]);
-            mh[e] = mh[e].max(r[(k + q) * T + e]);
+            mw[e] = mw[e].max(rw[e]);
+            mh[e] = mh[e].max(rh[e]);
         }
     }
     // Widths and heights less their maximum, derivatives plus c0.
-    for q in 0..k {
+    for q in 0..n {
+        let (rq, m) = (
+            *row(r, 0, q),
+            if q < k {
+                Some(&mw)
+            } else if q < 2 * k {
+                Some(&mh)
+            } else {
+                None
+            },
+        );
+        let o = row_mut(ev, 0, q);
         for e in 0..T {
-            ev[q * T + e] = r[q * T + e] - mw[e];
-            ev[(k + q) * T + e] = r[(k + q) * T + e] - mh[e];
+            o[e] = match m {
+                Some(m) => rq[e] - m[e],
+                None => rq[e] + c0,
+            };
         }
-    }
-    for i in 2 * k * T..n * T {
-        ev[i] = r[i] + c0;
     }
     exp_in_place::<AVX>(ev);
     let sp = &mut ws.sp[..T * (k - 1)];
@@ -249,36 +276,41 @@ fn knots_tile<const AVX: bool>(k: usize, bound: f32, r: &[f32], ws: &mut KnotScr
     for (half, pos) in [(0, 0), (k, lay.ys)] {
         let mut sum = [0f32; T];
         for q in 0..k {
+            let eq = row(ev, 0, half + q);
             for e in 0..T {
-                sum[e] += ev[(half + q) * T + e];
+                sum[e] += eq[e];
             }
         }
         let mut cum = [0f32; T];
-        out[pos..pos + T].fill(-bound);
-        out[pos + k * T..pos + (k + 1) * T].fill(bound);
+        *row_mut(out, pos, 0) = [-bound; T];
+        *row_mut(out, pos, k) = [bound; T];
         for q in 0..k {
+            let eq = row(ev, 0, half + q);
+            let (mut sv, mut pv) = ([0f32; T], [0f32; T]);
             for e in 0..T {
-                let sv = ev[(half + q) * T + e] / sum[e];
-                out[lay.sm + (half + q) * T + e] = sv;
-                cum[e] += sv * scale + min_bin;
-                if q + 1 < k {
-                    out[pos + (q + 1) * T + e] = cum[e] * two_b - bound;
-                }
+                sv[e] = eq[e] / sum[e];
+                cum[e] += sv[e] * scale + min_bin;
+                pv[e] = cum[e] * two_b - bound;
+            }
+            *row_mut(out, lay.sm, half + q) = sv;
+            if q + 1 < k {
+                *row_mut(out, pos, q + 1) = pv;
             }
         }
     }
-    out[lay.ds..lay.ds + T].fill(1.0);
-    out[lay.ds + k * T..lay.ds + (k + 1) * T].fill(1.0);
+    *row_mut(out, lay.ds, 0) = [1.0; T];
+    *row_mut(out, lay.ds, k) = [1.0; T];
     for q in 0..k - 1 {
+        let (rq, eq, spq) = (row(r, 0, 2 * k + q), row(ev, 0, 2 * k + q), row(sp, 0, q));
+        let (mut dv, mut gv) = ([0f32; T], [0f32; T]);
         for e in 0..T {
-            let i = (2 * k + q) * T + e;
-            let v = r[i] + c0;
-            let x = ev[i];
+            let v = rq[e] + c0;
             // softplus with libtorch's threshold: the identity above 20.
-            let (spv, sg) = if v > 20.0 { (v, 1.0) } else { (sp[q * T + e], x / (1.0 + x)) };
-            out[lay.ds + (q + 1) * T + e] = spv + MIN_DERIVATIVE as f32;
-            out[lay.sig + q * T + e] = sg;
+            (dv[e], gv[e]) = if v > 20.0 { (v, 1.0) } else { (spq[e], eq[e] / (1.0 + eq[e])) };
+            dv[e] += MIN_DERIVATIVE as f32;
         }
+        *row_mut(out, lay.ds, q + 1) = dv;
+        *row_mut(out, lay.sig, q) = gv;
     }
 }
 
@@ -321,8 +353,9 @@ fn spline_forward_tile<const CACHE: bool>(
     // The piece containing each event: the knots it is at or beyond.
     let mut b = [0usize; T];
     for q in 1..k {
+        let xq = row(kn, 0, q);
         for e in 0..T {
-            b[e] += usize::from(ac[e] >= kn[q * T + e]);
+            b[e] += usize::from(ac[e] >= xq[e]);
         }
     }
     let at = |base: usize, q: [usize; T]| -> [f32; T] { std::array::from_fn(|e| kn[base + q[e] * T + e]) };
@@ -378,7 +411,7 @@ fn spline_backward_tile(
     const T: usize = TILE;
     let n = 3 * k - 1;
     let (sc, dr) = (&sc[..cache_len(k) * T], &mut dr[..n * T]);
-    let field = |f: usize| -> [f32; T] { std::array::from_fn(|e| sc[(n + f) * T + e]) };
+    let field = |f: usize| -> [f32; T] { *row(sc, 0, n + f) };
     let (w, h, d0, d1, t) = (field(0), field(1), field(2), field(3), field(4));
     let (t_in, inside, b) = (field(5), field(6), field(7));
     // Per lane: the gradients of the piece's knots (x then y: lower, upper)
@@ -434,7 +467,7 @@ fn spline_backward_tile(
         let mut dsm = [[0f32; T]; MAX_BINS];
         let mut dot = [-0f32; T];
         for (qi, dq) in dsm.iter_mut().enumerate().take(k) {
-            let qf = qi as f32;
+            let (qf, smq) = (qi as f32, row(sc, 0, half + qi));
             for e in 0..T {
                 let mut acc = 0f32;
                 if qf <= b[e] {
@@ -444,28 +477,30 @@ fn spline_backward_tile(
                     acc += g_lo[hi][e];
                 }
                 dq[e] = acc * two_b * scale;
-                dot[e] += sc[(half + qi) * T + e] * dq[e];
+                dot[e] += smq[e] * dq[e];
             }
         }
         for (qi, dq) in dsm.iter().enumerate().take(k) {
+            let smq = *row(sc, 0, half + qi);
+            let o = row_mut(dr, 0, half + qi);
             for e in 0..T {
-                dr[(half + qi) * T + e] = sc[(half + qi) * T + e] * (dq[e] - dot[e]);
+                o[e] = smq[e] * (dq[e] - dot[e]);
             }
         }
     }
     // Interior derivatives D_i = softplus(r + c0) + min, i = 1..K-1.
     for qi in 0..k - 1 {
-        let qf = qi as f32;
+        let (qf, sig) = (qi as f32, *row(sc, 0, 2 * k + qi));
+        let o = row_mut(dr, 0, 2 * k + qi);
         for e in 0..T {
-            let sig = sc[(2 * k + qi) * T + e];
             let mut v = 0f32;
             if qf + 1.0 == b[e] {
-                v += g_d0[e] * sig;
+                v += g_d0[e] * sig[e];
             }
             if qf == b[e] {
-                v += g_d1[e] * sig;
+                v += g_d1[e] * sig[e];
             }
-            dr[(2 * k + qi) * T + e] = v;
+            o[e] = v;
         }
     }
     ga
