@@ -494,7 +494,9 @@ const ROOT_EXAMPLE: &str = r#"
 # acceptance = ["omega > 0.415"]
 # and, if the production recorded it, the acceptance efficiency per label (CSV:
 # the labels, then `efficiency` or `generated,accepted`; `fedhex gen` writes one):
-# censored-likelihood training, which also learns how much the cut removed.
+# censored-likelihood training, which also learns how much the cut removed
+# (measured stable with 2 features; it diverged with 7 features and 5 cuts, see
+# docs/fidelity.md, so N-dimensional runs keep the truncated likelihood).
 # acceptance_efficiency = "mc/phiomega/acceptance.csv"
 "#;
 

@@ -1,8 +1,11 @@
 //! The fast CPU path for spline blocks ([`crate::flow::spline`]) and the
 //! learned LU mixing between blocks ([`crate::flow::lu`]): the default
 //! network. A tile of events at a time through every block, forward then
-//! backward, reusing the MADE layer kernels of the affine path; each event's
-//! record keeps its spline's piece and the softmax and sigmoid values the
+//! backward, reusing the MADE layer kernels of the affine path. The splines
+//! run with the tile's events side by side (a feature's knots and its
+//! backward cache hold the eight events' values of each quantity adjacent),
+//! every lane doing the per-event operations in the per-event order; the
+//! cache keeps each spline's piece and the softmax and sigmoid values the
 //! backward needs, so the backward computes no transcendental function.
 //!
 //! The gradient of the spline is written out by hand from the formulas of
@@ -607,9 +610,9 @@ fn block_tail_tile<const AVX: bool, const CACHE: bool>(
     let base = |e: usize| e * er + kb;
     match x.spline {
         Some((nk, bound)) => {
-            let (kl, cl) = (KnotLayout::new(nk).len, cache_len(nk) * TILE);
+            let cl = cache_len(nk) * TILE;
             for j in 0..d {
-                let kn = s.consts[k * d + j].as_deref().unwrap_or(&s.tk[j * kl..(j + 1) * kl]);
+                let kn = knots_of(&s.consts, &s.tk, d, nk, k, j);
                 let a: [f32; TILE] = std::array::from_fn(|e| s.recs[base(e) + x.a + j]);
                 let sc = if CACHE { &mut s.cache[(k * d + j) * cl..(k * d + j + 1) * cl] } else { &mut [] };
                 let (y, ls) = spline_forward_tile::<CACHE>(nk, bound, kn, &a, sc);
@@ -644,6 +647,13 @@ fn block_tail_tile<const AVX: bool, const CACHE: bool>(
         }
         ld[e] += *lde;
     }
+}
+
+/// The knots of feature `j` of block `k` for a tile ([`KnotLayout`]): its
+/// constant knots if it has them, else the tile's in `tk`.
+fn knots_of<'a>(consts: &'a [Option<Vec<f32>>], tk: &'a [f32], d: usize, nk: usize, k: usize, j: usize) -> &'a [f32] {
+    let kl = KnotLayout::new(nk).len;
+    consts[k * d + j].as_deref().unwrap_or(&tk[j * kl..(j + 1) * kl])
 }
 
 /// Scratch of one chunk: the records of a tile of events and the layer buffers.
@@ -724,8 +734,7 @@ impl Scratch {
 
     /// The knots of feature `j` of block `k` for the tile ([`KnotLayout`]).
     fn knots(&self, d: usize, nk: usize, k: usize, j: usize) -> &[f32] {
-        let kl = KnotLayout::new(nk).len;
-        self.consts[k * d + j].as_deref().unwrap_or(&self.tk[j * kl..(j + 1) * kl])
+        knots_of(&self.consts, &self.tk, d, nk, k, j)
     }
 
     /// Loads the events `rows` (at most `TILE`) of `(xd, c)` as the tile's
