@@ -382,8 +382,15 @@ impl Plan {
     }
 
     /// Effective combined weights from the parameters (`get(name)` → values).
-    fn weights(&self, get: &dyn Fn(&str) -> Option<Vec<f32>>) -> Option<Vec<f32>> {
+    fn weights(&self, get: Getter<'_>) -> Option<Vec<f32>> {
         let mut w = vec![0f32; self.len];
+        self.weights_into(get, &mut w)?;
+        Some(w)
+    }
+
+    /// [`Plan::weights`] into `w` (`len` floats), which it overwrites entirely.
+    fn weights_into(&self, get: Getter<'_>, w: &mut [f32]) -> Option<()> {
+        let w = w.get_mut(..self.len)?;
         for y in self.blocks.iter().flatten() {
             let ws = get(&y.names.0)?;
             let bs = get(&y.names.1)?;
@@ -405,11 +412,15 @@ impl Plan {
             }
         }
         if let Some(x) = &self.ext {
-            x.mix_weights(self.d, get, &mut w)?;
+            x.mix_weights(self.d, get, w)?;
         }
-        Some(w)
+        Some(())
     }
 }
+
+/// A parameter's values by name: borrowed from the optimiser's flat copy
+/// while training, owned when copied out of a flow's tensors.
+type Getter<'a> = &'a dyn Fn(&str) -> Option<std::borrow::Cow<'a, [f32]>>;
 
 #[inline(always)]
 fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
@@ -1414,7 +1425,7 @@ impl FastMaf {
 
     fn weights_from_flow(&self, flow: &Maf) -> Option<Vec<f32>> {
         let vars = flow.var_store().variables();
-        self.plan.weights(&|n| vars.get(n).map(host))
+        self.plan.weights(&|n| vars.get(n).map(|t| std::borrow::Cow::Owned(host(t))))
     }
 
     /// `log p(x | c)` per event, without gradients.
@@ -1480,6 +1491,11 @@ pub struct FastTrainer {
     /// the whole network per chunk and step cost page faults and zeroing
     /// (8 % of a training step at D = 6).
     chunk_grads: Vec<std::sync::Mutex<Vec<f32>>>,
+    /// The combined weights, their summed gradient and the gradient in the
+    /// flat layout of the last step, kept across steps like `chunk_grads`.
+    w: Vec<f32>,
+    g: Vec<f32>,
+    mapped: Vec<f32>,
 }
 
 impl FastTrainer {
@@ -1510,7 +1526,16 @@ impl FastTrainer {
         if let Some(n) = names.iter().find(|n| flat_len(&plan, n).is_none()) {
             return Err(format!("the optimiser's parameter {n} is unknown to the CPU engine"));
         }
-        Ok(FastTrainer { plan, offsets, n_params: off, params: vec![0f32; off], chunk_grads: Vec::new() })
+        Ok(FastTrainer {
+            plan,
+            offsets,
+            n_params: off,
+            params: vec![0f32; off],
+            chunk_grads: Vec::new(),
+            w: Vec::new(),
+            g: Vec::new(),
+            mapped: Vec::new(),
+        })
     }
 
     /// Summed NLL of the events `rows` of `(x, c)` (row-major host copies of
@@ -1527,8 +1552,8 @@ impl FastTrainer {
         grad: &mut [f32],
     ) -> f64 {
         match self.run(flat, x, c, rows, (None, f64::INFINITY), threads) {
-            Some((loss, g, w)) => {
-                self.scatter(&g, &w, grad);
+            Some(loss) => {
+                self.scatter(&self.g, &self.w, grad);
                 loss
             }
             None => f64::NAN,
@@ -1554,8 +1579,8 @@ impl FastTrainer {
             return f64::NAN;
         }
         match self.run(flat, x, c, rows, (Some(wts), NEGATIVE_WEIGHT_NLL_CEIL), threads) {
-            Some((loss, g, w)) => {
-                self.scatter(&g, &w, grad);
+            Some(loss) => {
+                self.scatter(&self.g, &self.w, grad);
                 loss
             }
             None => f64::NAN,
@@ -1577,18 +1602,21 @@ impl FastTrainer {
     ) -> f64 {
         let rows: Vec<i64> = (0..wts.len() as i64).collect();
         match self.run(flat, x, c, &rows, (Some(wts), f64::INFINITY), threads) {
-            Some((loss, g, w)) => {
-                let mut mapped = vec![0f32; grad.len()];
-                self.scatter(&g, &w, &mut mapped);
+            Some(loss) => {
+                let mut mapped = std::mem::take(&mut self.mapped);
+                mapped.resize(grad.len(), 0.0);
+                self.scatter(&self.g, &self.w, &mut mapped);
                 grad.iter_mut().zip(&mapped).for_each(|(a, b)| *a += b);
+                self.mapped = mapped;
                 loss
             }
             None => f64::NAN,
         }
     }
 
-    /// The (weighted) summed NLL, its gradient in the combined-weight layout
-    /// and the combined weights, in chunks on `threads` threads.
+    /// The (weighted) summed NLL, in chunks on `threads` threads; its
+    /// gradient in the combined-weight layout is left in `self.g` and the
+    /// combined weights in `self.w`.
     fn run(
         &mut self,
         flat: &Tensor,
@@ -1597,19 +1625,22 @@ impl FastTrainer {
         rows: &[i64],
         (wts, ceil): (Option<&[f32]>, f64),
         threads: usize,
-    ) -> Option<(f64, Vec<f32>, Vec<f32>)> {
+    ) -> Option<f64> {
         let n = self.n_params;
         flat.copy_data(&mut self.params, n);
         let params = &self.params;
         let offsets = &self.offsets;
-        let get = |name: &str| -> Option<Vec<f32>> {
+        let plan = &self.plan;
+        let get = |name: &str| -> Option<std::borrow::Cow<'_, [f32]>> {
             let &o = offsets.get(name)?;
-            let len = flat_len(&self.plan, name)?;
-            params.get(o..o + len).map(<[f32]>::to_vec)
+            let len = flat_len(plan, name)?;
+            params.get(o..o + len).map(std::borrow::Cow::Borrowed)
         };
-        let w = self.plan.weights(&get)?;
+        self.w.resize(plan.len, 0.0);
+        plan.weights_into(&get, &mut self.w)?;
+        let w = &self.w;
         let n_chunks = rows.len().div_ceil(CHUNK);
-        let (plan, wr) = (&self.plan, &w);
+        let wr = w;
         while self.chunk_grads.len() < n_chunks {
             self.chunk_grads.push(std::sync::Mutex::new(vec![0f32; plan.len]));
         }
@@ -1624,7 +1655,9 @@ impl FastTrainer {
             g.iter_mut().for_each(|v| *v = 0.0);
             train_chunk(plan, wr, x, c, &rows[a..b], (wts.map(|v| &v[a..b]), ceil), &mut g)
         });
-        let mut total_g = vec![0f32; plan.len];
+        let mut total_g = std::mem::take(&mut self.g);
+        total_g.clear();
+        total_g.resize(plan.len, 0.0);
         let mut loss = 0f64;
         for (l, g) in losses.iter().zip(pool) {
             loss += l;
@@ -1633,7 +1666,8 @@ impl FastTrainer {
                 *t += v;
             }
         }
-        Some((loss, total_g, w))
+        self.g = total_g;
+        Some(loss)
     }
 
     /// Maps a gradient of the combined weights `w` to the flat parameter layout.

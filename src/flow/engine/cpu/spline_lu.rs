@@ -85,7 +85,7 @@ impl Ext {
     }
 
     /// Writes the effective weights of the maps into `w`.
-    pub(super) fn mix_weights(&self, d: usize, get: &dyn Fn(&str) -> Option<Vec<f32>>, w: &mut [f32]) -> Option<()> {
+    pub(super) fn mix_weights(&self, d: usize, get: super::Getter<'_>, w: &mut [f32]) -> Option<()> {
         for m in &self.mixes {
             let lower = get(&m.names[0])?;
             let upper = get(&m.names[1])?;
