@@ -467,10 +467,12 @@ fn spline_backward_tile(
     for (hi, half) in [0, k].into_iter().enumerate() {
         // X_i = -B + 2B Σ_{q<i} (sm_q scale + min) for 0 < i < K: dL/dsm_q =
         // 2B scale Σ_{i>q} dL/dX_i, where only X_b (b > 0) and X_{b+1} have one.
-        let mut dsm = [[0f32; T]; MAX_BINS];
+        // dL/dsm_q goes into its parameter's row of `dr` first; the
+        // softmax's backward then turns it into dL/d(raw) in place.
         let mut dot = [-0f32; T];
-        for (qi, dq) in dsm.iter_mut().enumerate().take(k) {
-            let (qf, smq) = (qi as f32, row(sc, 0, half + qi));
+        for qi in 0..k {
+            let (qf, smq) = (qi as f32, *row(sc, 0, half + qi));
+            let dq = row_mut(dr, 0, half + qi);
             for e in 0..T {
                 let mut acc = 0f32;
                 if qf <= b[e] {
@@ -483,11 +485,11 @@ fn spline_backward_tile(
                 dot[e] += smq[e] * dq[e];
             }
         }
-        for (qi, dq) in dsm.iter().enumerate().take(k) {
+        for qi in 0..k {
             let smq = *row(sc, 0, half + qi);
             let o = row_mut(dr, 0, half + qi);
             for e in 0..T {
-                o[e] = smq[e] * (dq[e] - dot[e]);
+                o[e] = smq[e] * (o[e] - dot[e]);
             }
         }
     }
@@ -542,6 +544,7 @@ fn constant_knots<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32]) -> Vec<Option<V
     let d = p.d;
     let skip = if x.affine { 2 } else { 0 };
     let mut out = Vec::with_capacity(p.blocks.len() * d);
+    let mut scratch: Option<KnotScratch> = None;
     for layers in &p.blocks {
         let lo = &layers[layers.len() - 1];
         for j in 0..d {
@@ -553,7 +556,8 @@ fn constant_knots<const AVX: bool>(p: &Plan, x: &Ext, w: &[f32]) -> Vec<Option<V
                 let bias = &w[lo.off + lo.a_len()..lo.off + lo.len()];
                 let r: Vec<f32> = rows.flat_map(|row| [bias[row]; TILE]).collect();
                 let mut kn = vec![0f32; KnotLayout::new(nk).len];
-                knots_tile::<AVX>(nk, bound, &r, &mut KnotScratch::new(nk), &mut kn);
+                let ws = scratch.get_or_insert_with(|| KnotScratch::new(nk));
+                knots_tile::<AVX>(nk, bound, &r, ws, &mut kn);
                 Some(kn)
             }));
         }
