@@ -95,8 +95,11 @@ struct Layer {
     /// nonzero weight in the block, in order (the backward's dL/d(inputs)).
     dz_rows: Vec<Vec<usize>>,
     /// Output-major: the live rows grouped by equal span, in order within a
-    /// group (the tiled forward runs two rows of a group at once).
+    /// group (the tiled forward runs two rows of a group at once), the
+    /// groups by increasing span.
     span_groups: Vec<Vec<usize>>,
+    /// The rows that are not live (their value is their bias).
+    dead: Vec<usize>,
     /// Offset of the layer's input in an event record.
     rin: usize,
     /// Offset of the layer's pre-activation in an event record (hidden layers).
@@ -151,6 +154,7 @@ impl Layer {
         let mut by_span: Vec<usize> = (0..n_out).filter(|&j| live[j]).collect();
         by_span.sort_by_key(|&j| span[j]);
         let span_groups = by_span.chunk_by(|&i, &j| span[i] == span[j]).map(<[usize]>::to_vec).collect();
+        let dead = (0..n_out).filter(|&j| !live[j]).collect();
         Layer {
             n_in,
             cond,
@@ -167,6 +171,7 @@ impl Layer {
             row_cols,
             dz_rows,
             span_groups,
+            dead,
             rin: 0,
             rpre: 0,
             names,
@@ -1009,8 +1014,13 @@ unsafe fn in_major_tile_avx2(y: &Layer, w: &[f32], z: &[f32], zs: usize, out: &m
     unsafe { rows_tile_avx2(Some(b), |bl| &y.blk_rows[bl], a, y.n_out, z, zs, out, os, y.n_out) }
 }
 
-/// [`layer_forward_tile`] of an output-major layer (AVX2): per output, the
-/// [`dot_avx2`] of each event, eight of them side by side.
+/// [`layer_forward_tile`] of an output-major layer: the AVX-512 kernel where
+/// the CPU has it ([`wide_kernels`]), else eight events' [`dot_avx2`]s side by
+/// side in 256-bit registers. Both give the bits of [`dot_avx2`] per event.
+///
+/// # Safety
+/// AVX2 and FMA are available; `z` holds `TILE` rows `zs` apart of `k_in`
+/// inputs and `out` `TILE` rows `os` apart of `n_out` outputs.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -1023,6 +1033,216 @@ unsafe fn dots_tile_avx2(
     os: usize,
     want: Option<&[bool]>,
 ) {
+    // SAFETY: forwarded; AVX-512F is checked by `wide_kernels`.
+    unsafe {
+        if wide_kernels() {
+            dots_tile_avx512(y, w, z, zs, out, os, want)
+        } else {
+            dots_tile_ymm(y, w, z, zs, out, os, want)
+        }
+    }
+}
+
+/// Whether the CPU runs the output layer's 512-bit kernel (AVX-512F): the
+/// same bits as the 256-bit one with twice the lanes per instruction.
+/// `FEDHEX_NO_AVX512=1` keeps the 256-bit kernels (for comparisons).
+#[cfg(target_arch = "x86_64")]
+fn wide_kernels() -> bool {
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WIDE.get_or_init(|| {
+        std::is_x86_feature_detected!("avx512f") && std::env::var_os("FEDHEX_NO_AVX512").is_none_or(|v| v == "0")
+    })
+}
+
+thread_local! {
+    /// [`dots_tile_avx512`]'s transposed tile inputs, kept per thread.
+    static ZT: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// [`dots_tile_avx2`] with 512-bit registers. The tile's inputs are stored
+/// in pairs with the events side by side (`zt[(i / 2) * 16 + 2 e + i % 2]` is
+/// input `i` of event `e`), so one register holds two of a dot's eight lane
+/// partials for all eight events and a weight pair is one 64-bit broadcast;
+/// four rows run at once. The reduction is vertical adds and one in-lane
+/// swap: per event, the operations and order of [`dot_avx2`].
+///
+/// # Safety
+/// AVX-512F is available; as [`dots_tile_avx2`] otherwise.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f")]
+unsafe fn dots_tile_avx512(
+    y: &Layer,
+    w: &[f32],
+    z: &[f32],
+    zs: usize,
+    out: &mut [f32],
+    os: usize,
+    want: Option<&[bool]>,
+) {
+    const { assert!(TILE == 8) };
+    const R: usize = 4;
+    let (a, b) = w.split_at(y.a_len());
+    let k = y.k_in;
+    let wanted = |j: usize| want.is_none_or(|v| v[j]);
+    assert!(z.len() >= (TILE - 1) * zs + k && out.len() >= (TILE - 1) * os + y.n_out);
+    for &j in y.dead.iter().filter(|&&j| wanted(j)) {
+        for e in 0..TILE {
+            out[e * os + j] = b[j];
+        }
+    }
+    // Only the inputs that the wanted rows' full blocks of 8 read (the
+    // groups come by increasing span).
+    let mmax = y.span_groups.iter().rev().find(|g| g.iter().any(|&j| wanted(j))).map_or(0, |g| y.span[g[0]] / 8 * 8);
+    assert!(mmax <= k);
+    let mut zt = ZT.take();
+    if zt.len() < mmax * TILE {
+        zt.resize(mmax * TILE, 0.0);
+    }
+    // SAFETY: asserted just above; `zt` holds `mmax * TILE` floats.
+    unsafe { pair_transpose_avx2(z.as_ptr(), zs, mmax, zt.as_mut_ptr()) };
+    for group in &y.span_groups {
+        if !group.iter().any(|&j| wanted(j)) {
+            continue;
+        }
+        let kj = y.span[group[0]];
+        let m = kj / 8 * 8;
+        assert!(m <= mmax && group.iter().all(|&j| j < y.n_out && (j + 1) * k <= a.len()));
+        let mut rows = group.iter().copied().filter(|&j| wanted(j));
+        loop {
+            let mut js = [0usize; R];
+            let mut n = 0;
+            for slot in js.iter_mut() {
+                let Some(j) = rows.next() else { break };
+                *slot = j;
+                n += 1;
+            }
+            let mut sums = [[0f32; TILE]; R];
+            // SAFETY: the rows hold `k >= kj >= m` weights and `zt` holds
+            // `m * TILE` floats (asserted above).
+            unsafe {
+                if n == R {
+                    sums = pair_dots_avx512::<R>(std::array::from_fn(|r| a.as_ptr().add(js[r] * k)), m, zt.as_ptr());
+                } else {
+                    for r in 0..n {
+                        sums[r] = pair_dots_avx512::<1>([a.as_ptr().add(js[r] * k)], m, zt.as_ptr())[0];
+                    }
+                }
+            }
+            for (&j, s) in js.iter().zip(&sums).take(n) {
+                let mut tail = [0f32; TILE];
+                if kj > m {
+                    let ar = &a[j * k + m..j * k + kj];
+                    for (e, te) in tail.iter_mut().enumerate() {
+                        for (x, yv) in z[e * zs + m..e * zs + kj].iter().zip(ar) {
+                            *te = x.mul_add(*yv, *te);
+                        }
+                    }
+                }
+                // `b[j] + (sum + tail)` per event, as [`dot_avx2`] and [`layer_row`].
+                let v: [f32; TILE] = std::array::from_fn(|e| b[j] + (s[e] + tail[e]));
+                for (e, ve) in v.into_iter().enumerate() {
+                    // SAFETY: `j < n_out` and `out` holds `TILE` rows `os` apart (asserted above).
+                    unsafe { *out.get_unchecked_mut(e * os + j) = ve };
+                }
+            }
+            if n < R {
+                break;
+            }
+        }
+    }
+    ZT.set(zt);
+}
+
+/// For `R` weight rows, the eight events' dots over the first `m` (a
+/// multiple of 8) inputs of the paired tile `zt` ([`dots_tile_avx512`]):
+/// register `p` accumulates lane partials `2p` (even lanes) and `2p + 1`
+/// (odd lanes) by fused multiply-adds in input order; then
+/// `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))` as [`dot_avx2`].
+///
+/// # Safety
+/// AVX-512F is available; each row holds `m` floats and `zt` `m * 8`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f")]
+unsafe fn pair_dots_avx512<const R: usize>(rows: [*const f32; R], m: usize, zt: *const f32) -> [[f32; TILE]; R] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 4]; R];
+    let mut i = 0;
+    while i < m {
+        for p in 0..4 {
+            // SAFETY: `i + 2p + 2 <= m` (the caller's bounds).
+            let zv = unsafe { _mm512_loadu_ps(zt.add((i + 2 * p) * TILE)) };
+            for r in 0..R {
+                // Weights `i + 2p` and `i + 2p + 1` in every pair of lanes.
+                let pair = unsafe { std::ptr::read_unaligned(rows[r].add(i + 2 * p).cast::<f64>()) };
+                let wv = _mm512_castpd_ps(_mm512_set1_pd(pair));
+                acc[r][p] = _mm512_fmadd_ps(zv, wv, acc[r][p]);
+            }
+        }
+        i += 8;
+    }
+    std::array::from_fn(|r| {
+        let c = &acc[r];
+        // Even lanes: (l0 + l4) + (l2 + l6); odd lanes: (l1 + l5) + (l3 + l7).
+        let t = _mm512_add_ps(_mm512_add_ps(c[0], c[2]), _mm512_add_ps(c[1], c[3]));
+        let s = _mm512_add_ps(t, _mm512_permute_ps(t, 0b10_11_00_01));
+        let mut v = [0f32; 16];
+        // SAFETY: `v` holds sixteen floats.
+        unsafe { _mm512_storeu_ps(v.as_mut_ptr(), s) };
+        std::array::from_fn(|e| v[2 * e])
+    })
+}
+
+/// `zt[(i / 2) * 16 + 2 e + i % 2] = z[e * zs + i]` for `i < m` (a multiple
+/// of 8): a tile's inputs in pairs with the events side by side, an 8 × 4
+/// transpose of 64-bit pairs per block of 8 inputs.
+///
+/// # Safety
+/// `z` holds 8 rows `zs` apart of at least `m` floats; `zt` holds `m * 8`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pair_transpose_avx2(z: *const f32, zs: usize, m: usize, zt: *mut f32) {
+    use std::arch::x86_64::*;
+    let mut i = 0;
+    while i < m {
+        // SAFETY: rows `e < 8` at `e * zs + i .. + 8`, `i + 8 <= m`.
+        let r: [__m256d; 8] = std::array::from_fn(|e| unsafe { _mm256_loadu_pd(z.add(e * zs + i).cast::<f64>()) });
+        // t[2h]: pairs 0 and 2 of rows 2h, 2h + 1; t[2h + 1]: pairs 1 and 3.
+        let t: [__m256d; 8] = std::array::from_fn(|q| {
+            let (p, s) = (r[q / 2 * 2], r[q / 2 * 2 + 1]);
+            if q % 2 == 0 {
+                _mm256_unpacklo_pd(p, s)
+            } else {
+                _mm256_unpackhi_pd(p, s)
+            }
+        });
+        for pair in 0..4 {
+            // Events 0–3 from t[lo], t[lo + 2]; events 4–7 from t[lo + 4], t[lo + 6].
+            let lo = pair % 2;
+            let (first, second) = if pair < 2 {
+                (_mm256_permute2f128_pd(t[lo], t[lo + 2], 0x20), _mm256_permute2f128_pd(t[lo + 4], t[lo + 6], 0x20))
+            } else {
+                (_mm256_permute2f128_pd(t[lo], t[lo + 2], 0x31), _mm256_permute2f128_pd(t[lo + 4], t[lo + 6], 0x31))
+            };
+            // SAFETY: `(i + 2 pair) * 8 + 16 <= m * 8`.
+            unsafe {
+                let at = zt.add((i + 2 * pair) * TILE).cast::<f64>();
+                _mm256_storeu_pd(at, first);
+                _mm256_storeu_pd(at.add(4), second);
+            }
+        }
+        i += 8;
+    }
+}
+
+/// [`dots_tile_avx2`] in 256-bit registers: per output, the [`dot_avx2`] of
+/// each event, eight of them side by side.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_tile_ymm(y: &Layer, w: &[f32], z: &[f32], zs: usize, out: &mut [f32], os: usize, want: Option<&[bool]>) {
     use std::arch::x86_64::*;
     const { assert!(TILE == 8) };
     let (a, b) = w.split_at(y.a_len());
@@ -1882,6 +2102,74 @@ mod tests {
                 dz_tile::<true>(&y, &a, &src, &mut got, stride);
                 assert_eq!(bits(&got), bits(&want), "dz_tile {n_in} {n_out} {k_in}");
                 assert!(want.iter().any(|v| *v != 7.0 && *v != 0.0), "dz_tile wrote nothing");
+            }
+        }
+    }
+
+    /// The output-major forward kernels (256-bit, and 512-bit where the CPU
+    /// has AVX-512F) give per output and event the bits of the portable
+    /// [`layer_row`], for all rows and for a subset, with spans that end
+    /// on and off a block of 8, dead rows, and labels.
+    #[test]
+    fn output_major_tile_kernels_give_the_bits_of_the_portable_rows() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            let val = |i: usize, m: usize| ((i * m % 101) as f32 - 50.0) * 0.0137;
+            for (n_in, l, n_out) in [(128usize, 0usize, 150usize), (128, 2, 61), (13, 3, 9), (40, 0, 33), (3, 1, 5)] {
+                let k_in = n_in + l;
+                let mask = (0..n_out * n_in)
+                    .map(|q| {
+                        let (j, i) = (q / n_in, q % n_in);
+                        if j % 5 != 1 && i < (j * 7) % (n_in + 1) {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect::<Vec<f32>>();
+                let (rows, cols) = ((0..n_out).collect(), (0..n_in).collect());
+                let names = (String::new(), String::new(), None);
+                let y = Layer::new(n_in, l, l > 0, n_out, false, mask.clone(), rows, cols, names);
+                let w: Vec<f32> = (0..n_out * k_in + n_out)
+                    .map(|q| {
+                        let masked = q < n_out * k_in && q % k_in < n_in && mask[q / k_in * n_in + q % k_in] == 0.0;
+                        if masked {
+                            0.0
+                        } else {
+                            val(q, 29)
+                        }
+                    })
+                    .collect();
+                let zs = k_in + 5;
+                let z: Vec<f32> = (0..TILE * zs).map(|i| val(i, 37) * 2.3).collect();
+                let os = n_out + 2;
+                let want: Vec<bool> = (0..n_out).map(|j| j % 3 == 0).collect();
+                let mut reference = vec![7f32; TILE * os];
+                for e in 0..TILE {
+                    for j in 0..n_out {
+                        reference[e * os + j] = layer_row::<false>(&y, &w, &z[e * zs..e * zs + k_in], j);
+                    }
+                }
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                let only = |v: &[f32], want: &[bool]| -> Vec<u32> {
+                    (0..TILE * os).map(|q| if q % os < n_out && want[q % os] { v[q].to_bits() } else { 0 }).collect()
+                };
+                type Kernel = unsafe fn(&Layer, &[f32], &[f32], usize, &mut [f32], usize, Option<&[bool]>);
+                let mut kernels: Vec<(&str, Kernel)> = vec![("ymm", dots_tile_ymm)];
+                if std::is_x86_feature_detected!("avx512f") {
+                    kernels.push(("avx512", dots_tile_avx512));
+                }
+                for (name, f) in kernels {
+                    let mut got = vec![7f32; TILE * os];
+                    // SAFETY: the features were detected above; the buffers hold the tile.
+                    unsafe { f(&y, &w, &z, zs, &mut got, os, None) };
+                    assert_eq!(bits(&got), bits(&reference), "{name}, all rows, {n_in} {l} {n_out}");
+                    let mut got = vec![7f32; TILE * os];
+                    unsafe { f(&y, &w, &z, zs, &mut got, os, Some(&want)) };
+                    assert_eq!(only(&got, &want), only(&reference, &want), "{name}, some rows, {n_in} {l} {n_out}");
+                    let untouched = (0..TILE * os).all(|q| (q % os < n_out && want[q % os]) || got[q] == 7.0);
+                    assert!(untouched, "{name} wrote rows it was not asked for");
+                }
             }
         }
     }
