@@ -260,7 +260,7 @@ pub fn rows_from_flat(data: &[f64], dim: usize) -> MetricsResult<Vec<&[f64]>> {
     if dim == 0 {
         return Err(MetricsError::InvalidArgument("dim must be > 0".into()));
     }
-    if data.len() % dim != 0 {
+    if !data.len().is_multiple_of(dim) {
         return Err(MetricsError::DimensionMismatch {
             context: "row-major buffer length".into(),
             expected: dim * (data.len() / dim + 1),

@@ -273,7 +273,7 @@ impl NpzStreamWriter {
         let s = self.slots.get(index).ok_or_else(|| Error::Data(format!("{p}: no array number {index}")))?;
         let cols = s.cols.max(1);
         let rows = values.len() as u64 / cols;
-        if values.len() as u64 % cols != 0 || s.written + rows > s.rows {
+        if !(values.len() as u64).is_multiple_of(cols) || s.written + rows > s.rows {
             return Err(Error::Data(format!(
                 "{p}: array '{}': {} values do not fit its {} columns and {} remaining rows",
                 s.entry,

@@ -354,7 +354,7 @@ impl<'a> Trainer<'a> {
         update(&mut self.opt, &mut self.clip, &self.packet, device_grad, step.global_count, sums.lr, self.global_step);
         self.global_step += 1;
         self.last_step_seconds = step_started.elapsed().as_secs_f64();
-        if self.gather_rank_facts && self.global_step % RANK_FACTS_EVERY == 0 {
+        if self.gather_rank_facts && self.global_step.is_multiple_of(RANK_FACTS_EVERY) {
             self.facts.sample(self.comm, self.observer.as_ref(), self.last_step_seconds)?;
         }
         if let Some(l) = step_loss {
@@ -455,7 +455,12 @@ impl<'a> Trainer<'a> {
             }
         }
         let every = cfg.outputs.checkpoint_every;
-        if self.pending_checkpoint || stop || stop_early || done == t.epochs || (every > 0 && done % every == 0) {
+        if self.pending_checkpoint
+            || stop
+            || stop_early
+            || done == t.epochs
+            || (every > 0 && done.is_multiple_of(every))
+        {
             let state = TrainState {
                 epoch: done,
                 step_in_epoch: 0,

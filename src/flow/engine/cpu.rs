@@ -1173,11 +1173,11 @@ unsafe fn pair_dots_avx512<const R: usize>(rows: [*const f32; R], m: usize, zt: 
         for p in 0..4 {
             // SAFETY: `i + 2p + 2 <= m` (the caller's bounds).
             let zv = unsafe { _mm512_loadu_ps(zt.add((i + 2 * p) * TILE)) };
-            for r in 0..R {
+            for (row, ar) in rows.iter().zip(acc.iter_mut()) {
                 // Weights `i + 2p` and `i + 2p + 1` in every pair of lanes.
-                let pair = unsafe { std::ptr::read_unaligned(rows[r].add(i + 2 * p).cast::<f64>()) };
+                let pair = unsafe { std::ptr::read_unaligned(row.add(i + 2 * p).cast::<f64>()) };
                 let wv = _mm512_castpd_ps(_mm512_set1_pd(pair));
-                acc[r][p] = _mm512_fmadd_ps(zv, wv, acc[r][p]);
+                ar[p] = _mm512_fmadd_ps(zv, wv, ar[p]);
             }
         }
         i += 8;
