@@ -94,6 +94,10 @@ struct Layer {
     /// Output-major: per block of 8 masked inputs, the live rows with a
     /// nonzero weight in the block, in order (the backward's dL/d(inputs)).
     dz_rows: Vec<Vec<usize>>,
+    /// `blk_rows` and `dz_rows` per pair of full blocks for the 512-bit
+    /// kernels ([`pairs16`]).
+    blk_rows16: Vec<Vec<(usize, u16)>>,
+    dz_rows16: Vec<Vec<(usize, u16)>>,
     /// Output-major: the live rows grouped by equal span, in order within a
     /// group (the tiled forward runs two rows of a group at once), the
     /// groups by increasing span.
@@ -116,6 +120,24 @@ fn up8(e: usize, n: usize) -> usize {
     } else {
         e8
     }
+}
+
+/// Per pair of full blocks of 8 (`2q`, `2q + 1`) of `0..n`, the rows listed
+/// for either in `blocks`, in order, each with the 16-lane mask of the blocks
+/// that list it: a masked multiply-add over the pair does, lane by lane, the
+/// operations of the two blocks' lists in their order.
+fn pairs16(blocks: &[Vec<usize>], n: usize) -> Vec<Vec<(usize, u16)>> {
+    (0..n / 16)
+        .map(|q| {
+            let (lo, hi) = (&blocks[2 * q], &blocks[2 * q + 1]);
+            let mut rows: Vec<usize> = lo.iter().chain(hi).copied().collect();
+            rows.sort_unstable();
+            rows.dedup();
+            let mask =
+                |k: usize| (if lo.contains(&k) { 0x00ff } else { 0 }) | (if hi.contains(&k) { 0xff00 } else { 0 });
+            rows.into_iter().map(|k| (k, mask(k))).collect()
+        })
+        .collect()
 }
 
 /// The blocks of 8 of `0..n`, the last one partial.
@@ -142,19 +164,21 @@ impl Layer {
         let live: Vec<bool> = (0..n_out).map(|j| cond || (0..n_in).any(|k| nz(j, k))).collect();
         let span: Vec<usize> =
             (0..n_out).map(|j| (0..k_in).rev().find(|&k| nz(j, k)).map_or(0, |k| up8(k + 1, k_in))).collect();
-        let blk_rows = blocks8(n_out).map(|cb| (0..k_in).filter(|&k| cb.clone().any(|j| nz(j, k))).collect()).collect();
+        let blk_rows: Vec<Vec<usize>> =
+            blocks8(n_out).map(|cb| (0..k_in).filter(|&k| cb.clone().any(|j| nz(j, k))).collect()).collect();
         let row_cols = (0..k_in)
             .map(|k| match ((0..n_out).find(|&j| nz(j, k)), (0..n_out).rev().find(|&j| nz(j, k))) {
                 (Some(f), Some(e)) => (f / 8 * 8, up8(e + 1, n_out)),
                 _ => (0, 0),
             })
             .collect();
-        let dz_rows =
+        let dz_rows: Vec<Vec<usize>> =
             blocks8(n_in).map(|cb| (0..n_out).filter(|&j| live[j] && cb.clone().any(|k| nz(j, k))).collect()).collect();
         let mut by_span: Vec<usize> = (0..n_out).filter(|&j| live[j]).collect();
         by_span.sort_by_key(|&j| span[j]);
         let span_groups = by_span.chunk_by(|&i, &j| span[i] == span[j]).map(<[usize]>::to_vec).collect();
         let dead = (0..n_out).filter(|&j| !live[j]).collect();
+        let (blk_rows16, dz_rows16) = (pairs16(&blk_rows, n_out), pairs16(&dz_rows, n_in));
         Layer {
             n_in,
             cond,
@@ -170,6 +194,8 @@ impl Layer {
             blk_rows,
             row_cols,
             dz_rows,
+            blk_rows16,
+            dz_rows16,
             span_groups,
             dead,
             rin: 0,
@@ -896,7 +922,9 @@ unsafe fn axpy_tile_avx2(row: &mut [f32], coef: &[f32; TILE], src: &[f32], strid
     let n8 = n / 8 * 8;
     let cs: [__m256; TILE] = std::array::from_fn(|e| _mm256_set1_ps(coef[e]));
     let (rp, sp) = (row.as_mut_ptr(), src.as_ptr());
-    for c in (0..n8).step_by(8) {
+    // SAFETY: as this function's (AVX-512F checked by `wide_kernels`).
+    let done = if wide_kernels() { unsafe { axpy_tile_avx512(row, coef, src, stride) } } else { 0 };
+    for c in (done..n8).step_by(8) {
         let mut acc = unsafe { _mm256_loadu_ps(rp.add(c)) };
         for (e, ce) in cs.iter().enumerate() {
             let x = unsafe { _mm256_loadu_ps(sp.add(e * stride + c)) };
@@ -911,6 +939,28 @@ unsafe fn axpy_tile_avx2(row: &mut [f32], coef: &[f32; TILE], src: &[f32], strid
         }
         row[c] = v;
     }
+}
+
+/// [`axpy_tile_avx2`]'s columns `..n / 16 * 16` in 512-bit registers (the
+/// same operations per element); returns how many it did.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f")]
+unsafe fn axpy_tile_avx512(row: &mut [f32], coef: &[f32; TILE], src: &[f32], stride: usize) -> usize {
+    use std::arch::x86_64::*;
+    let n16 = row.len() / 16 * 16;
+    let cs: [__m512; TILE] = std::array::from_fn(|e| _mm512_set1_ps(coef[e]));
+    let (rp, sp) = (row.as_mut_ptr(), src.as_ptr());
+    for c in (0..n16).step_by(16) {
+        // SAFETY: `c + 16 <= row.len()`; the caller bounds `src`.
+        let mut acc = unsafe { _mm512_loadu_ps(rp.add(c)) };
+        for (e, ce) in cs.iter().enumerate() {
+            let x = unsafe { _mm512_loadu_ps(sp.add(e * stride + c)) };
+            acc = _mm512_fmadd_ps(*ce, x, acc);
+        }
+        unsafe { _mm512_storeu_ps(rp.add(c), acc) };
+    }
+    n16
 }
 
 /// dL/d(inputs) of an output-major layer for a tile: `dz[e * ds + c] =
@@ -948,7 +998,7 @@ fn dz_tile<const AVX: bool>(y: &Layer, a: &[f32], dy: &[f32], dz: &mut [f32], ds
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dz_tile_avx2(y: &Layer, a: &[f32], dy: &[f32], dz: &mut [f32], ds: usize) {
     // SAFETY: the caller bounds every access ([`dz_tile`]'s assert).
-    unsafe { rows_tile_avx2(None, |b| &y.dz_rows[b], a, y.k_in, dy, ds, dz, ds, y.n_in) }
+    unsafe { rows_tile_avx2(None, |b| &y.dz_rows[b], &y.dz_rows16, a, y.k_in, dy, ds, dz, ds, y.n_in) }
 }
 
 /// `out[e * os + c] = init[c] (or 0) + Σ_k coef[e * cs + k] · a[k * stride + c]`
@@ -956,8 +1006,9 @@ unsafe fn dz_tile_avx2(y: &Layer, a: &[f32], dy: &[f32], dz: &mut [f32], ds: usi
 /// outputs of the 8 events held in registers over all rows, the same additions
 /// in the same order as one [`axpy`] per row. `rows(b)` lists the rows of
 /// block `b` of 8 outputs (the last one partial) in order; rows left out must
-/// be zero there. The forward of an input-major layer and the backward's
-/// dL/d(inputs) of an output-major one.
+/// be zero there; `rows16` is [`pairs16`] of them, for the 512-bit kernel.
+/// The forward of an input-major layer and the backward's dL/d(inputs) of an
+/// output-major one.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -965,6 +1016,7 @@ unsafe fn dz_tile_avx2(y: &Layer, a: &[f32], dy: &[f32], dz: &mut [f32], ds: usi
 unsafe fn rows_tile_avx2<'r>(
     init: Option<&[f32]>,
     rows: impl Fn(usize) -> &'r [usize],
+    rows16: &[Vec<(usize, u16)>],
     a: &[f32],
     stride: usize,
     coef: &[f32],
@@ -976,7 +1028,13 @@ unsafe fn rows_tile_avx2<'r>(
     use std::arch::x86_64::*;
     let n8 = width / 8 * 8;
     let (ap, cp, op) = (a.as_ptr(), coef.as_ptr(), out.as_mut_ptr());
-    for c in (0..n8).step_by(8) {
+    let done = if wide_kernels() {
+        // SAFETY: AVX-512F (checked by `wide_kernels`); the caller's bounds.
+        unsafe { rows_tile_avx512(init, rows16, a, stride, coef, cs, out, os, width) }
+    } else {
+        0
+    };
+    for c in (done..n8).step_by(8) {
         let start = match init {
             Some(b) => unsafe { _mm256_loadu_ps(b.as_ptr().add(c)) },
             None => _mm256_setzero_ps(),
@@ -1004,6 +1062,52 @@ unsafe fn rows_tile_avx2<'r>(
     }
 }
 
+/// [`rows_tile_avx2`]'s columns `..width / 16 * 16` in 512-bit registers:
+/// per pair of blocks of 8, the rows of either with the other block's lanes
+/// masked off, so each lane does its block's operations in order; returns
+/// how many columns it did.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_tile_avx512(
+    init: Option<&[f32]>,
+    rows16: &[Vec<(usize, u16)>],
+    a: &[f32],
+    stride: usize,
+    coef: &[f32],
+    cs: usize,
+    out: &mut [f32],
+    os: usize,
+    width: usize,
+) -> usize {
+    use std::arch::x86_64::*;
+    let n16 = width / 16 * 16;
+    assert!(rows16.len() >= n16 / 16);
+    let (ap, cp, op) = (a.as_ptr(), coef.as_ptr(), out.as_mut_ptr());
+    for c in (0..n16).step_by(16) {
+        let start = match init {
+            // SAFETY: `init` holds `width >= c + 16` values.
+            Some(b) => unsafe { _mm512_loadu_ps(b.as_ptr().add(c)) },
+            None => _mm512_setzero_ps(),
+        };
+        let mut acc = [start; TILE];
+        for &(k, mask) in &rows16[c / 16] {
+            // SAFETY: the caller bounds rows `k` of `a` and `coef` to `width` columns.
+            let av = unsafe { _mm512_loadu_ps(ap.add(k * stride + c)) };
+            for (e, ae) in acc.iter_mut().enumerate() {
+                let g = _mm512_set1_ps(unsafe { *cp.add(e * cs + k) });
+                *ae = _mm512_mask3_fmadd_ps(g, av, *ae, mask);
+            }
+        }
+        for (e, ae) in acc.iter().enumerate() {
+            // SAFETY: `out` holds `TILE` rows `os` apart of `width` columns.
+            unsafe { _mm512_storeu_ps(op.add(e * os + c), *ae) };
+        }
+    }
+    n16
+}
+
 /// [`layer_forward_tile`] of an input-major layer (AVX2).
 #[cfg(target_arch = "x86_64")]
 #[inline]
@@ -1011,7 +1115,7 @@ unsafe fn rows_tile_avx2<'r>(
 unsafe fn in_major_tile_avx2(y: &Layer, w: &[f32], z: &[f32], zs: usize, out: &mut [f32], os: usize) {
     let (a, b) = w.split_at(y.a_len());
     // SAFETY: the caller passes a tile of `zs`-strided inputs and `os`-strided outputs.
-    unsafe { rows_tile_avx2(Some(b), |bl| &y.blk_rows[bl], a, y.n_out, z, zs, out, os, y.n_out) }
+    unsafe { rows_tile_avx2(Some(b), |bl| &y.blk_rows[bl], &y.blk_rows16, a, y.n_out, z, zs, out, os, y.n_out) }
 }
 
 /// [`layer_forward_tile`] of an output-major layer: the AVX-512 kernel where
@@ -1048,10 +1152,20 @@ unsafe fn dots_tile_avx2(
 /// `FEDHEX_NO_AVX512=1` keeps the 256-bit kernels (for comparisons).
 #[cfg(target_arch = "x86_64")]
 fn wide_kernels() -> bool {
+    #[cfg(test)]
+    if NARROW.get() {
+        return false;
+    }
     static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *WIDE.get_or_init(|| {
         std::is_x86_feature_detected!("avx512f") && std::env::var_os("FEDHEX_NO_AVX512").is_none_or(|v| v == "0")
     })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: run the 256-bit kernels on this thread even where AVX-512F is.
+    static NARROW: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 thread_local! {
@@ -2057,6 +2171,14 @@ mod tests {
             let mut got = vec![0f32; n];
             log_prob_chunk(&fast.plan, &w, &x, &c, &mut got);
             assert_eq!(bits(&got), bits(&want), "config {i}, dispatched (AVX2 where available)");
+            #[cfg(target_arch = "x86_64")]
+            {
+                NARROW.set(true);
+                let mut got = vec![0f32; n];
+                log_prob_chunk(&fast.plan, &w, &x, &c, &mut got);
+                NARROW.set(false);
+                assert_eq!(bits(&got), bits(&want), "config {i}, dispatched, 256-bit kernels");
+            }
             assert!(want.iter().all(|v| v.is_finite()), "config {i}");
         }
     }
@@ -2069,7 +2191,20 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             let val = |i: usize, m: usize| ((i * m % 101) as f32 - 50.0) * 0.0137;
-            for (n_in, n_out, k_in) in [(128usize, 50usize, 130usize), (13, 9, 13), (8, 3, 10), (1, 1, 1)] {
+            // 256-bit kernels, then 512-bit ones where the CPU has them.
+            for (narrow, n_in, n_out, k_in) in [true, false].into_iter().flat_map(|nw| {
+                [
+                    (128usize, 50usize, 130usize),
+                    (128, 50, 128),
+                    (13, 9, 13),
+                    (8, 3, 10),
+                    (1, 1, 1),
+                    (40, 33, 41),
+                    (40, 33, 40),
+                ]
+                .map(|t| (nw, t.0, t.1, t.2))
+            }) {
+                NARROW.set(narrow);
                 let stride = k_in.max(n_out) + 3;
                 let src: Vec<f32> = (0..TILE * stride).map(|i| val(i, 37)).collect();
                 let coef: [f32; TILE] = std::array::from_fn(|e| val(e, 53) * 3.1);
@@ -2093,16 +2228,45 @@ mod tests {
                 let (rows, cols) = ((0..n_out).collect(), (0..n_in).collect());
                 let names = (String::new(), String::new(), None);
                 let y = Layer::new(n_in, k_in - n_in, k_in > n_in, n_out, false, mask.clone(), rows, cols, names);
-                // The weights carry the mask, as Plan::weights builds them.
+                // The weights carry the mask, as Plan::weights builds them;
+                // past a row's span (without labels: the last nonzero, rounded up
+                // to 8) they are NaN, which no kernel may read.
                 let a: Vec<f32> = (0..n_out * k_in)
-                    .map(|q| if q % k_in < n_in && mask[q / k_in * n_in + q % k_in] == 0.0 { 0.0 } else { val(q, 29) })
+                    .map(|q| {
+                        let (j, i) = (q / k_in, q % k_in);
+                        if i >= y.span[j] {
+                            f32::NAN
+                        } else if i < n_in && mask[j * n_in + i] == 0.0 {
+                            0.0
+                        } else {
+                            val(q, 29)
+                        }
+                    })
                     .collect();
                 let (mut want, mut got) = (vec![7f32; TILE * stride], vec![7f32; TILE * stride]);
                 dz_tile::<false>(&y, &a, &src, &mut want, stride);
                 dz_tile::<true>(&y, &a, &src, &mut got, stride);
-                assert_eq!(bits(&got), bits(&want), "dz_tile {n_in} {n_out} {k_in}");
+                assert_eq!(bits(&got), bits(&want), "dz_tile {n_in} {n_out} {k_in} narrow {narrow}");
                 assert!(want.iter().any(|v| *v != 7.0 && *v != 0.0), "dz_tile wrote nothing");
+                // The input-major forward (the same row kernel with a bias).
+                let y = Layer::new(
+                    k_in,
+                    0,
+                    false,
+                    n_out,
+                    true,
+                    vec![1.0; n_out * k_in],
+                    (0..n_out).collect(),
+                    (0..k_in).collect(),
+                    (String::new(), String::new(), None),
+                );
+                let wi: Vec<f32> = (0..k_in * n_out + n_out).map(|q| val(q, 31)).collect();
+                let (mut want, mut got) = (vec![7f32; TILE * stride], vec![7f32; TILE * stride]);
+                layer_forward_tile::<false>(&y, &wi, &src, stride, &mut want, stride);
+                layer_forward_tile::<true>(&y, &wi, &src, stride, &mut got, stride);
+                assert_eq!(bits(&got), bits(&want), "input-major forward {k_in} {n_out} narrow {narrow}");
             }
+            NARROW.set(false);
         }
     }
 
