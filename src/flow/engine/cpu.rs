@@ -1194,6 +1194,7 @@ unsafe fn dots_tile_avx512(
     os: usize,
     want: Option<&[bool]>,
 ) {
+    use std::arch::x86_64::*;
     const { assert!(TILE == 8) };
     const R: usize = 4;
     let (a, b) = w.split_at(y.a_len());
@@ -1231,7 +1232,7 @@ unsafe fn dots_tile_avx512(
                 *slot = j;
                 n += 1;
             }
-            let mut sums = [[0f32; TILE]; R];
+            let mut sums = [_mm256_setzero_ps(); R];
             // SAFETY: the rows hold `k >= kj >= m` weights and `zt` holds
             // `m * TILE` floats (asserted above).
             unsafe {
@@ -1243,7 +1244,7 @@ unsafe fn dots_tile_avx512(
                     }
                 }
             }
-            for (&j, s) in js.iter().zip(&sums).take(n) {
+            for (&j, &s) in js.iter().zip(&sums).take(n) {
                 let mut tail = [0f32; TILE];
                 if kj > m {
                     let ar = &a[j * k + m..j * k + kj];
@@ -1254,7 +1255,12 @@ unsafe fn dots_tile_avx512(
                     }
                 }
                 // `b[j] + (sum + tail)` per event, as [`dot_avx2`] and [`layer_row`].
-                let v: [f32; TILE] = std::array::from_fn(|e| b[j] + (s[e] + tail[e]));
+                let mut v = [0f32; TILE];
+                // SAFETY: `tail` and `v` hold `TILE` floats.
+                unsafe {
+                    let t = _mm256_add_ps(s, _mm256_loadu_ps(tail.as_ptr()));
+                    _mm256_storeu_ps(v.as_mut_ptr(), _mm256_add_ps(_mm256_set1_ps(b[j]), t));
+                }
                 for (e, ve) in v.into_iter().enumerate() {
                     // SAFETY: `j < n_out` and `out` holds `TILE` rows `os` apart (asserted above).
                     unsafe { *out.get_unchecked_mut(e * os + j) = ve };
@@ -1279,7 +1285,11 @@ unsafe fn dots_tile_avx512(
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma,avx512f")]
-unsafe fn pair_dots_avx512<const R: usize>(rows: [*const f32; R], m: usize, zt: *const f32) -> [[f32; TILE]; R] {
+unsafe fn pair_dots_avx512<const R: usize>(
+    rows: [*const f32; R],
+    m: usize,
+    zt: *const f32,
+) -> [std::arch::x86_64::__m256; R] {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
     let mut i = 0;
@@ -1301,10 +1311,9 @@ unsafe fn pair_dots_avx512<const R: usize>(rows: [*const f32; R], m: usize, zt: 
         // Even lanes: (l0 + l4) + (l2 + l6); odd lanes: (l1 + l5) + (l3 + l7).
         let t = _mm512_add_ps(_mm512_add_ps(c[0], c[2]), _mm512_add_ps(c[1], c[3]));
         let s = _mm512_add_ps(t, _mm512_permute_ps(t, 0b10_11_00_01));
-        let mut v = [0f32; 16];
-        // SAFETY: `v` holds sixteen floats.
-        unsafe { _mm512_storeu_ps(v.as_mut_ptr(), s) };
-        std::array::from_fn(|e| v[2 * e])
+        // The even lanes, event by event.
+        let even = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 14, 12, 10, 8, 6, 4, 2, 0);
+        _mm512_castps512_ps256(_mm512_permutexvar_ps(even, s))
     })
 }
 
