@@ -144,6 +144,141 @@ pub fn ln1p_scalar(t: f32) -> f32 {
     }
 }
 
+/// Whether the CPU runs the 512-bit kernels (AVX-512F), here and in the CPU
+/// engine: the same bits as the 256-bit ones with twice the lanes per
+/// instruction. `FEDHEX_NO_AVX512=1` keeps the 256-bit kernels (for comparisons).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn wide_kernels() -> bool {
+    #[cfg(test)]
+    if NARROW.get() {
+        return false;
+    }
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WIDE.get_or_init(|| {
+        std::is_x86_feature_detected!("avx512f") && std::env::var_os("FEDHEX_NO_AVX512").is_none_or(|v| v == "0")
+    })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: run the 256-bit kernels on this thread even where AVX-512F is.
+    pub(crate) static NARROW: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Sixteen lanes of [`exp_scalar`], operation for operation (as `avx2::exp8`).
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f")]
+    fn exp16(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(_mm512_set1_ps(EXP_LO), _mm512_min_ps(_mm512_set1_ps(EXP_HI), x));
+        let fx = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(LOG2E),
+        ));
+        let r = _mm512_sub_ps(x, _mm512_mul_ps(fx, _mm512_set1_ps(C1)));
+        let r = _mm512_sub_ps(r, _mm512_mul_ps(fx, _mm512_set1_ps(C2)));
+        let z = _mm512_mul_ps(r, r);
+        let mut p = _mm512_set1_ps(EP[0]);
+        for &c in &EP[1..] {
+            p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(c));
+        }
+        let y = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, z), r), _mm512_set1_ps(1.0));
+        let n = _mm512_cvtps_epi32(fx);
+        let n1 = _mm512_srai_epi32::<1>(n);
+        let n2 = _mm512_sub_epi32(n, n1);
+        let bias = _mm512_set1_epi32(127);
+        let s1 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n1, bias)));
+        let s2 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n2, bias)));
+        _mm512_mul_ps(_mm512_mul_ps(y, s1), s2)
+    }
+
+    /// Sixteen lanes of [`tanh_scalar`], operation for operation (as `avx2::tanh8`).
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f")]
+    fn tanh16(x: __m512) -> __m512 {
+        let sign = _mm512_set1_epi32(SIGN as i32);
+        let xi = _mm512_castps_si512(x);
+        let a = _mm512_castsi512_ps(_mm512_andnot_si512(sign, xi));
+        let z = _mm512_mul_ps(x, x);
+        let mut p = _mm512_set1_ps(TP[0]);
+        for &c in &TP[1..] {
+            p = _mm512_add_ps(_mm512_mul_ps(p, z), _mm512_set1_ps(c));
+        }
+        let small = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, z), x), x);
+        let e = exp16(_mm512_add_ps(a, a));
+        let one = _mm512_set1_ps(1.0);
+        let large = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(e, one)));
+        let is_small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, _mm512_set1_ps(TANH_SMALL));
+        let v = _mm512_castps_si512(_mm512_mask_blend_ps(is_small, large, small));
+        _mm512_castsi512_ps(_mm512_or_si512(v, _mm512_and_si512(xi, sign)))
+    }
+
+    /// Sixteen lanes of [`ln1p_scalar`], operation for operation (as `avx2::ln1p8`).
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f")]
+    fn ln1p16(t: __m512) -> __m512 {
+        let one = _mm512_set1_ps(1.0);
+        let u = _mm512_add_ps(t, one);
+        let bits = _mm512_castps_si512(u);
+        let e = _mm512_sub_epi32(_mm512_srli_epi32::<23>(bits), _mm512_set1_epi32(126));
+        let fe = _mm512_cvtepi32_ps(e);
+        let m = _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_and_si512(bits, _mm512_set1_epi32(0x007f_ffff)),
+            _mm512_set1_epi32(0x3f00_0000),
+        ));
+        let small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(m, _mm512_set1_ps(SQRT_HALF));
+        let fe = _mm512_mask_blend_ps(small, fe, _mm512_sub_ps(fe, one));
+        let r = _mm512_mask_blend_ps(small, _mm512_sub_ps(m, one), _mm512_sub_ps(_mm512_add_ps(m, m), one));
+        let z = _mm512_mul_ps(r, r);
+        let mut p = _mm512_set1_ps(LP[0]);
+        for &c in &LP[1..] {
+            p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(c));
+        }
+        let y = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), z), _mm512_mul_ps(fe, _mm512_set1_ps(C2)));
+        let y = _mm512_sub_ps(y, _mm512_mul_ps(z, _mm512_set1_ps(0.5)));
+        let ln = _mm512_add_ps(_mm512_add_ps(r, y), _mm512_mul_ps(fe, _mm512_set1_ps(C1)));
+        let v = _mm512_mul_ps(ln, _mm512_div_ps(t, _mm512_sub_ps(u, one)));
+        let v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(u, one), v, t);
+        _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(u, _mm512_set1_ps(f32::INFINITY)), u, v)
+    }
+
+    /// `f` on the full groups of sixteen of `v`; returns the length done.
+    #[inline(always)]
+    fn groups(v: &mut [f32], f: impl Fn(__m512) -> __m512) -> usize {
+        let m = v.len() / 16 * 16;
+        for c in v[..m].chunks_exact_mut(16) {
+            // SAFETY: `c` holds exactly sixteen floats.
+            unsafe { _mm512_storeu_ps(c.as_mut_ptr(), f(_mm512_loadu_ps(c.as_ptr()))) };
+        }
+        m
+    }
+
+    /// [`super::exp_in_place`] on full groups of sixteen; returns the length done.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f")]
+    pub(super) fn exp_groups(v: &mut [f32]) -> usize {
+        groups(v, |x| exp16(x))
+    }
+
+    /// [`super::tanh_in_place`] on full groups of sixteen; returns the length done.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f")]
+    pub(super) fn tanh_groups(v: &mut [f32]) -> usize {
+        groups(v, |x| tanh16(x))
+    }
+
+    /// [`super::ln1p_in_place`] on full groups of sixteen; returns the length done.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f")]
+    pub(super) fn ln1p_groups(v: &mut [f32]) -> usize {
+        groups(v, |x| ln1p16(x))
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
@@ -227,8 +362,10 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2")]
     pub(super) fn ln1p_groups(v: &mut [f32]) -> usize {
-        let m = v.len() / 8 * 8;
-        for c in v[..m].chunks_exact_mut(8) {
+        // SAFETY: AVX-512F checked by `wide_kernels`.
+        let done = if wide_kernels() { unsafe { super::avx512::ln1p_groups(v) } } else { 0 };
+        let m = done + (v.len() - done) / 8 * 8;
+        for c in v[done..m].chunks_exact_mut(8) {
             // SAFETY: `c` holds exactly eight floats.
             unsafe { _mm256_storeu_ps(c.as_mut_ptr(), ln1p8(_mm256_loadu_ps(c.as_ptr()))) };
         }
@@ -239,8 +376,10 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2")]
     pub(super) fn exp_groups(v: &mut [f32]) -> usize {
-        let m = v.len() / 8 * 8;
-        for c in v[..m].chunks_exact_mut(8) {
+        // SAFETY: AVX-512F checked by `wide_kernels`.
+        let done = if wide_kernels() { unsafe { super::avx512::exp_groups(v) } } else { 0 };
+        let m = done + (v.len() - done) / 8 * 8;
+        for c in v[done..m].chunks_exact_mut(8) {
             // SAFETY: `c` holds exactly eight floats.
             unsafe { _mm256_storeu_ps(c.as_mut_ptr(), exp8(_mm256_loadu_ps(c.as_ptr()))) };
         }
@@ -251,8 +390,10 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2")]
     pub(super) fn tanh_groups(v: &mut [f32]) -> usize {
-        let m = v.len() / 8 * 8;
-        for c in v[..m].chunks_exact_mut(8) {
+        // SAFETY: AVX-512F checked by `wide_kernels`.
+        let done = if wide_kernels() { unsafe { super::avx512::tanh_groups(v) } } else { 0 };
+        let m = done + (v.len() - done) / 8 * 8;
+        for c in v[done..m].chunks_exact_mut(8) {
             // SAFETY: `c` holds exactly eight floats.
             unsafe { _mm256_storeu_ps(c.as_mut_ptr(), tanh8(_mm256_loadu_ps(c.as_ptr()))) };
         }
@@ -400,6 +541,15 @@ mod tests {
 
     #[test]
     fn avx2_lanes_give_the_bits_of_the_scalar_lanes() {
+        // 256-bit lanes, then 512-bit ones where the CPU has them.
+        for narrow in [true, false] {
+            NARROW.set(narrow);
+            vector_lanes_give_the_bits_of_the_scalar_lanes();
+        }
+        NARROW.set(false);
+    }
+
+    fn vector_lanes_give_the_bits_of_the_scalar_lanes() {
         let mut ts: Vec<f32> = (0..=400_003).map(|i| (i as f32 / 400_003.0 * 60.0 - 40.0).exp()).collect();
         ts.extend([0.0, 1e-30, 1.0, 0.414_213_6, f32::MAX, f32::INFINITY, f32::NAN]);
         let mut lv = ts.clone();

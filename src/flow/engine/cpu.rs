@@ -37,6 +37,8 @@
 
 use crate::flow::made::Activation;
 use crate::flow::maf::{Maf, Permutation, Transform};
+#[cfg(target_arch = "x86_64")]
+use crate::flow::vmath::wide_kernels;
 use crate::flow::vmath::{exp_in_place, tanh_in_place};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -1147,27 +1149,6 @@ unsafe fn dots_tile_avx2(
     }
 }
 
-/// Whether the CPU runs the output layer's 512-bit kernel (AVX-512F): the
-/// same bits as the 256-bit one with twice the lanes per instruction.
-/// `FEDHEX_NO_AVX512=1` keeps the 256-bit kernels (for comparisons).
-#[cfg(target_arch = "x86_64")]
-fn wide_kernels() -> bool {
-    #[cfg(test)]
-    if NARROW.get() {
-        return false;
-    }
-    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *WIDE.get_or_init(|| {
-        std::is_x86_feature_detected!("avx512f") && std::env::var_os("FEDHEX_NO_AVX512").is_none_or(|v| v == "0")
-    })
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Tests: run the 256-bit kernels on this thread even where AVX-512F is.
-    static NARROW: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 thread_local! {
     /// [`dots_tile_avx512`]'s transposed tile inputs, kept per thread.
     static ZT: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
@@ -2182,10 +2163,10 @@ mod tests {
             assert_eq!(bits(&got), bits(&want), "config {i}, dispatched (AVX2 where available)");
             #[cfg(target_arch = "x86_64")]
             {
-                NARROW.set(true);
+                crate::flow::vmath::NARROW.set(true);
                 let mut got = vec![0f32; n];
                 log_prob_chunk(&fast.plan, &w, &x, &c, &mut got);
-                NARROW.set(false);
+                crate::flow::vmath::NARROW.set(false);
                 assert_eq!(bits(&got), bits(&want), "config {i}, dispatched, 256-bit kernels");
             }
             assert!(want.iter().all(|v| v.is_finite()), "config {i}");
@@ -2213,7 +2194,7 @@ mod tests {
                 ]
                 .map(|t| (nw, t.0, t.1, t.2))
             }) {
-                NARROW.set(narrow);
+                crate::flow::vmath::NARROW.set(narrow);
                 let stride = k_in.max(n_out) + 3;
                 let src: Vec<f32> = (0..TILE * stride).map(|i| val(i, 37)).collect();
                 let coef: [f32; TILE] = std::array::from_fn(|e| val(e, 53) * 3.1);
@@ -2275,7 +2256,7 @@ mod tests {
                 layer_forward_tile::<true>(&y, &wi, &src, stride, &mut got, stride);
                 assert_eq!(bits(&got), bits(&want), "input-major forward {k_in} {n_out} narrow {narrow}");
             }
-            NARROW.set(false);
+            crate::flow::vmath::NARROW.set(false);
         }
     }
 
