@@ -52,4 +52,7 @@ for d in sorted({r["dim"] for r in rows}):
 rss = {r["dim"]: r["peak_rss_mib"] for r in rows if r["impl"] == "fedhex default"}
 if 2 in rss and 12 in rss:
     print(f"peak RSS, default network: {rss[2]:.0f} MiB at D = 2, {rss[12]:.0f} MiB at D = 12 ({rss[12] / rss[2]:.2f}x; target <= 2x)")
+kern = sorted({r["cpu_kernels"] for r in rows if "cpu_kernels" in r})
+if kern:
+    print(f"fedhex CPU kernels: {', '.join(kern)} (FEDHEX_NO_AVX512=1 keeps the 256-bit ones)")
 PY

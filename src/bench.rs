@@ -28,6 +28,8 @@ pub struct Throughput {
     pub log_prob_events_per_s: f64,
     /// Peak resident memory of the process so far, MiB (Linux; 0 elsewhere).
     pub peak_rss_mib: f64,
+    /// The CPU engine's kernels on this CPU (`avx512`, `avx2`, `portable`).
+    pub cpu_kernels: String,
 }
 
 pub use crate::resources::peak_rss_mib;
@@ -109,5 +111,6 @@ pub fn flow_throughput(
         sample_events_per_s: sample,
         log_prob_events_per_s: log_prob,
         peak_rss_mib: peak_rss_mib(),
+        cpu_kernels: crate::flow::engine::cpu::kernels().to_string(),
     })
 }

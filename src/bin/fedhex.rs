@@ -454,8 +454,13 @@ fn main() {
                 };
                 if !json {
                     println!(
-                        "{:>8} {:>14} {:>14} {:>14} {:>10}   ({used} threads, {dev:?})",
-                        "batch", "train ev/s", "sample ev/s", "logp ev/s", "peak MiB"
+                        "{:>8} {:>14} {:>14} {:>14} {:>10}   ({used} threads, {dev:?}, CPU kernels: {})",
+                        "batch",
+                        "train ev/s",
+                        "sample ev/s",
+                        "logp ev/s",
+                        "peak MiB",
+                        fedhex::flow::engine::cpu::kernels()
                     );
                 }
                 for &b in batches {

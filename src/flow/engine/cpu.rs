@@ -1655,6 +1655,16 @@ pub fn vector_kernels() -> bool {
     }
 }
 
+/// Which kernels the CPU engine runs on this CPU: `"avx512"` (AVX2 + FMA
+/// with the 512-bit kernels), `"avx2"` or `"portable"`; all give the same bits.
+pub fn kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if vector_kernels() {
+        return if wide_kernels() { "avx512" } else { "avx2" };
+    }
+    "portable"
+}
+
 macro_rules! dispatch {
     ($name:ident, $imp:ident, ($($a:ident : $t:ty),*) -> $ret:ty) => {
         fn $name($($a: $t),*) -> $ret {
