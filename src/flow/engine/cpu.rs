@@ -101,7 +101,7 @@ struct Layer {
     blk_rows16: Vec<Vec<(usize, u16)>>,
     dz_rows16: Vec<Vec<(usize, u16)>>,
     /// Output-major: the live rows grouped by equal span, in order within a
-    /// group (the tiled forward runs two rows of a group at once), the
+    /// group (the tiled forward runs several rows of a group at once), the
     /// groups by increasing span.
     span_groups: Vec<Vec<usize>>,
     /// The rows that are not live (their value is their bias).
