@@ -1181,7 +1181,8 @@ unsafe fn dots_tile_avx512(
     let (a, b) = w.split_at(y.a_len());
     let k = y.k_in;
     let wanted = |j: usize| want.is_none_or(|v| v[j]);
-    assert!(z.len() >= (TILE - 1) * zs + k && out.len() >= (TILE - 1) * os + y.n_out);
+    // `a` holds every row (`span_groups` and `dead` hold rows `< n_out`).
+    assert!(a.len() == y.n_out * k && z.len() >= (TILE - 1) * zs + k && out.len() >= (TILE - 1) * os + y.n_out);
     for &j in y.dead.iter().filter(|&&j| wanted(j)) {
         for e in 0..TILE {
             out[e * os + j] = b[j];
@@ -1203,7 +1204,7 @@ unsafe fn dots_tile_avx512(
         }
         let kj = y.span[group[0]];
         let m = kj / 8 * 8;
-        assert!(m <= mmax && group.iter().all(|&j| j < y.n_out && (j + 1) * k <= a.len()));
+        assert!(m <= mmax);
         let mut rows = group.iter().copied().filter(|&j| wanted(j));
         loop {
             let mut js = [0usize; R];
@@ -1214,8 +1215,8 @@ unsafe fn dots_tile_avx512(
                 n += 1;
             }
             let mut sums = [_mm256_setzero_ps(); R];
-            // SAFETY: the rows hold `k >= kj >= m` weights and `zt` holds
-            // `m * TILE` floats (asserted above).
+            // SAFETY: rows `j < n_out` (the groups are built so) of `a` hold `k >= kj >= m`
+            // weights each, and `zt` holds `m * TILE` floats (both asserted above).
             unsafe {
                 if n == R {
                     sums = pair_dots_avx512::<R>(std::array::from_fn(|r| a.as_ptr().add(js[r] * k)), m, zt.as_ptr());
@@ -1243,7 +1244,7 @@ unsafe fn dots_tile_avx512(
                     _mm256_storeu_ps(v.as_mut_ptr(), _mm256_add_ps(_mm256_set1_ps(b[j]), t));
                 }
                 for (e, ve) in v.into_iter().enumerate() {
-                    // SAFETY: `j < n_out` and `out` holds `TILE` rows `os` apart (asserted above).
+                    // SAFETY: `j < n_out` (the groups hold only such rows) and `out` holds `TILE` rows `os` apart (asserted above).
                     unsafe { *out.get_unchecked_mut(e * os + j) = ve };
                 }
             }
@@ -1353,7 +1354,7 @@ unsafe fn dots_tile_ymm(y: &Layer, w: &[f32], z: &[f32], zs: usize, out: &mut [f
     let k = y.k_in;
     let zp = z.as_ptr();
     let wanted = |j: usize| want.is_none_or(|v| v[j]);
-    for j in (0..y.n_out).filter(|&j| !y.live[j] && wanted(j)) {
+    for &j in y.dead.iter().filter(|&&j| wanted(j)) {
         for e in 0..TILE {
             out[e * os + j] = b[j];
         }
