@@ -632,24 +632,41 @@ fn block_tail_tile<const AVX: bool, const CACHE: bool>(
             }
         }
     }
-    for (e, lde) in ldb.iter_mut().enumerate() {
-        let rec = &mut s.recs[base(e)..base(e) + p.rec];
-        match x.mixes.get(k) {
-            Some(m) => {
-                let wm = &w[m.off..m.off + mix_len(d)];
-                let (yo, out) = rec[x.yo..].split_at_mut(d);
-                for (i, o) in out[..d].iter_mut().enumerate() {
-                    let mut acc = wm[d * d + i];
-                    for (j, yj) in yo.iter().enumerate() {
-                        acc += wm[i * d + j] * yj;
-                    }
-                    *o = acc;
+    match x.mixes.get(k) {
+        Some(m) => {
+            // out = b + W yo, the events side by side: per output and event
+            // the bias, then each product added in input order.
+            let wm = &w[m.off..m.off + mix_len(d)];
+            let yt = &mut s.yt[..d * TILE];
+            for e in 0..TILE {
+                for (j, &v) in s.recs[base(e) + x.yo..base(e) + x.yo + d].iter().enumerate() {
+                    yt[j * TILE + e] = v;
                 }
+            }
+            for (i, wrow) in wm[..d * d].chunks_exact(d).enumerate() {
+                let mut acc = [wm[d * d + i]; TILE];
+                for (j, &wv) in wrow.iter().enumerate() {
+                    let yj = row(yt, 0, j);
+                    for e in 0..TILE {
+                        acc[e] += wv * yj[e];
+                    }
+                }
+                for (e, &v) in acc.iter().enumerate() {
+                    s.recs[base(e) + x.out + i] = v;
+                }
+            }
+            for lde in &mut ldb {
                 *lde += wm[d * d + d];
             }
-            None => rec.copy_within(x.yo..x.yo + d, x.out),
         }
-        ld[e] += *lde;
+        None => {
+            for e in 0..TILE {
+                s.recs.copy_within(base(e) + x.yo..base(e) + x.yo + d, base(e) + x.out);
+            }
+        }
+    }
+    for (l, lb) in ld.iter_mut().zip(ldb) {
+        *l += lb;
     }
 }
 
@@ -680,6 +697,8 @@ struct Scratch {
     tk: Vec<f32>,
     kr: Vec<f32>,
     kw: KnotScratch,
+    /// A tile's inputs of the learned map, `D × TILE` (events side by side).
+    yt: Vec<f32>,
     /// The splines' backward caches of a tile (training): `cache_len × TILE`
     /// per block and feature, at `(k * D + j) * cache_len * TILE`.
     cache: Vec<f32>,
@@ -703,6 +722,7 @@ impl Scratch {
             tk: vec![0f32; kl * p.d],
             kr: vec![0f32; TILE * (3 * nk).saturating_sub(1)],
             kw: KnotScratch::new(nk.max(2)),
+            yt: vec![0f32; TILE * p.d],
             cache: vec![0f32; if training { cl * p.d * p.blocks.len() } else { 0 }],
         }
     }
@@ -887,6 +907,7 @@ pub(super) fn train_chunk<const AVX: bool>(
     let mut g = vec![0f32; TILE * d];
     let mut gn = vec![0f32; d];
     let mut dr = [0f32; 3 * MAX_BINS * TILE];
+    let mut dyt = vec![0f32; x.params * d * TILE];
     let cst = 0.5 * d as f64 * LOG_2PI;
     let skip = if x.affine { 2 } else { 0 };
     let np = x.params * d;
@@ -924,15 +945,20 @@ pub(super) fn train_chunk<const AVX: bool>(
                     let wm = &w[m.off..m.off + mix_len(d)];
                     let gm = &mut grad[m.off..m.off + mix_len(d)];
                     let yo = &rec[x.yo..x.yo + d];
-                    for i in 0..d {
-                        for j in 0..d {
-                            gm[i * d + j] += ge[i] * yo[j];
+                    let (gw, gb) = gm.split_at_mut(d * d);
+                    for ((grow, gbi), &gi) in gw.chunks_exact_mut(d).zip(gb.iter_mut()).zip(ge.iter()) {
+                        for (gv, y) in grow.iter_mut().zip(yo) {
+                            *gv += gi * y;
                         }
-                        gm[d * d + i] += ge[i];
+                        *gbi += gi;
                     }
-                    gm[d * d + d] -= wt[e];
-                    for (j, v) in gn.iter_mut().enumerate() {
-                        *v = (0..d).map(|i| wm[i * d + j] * ge[i]).sum();
+                    gb[d] -= wt[e];
+                    // gn = Wᵀ ge, each sum over i in order from -0 (as `Sum`).
+                    gn.iter_mut().for_each(|v| *v = -0.0);
+                    for (wrow, &gi) in wm[..d * d].chunks_exact(d).zip(ge.iter()) {
+                        for (v, wv) in gn.iter_mut().zip(wrow) {
+                            *v += wv * gi;
+                        }
                     }
                     ge.copy_from_slice(&gn);
                 }
@@ -947,9 +973,19 @@ pub(super) fn train_chunk<const AVX: bool>(
                     let ga = spline_backward_tile(nk, bound, sc, &gy, &gl, &mut dr);
                     for e in 0..TILE {
                         g[e * d + j] = ga[e];
-                        for q in 0..n {
-                            s.dy[e * maxw + (skip + q) * d + j] = dr[q * TILE + e];
-                        }
+                    }
+                    // dL/d(raw output (skip + q) D + j), the events side by side.
+                    for (q, dq) in dr[..n * TILE].chunks_exact(TILE).enumerate() {
+                        let at = ((skip + q) * d + j) * TILE;
+                        dyt[at..at + TILE].copy_from_slice(dq);
+                    }
+                }
+                // Into each event's row of dL/d(outputs).
+                let cols = dyt[skip * d * TILE..np * TILE].chunks_exact(TILE);
+                for e in 0..TILE {
+                    let row = &mut s.dy[e * maxw + skip * d..e * maxw + np];
+                    for (v, col) in row.iter_mut().zip(cols.clone()) {
+                        *v = col[e];
                     }
                 }
             }
