@@ -965,6 +965,83 @@ unsafe fn axpy_tile_avx512(row: &mut [f32], coef: &[f32; TILE], src: &[f32], str
     n16
 }
 
+/// The weight-gradient update of an output-major layer for a tile: for every
+/// live row `j`, `ga[j * k_in + c] += Σ_e dy[e * ds + j] · z[e * zs + c]` for
+/// `c < span[j]` ([`axpy_tile`] per row: the same bits), in one call per
+/// layer so that the 512-bit kernel runs each row's tail as a masked block
+/// rather than a per-row call of narrower kernels.
+#[inline(always)]
+fn grad_rows_tile<const AVX: bool>(y: &Layer, ga: &mut [f32], dy: &[f32], ds: usize, z: &[f32], zs: usize) {
+    let k_in = y.k_in;
+    assert!(
+        !y.in_major
+            && ga.len() >= y.a_len()
+            && dy.len() >= (TILE - 1) * ds + y.n_out
+            && z.len() >= (TILE - 1) * zs + k_in
+            && y.span.iter().all(|&n| n <= k_in),
+        "grad_rows_tile: buffers shorter than the layer"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if AVX && wide_kernels() {
+        // SAFETY: AVX-512F (checked by `wide_kernels`); the assert above
+        // bounds every row read or written.
+        return unsafe { grad_rows_avx512(y, ga, dy, ds, z, zs) };
+    }
+    for j in (0..y.n_out).filter(|&j| y.live[j]) {
+        let coef: [f32; TILE] = std::array::from_fn(|e| dy[e * ds + j]);
+        axpy_tile::<AVX>(&mut ga[j * k_in..j * k_in + y.span[j]], &coef, z, zs);
+    }
+}
+
+/// [`grad_rows_tile`] in 512-bit registers, a row's last partial block of 16
+/// masked; two rows of equal span at a time (one load of the inputs for
+/// both, and two independent chains).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f")]
+unsafe fn grad_rows_avx512(y: &Layer, ga: &mut [f32], dy: &[f32], ds: usize, z: &[f32], zs: usize) {
+    use std::arch::x86_64::*;
+    let (gp, zp) = (ga.as_mut_ptr(), z.as_ptr());
+    let coefs = |j: usize| -> [__m512; TILE] { std::array::from_fn(|e| _mm512_set1_ps(dy[e * ds + j])) };
+    for group in &y.span_groups {
+        let n = y.span[group[0]];
+        for rows in group.chunks(2) {
+            // SAFETY: rows `j` of `ga` and the tile's rows of `z` hold `n`
+            // values (the caller's assert).
+            let r0 = unsafe { gp.add(rows[0] * y.k_in) };
+            let c0 = coefs(rows[0]);
+            if let [_, j1] = *rows {
+                let r1 = unsafe { gp.add(j1 * y.k_in) };
+                let c1 = coefs(j1);
+                for c in (0..n).step_by(16) {
+                    let m: __mmask16 = if n - c >= 16 { 0xffff } else { (1u16 << (n - c)) - 1 };
+                    let (mut a0, mut a1) =
+                        unsafe { (_mm512_maskz_loadu_ps(m, r0.add(c)), _mm512_maskz_loadu_ps(m, r1.add(c))) };
+                    for e in 0..TILE {
+                        let x = unsafe { _mm512_maskz_loadu_ps(m, zp.add(e * zs + c)) };
+                        a0 = _mm512_fmadd_ps(c0[e], x, a0);
+                        a1 = _mm512_fmadd_ps(c1[e], x, a1);
+                    }
+                    unsafe {
+                        _mm512_mask_storeu_ps(r0.add(c), m, a0);
+                        _mm512_mask_storeu_ps(r1.add(c), m, a1);
+                    }
+                }
+            } else {
+                for c in (0..n).step_by(16) {
+                    let m: __mmask16 = if n - c >= 16 { 0xffff } else { (1u16 << (n - c)) - 1 };
+                    let mut acc = unsafe { _mm512_maskz_loadu_ps(m, r0.add(c)) };
+                    for (e, ce) in c0.iter().enumerate() {
+                        let x = unsafe { _mm512_maskz_loadu_ps(m, zp.add(e * zs + c)) };
+                        acc = _mm512_fmadd_ps(*ce, x, acc);
+                    }
+                    unsafe { _mm512_mask_storeu_ps(r0.add(c), m, acc) };
+                }
+            }
+        }
+    }
+}
+
 /// dL/d(inputs) of an output-major layer for a tile: `dz[e * ds + c] =
 /// Σ_j dy[e * ds + j] · a[j * k_in + c]` over the live outputs `j` in order,
 /// from zero, for `c < n_in`: the bits of one [`axpy`] per output and event,
@@ -2249,6 +2326,16 @@ mod tests {
                 dz_tile::<true>(&y, &a, &src, &mut got, stride);
                 assert_eq!(bits(&got), bits(&want), "dz_tile {n_in} {n_out} {k_in} narrow {narrow}");
                 assert!(want.iter().any(|v| *v != 7.0 && *v != 0.0), "dz_tile wrote nothing");
+                // The weight-gradient update, whole layer at once, against axpy_tile per row.
+                let g0: Vec<f32> = (0..n_out * k_in).map(|q| val(q, 43)).collect();
+                let (mut want, mut got) = (g0.clone(), g0);
+                let dyv: Vec<f32> = (0..TILE * stride).map(|i| val(i, 59)).collect();
+                for j in (0..n_out).filter(|&j| y.live[j]) {
+                    let coef: [f32; TILE] = std::array::from_fn(|e| dyv[e * stride + j]);
+                    axpy_tile::<false>(&mut want[j * k_in..j * k_in + y.span[j]], &coef, &src, stride);
+                }
+                grad_rows_tile::<true>(&y, &mut got, &dyv, stride, &src, stride);
+                assert_eq!(bits(&got), bits(&want), "grad_rows_tile {n_in} {n_out} {k_in} narrow {narrow}");
                 // The input-major forward (the same row kernel with a bias).
                 let y = Layer::new(
                     k_in,

@@ -14,7 +14,8 @@
 //! checks it, log-prob and the inverse against autograd.
 
 use super::{
-    activate, activate_backward, axpy_tile, dot, dz_tile, layer_forward_tile, pass_tile, Layer, Plan, LOG_2PI, TILE,
+    activate, activate_backward, axpy_tile, dot, dz_tile, grad_rows_tile, layer_forward_tile, pass_tile, Layer, Plan,
+    LOG_2PI, TILE,
 };
 use crate::flow::spline::{MIN_BIN, MIN_DERIVATIVE};
 use crate::flow::vmath::{exp_in_place, exp_scalar, ln1p_in_place, tanh_in_place, tanh_scalar};
@@ -875,10 +876,7 @@ fn layer_backward_tile<const AVX: bool>(
             }
         }
     } else {
-        for j in (0..n_out).filter(|&j| y.live[j]) {
-            let coef: [f32; TILE] = std::array::from_fn(|e| dy[e * ds + j]);
-            axpy_tile::<AVX>(&mut ga[j * k_in..j * k_in + y.span[j]], &coef, z, zs);
-        }
+        grad_rows_tile::<AVX>(y, ga, dy, ds, z, zs);
         dz_tile::<AVX>(y, a, dy, dz, ds);
     }
 }
