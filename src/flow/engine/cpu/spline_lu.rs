@@ -678,6 +678,68 @@ fn knots_of<'a>(consts: &'a [Option<Vec<f32>>], tk: &'a [f32], d: usize, nk: usi
     consts[k * d + j].as_deref().unwrap_or(&tk[j * kl..(j + 1) * kl])
 }
 
+/// `dst[r * TILE + e] = src[e * ss + r]` for `r < n` and the [`TILE`]
+/// events `e`: a tile's per-event rows turned into rows of one value per
+/// event (8 × 8 blocks in registers with AVX2).
+#[inline(always)]
+fn transpose_tile<const AVX: bool>(src: &[f32], ss: usize, n: usize, dst: &mut [f32]) {
+    assert!(src.len() >= (TILE - 1) * ss + n && dst.len() >= n * TILE, "transpose_tile: buffers too short");
+    #[allow(unused_mut)]
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: AVX is only true in code reached after detecting AVX2; the
+        // assert above bounds every access.
+        done = unsafe { transpose_tile_avx2(src, ss, n, dst) };
+    }
+    for r in done..n {
+        for e in 0..TILE {
+            dst[r * TILE + e] = src[e * ss + r];
+        }
+    }
+}
+
+/// [`transpose_tile`]'s rows `..n / 8 * 8`, eight at a time; returns how many.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_tile_avx2(src: &[f32], ss: usize, n: usize, dst: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    const _: () = assert!(TILE == 8, "the 8 x 8 transpose assumes tiles of 8 events");
+    let n8 = n / 8 * 8;
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    for r0 in (0..n8).step_by(8) {
+        // SAFETY: rows `e < 8` of `src` hold `n >= r0 + 8` values (the caller's assert).
+        let v: [__m256; 8] = std::array::from_fn(|e| unsafe { _mm256_loadu_ps(sp.add(e * ss + r0)) });
+        let t: [__m256; 8] = std::array::from_fn(|i| {
+            let (a, b) = (v[i / 2 * 2], v[i / 2 * 2 + 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_ps(a, b)
+            } else {
+                _mm256_unpackhi_ps(a, b)
+            }
+        });
+        // u[q]: values q and q + 4 of events 0-3 (u[q]) and 4-7 (u[4 + q]).
+        let u: [__m256; 8] = std::array::from_fn(|i| {
+            let h = i / 4 * 4;
+            let (a, b) = (t[h + (i % 4) / 2], t[h + 2 + (i % 4) / 2]);
+            if i % 2 == 0 {
+                _mm256_shuffle_ps::<0x44>(a, b)
+            } else {
+                _mm256_shuffle_ps::<0xee>(a, b)
+            }
+        });
+        for q in 0..4 {
+            // SAFETY: `dst` holds `n * 8` values.
+            unsafe {
+                _mm256_storeu_ps(dp.add((r0 + q) * 8), _mm256_permute2f128_ps::<0x20>(u[q], u[4 + q]));
+                _mm256_storeu_ps(dp.add((r0 + q + 4) * 8), _mm256_permute2f128_ps::<0x31>(u[q], u[4 + q]));
+            }
+        }
+    }
+    n8
+}
+
 /// Scratch of one chunk: the records of a tile of events and the layer buffers.
 struct Scratch {
     /// `TILE` event records of `nb * rec` floats each.
@@ -700,6 +762,8 @@ struct Scratch {
     kw: KnotScratch,
     /// A tile's inputs of the learned map, `D × TILE` (events side by side).
     yt: Vec<f32>,
+    /// A tile's raw outputs of a block, `params · D × TILE` (events side by side).
+    rawt: Vec<f32>,
     /// The splines' backward caches of a tile (training): `cache_len × TILE`
     /// per block and feature, at `(k * D + j) * cache_len * TILE`.
     cache: Vec<f32>,
@@ -724,6 +788,7 @@ impl Scratch {
             kr: vec![0f32; TILE * (3 * nk).saturating_sub(1)],
             kw: KnotScratch::new(nk.max(2)),
             yt: vec![0f32; TILE * p.d],
+            rawt: vec![0f32; TILE * x.params * p.d],
             cache: vec![0f32; if training { cl * p.d * p.blocks.len() } else { 0 }],
         }
     }
@@ -752,6 +817,23 @@ impl Scratch {
             for q in 0..n {
                 self.kr[q * TILE + e] = re[(skip + q) * d + j];
             }
+        }
+        let kl = KnotLayout::new(nk).len;
+        knots_tile::<AVX>(nk, bound, &self.kr, &mut self.kw, &mut self.tk[j * kl..(j + 1) * kl]);
+    }
+
+    /// [`Scratch::tile_knots`] from `self.rawt`, the tile's raw outputs
+    /// already turned into rows of one value per event ([`transpose_tile`]).
+    #[inline(always)]
+    fn tile_knots_t<const AVX: bool>(&mut self, d: usize, x: &Ext, k: usize, j: usize) {
+        let Some((nk, bound)) = x.spline else { return };
+        if self.consts[k * d + j].is_some() {
+            return;
+        }
+        let (n, skip) = (3 * nk - 1, if x.affine { 2 } else { 0 });
+        for (q, kq) in self.kr[..n * TILE].chunks_exact_mut(TILE).enumerate() {
+            let at = ((skip + q) * d + j) * TILE;
+            kq.copy_from_slice(&self.rawt[at..at + TILE]);
         }
         let kl = KnotLayout::new(nk).len;
         knots_tile::<AVX>(nk, bound, &self.kr, &mut self.kw, &mut self.tk[j * kl..(j + 1) * kl]);
@@ -823,10 +905,11 @@ fn tile_forward<const AVX: bool, const CACHE: bool>(p: &Plan, x: &Ext, w: &[f32]
             }
         }
         if x.spline.is_some() {
+            // The output layer's values (still in `tout`), one row per output.
+            let np = x.params * d;
+            transpose_tile::<AVX>(&s.tout, np, np, &mut s.rawt);
             for j in 0..d {
-                let recs = std::mem::take(&mut s.recs);
-                s.tile_knots::<AVX>(d, x, k, j, |e| &recs[e * er + kb + x.raw..e * er + kb + x.raw + x.params * d]);
-                s.recs = recs;
+                s.tile_knots_t::<AVX>(d, x, k, j);
             }
         }
         block_tail_tile::<AVX, CACHE>(p, x, w, s, k, er, &mut ld);
@@ -960,8 +1043,9 @@ pub(super) fn train_chunk<const AVX: bool>(
                     }
                     ge.copy_from_slice(&gn);
                 }
-                s.dy[e * maxw..e * maxw + np].iter_mut().for_each(|v| *v = 0.0);
             }
+            // Every one of an event's `np` values of dL/d(outputs) is written
+            // below: the spline's from `skip * D` on, the shift and log-scale's before.
             if let Some((nk, bound)) = x.spline {
                 let (n, cl) = (3 * nk - 1, cache_len(nk));
                 let gl: [f32; TILE] = std::array::from_fn(|e| -wt[e]);
@@ -1131,6 +1215,33 @@ pub(super) fn inverse_chunk<const AVX: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tile transpose puts value `r` of event `e` at `r * TILE + e`, in
+    /// the AVX2 path (8 × 8 blocks) as in the portable loop, for row lengths
+    /// on and off a multiple of 8, and leaves the rest of `dst` alone.
+    #[test]
+    fn transpose_tile_turns_event_rows_into_value_rows() {
+        for (n, ss) in [(1usize, 3usize), (7, 7), (8, 8), (13, 21), (300, 304), (16, 40)] {
+            let src: Vec<f32> = (0..TILE * ss).map(|i| i as f32 + 0.5).collect();
+            for avx in [false, true] {
+                if avx && !(cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("avx2")) {
+                    continue;
+                }
+                let mut dst = vec![-1f32; n * TILE + 5];
+                if avx {
+                    transpose_tile::<true>(&src, ss, n, &mut dst);
+                } else {
+                    transpose_tile::<false>(&src, ss, n, &mut dst);
+                }
+                for r in 0..n {
+                    for e in 0..TILE {
+                        assert_eq!(dst[r * TILE + e], src[e * ss + r], "n {n} value {r} event {e} avx {avx}");
+                    }
+                }
+                assert!(dst[n * TILE..].iter().all(|&v| v == -1.0), "wrote past n rows (n {n}, avx {avx})");
+            }
+        }
+    }
 
     /// Each lane of a tile's knots depends on its own event only: lane by
     /// lane, the knots equal those of the event's parameters copied to every
