@@ -12,8 +12,11 @@
 #    a cell centre) with 20k events each, twice (reference and an independent
 #    sample for the statistical floor);
 # 2. training on the grid only, `mpirun -n $RANKS` (default 2, 1 thread each),
-#    with examples/phiomega_nd.toml plus the given overrides, timed;
-# 3. `fedhex analyze` at the evaluation points;
+#    with examples/phiomega_nd.toml plus the given overrides, once per seed of
+#    $SEEDS (default "42 43"), timed in all; with several seeds the runs are
+#    combined into one ensemble model (`fedhex ensemble`, the mixture of the
+#    flows: docs/fidelity.md, "Ensembles");
+# 3. `fedhex analyze` of the (ensemble) model at the evaluation points;
 # 4. zuko NSF and MAF trained on the same grid files, same epochs and batch,
 #    2 threads (benches/zuko_train.py), timed;
 # 5. the table and the PASS/FAIL target checks (scripts/fidelity_nd_summary.py).
@@ -23,6 +26,8 @@
 #   NREF     events per evaluation point (20000)             GRID     grid AxBxC (5x5x3)
 #   POINTS   evaluation points "M,m,W M,m,W ..." (default: the 12 built-in ones)
 #   RANKS    MPI ranks (2)       ZUKO=0 skips zuko          ZUKO_EPOCHS  zuko's epochs (EPOCHS or 8)
+#   SEEDS    training seeds, one flow each ("42 43"; one seed: a single flow)
+#   ZUKO_KINDS  zuko flows to time (nsf,maf)
 #   FEDHEX_BIN_DIR  where fedhex and fedhex-worker are ($CARGO_TARGET_DIR/release or target/release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,22 +64,37 @@ fi
 rm -rf "$OUT" && mkdir -p "$OUT"
 MPIRUN=(mpirun --oversubscribe -n "$RANKS")
 [ "$(id -u)" -eq 0 ] && MPIRUN=(mpirun --allow-run-as-root --oversubscribe -n "$RANKS")
-SETS=(--set "data.root.files=[\"$DATA/mc/\"]" --set "outputs.run_dir=\"$OUT/run\"" --set 'outputs.progress=false' --set 'training.threads=1')
+SETS=(--set "data.root.files=[\"$DATA/mc/\"]" --set 'outputs.progress=false' --set 'training.threads=1')
 [ -n "$EPOCHS" ] && SETS+=(--set "training.epochs=$EPOCHS")
-echo "== training ($NAME) with $RANKS ranks: examples/phiomega_nd.toml ${*:-}"
+read -r -a SEED_LIST <<<"${SEEDS:-42 43}"
+[ "${#SEED_LIST[@]}" -ge 1 ] || { echo "SEEDS is empty" >&2; exit 2; }
+MEMBERS=()
 start=$(date +%s%N)
-"${MPIRUN[@]}" "$BIN/fedhex-worker" train --config examples/phiomega_nd.toml "${SETS[@]}" "$@" >"$OUT/train.out" 2>"$OUT/train.log"
+for seed in "${SEED_LIST[@]}"; do
+  RUN=$OUT/run; [ "${#SEED_LIST[@]}" -gt 1 ] && RUN=$OUT/run-s$seed
+  echo "== training ($NAME, seed $seed) with $RANKS ranks: examples/phiomega_nd.toml ${*:-}"
+  # The seed goes last so that it wins over one in the overrides.
+  "${MPIRUN[@]}" "$BIN/fedhex-worker" train --config examples/phiomega_nd.toml "${SETS[@]}" \
+    --set "outputs.run_dir=\"$RUN\"" "$@" --set "training.seed=$seed" >"$RUN.train.out" 2>"$RUN.train.log"
+  MEMBERS+=("$RUN/model")
+done
+MODEL=${MEMBERS[0]}
+HISTORIES=(); for m in "${MEMBERS[@]}"; do HISTORIES+=("${m%/model}/history.csv"); done
+if [ "${#MEMBERS[@]}" -gt 1 ]; then
+  MODEL=$OUT/model
+  "$BIN/fedhex" ensemble --out "$MODEL" "${MEMBERS[@]}"
+fi
 train_s=$(seconds_since "$start")
 echo "== analysis at the evaluation points"
-"$BIN/fedhex" analyze --model "$OUT/run/model" --reference "$DATA/ref1.root" --reference2 "$DATA/ref2.root" \
+"$BIN/fedhex" analyze --model "$MODEL" --reference "$DATA/ref1.root" --reference2 "$DATA/ref2.root" \
   --out "$OUT/report" >"$OUT/analyze.out" 2>&1
 ZUKO_ARGS=()
 if [ "$ZUKO" != 0 ]; then
-  echo "== zuko NSF and MAF on the same grid files ($ZUKO_EPOCHS epochs, 2 threads)"
-  "$PY" benches/zuko_train.py --files "$DATA/mc" --epochs "$ZUKO_EPOCHS" --batch 1024 --threads 2 \
+  echo "== zuko (${ZUKO_KINDS:-nsf,maf}) on the same grid files ($ZUKO_EPOCHS epochs, 2 threads)"
+  "$PY" benches/zuko_train.py --files "$DATA/mc" --epochs "$ZUKO_EPOCHS" --batch 1024 --threads 2 --kinds "${ZUKO_KINDS:-nsf,maf}" \
     --out "$OUT/zuko.json" 2>&1 | tee "$OUT/zuko.out"
   ZUKO_ARGS=(--zuko "$OUT/zuko.json")
 fi
 "$PY" scripts/fidelity_nd_summary.py "$OUT/report/report.json" --train-seconds "$train_s" \
-  --ranks "$RANKS" --epochs "${EPOCHS:-$CONFIG_EPOCHS}" --history "$OUT/run/history.csv" "${ZUKO_ARGS[@]}" | tee "$OUT/summary.txt"
+  --ranks "$RANKS" --epochs "${EPOCHS:-$CONFIG_EPOCHS}" --members "${#MEMBERS[@]}" --history "${HISTORIES[@]}" "${ZUKO_ARGS[@]}" | tee "$OUT/summary.txt"
 echo "report: $OUT/report/index.html; $(cat "$DATA/gen_time.txt" 2>/dev/null || true)" | tee -a "$OUT/summary.txt"

@@ -66,7 +66,8 @@ def main():
     ap.add_argument("--train-seconds", type=float)
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--epochs", type=int)
-    ap.add_argument("--history")
+    ap.add_argument("--history", nargs="+", help="history.csv of each trained flow (summed)")
+    ap.add_argument("--members", type=int, default=1, help="flows trained (an ensemble when > 1)")
     ap.add_argument("--zuko")
     a = ap.parse_args()
     report = json.load(open(a.report))
@@ -123,11 +124,14 @@ def main():
     print(f"=> {'all targets met' if ok else 'targets NOT met'} at {len(labels)} evaluation points")
     if a.train_seconds is not None:
         ep = f", {a.epochs} epochs" if a.epochs else ""
-        line = f"training time: fedhex {a.train_seconds:.1f} s wall ({a.ranks} MPI ranks x 1 thread{ep}"
+        ens = f", {a.members} flows trained one after the other (an ensemble)" if a.members > 1 else ""
+        line = f"training time: fedhex {a.train_seconds:.1f} s wall ({a.ranks} MPI ranks x 1 thread{ep}{ens}"
         fedhex_s = a.train_seconds
         if a.history:
-            with open(a.history) as f:
-                fedhex_s = sum(float(r["seconds"]) for r in csv.DictReader(f))
+            fedhex_s = 0.0
+            for h in a.history:
+                with open(h) as f:
+                    fedhex_s += sum(float(r["seconds"]) for r in csv.DictReader(f))
             line += f"; {fedhex_s:.1f} s in the epochs"
         line += ")"
         if a.zuko:

@@ -92,6 +92,17 @@ enum Cmd {
     Analyze(AnalyzeArgs),
     /// Fit the label of observed events by maximum likelihood (best label, uncertainties, scans).
     Fit(FitArgs),
+    /// Combine trained models (same features, labels and preprocessing; e.g. one configuration
+    /// trained with different seeds) into one ensemble model: the equal-weight mixture of their
+    /// densities, used like any model by sample, analyze, fit and Python.
+    Ensemble {
+        /// The models (directories or their model.json); ensembles among them are flattened.
+        #[arg(required = true, num_args = 2..)]
+        models: Vec<PathBuf>,
+        /// Output model directory (written atomically; replaced if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -347,6 +358,18 @@ fn sample(args: &fedhex::generate::SampleArgs, out: &Path) -> Result<()> {
     Ok(())
 }
 
+fn ensemble(paths: &[PathBuf], out: &Path) -> Result<()> {
+    let mut models = Vec::with_capacity(paths.len());
+    for p in paths {
+        let m = Model::load(p, tch::Device::Cpu).with_context(|| format!("loading ensemble member {}", p.display()))?;
+        models.push((p.display().to_string(), m));
+    }
+    let model = Model::ensemble(models)?;
+    model.save(out).with_context(|| format!("writing the ensemble to {}", out.display()))?;
+    println!("wrote an ensemble of {} flows to {}", model.n_members(), out.display());
+    Ok(())
+}
+
 fn moments(truth: &Path, samples: &Path, max_pull: Option<f64>) -> Result<()> {
     let text = std::fs::read_to_string(truth).with_context(|| format!("reading {}", truth.display()))?;
     let spec: GaussianSpec =
@@ -479,6 +502,7 @@ fn main() {
         }
         Cmd::Analyze(a) => analyze(a),
         Cmd::Fit(a) => fit(a),
+        Cmd::Ensemble { models, out } => ensemble(models, out),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -10,6 +10,17 @@
 //! Loading needs nothing else: no training configuration, any number of blocks
 //! and hidden layers. The JSON records a digest of the weights file, so a
 //! weights file from another model is refused rather than silently used.
+//!
+//! An ensemble ([`Model::ensemble`]: several flows trained alike with different
+//! seeds, whose density is the equal-weight mixture of theirs) is the first
+//! member's directory with each further member in a subdirectory, listed in
+//! `members` of its `model.json` (format version 2); every member directory is
+//! itself a loadable single model:
+//!
+//! ```text
+//! MODEL_DIR/model.json, model.safetensors   member 0, "members": ["member-1", ...]
+//! MODEL_DIR/member-1/model.json, ...        member 1
+//! ```
 
 use super::engine::Engine;
 use super::maf::{Maf, MafConfig};
@@ -28,8 +39,11 @@ pub const MODEL_JSON: &str = "model.json";
 pub const MODEL_WEIGHTS: &str = "model.safetensors";
 /// Format tag written into every model description.
 pub const FORMAT: &str = "fedhex-model";
-/// Version of the model directory layout.
+/// Version of the model directory layout of a single flow.
 pub const FORMAT_VERSION: u32 = 1;
+/// Layout version written for an ensemble (`members` in `model.json`); a
+/// reader that knows only version 1 refuses it instead of using member 0 alone.
+pub const ENSEMBLE_FORMAT_VERSION: u32 = 2;
 
 /// The JSON description of a model (everything except the weights).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +79,9 @@ pub struct ModelMeta {
     /// Free-form facts about training (epochs, losses, data); not needed to load.
     #[serde(default)]
     pub training: serde_json::Value,
+    /// Subdirectories holding the further members of an ensemble (absent: a single flow).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
 }
 
 /// A flow with its whitening, working on raw (physical) values.
@@ -87,6 +104,10 @@ pub struct Model {
     pub acceptance: Vec<Acceptance>,
     /// Facts about training, carried into the model file.
     pub training: serde_json::Value,
+    /// The further flows of an ensemble (empty for a single flow): the model's
+    /// density is then the equal-weight mixture of its own flow and theirs
+    /// ([`Model::ensemble`]). Training uses only the model's own flow.
+    pub members: Vec<Model>,
 }
 
 /// Version string of the libtorch this binary was built against.
@@ -125,7 +146,113 @@ impl Model {
             label_transforms: Transforms::default(),
             acceptance: vec![],
             training: serde_json::Value::Null,
+            members: vec![],
         })
+    }
+
+    /// Combines models of the same features, labels, preprocessing and
+    /// acceptance cuts (typically trained from one configuration with
+    /// different seeds) into an ensemble whose density is the equal-weight
+    /// mixture of theirs. Averaging a few flows removes much of the
+    /// seed-to-seed spread of a single one (docs/fidelity.md, "Ensembles").
+    /// Ensembles among `models` are flattened into their members. Each model
+    /// comes with a name (its path) for the errors.
+    ///
+    /// # Errors
+    /// Fewer than two flows in all, or a model whose features, labels,
+    /// transforms or acceptance cuts differ from the first one's (named).
+    pub fn ensemble(models: Vec<(String, Model)>) -> Result<Model> {
+        let mut flat: Vec<(String, Model)> = Vec::new();
+        for (name, mut m) in models {
+            let inner = std::mem::take(&mut m.members);
+            flat.push((name.clone(), m));
+            flat.extend(inner.into_iter().enumerate().map(|(i, m)| (format!("{name} (member {})", i + 1), m)));
+        }
+        if flat.len() < 2 {
+            return Err(Error::Config(format!(
+                "an ensemble needs at least two flows, got {}{}",
+                flat.len(),
+                flat.first().map(|(n, _)| format!(" ({n})")).unwrap_or_default()
+            )));
+        }
+        let mut it = flat.into_iter();
+        let (first_name, mut first) = it.next().ok_or_else(|| Error::Config("an ensemble needs flows".into()))?;
+        for (name, m) in it {
+            if let Some(why) = first.mismatch(&m) {
+                return Err(Error::Config(format!(
+                    "{name} cannot join an ensemble with {first_name}: {why}; an ensemble mixes models \
+                     trained on the same features and labels with the same preprocessing"
+                )));
+            }
+            first.members.push(m);
+        }
+        Ok(first)
+    }
+
+    /// Number of flows: 1, or the ensemble's size.
+    pub fn n_members(&self) -> usize {
+        1 + self.members.len()
+    }
+
+    /// Why `other` cannot be mixed with this model (`None` when it can).
+    fn mismatch(&self, other: &Model) -> Option<String> {
+        let (a, b) = (self.features.names(), other.features.names());
+        if a != b {
+            return Some(format!("features {b:?} against {a:?}"));
+        }
+        let (a, b) = (self.labels.names(), other.labels.names());
+        if a != b {
+            return Some(format!("labels {b:?} against {a:?}"));
+        }
+        if self.feature_transforms != other.feature_transforms {
+            return Some("different feature transforms".into());
+        }
+        if self.label_transforms != other.label_transforms {
+            return Some("different label transforms".into());
+        }
+        if self.acceptance != other.acceptance {
+            return Some("different acceptance cuts".into());
+        }
+        if self.flow.device() != other.flow.device() {
+            return Some(format!("device {:?} against {:?}", other.flow.device(), self.flow.device()));
+        }
+        None
+    }
+
+    /// Splits `n` rows among the flows of an ensemble: one member drawn per
+    /// row, uniformly, from libtorch's generator (so the caller's seed fixes
+    /// it), as the row indices of each member (on the CPU).
+    fn member_rows(&self, n: i64) -> Vec<Tensor> {
+        let k = self.n_members() as i64;
+        let pick = Tensor::randint(k, [n], (Kind::Int64, Device::Cpu));
+        (0..k).map(|j| pick.eq(j).nonzero().view([-1])).collect()
+    }
+
+    /// Runs `one` on each member's rows of `cs` and puts the results back in
+    /// row order (`outs` tensors per call, first dimension the rows).
+    fn mixture_rows<const K: usize>(&self, cs: &Tensor, one: impl Fn(&Model, &Tensor) -> [Tensor; K]) -> [Tensor; K] {
+        let n = cs.size()[0];
+        let rows = self.member_rows(n);
+        let mut out: Option<[Tensor; K]> = None;
+        let members = std::iter::once(self).chain(self.members.iter());
+        for (m, idx) in members.zip(rows) {
+            if idx.numel() == 0 {
+                continue;
+            }
+            let idx = idx.to_device(cs.device());
+            let part = one(m, &cs.index_select(0, &idx));
+            let acc = out.get_or_insert_with(|| {
+                std::array::from_fn(|i| {
+                    let mut shape = part[i].size();
+                    shape[0] = n;
+                    Tensor::zeros(shape.as_slice(), (part[i].kind(), part[i].device()))
+                })
+            });
+            for (a, p) in acc.iter_mut().zip(&part) {
+                let _ = a.index_copy_(0, &idx.to_device(p.device()), p);
+            }
+        }
+        out.unwrap_or_else(|| one(self, cs))
     }
 
     /// Number of features.
@@ -212,7 +339,19 @@ impl Model {
     ///
     /// # Shapes
     /// `xs: [N, D]`, `cs: [N, L]` → `[N]`
+    ///
+    /// For an ensemble, the mixture's: `log (1/K Σ_k p_k(x | label))`.
     pub fn log_prob(&self, xs: &Tensor, cs: &Tensor) -> Tensor {
+        if self.members.is_empty() {
+            return self.log_prob_one(xs, cs);
+        }
+        let each: Vec<Tensor> =
+            std::iter::once(self).chain(self.members.iter()).map(|m| m.log_prob_one(xs, cs)).collect();
+        Tensor::stack(&each, 0).logsumexp([0i64].as_slice(), false) - (self.n_members() as f64).ln()
+    }
+
+    /// [`Model::log_prob`] of the model's own flow.
+    fn log_prob_one(&self, xs: &Tensor, cs: &Tensor) -> Tensor {
         let (z, ldj) = self.to_flow_space(xs, cs);
         let c = self.condition(cs);
         self.flow_log_prob(&z, &c) + ldj
@@ -242,7 +381,18 @@ impl Model {
     ///
     /// # Shapes
     /// `cs: [N, L]` → `[N, D]`
+    ///
+    /// An ensemble draws each row's member uniformly (from libtorch's
+    /// generator, like the flows' own draws), then that member's event.
     pub fn sample(&self, cs: &Tensor) -> Tensor {
+        if self.members.is_empty() {
+            return self.sample_one(cs);
+        }
+        let [x] = self.mixture_rows(cs, |m, c| [m.sample_one(c)]);
+        x
+    }
+
+    fn sample_one(&self, cs: &Tensor) -> Tensor {
         let c = self.condition(cs);
         let z = self.flow_sample(&c);
         tch::no_grad(|| self.from_flow_space(&z, cs))
@@ -257,7 +407,21 @@ impl Model {
     ///
     /// # Shapes
     /// `cs: [N, L]` → `([N, D], [N] bool)`
+    ///
+    /// An ensemble draws the member of each row as [`Model::sample`] does;
+    /// each member checks its events against its own training range.
     pub fn sample_in_support(&self, cs: &Tensor, margin: f64) -> (Tensor, Tensor) {
+        if self.members.is_empty() {
+            return self.sample_in_support_one(cs, margin);
+        }
+        let [x, ok] = self.mixture_rows(cs, |m, c| {
+            let (x, ok) = m.sample_in_support_one(c, margin);
+            [x, ok]
+        });
+        (x, ok)
+    }
+
+    fn sample_in_support_one(&self, cs: &Tensor, margin: f64) -> (Tensor, Tensor) {
         let c = self.condition(cs);
         let z = self.flow_sample(&c);
         tch::no_grad(|| {
@@ -318,12 +482,21 @@ impl Model {
     }
 
     /// Writes `model.json` and `model.safetensors` into an existing directory
-    /// (no atomicity of its own; used by [`Model::save`] and checkpoints).
+    /// (no atomicity of its own; used by [`Model::save`] and checkpoints), and
+    /// an ensemble's further members into subdirectories `member-1`, ….
     pub fn write_into(&self, dir: &Path) -> Result<()> {
         let weights = self.weights_bytes()?;
+        let mut names = Vec::with_capacity(self.members.len());
+        for (i, m) in self.members.iter().enumerate() {
+            let name = format!("member-{}", i + 1);
+            let sub = dir.join(&name);
+            std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
+            m.write_into(&sub)?;
+            names.push(name);
+        }
         let meta = ModelMeta {
             format: FORMAT.into(),
-            format_version: FORMAT_VERSION,
+            format_version: if names.is_empty() { FORMAT_VERSION } else { ENSEMBLE_FORMAT_VERSION },
             fedhex_version: env!("CARGO_PKG_VERSION").into(),
             libtorch_version: libtorch_version(),
             flow: self.flow.config().clone(),
@@ -335,6 +508,7 @@ impl Model {
             acceptance: self.acceptance.clone(),
             weights_digest: fnv1a(&weights),
             training: self.training.clone(),
+            members: names,
         };
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::model(dir, e.to_string()))?;
         write_synced(&dir.join(MODEL_WEIGHTS), &weights)?;
@@ -346,8 +520,13 @@ impl Model {
         named_tensors_bytes(&self.flow.var_store().variables())
     }
 
-    /// Loads a model directory (or the `model.json` inside it) onto `device`.
+    /// Loads a model directory (or the `model.json` inside it) onto `device`,
+    /// with an ensemble's members.
     pub fn load(path: &Path, device: Device) -> Result<Self> {
+        Self::load_dir(path, device, true)
+    }
+
+    fn load_dir(path: &Path, device: Device, members_allowed: bool) -> Result<Self> {
         let dir =
             if path.is_file() { path.parent().unwrap_or(Path::new(".")).to_path_buf() } else { path.to_path_buf() };
         if !dir.is_dir() {
@@ -360,14 +539,17 @@ impl Model {
         if meta.format != FORMAT {
             return Err(Error::model(&json_path, format!("format is '{}', expected '{FORMAT}'", meta.format)));
         }
-        if meta.format_version > FORMAT_VERSION {
+        if meta.format_version > ENSEMBLE_FORMAT_VERSION {
             return Err(Error::model(
                 &json_path,
                 format!(
-                    "format version {} is newer than this FEDHEX understands ({FORMAT_VERSION})",
+                    "format version {} is newer than this FEDHEX understands ({ENSEMBLE_FORMAT_VERSION})",
                     meta.format_version
                 ),
             ));
+        }
+        if !meta.members.is_empty() && !members_allowed {
+            return Err(Error::model(&json_path, "an ensemble member lists members of its own"));
         }
         meta.features.validate().map_err(|e| Error::model(&json_path, e.to_string()))?;
         meta.labels.validate().map_err(|e| Error::model(&json_path, e.to_string()))?;
@@ -392,6 +574,21 @@ impl Model {
             .and_then(|m| m.with_preprocessing(meta.feature_transforms, meta.label_transforms, meta.acceptance))
             .map_err(|e| Error::model(&json_path, e.to_string()))?;
         model.training = meta.training;
+        for name in &meta.members {
+            let plain = !name.is_empty()
+                && std::path::Path::new(name).components().count() == 1
+                && !name.contains(['/', '\\'])
+                && name != ".."
+                && name != ".";
+            if !plain {
+                return Err(Error::model(&json_path, format!("member '{name}' is not a subdirectory name")));
+            }
+            let m = Self::load_dir(&dir.join(name), device, false)?;
+            if let Some(why) = model.mismatch(&m) {
+                return Err(Error::model(&json_path, format!("member '{name}' does not fit the ensemble: {why}")));
+            }
+            model.members.push(m);
+        }
         Ok(model)
     }
 }
