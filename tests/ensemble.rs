@@ -92,6 +92,20 @@ fn sampling_draws_each_member_equally_often_and_is_seeded() {
 }
 
 #[test]
+fn the_label_range_is_the_one_every_member_was_trained_on() {
+    let a = random_model(2, &[16], 1);
+    let mut b = random_model(2, &[16], 2);
+    b.labels.dims[0].min += 0.25;
+    b.labels.dims[1].max -= 0.25;
+    let (ra, rb) = (a.label_ranges(), b.label_ranges());
+    assert!(rb[0][0] > ra[0][0] && rb[1][1] < ra[1][1], "{ra:?} {rb:?}");
+    let ens = Model::ensemble(vec![("a".into(), a), ("b".into(), b)]).unwrap();
+    let r = ens.label_ranges();
+    assert_eq!(r[0], [rb[0][0], ra[0][1].min(rb[0][1])]);
+    assert_eq!(r[1], [ra[1][0].max(rb[1][0]), rb[1][1]]);
+}
+
+#[test]
 fn an_ensemble_saves_and_loads_exactly_and_flattens() {
     let ab = Model::ensemble(vec![("a".into(), random_model(2, &[16], 1)), ("b".into(), random_model(2, &[16], 2))])
         .unwrap();

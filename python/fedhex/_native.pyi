@@ -39,6 +39,9 @@ class Model:
     @property
     def device(self) -> str:
         """``cpu`` or ``cuda:N``."""
+    @property
+    def members(self) -> int:
+        """Number of flows: 1, or the size of an ensemble (``fedhex ensemble``), whose density is the mixture of theirs."""
     def description(self) -> str:
         """A few lines: network, features, labels with ranges, cuts, training summary."""
     def sample(

@@ -118,6 +118,7 @@ struct Model {
     label_ranges: Vec<(f64, f64)>,
     acceptance: Vec<String>,
     training_labels: Option<Vec<Vec<f64>>>,
+    members: usize,
     description: String,
 }
 
@@ -197,6 +198,13 @@ impl Model {
     #[getter]
     fn device(&self) -> String {
         self.device.clone()
+    }
+
+    /// Number of flows: 1, or the size of an ensemble (`fedhex ensemble`),
+    /// whose density is the equal-weight mixture of its flows'.
+    #[getter]
+    fn members(&self) -> usize {
+        self.members
     }
 
     /// A few lines describing the model: network, features, labels and their ranges, cuts, training.
@@ -306,6 +314,7 @@ fn load(py: Python<'_>, path: PathBuf, device: &str) -> PyResult<Model> {
         model.training.get("training_labels").and_then(|v| serde_json::from_value(v.clone()).ok());
     let device = format!("{:?}", model.flow.device()).to_lowercase().replace("cuda(", "cuda:").replace(')', "");
     let description = describe(&model, &path, &device, &features, &labels, &label_ranges, &acceptance);
+    let members = model.n_members();
     Ok(Model {
         inner: Mutex::new(model),
         path: path.display().to_string(),
@@ -315,6 +324,7 @@ fn load(py: Python<'_>, path: PathBuf, device: &str) -> PyResult<Model> {
         label_ranges,
         acceptance,
         training_labels,
+        members,
         description,
     })
 }
@@ -331,6 +341,12 @@ fn describe(
     let cfg = serde_json::to_string(&model.flow.config()).unwrap_or_default();
     let mut s = format!("FEDHEX model {} on {device}\n", path.display());
     s.push_str(&format!("  network: {cfg}\n"));
+    if model.n_members() > 1 {
+        s.push_str(&format!(
+            "  ensemble of {} flows like this one (the mixture of their densities)\n",
+            model.n_members()
+        ));
+    }
     s.push_str(&format!("  features ({}): {}\n", features.len(), features.join(", ")));
     let labs: Vec<String> = labels.iter().zip(ranges).map(|(n, (lo, hi))| format!("{n} in [{lo}, {hi}]")).collect();
     s.push_str(&format!("  labels ({}): {}\n", labels.len(), labs.join(", ")));

@@ -191,6 +191,29 @@ def test_log_prob_is_a_normalised_density(model):
     assert integral == pytest.approx(1.0, abs=0.03)
 
 
+@pytest.fixture(scope="session")
+def ensemble(workdir):
+    """The fixture's model and one trained alike with another seed, combined by `fedhex ensemble`."""
+    (workdir / "seed4.toml").write_text(CFG.replace("seed = 3", "seed = 4").replace('run_dir = "run"', 'run_dir = "run4"'))
+    run_cli(["train", "--config", "seed4.toml"], workdir)
+    run_cli(["ensemble", "--out", "ens", "run/model", "run4/model"], workdir)
+    return fedhex.load(str(workdir / "ens"))
+
+
+def test_an_ensemble_is_the_mixture_of_its_flows(ensemble, model, workdir):
+    other = fedhex.load(str(workdir / "run4" / "model"))
+    assert model.members == 1 and ensemble.members == 2
+    assert "ensemble of 2 flows" in ensemble.description()
+    lab = [0.4, 0.6]
+    x, _ = ensemble.sample(lab, 3000, seed=9)
+    # Byte for byte the command line's events.
+    run_cli(["sample", "--model", "ens", "--label", "0.4,0.6", "-n", "3000", "--seed", "9", "--out", "ens.npz"], workdir)
+    assert x.tobytes() == np.load(workdir / "ens.npz")["samples"].astype(np.float32).tobytes()
+    # The density is the mean of the two flows' densities.
+    want = np.logaddexp(model.log_prob(x, lab), other.log_prob(x, lab)) - np.log(2.0)
+    np.testing.assert_allclose(ensemble.log_prob(x, lab), want, rtol=1e-5, atol=1e-5)
+
+
 def test_log_prob_inputs(model):
     x, c = model.sample([0.2, 0.8], 100, seed=4)
     broadcast = model.log_prob(x, [0.2, 0.8])

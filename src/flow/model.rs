@@ -286,7 +286,18 @@ impl Model {
 
     /// The training range of each label in raw units (the label whitening's
     /// range mapped back through the label transforms, which are monotone).
+    /// For an ensemble, the range every member was trained on (the intersection).
     pub fn label_ranges(&self) -> Vec<[f64; 2]> {
+        let mut ranges = self.label_ranges_one();
+        for m in &self.members {
+            for (r, o) in ranges.iter_mut().zip(m.label_ranges_one()) {
+                *r = [r[0].max(o[0]), r[1].min(o[1])];
+            }
+        }
+        ranges
+    }
+
+    fn label_ranges_one(&self) -> Vec<[f64; 2]> {
         let l = self.n_labels() as i64;
         let ends: Vec<f64> =
             self.labels.dims.iter().map(|d| d.min).chain(self.labels.dims.iter().map(|d| d.max)).collect();

@@ -806,35 +806,48 @@ impl Scratch {
         j: usize,
         raw: impl Fn(usize) -> &'r [f32],
     ) {
-        let Some((nk, bound)) = x.spline else { return };
-        if self.consts[k * d + j].is_some() {
-            return;
-        }
-        let (n, skip) = (3 * nk - 1, if x.affine { 2 } else { 0 });
         // Parameter by parameter, the tile's events side by side.
-        for e in 0..TILE {
-            let re = raw(e);
-            for q in 0..n {
-                self.kr[q * TILE + e] = re[(skip + q) * d + j];
+        self.knots_from::<AVX>(d, x, k, j, |kr, _, n, skip| {
+            for e in 0..TILE {
+                let re = raw(e);
+                for q in 0..n {
+                    kr[q * TILE + e] = re[(skip + q) * d + j];
+                }
             }
-        }
-        let kl = KnotLayout::new(nk).len;
-        knots_tile::<AVX>(nk, bound, &self.kr, &mut self.kw, &mut self.tk[j * kl..(j + 1) * kl]);
+        });
     }
 
     /// [`Scratch::tile_knots`] from `self.rawt`, the tile's raw outputs
     /// already turned into rows of one value per event ([`transpose_tile`]).
     #[inline(always)]
     fn tile_knots_t<const AVX: bool>(&mut self, d: usize, x: &Ext, k: usize, j: usize) {
+        self.knots_from::<AVX>(d, x, k, j, |kr, rawt, _, skip| {
+            for (q, kq) in kr.chunks_exact_mut(TILE).enumerate() {
+                let at = ((skip + q) * d + j) * TILE;
+                kq.copy_from_slice(&rawt[at..at + TILE]);
+            }
+        });
+    }
+
+    /// What [`Scratch::tile_knots`] and [`Scratch::tile_knots_t`] share:
+    /// `fill(kr, rawt, n, skip)` puts the `n` spline parameters of feature `j`
+    /// (after `skip` affine ones) into the rows of `kr`, one value per event;
+    /// then the knots go into `tk`. Nothing for a feature with constant knots.
+    #[inline(always)]
+    fn knots_from<const AVX: bool>(
+        &mut self,
+        d: usize,
+        x: &Ext,
+        k: usize,
+        j: usize,
+        fill: impl FnOnce(&mut [f32], &[f32], usize, usize),
+    ) {
         let Some((nk, bound)) = x.spline else { return };
         if self.consts[k * d + j].is_some() {
             return;
         }
         let (n, skip) = (3 * nk - 1, if x.affine { 2 } else { 0 });
-        for (q, kq) in self.kr[..n * TILE].chunks_exact_mut(TILE).enumerate() {
-            let at = ((skip + q) * d + j) * TILE;
-            kq.copy_from_slice(&self.rawt[at..at + TILE]);
-        }
+        fill(&mut self.kr[..n * TILE], &self.rawt, n, skip);
         let kl = KnotLayout::new(nk).len;
         knots_tile::<AVX>(nk, bound, &self.kr, &mut self.kw, &mut self.tk[j * kl..(j + 1) * kl]);
     }
