@@ -77,9 +77,10 @@ gpu-check: build
 fidelity: build
 	@bash scripts/fidelity.sh default
 
-# The N-dimensional benchmark: 7 features, 3 labels (M_Φ, M_ω, Γ/M_Φ), 5x5x3 grid → training
-# → 12 off-grid points → per-feature table with PASS/FAIL targets, zuko NSF/MAF training time beside.
-# EPOCHS, NEVENTS, NREF, GRID, POINTS override (scripts/fidelity_nd.sh).
+# The N-dimensional benchmark: 7 features, 3 labels (M_Φ, M_ω, Γ/M_Φ), 5x5x3 grid → two flows
+# (seeds 42, 43) combined into an ensemble → 12 off-grid points → per-feature table with PASS/FAIL
+# targets, widths from large samples, zuko NSF/MAF training time beside.
+# EPOCHS, NEVENTS, NREF, GRID, POINTS, SEEDS, NBIG override (scripts/fidelity_nd.sh).
 fidelity-nd: build
 	@bash scripts/fidelity_nd.sh default
 
