@@ -26,7 +26,7 @@
 # 5. the table and the PASS/FAIL target checks (scripts/fidelity_nd_summary.py).
 #
 # Environment overrides (a smoke run: EPOCHS=1 NEVENTS=1000 NREF=2000 bash scripts/fidelity_nd.sh smoke):
-#   EPOCHS   training epochs (default: the config's, 18)      NEVENTS  events per grid point (8000)
+#   EPOCHS   training epochs (default: the config's, 32)      NEVENTS  events per grid point (8000)
 #   NREF     events per evaluation point (20000)             GRID     grid AxBxC (5x5x3)
 #   POINTS   evaluation points "M,m,W M,m,W ..." (default: the 12 built-in ones)
 #   RANKS    MPI ranks (2)       ZUKO=0 skips zuko          ZUKO_EPOCHS  zuko's epochs (EPOCHS or 8)
