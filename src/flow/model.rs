@@ -229,7 +229,7 @@ impl Model {
     }
 
     /// Runs `one` on each member's rows of `cs` and puts the results back in
-    /// row order (`outs` tensors per call, first dimension the rows).
+    /// row order (`K` tensors per call, each with the rows first).
     fn mixture_rows<const K: usize>(&self, cs: &Tensor, one: impl Fn(&Model, &Tensor) -> [Tensor; K]) -> [Tensor; K] {
         let n = cs.size()[0];
         let rows = self.member_rows(n);
